@@ -1,0 +1,220 @@
+// Package agent is the node supervisor: it observes the local PostgreSQL,
+// converges it to the committed cluster state, makes the Raft leader's
+// decisions and serves the REST API.
+//
+// Goroutines (all owned by Run, all stopped when its context ends):
+//   - reconcile: the only goroutine that acts on PostgreSQL (initdb, clone,
+//     configure, start, promote);
+//   - observe: pulls every member's observation over HTTP;
+//   - lead: on the Raft leader only, turns state + observations into commands;
+//   - register: makes sure this node is a Raft voter with a current member record;
+//   - the HTTP server.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgha/pgha/consensus"
+	"github.com/pgha/pgha/postgres"
+)
+
+// ErrRemoved is returned by Run when this node was removed from the cluster.
+var ErrRemoved = errors.New("this node was removed from the cluster")
+
+// Agent runs one member of a pgha cluster.
+type Agent struct {
+	cfg  *Config
+	log  *slog.Logger
+	inst *postgres.Instance
+	node *consensus.Node
+	obs  *observations
+	http *http.Client
+
+	// dbMu serialises use of inst's database connection between the
+	// reconcile loop and the observation served over HTTP.
+	dbMu sync.Mutex
+
+	lastLoop atomic.Int64 // unix nanos of the last finished reconcile pass (for /liveness)
+
+	mu       sync.Mutex
+	activity string // what the reconcile loop is busy with (initdb, cloning)
+	problem  string // what stops it converging, in words
+}
+
+// New checks the configuration against the machine and prepares the agent.
+func New(cfg *Config, log *slog.Logger) (*Agent, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("node", cfg.Name)
+	pc := cfg.Postgres
+	inst, err := postgres.New(postgres.Config{
+		BinDir:          pc.BinDir,
+		DataDir:         pc.DataDir,
+		ListenAddresses: pc.Listen,
+		Port:            pc.Port,
+		SocketDir:       pc.SocketDir,
+		Superuser:       pc.Superuser,
+		Replication:     postgres.Role{Name: pc.Replication.User, Password: pc.Replication.Password()},
+		Monitor:         postgres.Role{Name: pc.Monitor.User, Password: pc.Monitor.Password()},
+		Rewind:          postgres.Role{Name: pc.Rewind.User, Password: pc.Rewind.Password()},
+		Parameters:      pc.Parameters,
+		HBA:             pc.HBA,
+		AllowedNetworks: pc.AllowedNetworks,
+		RunAs:           pc.RunAs,
+		Logger:          log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	return &Agent{
+		cfg:  cfg,
+		log:  log,
+		inst: inst,
+		obs:  newObservations(),
+		http: &http.Client{Timeout: 5 * time.Second},
+	}, nil
+}
+
+// Run starts the agent and blocks until ctx ends or the node is removed.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data_dir: %w", err)
+	}
+	if err := a.writePassfile(); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", a.cfg.API.Listen)
+	if err != nil {
+		return fmt.Errorf("api.listen %s: %w", a.cfg.API.Listen, err)
+	}
+	node, err := consensus.Open(consensus.Config{
+		ID:                 a.cfg.Name,
+		BindAddr:           a.cfg.Raft.Listen,
+		AdvertiseAddr:      a.cfg.Raft.Advertise,
+		Dir:                filepath.Join(a.cfg.DataDir, "raft"),
+		Logger:             a.log,
+		HeartbeatTimeout:   a.cfg.Raft.HeartbeatTimeout,
+		ElectionTimeout:    a.cfg.Raft.ElectionTimeout,
+		LeaderLeaseTimeout: a.cfg.Raft.LeaderLeaseTimeout,
+	})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("raft: %w", err)
+	}
+	a.node = node
+	defer node.Close()
+
+	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("REST API stopped", "err", err)
+		}
+	}()
+	defer srv.Close()
+	a.log.Info("agent started", "api", a.cfg.API.Advertise, "raft", a.cfg.Raft.Advertise, "pgdata", a.cfg.Postgres.DataDir)
+
+	if err := a.bootstrapIfNew(ctx); err != nil {
+		return err
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for _, loop := range []func(context.Context){a.reconcileLoop, a.observeLoop, a.leadLoop, a.registerLoop} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			loop(runCtx)
+		}()
+	}
+	removed := a.waitRemoved(runCtx)
+	stop()
+	wg.Wait()
+
+	if removed {
+		a.log.Warn("removed from the cluster: stopping PostgreSQL", "reason", "the Raft leader removed this member")
+		a.stopPostgres()
+		return ErrRemoved
+	}
+	if *a.cfg.Postgres.StopOnShutdown {
+		a.stopPostgres()
+	}
+	a.log.Info("agent stopped")
+	return nil
+}
+
+// waitRemoved blocks until ctx ends (false) or Raft shut itself down because
+// this node was removed from the configuration (true).
+func (a *Agent) waitRemoved(ctx context.Context) bool {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			if a.node.RaftState() == "shutdown" {
+				return true
+			}
+		}
+	}
+}
+
+func (a *Agent) stopPostgres() {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a.dbMu.Lock()
+	defer a.dbMu.Unlock()
+	a.inst.Close()
+	if err := a.inst.Stop(ctx, postgres.StopFast); err != nil {
+		a.log.Error("stop PostgreSQL on shutdown", "err", err)
+	}
+}
+
+// writePassfile writes the .pgpass the standby's walreceiver, pg_basebackup
+// and pg_rewind use, so passwords never appear in primary_conninfo or argv.
+func (a *Agent) writePassfile() error {
+	var entries []postgres.PassEntry
+	for _, r := range []RoleConfig{a.cfg.Postgres.Replication, a.cfg.Postgres.Rewind, a.cfg.Postgres.Monitor} {
+		entries = append(entries, postgres.PassEntry{User: r.User, Password: r.Password()})
+	}
+	return postgres.WritePassFile(a.passfile(), a.cfg.Postgres.RunAs, entries...)
+}
+
+func (a *Agent) passfile() string { return filepath.Join(a.cfg.DataDir, "pgpass") }
+
+func (a *Agent) setActivity(s string) {
+	a.mu.Lock()
+	a.activity = s
+	a.mu.Unlock()
+}
+
+// setProblem records why the agent cannot converge; it logs only when the
+// problem changes, so a stuck agent writes one line, not one per loop.
+func (a *Agent) setProblem(s string) {
+	a.mu.Lock()
+	changed := a.problem != s
+	a.problem = s
+	a.mu.Unlock()
+	if changed && s != "" {
+		a.log.Error("cannot converge", "reason", s)
+	} else if changed {
+		a.log.Info("problem resolved")
+	}
+}
+
+func (a *Agent) status() (activity, problem string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.activity, a.problem
+}

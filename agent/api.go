@@ -1,0 +1,311 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pgha/pgha/consensus"
+	"github.com/pgha/pgha/postgres"
+)
+
+// The REST API. Health endpoints are Patroni's, with Patroni's status codes,
+// so HAProxy and Kubernetes checks written for Patroni work unchanged; they
+// answer GET, HEAD and OPTIONS (HAProxy's "option httpchk OPTIONS /primary").
+
+const maxBody = 64 << 10 // REST request bodies are small JSON documents
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func (a *Agent) routes() http.Handler {
+	mux := http.NewServeMux()
+	health := map[string]func(r *http.Request, h localHealth) bool{
+		"/primary":   func(_ *http.Request, h localHealth) bool { return h.primaryOK() },
+		"/leader":    func(_ *http.Request, h localHealth) bool { return h.primaryOK() },
+		"/master":    func(_ *http.Request, h localHealth) bool { return h.primaryOK() },
+		"/replica":   a.replicaCheck,
+		"/read-only": func(_ *http.Request, h localHealth) bool { return h.primaryOK() || h.replicaOK() },
+		"/health":    func(_ *http.Request, h localHealth) bool { return h.pg.Running },
+		"/readiness": func(_ *http.Request, h localHealth) bool { return h.primaryOK() || (h.pg.Running && h.pg.InRecovery) },
+	}
+	for path, ok := range health {
+		mux.HandleFunc(path, a.healthHandler(ok))
+	}
+	mux.HandleFunc("/liveness", a.handleLiveness)
+	mux.HandleFunc("GET /cluster", a.handleCluster)
+	mux.HandleFunc("GET /internal/observation", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, a.observeSelf(r.Context()))
+	})
+	mux.HandleFunc("GET /internal/raft", func(w http.ResponseWriter, r *http.Request) {
+		leader, _ := a.node.Leader()
+		writeJSON(w, http.StatusOK, raftInfo{Name: a.cfg.Name, HasState: a.node.HasState(), State: a.node.RaftState(), Leader: leader})
+	})
+	mux.HandleFunc("POST /internal/join", a.handleJoin)
+	mux.HandleFunc("DELETE /members/{name}", a.handleRemove)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})
+	})
+	return mux
+}
+
+// localHealth is what the health endpoints judge: this node's PostgreSQL
+// right now and its view of the committed state.
+type localHealth struct {
+	name   string
+	pg     postgres.Status
+	st     consensus.State
+	fenced bool
+}
+
+// primaryOK is stricter than Patroni: 200 only while this node is the
+// committed primary of the current epoch, not fenced, and its PostgreSQL
+// runs out of recovery. (Patroni answers 200 from a leader whose postmaster
+// is dead; a load balancer would then send writes nowhere.)
+func (h localHealth) primaryOK() bool {
+	return h.st.Primary == h.name && !h.fenced && h.pg.Running && !h.pg.InRecovery
+}
+
+func (h localHealth) replicaOK() bool {
+	return h.st.Primary != h.name && h.pg.Running && h.pg.InRecovery
+}
+
+func (a *Agent) localHealth(ctx context.Context) localHealth {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return localHealth{
+		name:   a.cfg.Name,
+		pg:     a.pgStatus(ctx),
+		st:     a.node.State(),
+		fenced: a.fenced(),
+	}
+}
+
+// fenced reports whether this node has lost the Raft quorum for longer than
+// a leader lease: its view of the committed state may be stale, so it must
+// not claim to be the primary. (The fencing action itself belongs to the
+// failover logic.)
+func (a *Agent) fenced() bool {
+	if a.node.IsLeader() {
+		return false
+	}
+	lease := a.cfg.Raft.ElectionTimeout
+	if lease == 0 {
+		lease = time.Second
+	}
+	return time.Since(a.node.LastContact()) > 2*lease+a.cfg.Timing.HealthInterval
+}
+
+func (a *Agent) healthHandler(ok func(*http.Request, localHealth) bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet, http.MethodHead, http.MethodOptions:
+		default:
+			w.Header().Set("Allow", "GET, HEAD, OPTIONS")
+			writeJSON(w, http.StatusMethodNotAllowed, apiError{Error: r.Method + " is not allowed on " + r.URL.Path})
+			return
+		}
+		if err := r.ParseForm(); err != nil {
+			writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error()})
+			return
+		}
+		if lag := r.Form.Get("lag"); lag != "" {
+			if _, err := parseBytes(lag); err != nil {
+				writeJSON(w, http.StatusBadRequest, apiError{Error: "lag: " + err.Error()})
+				return
+			}
+		}
+		h := a.localHealth(r.Context())
+		code := http.StatusServiceUnavailable
+		if ok(r, h) {
+			code = http.StatusOK
+		}
+		writeJSON(w, code, a.healthBody(h))
+	}
+}
+
+// replicaCheck is /replica: a running standby, and with ?lag=N no more than
+// N bytes behind the primary's last observed position.
+func (a *Agent) replicaCheck(r *http.Request, h localHealth) bool {
+	if !h.replicaOK() {
+		return false
+	}
+	raw := r.Form.Get("lag")
+	if raw == "" {
+		return true
+	}
+	max, _ := parseBytes(raw) // validated by the handler
+	lag, known := a.replicationLag(h)
+	return known && lag <= max
+}
+
+// replicationLag is how far this standby's replay is behind the primary's
+// current LSN as last observed.
+func (a *Agent) replicationLag(h localHealth) (int64, bool) {
+	p, ok := a.obs.snapshot()[h.st.Primary]
+	if !ok || !p.reachable || !p.obs.Postgres.Running || p.obs.Postgres.InRecovery {
+		return 0, false
+	}
+	lag := int64(p.obs.Postgres.CurrentLSN) - int64(h.pg.ReplayedLSN)
+	if lag < 0 {
+		lag = 0
+	}
+	return lag, true
+}
+
+type healthBody struct {
+	Name     string `json:"name"`
+	State    string `json:"state"`
+	Role     string `json:"role"`
+	Epoch    uint64 `json:"epoch"`
+	Timeline uint32 `json:"timeline,omitempty"`
+	Fenced   bool   `json:"fenced,omitempty"`
+	Lag      *Lag   `json:"lag,omitempty"`
+}
+
+func (a *Agent) healthBody(h localHealth) healthBody {
+	b := healthBody{Name: h.name, Role: "replica", Epoch: h.st.Epoch, Fenced: h.fenced, Timeline: h.pg.Timeline}
+	if h.st.Primary == h.name {
+		b.Role = "primary"
+	} else if lag, ok := a.replicationLag(h); ok {
+		b.Lag = &Lag{Bytes: lag}
+	}
+	b.State = stateOf(memberView{reachable: true, obs: Observation{Postgres: h.pg}}, h.st.Primary == h.name)
+	return b
+}
+
+func (a *Agent) handleLiveness(w http.ResponseWriter, r *http.Request) {
+	last := time.Unix(0, a.lastLoop.Load())
+	limit := 5*a.cfg.Timing.LoopInterval + 10*time.Second
+	if time.Since(last) > limit {
+		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: fmt.Sprintf("reconcile loop last ran %s ago", time.Since(last).Round(time.Millisecond))})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "alive"})
+}
+
+func (a *Agent) handleCluster(w http.ResponseWriter, r *http.Request) {
+	leader, _ := a.node.Leader()
+	writeJSON(w, http.StatusOK, buildView(a.cfg.Cluster.Name, leader, a.node.State(), a.obs.snapshot()))
+}
+
+// handleJoin adds a member; a follower forwards the request to the leader.
+func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
+		return
+	}
+	var m consensus.Member
+	if err := json.Unmarshal(body, &m); err != nil || m.Name == "" || m.RaftAddr == "" {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: "body must be a member: {\"name\", \"raft_addr\", \"api_url\", \"pg_host\", \"pg_port\"}"})
+		return
+	}
+	if !nameRE.MatchString(m.Name) {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: fmt.Sprintf("member name %q is not valid", m.Name)})
+		return
+	}
+	if !a.node.IsLeader() {
+		a.forwardToLeader(w, r, body)
+		return
+	}
+	if err := a.join(r.Context(), m); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"joined": m.Name})
+}
+
+func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !a.node.IsLeader() {
+		a.forwardToLeader(w, r, nil)
+		return
+	}
+	if _, ok := a.node.State().Members[name]; !ok {
+		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no member named %q", name)})
+		return
+	}
+	if err := a.remove(r.Context(), name); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"removed": name})
+}
+
+// forwardToLeader relays a state-changing request to the Raft leader's API,
+// so any member can be asked. A request is forwarded at most once.
+func (a *Agent) forwardToLeader(w http.ResponseWriter, r *http.Request, body []byte) {
+	if r.Header.Get("X-Pgha-Forwarded") != "" {
+		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "not the leader (leadership is changing); retry"})
+		return
+	}
+	base, err := a.leaderAPI()
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: err.Error()})
+		return
+	}
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, base+r.URL.RequestURI(), strings.NewReader(string(body)))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Pgha-Forwarded", a.cfg.Name)
+	resp, err := a.http.Do(req)
+	if err != nil {
+		writeJSON(w, http.StatusBadGateway, apiError{Error: "forward to leader: " + err.Error()})
+		return
+	}
+	defer resp.Body.Close()
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, io.LimitReader(resp.Body, 1<<20))
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, consensus.ErrRefused):
+		code = http.StatusConflict
+	case errors.Is(err, consensus.ErrNotLeader):
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, apiError{Error: err.Error()})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// parseBytes parses Patroni's lag values: a byte count, optionally with a
+// unit (kB, MB, GB, TB; powers of 1024 as in PostgreSQL).
+func parseBytes(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		m      int64
+	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"KB", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.m
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a byte count such as 1048576 or 16MB", s)
+	}
+	return n * mult, nil
+}

@@ -1,0 +1,228 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/pgha/pgha/consensus"
+)
+
+// bootstrapIfNew applies the bootstrap rule. A cluster bootstraps exactly once:
+//
+//  1. A node with Raft state on disk never bootstraps: it was part of a cluster.
+//  2. A node that is not one of cluster.members never bootstraps: it joins
+//     through a member (the register loop asks the leader to add it).
+//  3. An initial member with no state first asks the other initial members;
+//     if any of them has Raft state, the cluster exists and this node waits to
+//     be replicated to (it is in the cluster's configuration already).
+//  4. Otherwise it bootstraps with the full cluster.members list. Every initial
+//     member does so with the identical list, which hashicorp/raft makes safe.
+//
+// So a second bootstrap of a running cluster would need every reachable member
+// to have lost its Raft state: a wiped node rejoins instead of forking.
+func (a *Agent) bootstrapIfNew(ctx context.Context) error {
+	if a.node.HasState() {
+		return nil
+	}
+	if !a.cfg.InitialMember() {
+		a.log.Info("new node: will join the cluster through an existing member", "join", a.cfg.Cluster.Join)
+		return nil
+	}
+	for _, m := range a.cfg.Cluster.Members {
+		if m.Name == a.cfg.Name {
+			continue
+		}
+		var info raftInfo
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := getJSON(cctx, a.http, m.API+"/internal/raft", &info)
+		cancel()
+		if err == nil && info.HasState {
+			a.log.Info("the cluster already exists: waiting to be replicated to, not bootstrapping", "peer", m.Name)
+			return nil
+		}
+	}
+	var servers []consensus.Server
+	for _, m := range a.cfg.Cluster.Members {
+		servers = append(servers, consensus.Server{ID: m.Name, Addr: m.Raft})
+	}
+	if err := a.node.Bootstrap(servers); err != nil && !errors.Is(err, consensus.ErrAlreadyBootstrapped) {
+		return fmt.Errorf("bootstrap raft: %w", err)
+	}
+	a.log.Info("bootstrapped the Raft cluster", "members", len(servers))
+	return nil
+}
+
+// raftInfo is the body of GET /internal/raft.
+type raftInfo struct {
+	Name     string `json:"name"`
+	HasState bool   `json:"has_state"`
+	State    string `json:"state"`
+	Leader   string `json:"leader"`
+}
+
+// selfMember is this node's record as it should be in the committed state.
+func (a *Agent) selfMember() consensus.Member {
+	return consensus.Member{
+		Name:       a.cfg.Name,
+		RaftAddr:   a.cfg.Raft.Advertise,
+		APIURL:     a.cfg.API.Advertise,
+		PGHost:     a.cfg.Postgres.Host,
+		PGPort:     a.cfg.Postgres.Port,
+		NoFailover: a.cfg.Tags.NoFailover,
+		Priority:   a.cfg.Tags.Priority,
+	}
+}
+
+// registerLoop makes sure this node is a voter and its member record is
+// current, asking the leader (through any member) until both are true.
+func (a *Agent) registerLoop(ctx context.Context) {
+	want := a.selfMember()
+	lastErr := ""
+	for {
+		st := a.node.State()
+		if cur, ok := st.Members[want.Name]; ok && cur == want {
+			lastErr = ""
+		} else if err := a.requestJoin(ctx, want); err != nil {
+			if err.Error() != lastErr {
+				a.log.Warn("join the cluster: will retry", "err", err)
+				lastErr = err.Error()
+			}
+		} else {
+			a.log.Info("registered with the cluster", "api", want.APIURL, "pg", fmt.Sprintf("%s:%d", want.PGHost, want.PGPort))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// requestJoin asks the leader to add m: locally if this node leads, else
+// through the leader's API (known from Raft), else through the join list.
+func (a *Agent) requestJoin(ctx context.Context, m consensus.Member) error {
+	if a.node.IsLeader() {
+		return a.join(ctx, m)
+	}
+	var targets []string
+	if u, err := a.leaderAPI(); err == nil {
+		targets = append(targets, u)
+	}
+	targets = append(targets, a.cfg.Cluster.Join...)
+	body, _ := json.Marshal(m)
+	var errs []error
+	for _, t := range targets {
+		if err := postJSON(ctx, a.http, t+"/internal/join", body, nil); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return nil
+	}
+	if len(errs) == 0 {
+		return errors.New("no leader known and cluster.join is empty")
+	}
+	return errors.Join(errs...)
+}
+
+// join runs on the leader: add m as a Raft voter (if it is not one at that
+// address already) and commit its member record.
+func (a *Agent) join(ctx context.Context, m consensus.Member) error {
+	servers, err := a.node.Servers()
+	if err != nil {
+		return fmt.Errorf("read raft configuration: %w", err)
+	}
+	present := false
+	for _, s := range servers {
+		if s.ID == m.Name && s.Addr == m.RaftAddr {
+			present = true
+		}
+	}
+	if !present {
+		a.log.Info("adding raft voter", "member", m.Name, "raft", m.RaftAddr, "reason", "join request")
+		if err := a.node.AddVoter(ctx, m.Name, m.RaftAddr); err != nil {
+			return fmt.Errorf("add voter %s: %w", m.Name, err)
+		}
+	}
+	if cur, ok := a.node.State().Members[m.Name]; ok && cur == m {
+		return nil
+	}
+	if err := a.node.Apply(ctx, consensus.UpsertMember(m)); err != nil {
+		return fmt.Errorf("record member %s: %w", m.Name, err)
+	}
+	return nil
+}
+
+// remove runs on the leader: drop the member's record (which makes the
+// primary drop its slot) and its Raft vote.
+func (a *Agent) remove(ctx context.Context, name string) error {
+	st := a.node.State()
+	if name == st.Primary {
+		return fmt.Errorf("%w: %s is the primary; switch over first", consensus.ErrRefused, name)
+	}
+	if _, ok := st.Members[name]; ok {
+		if err := a.node.Apply(ctx, consensus.RemoveMember(name)); err != nil {
+			return fmt.Errorf("remove member %s: %w", name, err)
+		}
+	}
+	servers, err := a.node.Servers()
+	if err != nil {
+		return err
+	}
+	for _, s := range servers {
+		if s.ID == name {
+			a.log.Info("removing raft voter", "member", name, "reason", "remove request")
+			return a.node.RemoveServer(ctx, name)
+		}
+	}
+	return nil
+}
+
+// leaderAPI is the REST base URL of the current Raft leader.
+func (a *Agent) leaderAPI() (string, error) {
+	id, _ := a.node.Leader()
+	if id == "" {
+		return "", errors.New("no Raft leader right now")
+	}
+	if m, ok := a.node.State().Members[id]; ok && m.APIURL != "" {
+		return m.APIURL, nil
+	}
+	for _, m := range a.cfg.Cluster.Members {
+		if m.Name == id {
+			return m.API, nil
+		}
+	}
+	return "", fmt.Errorf("leader %s has no known API address yet", id)
+}
+
+// postJSON POSTs body and decodes a JSON answer into out (if not nil).
+// Non-2xx answers become errors carrying the server's message.
+func postJSON(ctx context.Context, c *http.Client, url string, body []byte, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode/100 != 2 {
+		var e apiError
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return fmt.Errorf("%s: %s", url, e.Error)
+		}
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}

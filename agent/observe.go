@@ -1,0 +1,163 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/pgha/pgha/consensus"
+	"github.com/pgha/pgha/postgres"
+)
+
+// Observation is what one agent reports about itself: its PostgreSQL as it
+// sees it, its Raft role and what it is busy with. Agents serve their own at
+// GET /internal/observation; every agent pulls all members' each
+// health_interval. Observations live in memory only, never in the Raft log.
+type Observation struct {
+	Name      string          `json:"name"`
+	At        time.Time       `json:"at"`         // when the agent took it
+	RaftState string          `json:"raft_state"` // leader / follower / candidate / shutdown
+	Epoch     uint64          `json:"epoch"`      // the epoch of the committed state this agent has applied
+	DataDir   string          `json:"data_dir"`   // missing / empty / valid / invalid
+	Activity  string          `json:"activity,omitempty"`
+	Problem   string          `json:"problem,omitempty"` // what stops the agent converging, in words
+	Postgres  postgres.Status `json:"postgres"`
+}
+
+// memberView is one member's latest observation as seen by this agent.
+type memberView struct {
+	obs       Observation
+	reachable bool      // its agent answered the last poll
+	lastSeen  time.Time // when its agent last answered (local clock)
+	err       string    // why the last poll failed
+}
+
+// observations holds the latest observation of every member. The observer
+// goroutine writes it; the REST handlers and the leader's loop read copies.
+type observations struct {
+	mu      sync.RWMutex
+	members map[string]memberView
+}
+
+func newObservations() *observations {
+	return &observations{members: map[string]memberView{}}
+}
+
+func (o *observations) set(name string, v memberView) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.members[name] = v
+}
+
+func (o *observations) snapshot() map[string]memberView {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	out := make(map[string]memberView, len(o.members))
+	for k, v := range o.members {
+		out[k] = v
+	}
+	return out
+}
+
+func (o *observations) forget(keep map[string]consensus.Member) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for name := range o.members {
+		if _, ok := keep[name]; !ok {
+			delete(o.members, name)
+		}
+	}
+}
+
+// observeLoop pulls every other member's observation each health_interval.
+// The local observation is written by the reconcile loop, which takes it.
+func (a *Agent) observeLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.Timing.HealthInterval)
+	defer t.Stop()
+	for {
+		st := a.node.State()
+		a.obs.forget(st.Members)
+		a.obs.set(a.cfg.Name, memberView{obs: a.observeSelf(ctx), reachable: true, lastSeen: time.Now()})
+		var wg sync.WaitGroup
+		for name, m := range st.Members {
+			if name == a.cfg.Name {
+				continue
+			}
+			wg.Add(1)
+			go func(name string, m consensus.Member) {
+				defer wg.Done()
+				a.pollMember(ctx, name, m.APIURL)
+			}(name, m)
+		}
+		wg.Wait()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// observeSelf takes this agent's own observation.
+func (a *Agent) observeSelf(ctx context.Context) Observation {
+	dds, err := a.inst.DataDirState()
+	dir := dds.String()
+	if err != nil {
+		dir = "unknown"
+	}
+	activity, problem := a.status()
+	return Observation{
+		Name:      a.cfg.Name,
+		At:        time.Now(),
+		RaftState: a.node.RaftState(),
+		Epoch:     a.node.State().Epoch,
+		DataDir:   dir,
+		Activity:  activity,
+		Problem:   problem,
+		Postgres:  a.pgStatus(ctx),
+	}
+}
+
+func (a *Agent) pollMember(ctx context.Context, name, apiURL string) {
+	ctx, cancel := context.WithTimeout(ctx, a.pollTimeout())
+	defer cancel()
+	var o Observation
+	err := getJSON(ctx, a.http, apiURL+"/internal/observation", &o)
+	prev := a.obs.snapshot()[name]
+	if err != nil {
+		prev.reachable = false
+		prev.err = err.Error()
+		prev.obs.Name = name
+		a.obs.set(name, prev)
+		return
+	}
+	a.obs.set(name, memberView{obs: o, reachable: true, lastSeen: time.Now()})
+}
+
+// pollTimeout bounds one poll so a dead member never delays the others' view.
+func (a *Agent) pollTimeout() time.Duration {
+	d := a.cfg.Timing.HealthInterval * 2
+	if d < time.Second {
+		d = time.Second
+	}
+	return d
+}
+
+func getJSON(ctx context.Context, c *http.Client, url string, into any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 4<<20)).Decode(into)
+}

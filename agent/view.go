@@ -1,0 +1,194 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+
+	"github.com/pgha/pgha/consensus"
+	"github.com/pgha/pgha/postgres"
+)
+
+// ClusterView is the body of GET /cluster: Patroni's shape ({"members": [...],
+// "pause": ...}) so existing scripts keep working, plus pgha's own fields.
+type ClusterView struct {
+	Scope        string         `json:"scope,omitempty"`
+	ClusterID    string         `json:"cluster_id"`
+	SystemID     string         `json:"system_identifier,omitempty"` // a string: 64-bit ids do not survive JSON numbers in JavaScript
+	Epoch        uint64         `json:"epoch"`
+	Pause        bool           `json:"pause"`
+	SyncStandbys []string       `json:"sync_standbys"`
+	RaftLeader   string         `json:"raft_leader"`
+	Members      []MemberStatus `json:"members"`
+	Problems     []string       `json:"problems,omitempty"` // why the cluster is not converged, if known
+}
+
+// MemberStatus is one member in ClusterView. The first eight fields are Patroni's.
+type MemberStatus struct {
+	Name     string `json:"name"`
+	Role     string `json:"role"`  // leader / sync_standby / replica
+	State    string `json:"state"` // running / streaming / in archive recovery / starting / stopped / initdb / cloning / unknown
+	APIURL   string `json:"api_url"`
+	Host     string `json:"host"` // PostgreSQL address
+	Port     int    `json:"port"`
+	Timeline uint32 `json:"timeline,omitempty"`
+	Lag      *Lag   `json:"lag,omitempty"` // bytes behind the primary's current LSN; "unknown" when it cannot be computed
+
+	RaftRole    string       `json:"raft_role"`
+	Reachable   bool         `json:"reachable"` // its agent answered the last poll
+	LSN         postgres.LSN `json:"lsn"`       // current (primary) or replayed (standby) WAL position
+	ReceivedLSN postgres.LSN `json:"received_lsn,omitempty"`
+	ReplayedLSN postgres.LSN `json:"replayed_lsn,omitempty"`
+	Epoch       uint64       `json:"epoch"` // the epoch this member's agent has applied
+	NoFailover  bool         `json:"nofailover,omitempty"`
+	Priority    int          `json:"priority,omitempty"`
+	Activity    string       `json:"activity,omitempty"`
+	Problem     string       `json:"problem,omitempty"`
+}
+
+// Lag is a byte count, or unknown. It marshals as Patroni does: a number or "unknown".
+type Lag struct {
+	Bytes   int64
+	Unknown bool
+}
+
+func (l Lag) MarshalJSON() ([]byte, error) {
+	if l.Unknown {
+		return []byte(`"unknown"`), nil
+	}
+	return []byte(strconv.FormatInt(l.Bytes, 10)), nil
+}
+
+func (l *Lag) UnmarshalJSON(b []byte) error {
+	if string(b) == `"unknown"` {
+		*l = Lag{Unknown: true}
+		return nil
+	}
+	var n int64
+	if err := json.Unmarshal(b, &n); err != nil {
+		return fmt.Errorf("lag: want a number or \"unknown\", got %s", b)
+	}
+	*l = Lag{Bytes: n}
+	return nil
+}
+
+func (l *Lag) String() string {
+	if l == nil {
+		return ""
+	}
+	if l.Unknown {
+		return "unknown"
+	}
+	return strconv.FormatInt(l.Bytes, 10)
+}
+
+// buildView combines the committed state with the latest observations.
+func buildView(scope, raftLeader string, st consensus.State, obs map[string]memberView) ClusterView {
+	v := ClusterView{
+		Scope:        scope,
+		ClusterID:    st.ClusterID,
+		Epoch:        st.Epoch,
+		Pause:        st.Paused,
+		SyncStandbys: append([]string{}, st.SyncStandbys...),
+		RaftLeader:   raftLeader,
+	}
+	if st.SystemID != 0 {
+		v.SystemID = strconv.FormatUint(st.SystemID, 10)
+	}
+	var primaryLSN postgres.LSN
+	if p, ok := obs[st.Primary]; ok && p.reachable && p.obs.Postgres.Running && !p.obs.Postgres.InRecovery {
+		primaryLSN = p.obs.Postgres.CurrentLSN
+	}
+	for name, m := range st.Members {
+		o := obs[name]
+		ms := MemberStatus{
+			Name:       name,
+			Role:       roleOf(st, name),
+			APIURL:     m.APIURL,
+			Host:       m.PGHost,
+			Port:       m.PGPort,
+			Reachable:  o.reachable,
+			RaftRole:   o.obs.RaftState,
+			Epoch:      o.obs.Epoch,
+			NoFailover: m.NoFailover,
+			Priority:   m.Priority,
+			Activity:   o.obs.Activity,
+			Problem:    o.obs.Problem,
+		}
+		pg := o.obs.Postgres
+		ms.State = stateOf(o, name == st.Primary)
+		if !o.reachable {
+			ms.RaftRole = "unknown"
+			if ms.Problem == "" && o.err != "" {
+				ms.Problem = "agent unreachable: " + o.err
+			}
+		}
+		if o.reachable && pg.Running {
+			ms.Timeline = pg.Timeline
+			if pg.InRecovery {
+				ms.LSN = pg.ReplayedLSN
+				ms.ReceivedLSN = pg.ReceivedLSN
+				ms.ReplayedLSN = pg.ReplayedLSN
+			} else {
+				ms.LSN = pg.CurrentLSN
+			}
+		}
+		if name != st.Primary {
+			switch {
+			case o.reachable && pg.Running && pg.InRecovery && primaryLSN != 0:
+				lag := int64(primaryLSN) - int64(pg.ReplayedLSN)
+				if lag < 0 {
+					lag = 0
+				}
+				ms.Lag = &Lag{Bytes: lag}
+			default:
+				ms.Lag = &Lag{Unknown: true}
+			}
+		}
+		if ms.Problem != "" {
+			v.Problems = append(v.Problems, name+": "+ms.Problem)
+		}
+		v.Members = append(v.Members, ms)
+	}
+	sort.Slice(v.Members, func(i, j int) bool { return v.Members[i].Name < v.Members[j].Name })
+	sort.Strings(v.Problems)
+	if !st.Initialized() {
+		v.Problems = append(v.Problems, "cluster not initialised yet: waiting for the Raft leader to choose the first primary")
+	}
+	return v
+}
+
+func roleOf(st consensus.State, name string) string {
+	if name == st.Primary {
+		return "leader"
+	}
+	for _, s := range st.SyncStandbys {
+		if s == name {
+			return "sync_standby"
+		}
+	}
+	return "replica"
+}
+
+func stateOf(o memberView, isPrimary bool) string {
+	if !o.reachable {
+		return "unknown"
+	}
+	if o.obs.Activity != "" {
+		return o.obs.Activity
+	}
+	pg := o.obs.Postgres
+	switch {
+	case !pg.Running:
+		return "stopped"
+	case !pg.InRecovery:
+		return "running"
+	case pg.Streaming:
+		return "streaming"
+	case isPrimary:
+		return "starting" // a primary still in recovery is being promoted
+	default:
+		return "in archive recovery"
+	}
+}

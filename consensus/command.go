@@ -1,0 +1,186 @@
+package consensus
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// CommandType names a kind of state change. Types are never renamed or
+// reused; a change in a payload's meaning gets a new Version instead.
+type CommandType string
+
+// The command types the FSM understands. The comment after each names the
+// payload and the preconditions checked when the command is applied.
+const (
+	CmdInitCluster     CommandType = "init_cluster"      // InitClusterData; refused if already initialised; sets Epoch=1
+	CmdSetSystemID     CommandType = "set_system_id"     // SetSystemIDData; refused if already set to a different non-zero value
+	CmdUpsertMember    CommandType = "upsert_member"     // UpsertMemberData
+	CmdRemoveMember    CommandType = "remove_member"     // RemoveMemberData; refused for the current primary
+	CmdPromote         CommandType = "promote"           // PromoteData; epoch must be Epoch+1, primary must be a member
+	CmdSetPaused       CommandType = "set_paused"        // SetPausedData
+	CmdSetSyncStandbys CommandType = "set_sync_standbys" // SetSyncStandbysData; epoch must equal Epoch
+)
+
+// CurrentVersion is the payload version the constructors in this package
+// produce for every command type.
+const CurrentVersion = 1
+
+// Command is one typed, versioned state change. Data holds the payload
+// struct matching Type (for example PromoteData for CmdPromote); the
+// constructors below build well-formed commands.
+//
+// The wire form is the JSON envelope {"type": "...", "version": N, "data": {...}}.
+type Command struct {
+	Type    CommandType
+	Version int
+	Data    any
+}
+
+// Payloads, one per command type (version 1).
+type (
+	InitClusterData struct {
+		ClusterID string `json:"cluster_id"`
+		Primary   string `json:"primary"`
+	}
+	SetSystemIDData struct {
+		SystemID uint64 `json:"system_id"`
+	}
+	UpsertMemberData struct {
+		Member Member `json:"member"`
+	}
+	RemoveMemberData struct {
+		Name string `json:"name"`
+	}
+	PromoteData struct {
+		Primary string `json:"primary"`
+		Epoch   uint64 `json:"epoch"`
+	}
+	SetPausedData struct {
+		Paused bool `json:"paused"`
+	}
+	SetSyncStandbysData struct {
+		Names []string `json:"names"`
+		Epoch uint64   `json:"epoch"`
+	}
+)
+
+// InitCluster records the cluster identity and its first primary (epoch 1).
+func InitCluster(clusterID, primary string) Command {
+	return Command{CmdInitCluster, CurrentVersion, InitClusterData{ClusterID: clusterID, Primary: primary}}
+}
+
+// SetSystemID records the PostgreSQL system identifier of the cluster.
+func SetSystemID(id uint64) Command {
+	return Command{CmdSetSystemID, CurrentVersion, SetSystemIDData{SystemID: id}}
+}
+
+// UpsertMember adds m or replaces the member with the same name.
+func UpsertMember(m Member) Command {
+	return Command{CmdUpsertMember, CurrentVersion, UpsertMemberData{Member: m}}
+}
+
+// RemoveMember removes the named member. Removing an absent member succeeds.
+func RemoveMember(name string) Command {
+	return Command{CmdRemoveMember, CurrentVersion, RemoveMemberData{Name: name}}
+}
+
+// Promote makes name the primary at epoch, which must be the current Epoch+1.
+func Promote(name string, epoch uint64) Command {
+	return Command{CmdPromote, CurrentVersion, PromoteData{Primary: name, Epoch: epoch}}
+}
+
+// SetPaused turns automatic failover off (true) or on (false).
+func SetPaused(paused bool) Command {
+	return Command{CmdSetPaused, CurrentVersion, SetPausedData{Paused: paused}}
+}
+
+// SetSyncStandbys sets the synchronous standby set for the current epoch.
+func SetSyncStandbys(names []string, epoch uint64) Command {
+	return Command{CmdSetSyncStandbys, CurrentVersion, SetSyncStandbysData{Names: names, Epoch: epoch}}
+}
+
+// envelope is the wire form of a Command.
+type envelope struct {
+	Type    CommandType     `json:"type"`
+	Version int             `json:"version"`
+	Data    json.RawMessage `json:"data"`
+}
+
+// Encode returns the wire form of c. It refuses a command the FSM would not
+// understand, so that a malformed command fails before reaching the log.
+func (c Command) Encode() ([]byte, error) {
+	if _, err := lookupDecoder(c.Type, c.Version); err != nil {
+		return nil, fmt.Errorf("encode %s v%d: %w", c.Type, c.Version, err)
+	}
+	data, err := json.Marshal(c.Data)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s v%d: %w", c.Type, c.Version, err)
+	}
+	// Round-trip the payload through the strict decoder: a Data of the wrong
+	// Go type (say PromoteData under CmdSetPaused) fails here, not in the FSM.
+	if _, err := decodePayload(c.Type, c.Version, data); err != nil {
+		return nil, fmt.Errorf("encode %s v%d: %w", c.Type, c.Version, err)
+	}
+	return json.Marshal(envelope{Type: c.Type, Version: c.Version, Data: data})
+}
+
+// DecodeCommand parses the wire form of a command. Data of the result holds
+// the payload struct of the command's type (a value, not a pointer).
+// Unknown types and versions, unknown fields and malformed JSON are errors
+// wrapping ErrUnknownCommand.
+func DecodeCommand(b []byte) (Command, error) {
+	var env envelope
+	if err := strictUnmarshal(b, &env); err != nil {
+		return Command{}, fmt.Errorf("%w: envelope: %v", ErrUnknownCommand, err)
+	}
+	data, err := decodePayload(env.Type, env.Version, env.Data)
+	if err != nil {
+		return Command{}, err
+	}
+	return Command{Type: env.Type, Version: env.Version, Data: data}, nil
+}
+
+func decodePayload(t CommandType, version int, raw json.RawMessage) (any, error) {
+	dec, err := lookupDecoder(t, version)
+	if err != nil {
+		return nil, err
+	}
+	if t := bytes.TrimSpace(raw); len(t) == 0 || bytes.Equal(t, []byte("null")) {
+		return nil, fmt.Errorf("%w: %s v%d: missing data", ErrUnknownCommand, t, version)
+	}
+	data, err := dec(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s v%d: data: %v", ErrUnknownCommand, t, version, err)
+	}
+	return data, nil
+}
+
+func lookupDecoder(t CommandType, version int) (func(json.RawMessage) (any, error), error) {
+	spec, ok := commands[t]
+	if !ok {
+		return nil, fmt.Errorf("%w: unknown type %q", ErrUnknownCommand, t)
+	}
+	dec, ok := spec.decoders[version]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s: unknown version %d", ErrUnknownCommand, t, version)
+	}
+	return dec, nil
+}
+
+// strictUnmarshal decodes exactly one JSON value and rejects unknown
+// fields: a payload this build does not fully understand is an error, not a
+// partial apply.
+func strictUnmarshal(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("trailing data after JSON value")
+	}
+	return nil
+}

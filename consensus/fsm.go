@@ -1,0 +1,331 @@
+package consensus
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// The FSM is a command table in the style of hashicorp/consul's
+// agent/consul/fsm: every CommandType has one entry holding a decoder per
+// payload version it accepts and one apply function. Anything not in the
+// table fails loudly with ErrUnknownCommand; nothing is silently ignored.
+//
+// Determinism: an apply function depends only on the State and the payload,
+// never on the clock, the host or map iteration order, so every replica
+// reaches the same State and the same error for the same log entry.
+//
+// Versions: when a payload changes meaning, add a decoder for the new
+// version next to the old one; old decoders convert into the current payload
+// type so apply functions only ever see the newest shape. A leader must not
+// write a version that some voter's build cannot decode (rolling upgrades
+// upgrade every member before any new version is used).
+
+// commandSpec is one row of the command table.
+type commandSpec struct {
+	decoders map[int]func(json.RawMessage) (any, error)
+	apply    func(s *State, data any) error
+}
+
+// commands is the table. It is never modified after package init.
+var commands = map[CommandType]commandSpec{
+	CmdInitCluster:     v1(applyInitCluster),
+	CmdSetSystemID:     v1(applySetSystemID),
+	CmdUpsertMember:    v1(applyUpsertMember),
+	CmdRemoveMember:    v1(applyRemoveMember),
+	CmdPromote:         v1(applyPromote),
+	CmdSetPaused:       v1(applySetPaused),
+	CmdSetSyncStandbys: v1(applySetSyncStandbys),
+}
+
+// v1 builds the row of a command whose only accepted version is 1 and whose
+// payload type is T.
+func v1[T any](apply func(*State, T) error) commandSpec {
+	return commandSpec{
+		decoders: map[int]func(json.RawMessage) (any, error){
+			1: func(raw json.RawMessage) (any, error) {
+				var d T
+				if err := strictUnmarshal(raw, &d); err != nil {
+					return nil, err
+				}
+				return d, nil
+			},
+		},
+		apply: func(s *State, data any) error {
+			d, ok := data.(T)
+			if !ok {
+				return fmt.Errorf("%w: payload is %T, want %T", ErrUnknownCommand, data, d)
+			}
+			return apply(s, d)
+		},
+	}
+}
+
+// applyCommand applies c to s in place. On error s may be partly modified:
+// callers apply to a clone and keep it only on success.
+func applyCommand(s *State, c Command) error {
+	spec, ok := commands[c.Type]
+	if !ok {
+		return fmt.Errorf("%w: unknown type %q", ErrUnknownCommand, c.Type)
+	}
+	if _, ok := spec.decoders[c.Version]; !ok {
+		return fmt.Errorf("%w: %s: unknown version %d", ErrUnknownCommand, c.Type, c.Version)
+	}
+	if s.Members == nil {
+		s.Members = map[string]Member{}
+	}
+	return spec.apply(s, c.Data)
+}
+
+func refuse(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrRefused}, args...)...)
+}
+
+func applyInitCluster(s *State, d InitClusterData) error {
+	if s.Initialized() {
+		return refuse("cluster %q is already initialised with primary %q", s.ClusterID, s.Primary)
+	}
+	if d.ClusterID == "" {
+		return refuse("cluster_id is empty")
+	}
+	if d.Primary == "" {
+		return refuse("primary is empty")
+	}
+	s.ClusterID = d.ClusterID
+	s.Primary = d.Primary
+	s.Epoch = 1
+	return nil
+}
+
+func applySetSystemID(s *State, d SetSystemIDData) error {
+	if d.SystemID == 0 {
+		return refuse("system_id is zero")
+	}
+	// One cluster, one PostgreSQL system: a node whose data directory has
+	// another system identifier is not a replica of this cluster.
+	if s.SystemID != 0 && s.SystemID != d.SystemID {
+		return refuse("system_id is already %d, not %d", s.SystemID, d.SystemID)
+	}
+	s.SystemID = d.SystemID
+	return nil
+}
+
+func applyUpsertMember(s *State, d UpsertMemberData) error {
+	m := d.Member
+	if m.Name == "" {
+		return refuse("member name is empty")
+	}
+	if m.PGPort < 0 || m.PGPort > 65535 {
+		return refuse("member %s: pg_port %d out of range", m.Name, m.PGPort)
+	}
+	s.Members[m.Name] = m
+	return nil
+}
+
+func applyRemoveMember(s *State, d RemoveMemberData) error {
+	if d.Name == "" {
+		return refuse("member name is empty")
+	}
+	if d.Name == s.Primary {
+		return refuse("member %s is the primary (epoch %d); switch over first", d.Name, s.Epoch)
+	}
+	// Removing an absent member succeeds, so a caller may retry after an
+	// Apply whose outcome it could not learn.
+	delete(s.Members, d.Name)
+	s.SyncStandbys = slices.DeleteFunc(s.SyncStandbys, func(n string) bool { return n == d.Name })
+	return nil
+}
+
+func applyPromote(s *State, d PromoteData) error {
+	if !s.Initialized() {
+		return refuse("promote %s: cluster is not initialised", d.Primary)
+	}
+	// Every promotion carries a new, higher epoch, exactly one above the
+	// committed one: a decision made on an older state cannot win the race
+	// against one made on the newer state (DESIGN: "Decisions are committed
+	// first").
+	if d.Epoch != s.Epoch+1 {
+		return refuse("promote %s at epoch %d: stale, current epoch is %d (want %d)", d.Primary, d.Epoch, s.Epoch, s.Epoch+1)
+	}
+	if _, ok := s.Members[d.Primary]; !ok {
+		return refuse("promote %s: not a member", d.Primary)
+	}
+	s.Primary = d.Primary
+	s.Epoch = d.Epoch
+	// The new primary cannot be its own synchronous standby; the rest of the
+	// set stays until the leader commits a set for the new epoch.
+	s.SyncStandbys = slices.DeleteFunc(s.SyncStandbys, func(n string) bool { return n == d.Primary })
+	return nil
+}
+
+func applySetPaused(s *State, d SetPausedData) error {
+	s.Paused = d.Paused
+	return nil
+}
+
+func applySetSyncStandbys(s *State, d SetSyncStandbysData) error {
+	if !s.Initialized() {
+		return refuse("set sync standbys: cluster is not initialised")
+	}
+	if d.Epoch != s.Epoch {
+		return refuse("set sync standbys for epoch %d: current epoch is %d", d.Epoch, s.Epoch)
+	}
+	seen := make(map[string]bool, len(d.Names))
+	for _, n := range d.Names {
+		switch {
+		case n == s.Primary:
+			return refuse("sync standby %s is the primary", n)
+		case seen[n]:
+			return refuse("sync standby %s listed twice", n)
+		}
+		if _, ok := s.Members[n]; !ok {
+			return refuse("sync standby %s is not a member", n)
+		}
+		seen[n] = true
+	}
+	s.SyncStandbys = slices.Clone(d.Names)
+	return nil
+}
+
+// fsm is the raft.FSM holding the replica of State.
+//
+// Concurrency contract (that of hashicorp/raft's FSM interface):
+//   - Apply, Snapshot and Restore are called by raft from its single FSM
+//     goroutine, never concurrently with each other. They are the only
+//     writers of state.
+//   - fsmSnapshot.Persist runs on another goroutine, concurrently with
+//     Apply; it works on its own deep copy taken in Snapshot.
+//   - Readers (state) may call from any goroutine; they get a deep copy
+//     taken under mu.RLock. The writers swap a fully built State in under
+//     mu.Lock, so a reader never sees a half-applied command.
+//   - onChange is called on the FSM goroutine after every change, outside
+//     mu; it must not block (Node passes a non-blocking broadcast).
+type fsm struct {
+	mu       sync.RWMutex
+	st       State
+	onChange func()
+}
+
+var _ raft.FSM = (*fsm)(nil)
+
+func newFSM(onChange func()) *fsm {
+	if onChange == nil {
+		onChange = func() {}
+	}
+	return &fsm{st: newState(), onChange: onChange}
+}
+
+// state returns a deep copy of the current state.
+func (f *fsm) state() State {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.Clone()
+}
+
+// Apply applies one committed log entry. It returns nil or an error; raft
+// hands the value to the Apply caller on the leader (Node.Apply returns it).
+// A refused or unknown command leaves the state untouched.
+func (f *fsm) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return fmt.Errorf("%w: raft log type %s at index %d", ErrUnknownCommand, l.Type, l.Index)
+	}
+	c, err := DecodeCommand(l.Data)
+	if err != nil {
+		return fmt.Errorf("index %d: %w", l.Index, err)
+	}
+	// Only this goroutine writes f.st, so reading it without the lock is
+	// safe here; the lock is taken only to publish the result.
+	next := f.st.Clone()
+	if err := applyCommand(&next, c); err != nil {
+		return err
+	}
+	next.Index = l.Index
+	f.mu.Lock()
+	f.st = next
+	f.mu.Unlock()
+	f.onChange()
+	return nil
+}
+
+// snapshotFormat is the version of the snapshot encoding written by this
+// build. Restore refuses any other value.
+const snapshotFormat = 1
+
+type snapshotFile struct {
+	Format int   `json:"format"`
+	State  State `json:"state"`
+}
+
+// Snapshot captures a deep copy of the state; Persist encodes it later.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	return &fsmSnapshot{st: f.state()}, nil
+}
+
+// Restore replaces the state with the one in the snapshot. It decodes into a
+// fresh State and swaps it in only if the whole snapshot is valid.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	st, err := decodeSnapshot(b)
+	if err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	f.mu.Lock()
+	f.st = st
+	f.mu.Unlock()
+	f.onChange()
+	return nil
+}
+
+func encodeSnapshot(st State) ([]byte, error) {
+	return json.Marshal(snapshotFile{Format: snapshotFormat, State: st})
+}
+
+func decodeSnapshot(b []byte) (State, error) {
+	// Read the format first, leniently, so that a snapshot from a newer build
+	// fails with a message naming the format rather than an unknown field.
+	var head struct {
+		Format int `json:"format"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return State{}, fmt.Errorf("decode: %w", err)
+	}
+	if head.Format != snapshotFormat {
+		return State{}, fmt.Errorf("unsupported snapshot format %d (this build reads %d)", head.Format, snapshotFormat)
+	}
+	snap := snapshotFile{State: newState()}
+	if err := strictUnmarshal(b, &snap); err != nil {
+		return State{}, fmt.Errorf("decode: %w", err)
+	}
+	if snap.State.Members == nil {
+		snap.State.Members = map[string]Member{}
+	}
+	return snap.State, nil
+}
+
+// fsmSnapshot is a point-in-time copy of the state, owned by raft until
+// Release. Persist may run concurrently with fsm.Apply.
+type fsmSnapshot struct {
+	st State
+}
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	b, err := encodeSnapshot(s.st)
+	if err == nil {
+		_, err = sink.Write(b)
+	}
+	if err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() {}

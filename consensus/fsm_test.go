@@ -1,0 +1,533 @@
+package consensus
+
+import (
+	"bytes"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/raft"
+)
+
+// testFSM applies commands to an fsm as raft would, numbering log entries.
+type testFSM struct {
+	t       *testing.T
+	f       *fsm
+	index   uint64
+	changes int
+}
+
+func newTestFSM(t *testing.T) *testFSM {
+	t.Helper()
+	tf := &testFSM{t: t}
+	tf.f = newFSM(func() { tf.changes++ })
+	return tf
+}
+
+// applyRaw feeds one raw log entry to the FSM and returns its response.
+func (tf *testFSM) applyRaw(data []byte) error {
+	tf.t.Helper()
+	tf.index++
+	res := tf.f.Apply(&raft.Log{Index: tf.index, Term: 1, Type: raft.LogCommand, Data: data})
+	if res == nil {
+		return nil
+	}
+	err, ok := res.(error)
+	if !ok {
+		tf.t.Fatalf("Apply returned %T (%v), want error or nil", res, res)
+	}
+	return err
+}
+
+func (tf *testFSM) apply(c Command) error {
+	tf.t.Helper()
+	b, err := c.Encode()
+	if err != nil {
+		tf.t.Fatalf("encode %s: %v", c.Type, err)
+	}
+	return tf.applyRaw(b)
+}
+
+func (tf *testFSM) mustApply(cs ...Command) {
+	tf.t.Helper()
+	for _, c := range cs {
+		if err := tf.apply(c); err != nil {
+			tf.t.Fatalf("apply %s: %v", c.Type, err)
+		}
+	}
+}
+
+func member(name string) Member {
+	return Member{
+		Name:     name,
+		RaftAddr: "10.0.0." + name + ":8300",
+		APIURL:   "http://10.0.0." + name + ":8008",
+		PGHost:   "10.0.0." + name,
+		PGPort:   5432,
+	}
+}
+
+// initialised: members a, b, c; cluster c1 with primary a at epoch 1.
+var initialised = []Command{
+	UpsertMember(member("a")),
+	UpsertMember(member("b")),
+	UpsertMember(member("c")),
+	InitCluster("c1", "a"),
+}
+
+func with(base []Command, more ...Command) []Command {
+	return append(append([]Command(nil), base...), more...)
+}
+
+func TestFSMCommands(t *testing.T) {
+	tests := []struct {
+		name    string
+		setup   []Command
+		cmd     Command
+		wantErr error // nil, ErrRefused
+		check   func(t *testing.T, s State)
+	}{
+		{
+			name: "init_cluster",
+			cmd:  InitCluster("c1", "a"),
+			check: func(t *testing.T, s State) {
+				if s.ClusterID != "c1" || s.Primary != "a" || s.Epoch != 1 || !s.Initialized() {
+					t.Errorf("state = %+v", s)
+				}
+			},
+		},
+		{name: "init_cluster twice", setup: initialised, cmd: InitCluster("c2", "b"), wantErr: ErrRefused},
+		{name: "init_cluster same args twice", setup: initialised, cmd: InitCluster("c1", "a"), wantErr: ErrRefused},
+		{name: "init_cluster empty id", cmd: InitCluster("", "a"), wantErr: ErrRefused},
+		{name: "init_cluster empty primary", cmd: InitCluster("c1", ""), wantErr: ErrRefused},
+		{
+			name: "set_system_id",
+			cmd:  SetSystemID(7301),
+			check: func(t *testing.T, s State) {
+				if s.SystemID != 7301 {
+					t.Errorf("SystemID = %d", s.SystemID)
+				}
+			},
+		},
+		{name: "set_system_id same value again", setup: []Command{SetSystemID(7301)}, cmd: SetSystemID(7301)},
+		{name: "set_system_id conflict", setup: []Command{SetSystemID(7301)}, cmd: SetSystemID(7302), wantErr: ErrRefused},
+		{name: "set_system_id zero", cmd: SetSystemID(0), wantErr: ErrRefused},
+		{
+			name: "upsert_member adds",
+			cmd:  UpsertMember(member("a")),
+			check: func(t *testing.T, s State) {
+				if !reflect.DeepEqual(s.Members, map[string]Member{"a": member("a")}) {
+					t.Errorf("Members = %+v", s.Members)
+				}
+			},
+		},
+		{
+			name:  "upsert_member replaces",
+			setup: initialised,
+			cmd:   UpsertMember(Member{Name: "b", PGHost: "b.example", PGPort: 6432, NoFailover: true, Priority: 5}),
+			check: func(t *testing.T, s State) {
+				want := Member{Name: "b", PGHost: "b.example", PGPort: 6432, NoFailover: true, Priority: 5}
+				if s.Members["b"] != want || len(s.Members) != 3 {
+					t.Errorf("Members = %+v", s.Members)
+				}
+			},
+		},
+		{name: "upsert_member empty name", cmd: UpsertMember(Member{PGPort: 5432}), wantErr: ErrRefused},
+		{name: "upsert_member bad port", cmd: UpsertMember(Member{Name: "a", PGPort: 70000}), wantErr: ErrRefused},
+		{
+			name:  "remove_member",
+			setup: with(initialised, SetSyncStandbys([]string{"b", "c"}, 1)),
+			cmd:   RemoveMember("b"),
+			check: func(t *testing.T, s State) {
+				if _, ok := s.Members["b"]; ok || len(s.Members) != 2 {
+					t.Errorf("Members = %+v", s.Members)
+				}
+				if !reflect.DeepEqual(s.SyncStandbys, []string{"c"}) {
+					t.Errorf("SyncStandbys = %v, want [c]", s.SyncStandbys)
+				}
+			},
+		},
+		{name: "remove_member absent is a no-op", setup: initialised, cmd: RemoveMember("zz")},
+		{name: "remove_member the primary", setup: initialised, cmd: RemoveMember("a"), wantErr: ErrRefused},
+		{name: "remove_member empty name", setup: initialised, cmd: RemoveMember(""), wantErr: ErrRefused},
+		{
+			name:  "promote",
+			setup: with(initialised, SetSyncStandbys([]string{"b", "c"}, 1)),
+			cmd:   Promote("b", 2),
+			check: func(t *testing.T, s State) {
+				if s.Primary != "b" || s.Epoch != 2 {
+					t.Errorf("primary %q epoch %d, want b 2", s.Primary, s.Epoch)
+				}
+				if !reflect.DeepEqual(s.SyncStandbys, []string{"c"}) {
+					t.Errorf("SyncStandbys = %v, want [c]", s.SyncStandbys)
+				}
+			},
+		},
+		{name: "promote stale epoch", setup: initialised, cmd: Promote("b", 1), wantErr: ErrRefused},
+		{name: "promote stale after promotion", setup: with(initialised, Promote("b", 2)), cmd: Promote("c", 2), wantErr: ErrRefused},
+		{name: "promote skips an epoch", setup: initialised, cmd: Promote("b", 3), wantErr: ErrRefused},
+		{name: "promote a non-member", setup: initialised, cmd: Promote("zz", 2), wantErr: ErrRefused},
+		{name: "promote before init", setup: []Command{UpsertMember(member("a"))}, cmd: Promote("a", 1), wantErr: ErrRefused},
+		{
+			name:  "set_paused",
+			setup: initialised,
+			cmd:   SetPaused(true),
+			check: func(t *testing.T, s State) {
+				if !s.Paused {
+					t.Error("Paused = false")
+				}
+			},
+		},
+		{
+			name:  "set_paused false",
+			setup: with(initialised, SetPaused(true)),
+			cmd:   SetPaused(false),
+			check: func(t *testing.T, s State) {
+				if s.Paused {
+					t.Error("Paused = true")
+				}
+			},
+		},
+		{
+			name:  "set_sync_standbys",
+			setup: initialised,
+			cmd:   SetSyncStandbys([]string{"c", "b"}, 1),
+			check: func(t *testing.T, s State) {
+				if !reflect.DeepEqual(s.SyncStandbys, []string{"c", "b"}) {
+					t.Errorf("SyncStandbys = %v", s.SyncStandbys)
+				}
+			},
+		},
+		{
+			name:  "set_sync_standbys empty",
+			setup: with(initialised, SetSyncStandbys([]string{"b"}, 1)),
+			cmd:   SetSyncStandbys(nil, 1),
+			check: func(t *testing.T, s State) {
+				if len(s.SyncStandbys) != 0 {
+					t.Errorf("SyncStandbys = %v", s.SyncStandbys)
+				}
+			},
+		},
+		{name: "set_sync_standbys stale epoch", setup: with(initialised, Promote("b", 2)), cmd: SetSyncStandbys([]string{"c"}, 1), wantErr: ErrRefused},
+		{name: "set_sync_standbys future epoch", setup: initialised, cmd: SetSyncStandbys([]string{"b"}, 2), wantErr: ErrRefused},
+		{name: "set_sync_standbys primary", setup: initialised, cmd: SetSyncStandbys([]string{"a"}, 1), wantErr: ErrRefused},
+		{name: "set_sync_standbys non-member", setup: initialised, cmd: SetSyncStandbys([]string{"zz"}, 1), wantErr: ErrRefused},
+		{name: "set_sync_standbys duplicate", setup: initialised, cmd: SetSyncStandbys([]string{"b", "b"}, 1), wantErr: ErrRefused},
+		{name: "set_sync_standbys before init", cmd: SetSyncStandbys(nil, 0), wantErr: ErrRefused},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tf := newTestFSM(t)
+			tf.mustApply(tt.setup...)
+			before := tf.f.state()
+			changes := tf.changes
+
+			err := tf.apply(tt.cmd)
+			after := tf.f.state()
+
+			if tt.wantErr == nil {
+				if err != nil {
+					t.Fatalf("apply %s: %v", tt.cmd.Type, err)
+				}
+				if after.Index != tf.index {
+					t.Errorf("Index = %d, want %d", after.Index, tf.index)
+				}
+				if tf.changes != changes+1 {
+					t.Errorf("onChange called %d times, want 1", tf.changes-changes)
+				}
+				if tt.check != nil {
+					tt.check(t, after)
+				}
+				return
+			}
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("apply %s: err = %v, want %v", tt.cmd.Type, err, tt.wantErr)
+			}
+			if !reflect.DeepEqual(before, after) {
+				t.Errorf("refused command changed state:\nbefore %+v\nafter  %+v", before, after)
+			}
+			if tf.changes != changes {
+				t.Errorf("refused command called onChange")
+			}
+		})
+	}
+}
+
+// TestFSMRefusalReasons checks that a refusal says why, for the operator.
+func TestFSMRefusalReasons(t *testing.T) {
+	tf := newTestFSM(t)
+	tf.mustApply(initialised...)
+	err := tf.apply(Promote("b", 1))
+	if err == nil || !strings.Contains(err.Error(), "stale") || !strings.Contains(err.Error(), "current epoch is 1") {
+		t.Errorf("stale promote: err = %v, want a reason naming the stale epoch", err)
+	}
+}
+
+func TestFSMUnknownCommands(t *testing.T) {
+	tests := []struct {
+		name string
+		data string
+	}{
+		{"unknown type", `{"type":"frobnicate","version":1,"data":{}}`},
+		{"unknown version", `{"type":"promote","version":2,"data":{"primary":"b","epoch":2}}`},
+		{"version zero", `{"type":"set_paused","version":0,"data":{"paused":true}}`},
+		{"missing type", `{"version":1,"data":{"paused":true}}`},
+		{"unknown payload field", `{"type":"set_paused","version":1,"data":{"paused":true,"force":true}}`},
+		{"unknown envelope field", `{"type":"set_paused","version":1,"data":{"paused":true},"extra":1}`},
+		{"wrong payload type", `{"type":"set_paused","version":1,"data":{"paused":"yes"}}`},
+		{"missing data", `{"type":"set_paused","version":1}`},
+		{"null data", `{"type":"set_paused","version":1,"data":null}`},
+		{"trailing data", `{"type":"set_paused","version":1,"data":{"paused":true}} {}`},
+		{"trailing brace", `{"type":"set_paused","version":1,"data":{"paused":true}}}`},
+		{"not json", `promote b`},
+		{"empty", ``},
+		{"json array", `[1,2]`},
+		{"binary", "\x00\xff\x13"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := DecodeCommand([]byte(tt.data)); !errors.Is(err, ErrUnknownCommand) {
+				t.Errorf("DecodeCommand: err = %v, want ErrUnknownCommand", err)
+			}
+			tf := newTestFSM(t)
+			tf.mustApply(initialised...)
+			before := tf.f.state()
+			if err := tf.applyRaw([]byte(tt.data)); !errors.Is(err, ErrUnknownCommand) {
+				t.Errorf("Apply: err = %v, want ErrUnknownCommand", err)
+			}
+			if after := tf.f.state(); !reflect.DeepEqual(before, after) {
+				t.Errorf("state changed:\nbefore %+v\nafter  %+v", before, after)
+			}
+		})
+	}
+}
+
+func TestFSMIgnoresNothing(t *testing.T) {
+	tf := newTestFSM(t)
+	res := tf.f.Apply(&raft.Log{Index: 1, Type: raft.LogNoop})
+	if err, _ := res.(error); !errors.Is(err, ErrUnknownCommand) {
+		t.Errorf("Apply(LogNoop) = %v, want ErrUnknownCommand", res)
+	}
+}
+
+func TestCommandEncodeDecodeRoundTrip(t *testing.T) {
+	cmds := []Command{
+		InitCluster("c1", "a"),
+		SetSystemID(1 << 63),
+		UpsertMember(Member{Name: "a", RaftAddr: "r:1", APIURL: "http://a:8008", PGHost: "a", PGPort: 5432, NoFailover: true, Priority: 3}),
+		RemoveMember("a"),
+		Promote("b", 9),
+		SetPaused(true),
+		SetSyncStandbys([]string{"b", "c"}, 4),
+		SetSyncStandbys(nil, 4),
+	}
+	for _, c := range cmds {
+		b, err := c.Encode()
+		if err != nil {
+			t.Fatalf("encode %s: %v", c.Type, err)
+		}
+		if !bytes.Contains(b, []byte(`"type":"`+string(c.Type)+`","version":1,"data":{`)) {
+			t.Errorf("wire form of %s = %s, want the envelope", c.Type, b)
+		}
+		got, err := DecodeCommand(b)
+		if err != nil {
+			t.Fatalf("decode %s: %v", c.Type, err)
+		}
+		if !reflect.DeepEqual(got, c) {
+			t.Errorf("round trip of %s:\n got %#v\nwant %#v", c.Type, got, c)
+		}
+	}
+}
+
+func TestCommandEncodeRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		cmd  Command
+	}{
+		{"unknown type", Command{Type: "frobnicate", Version: 1, Data: struct{}{}}},
+		{"unknown version", Command{Type: CmdPromote, Version: 2, Data: PromoteData{Primary: "a", Epoch: 2}}},
+		{"zero version", Command{Type: CmdPromote, Data: PromoteData{Primary: "a", Epoch: 2}}},
+		{"payload of another type", Command{Type: CmdSetPaused, Version: 1, Data: PromoteData{Primary: "a"}}},
+		{"nil payload", Command{Type: CmdSetPaused, Version: 1}},
+		{"unencodable payload", Command{Type: CmdSetPaused, Version: 1, Data: make(chan int)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if b, err := tt.cmd.Encode(); err == nil {
+				t.Errorf("Encode = %s, want an error", b)
+			}
+		})
+	}
+}
+
+// memSink is an in-memory raft.SnapshotSink.
+type memSink struct {
+	bytes.Buffer
+	closed, cancelled bool
+}
+
+func (s *memSink) ID() string    { return "mem" }
+func (s *memSink) Close() error  { s.closed = true; return nil }
+func (s *memSink) Cancel() error { s.cancelled = true; return nil }
+
+func persist(t *testing.T, f *fsm) []byte {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	defer snap.Release()
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatalf("Persist: %v", err)
+	}
+	if !sink.closed || sink.cancelled {
+		t.Fatalf("sink closed=%v cancelled=%v, want closed", sink.closed, sink.cancelled)
+	}
+	return sink.Bytes()
+}
+
+func restore(f *fsm, b []byte) error {
+	return f.Restore(readCloser{bytes.NewReader(b)})
+}
+
+type readCloser struct{ *bytes.Reader }
+
+func (readCloser) Close() error { return nil }
+
+func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
+	states := map[string][]Command{
+		"empty": nil,
+		"full": with(initialised,
+			SetSystemID(7301),
+			UpsertMember(Member{Name: "d", PGPort: 5433, NoFailover: true, Priority: 2}),
+			Promote("b", 2),
+			SetSyncStandbys([]string{"c", "a"}, 2),
+			SetPaused(true),
+		),
+	}
+	for name, cmds := range states {
+		t.Run(name, func(t *testing.T) {
+			src := newTestFSM(t)
+			src.mustApply(cmds...)
+			b := persist(t, src.f)
+
+			// Snapshot is a copy: applying after it does not change it.
+			src.mustApply(SetPaused(false))
+
+			dst := newTestFSM(t)
+			dst.mustApply(InitCluster("other", "x")) // Restore replaces, not merges
+			if err := restore(dst.f, b); err != nil {
+				t.Fatalf("Restore: %v", err)
+			}
+			want := newTestFSM(t)
+			want.mustApply(cmds...)
+			if got := dst.f.state(); !reflect.DeepEqual(got, want.f.state()) {
+				t.Errorf("restored state:\n got %+v\nwant %+v", got, want.f.state())
+			}
+			if dst.changes != 2 {
+				t.Errorf("onChange calls = %d, want 2 (apply + restore)", dst.changes)
+			}
+		})
+	}
+}
+
+func TestFSMRestoreRejects(t *testing.T) {
+	src := newTestFSM(t)
+	src.mustApply(initialised...)
+	good := string(persist(t, src.f))
+
+	tests := []struct {
+		name, data, wantMsg string
+	}{
+		{"garbage", "\x00garbage", "decode"},
+		{"empty", "", "decode"},
+		{"future format", strings.Replace(good, `"format":1`, `"format":2`, 1), "format 2"},
+		{"no format", `{"state":{"cluster_id":"c1"}}`, "format 0"},
+		{"unknown state field", strings.Replace(good, `"cluster_id"`, `"leader_lease":1,"cluster_id"`, 1), "unknown field"},
+		{"truncated", good[:len(good)/2], "decode"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dst := newTestFSM(t)
+			dst.mustApply(SetPaused(true))
+			before := dst.f.state()
+			err := restore(dst.f, []byte(tt.data))
+			if err == nil || !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Fatalf("Restore: err = %v, want one mentioning %q", err, tt.wantMsg)
+			}
+			if after := dst.f.state(); !reflect.DeepEqual(before, after) {
+				t.Errorf("failed restore changed state: %+v", after)
+			}
+		})
+	}
+}
+
+func TestStateClone(t *testing.T) {
+	tf := newTestFSM(t)
+	tf.mustApply(with(initialised, SetSyncStandbys([]string{"b"}, 1))...)
+	s := tf.f.state()
+	c := s.Clone()
+	if !reflect.DeepEqual(s, c) {
+		t.Fatalf("clone differs:\n%+v\n%+v", s, c)
+	}
+	c.Members["zz"] = Member{Name: "zz"}
+	c.SyncStandbys[0] = "zz"
+	if _, ok := s.Members["zz"]; ok || s.SyncStandbys[0] != "b" {
+		t.Error("clone shares memory with the original")
+	}
+	// A copy from the FSM is private too.
+	s.Members["yy"] = Member{}
+	if _, ok := tf.f.state().Members["yy"]; ok {
+		t.Error("State() shares memory with the FSM")
+	}
+	if (State{}).Clone().Members != nil {
+		t.Error("clone of a nil map is not nil")
+	}
+}
+
+func TestBroadcasterCoalesces(t *testing.T) {
+	var b broadcaster
+	ch, cancel := b.subscribe()
+	b.notify()
+	b.notify() // must not block: coalesced
+	<-ch
+	select {
+	case <-ch:
+		t.Fatal("two signals for coalesced notifies")
+	default:
+	}
+	cancel()
+	cancel() // idempotent
+	b.notify()
+	select {
+	case <-ch:
+		t.Fatal("signal after unsubscribe")
+	default:
+	}
+}
+
+func TestLeaderFanoutKeepsLatest(t *testing.T) {
+	var l leaderFanout
+	a, b := l.subscribe(), l.subscribe()
+	if v := <-a; v {
+		t.Fatal("primed with true, want false")
+	}
+	l.publish(true)
+	l.publish(false)
+	l.publish(true) // never blocks; a holds only the latest
+	if v := <-a; !v {
+		t.Error("a: got false, want latest true")
+	}
+	// b still holds its primed value's replacement: the latest, true.
+	if v := <-b; !v {
+		t.Error("b: got false, want latest true")
+	}
+	l.publish(true) // no change, no signal
+	select {
+	case v := <-a:
+		t.Errorf("signal %v without a change", v)
+	default:
+	}
+}

@@ -1,0 +1,570 @@
+package consensus
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+)
+
+// Defaults for the zero values of Config.
+const (
+	DefaultHeartbeatTimeout   = time.Second
+	DefaultElectionTimeout    = time.Second
+	DefaultLeaderLeaseTimeout = 500 * time.Millisecond
+	DefaultCommitTimeout      = 50 * time.Millisecond
+	DefaultSnapshotThreshold  = 1024
+	DefaultRaftLogLevel       = "warn"
+)
+
+const (
+	boltFile          = "raft.db"
+	snapshotsRetained = 2
+	transportMaxPool  = 3
+	transportTimeout  = 10 * time.Second
+	boltOpenTimeout   = time.Second
+)
+
+// Config configures one Raft member. The zero values of the durations, of
+// SnapshotThreshold and of RaftLogLevel select the defaults above.
+type Config struct {
+	ID            string // raft server ID, unique and stable for the node's life (the pgha node name)
+	BindAddr      string // host:port the Raft transport listens on; port 0 picks a free port
+	AdvertiseAddr string // host:port other members dial; "" advertises the bound address (which must not be 0.0.0.0)
+	Dir           string // data directory: raft.db (log + stable store) and snapshots/
+	Logger        *slog.Logger
+
+	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout, CommitTimeout time.Duration
+	SnapshotThreshold                                                    uint64
+
+	// RaftLogLevel is the least level of raft's own records passed to Logger:
+	// "trace", "debug", "info", "warn" (default) or "error".
+	RaftLogLevel string
+}
+
+// withDefaults returns c with zero values replaced by defaults.
+func (c Config) withDefaults() Config {
+	if c.HeartbeatTimeout == 0 {
+		c.HeartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	if c.ElectionTimeout == 0 {
+		c.ElectionTimeout = DefaultElectionTimeout
+	}
+	if c.LeaderLeaseTimeout == 0 {
+		c.LeaderLeaseTimeout = DefaultLeaderLeaseTimeout
+	}
+	if c.CommitTimeout == 0 {
+		c.CommitTimeout = DefaultCommitTimeout
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = DefaultSnapshotThreshold
+	}
+	if c.RaftLogLevel == "" {
+		c.RaftLogLevel = DefaultRaftLogLevel
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Validate checks a Config after defaults are applied and names the key at
+// fault.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	switch {
+	case c.ID == "":
+		return errors.New("consensus config: ID is empty; set it to the node name")
+	case c.BindAddr == "":
+		return errors.New("consensus config: BindAddr is empty; set host:port for raft to listen on")
+	case c.Dir == "":
+		return errors.New("consensus config: Dir is empty; set the raft data directory")
+	case c.HeartbeatTimeout < 0 || c.ElectionTimeout < 0 || c.LeaderLeaseTimeout < 0 || c.CommitTimeout < 0:
+		return errors.New("consensus config: timeouts must not be negative")
+	case c.ElectionTimeout < c.HeartbeatTimeout:
+		return fmt.Errorf("consensus config: ElectionTimeout (%s) must be >= HeartbeatTimeout (%s)", c.ElectionTimeout, c.HeartbeatTimeout)
+	// VIP on one host (DESIGN safety rule): a leader that loses its quorum
+	// must step down, and so drop the VIP, before the rest can elect a new
+	// leader. Raft steps down after LeaderLeaseTimeout; followers start an
+	// election no sooner than ElectionTimeout. Hence lease < election.
+	case c.LeaderLeaseTimeout >= c.ElectionTimeout:
+		return fmt.Errorf("consensus config: LeaderLeaseTimeout (%s) must be shorter than ElectionTimeout (%s)", c.LeaderLeaseTimeout, c.ElectionTimeout)
+	case c.LeaderLeaseTimeout > c.HeartbeatTimeout:
+		return fmt.Errorf("consensus config: LeaderLeaseTimeout (%s) must not exceed HeartbeatTimeout (%s)", c.LeaderLeaseTimeout, c.HeartbeatTimeout)
+	}
+	if hclog.LevelFromString(c.RaftLogLevel) == hclog.NoLevel {
+		return fmt.Errorf("consensus config: RaftLogLevel %q is not one of trace, debug, info, warn, error", c.RaftLogLevel)
+	}
+	return nil
+}
+
+// Server is one member of the Raft configuration.
+type Server struct {
+	ID, Addr string
+}
+
+// Node is this process's Raft member and its replica of State.
+//
+// All methods are safe for concurrent use from any goroutine. The Node owns
+// one goroutine (leadership observation) and raft's own goroutines; Close
+// stops them all.
+type Node struct {
+	id, addr  string
+	advertise string // Config.AdvertiseAddr as configured
+	log       *slog.Logger
+
+	raft  *raft.Raft
+	fsm   *fsm
+	store *raftboltdb.BoltStore
+	snaps *raft.FileSnapshotStore
+	trans *raft.NetworkTransport
+
+	observer *raft.Observer
+	obsCh    chan raft.Observation
+	watchers broadcaster
+	leaders  leaderFanout
+
+	closing   chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens the stores in cfg.Dir and the transport, and starts Raft. It
+// does not bootstrap: see the package documentation for when to call
+// Bootstrap.
+func Open(cfg Config) (n *Node, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	level := hclog.LevelFromString(cfg.RaftLogLevel)
+	logger := cfg.Logger.With("node", cfg.ID)
+	hl := newRaftLogger(logger, level)
+
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open raft dir: %w", err)
+	}
+
+	var closers []func() error
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				_ = closers[i]()
+			}
+		}
+	}()
+
+	// The open timeout turns a second process on the same Dir into an
+	// error instead of a hang on bolt's file lock.
+	store, err := raftboltdb.New(raftboltdb.Options{
+		Path:        filepath.Join(cfg.Dir, boltFile),
+		BoltOptions: &bbolt.Options{Timeout: boltOpenTimeout},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open raft store %s: %w", filepath.Join(cfg.Dir, boltFile), err)
+	}
+	closers = append(closers, store.Close)
+
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, snapshotsRetained, hl.Named("snapshot"))
+	if err != nil {
+		return nil, fmt.Errorf("open snapshot store in %s: %w", cfg.Dir, err)
+	}
+
+	var advertise net.Addr
+	if cfg.AdvertiseAddr != "" {
+		a, err := net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr)
+		if err != nil {
+			return nil, fmt.Errorf("resolve AdvertiseAddr %q: %w", cfg.AdvertiseAddr, err)
+		}
+		advertise = a
+	}
+	trans, err := raft.NewTCPTransportWithLogger(cfg.BindAddr, advertise, transportMaxPool, transportTimeout, hl.Named("transport"))
+	if err != nil {
+		return nil, fmt.Errorf("raft transport on %s: %w", cfg.BindAddr, err)
+	}
+	closers = append(closers, trans.Close)
+
+	n = &Node{
+		id:        cfg.ID,
+		addr:      string(trans.LocalAddr()),
+		advertise: cfg.AdvertiseAddr,
+		log:       logger,
+		store:     store,
+		snaps:     snaps,
+		trans:     trans,
+		obsCh:     make(chan raft.Observation, 16),
+		closing:   make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	n.fsm = newFSM(n.watchers.notify)
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.CommitTimeout
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.Logger = hl
+	r, err := raft.NewRaft(rc, n.fsm, store, store, snaps, trans)
+	if err != nil {
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	n.raft = r
+
+	n.observer = raft.NewObserver(n.obsCh, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.LeaderObservation, raft.RaftState:
+			return true
+		}
+		return false
+	})
+	r.RegisterObserver(n.observer)
+	n.obsCh <- raft.Observation{} // evaluate once: transitions before registration
+	go n.observe()
+	logger.Info("raft started", "addr", n.addr, "dir", cfg.Dir, "has_state", n.HasState())
+	return n, nil
+}
+
+// observe turns raft's leadership and state observations into Watch and
+// LeaderCh signals. It runs until Close. Observations carry no data we
+// trust: each one triggers a fresh read of raft's state, so one dropped by
+// a full channel loses nothing.
+func (n *Node) observe() {
+	defer close(n.done)
+	for {
+		select {
+		case <-n.obsCh:
+		case <-n.closing:
+			return
+		}
+		n.leaders.publish(n.raft.State() == raft.Leader)
+		n.watchers.notify()
+	}
+}
+
+// ID returns the node's raft server ID.
+func (n *Node) ID() string { return n.id }
+
+// Addr returns the address the node advertises to other members (the
+// actual port when BindAddr asked for port 0).
+func (n *Node) Addr() string { return n.addr }
+
+// HasState reports whether this node has any Raft state on disk: a term, a
+// log entry or a snapshot. A node with state was part of a cluster and must
+// never bootstrap. If the stores cannot be read it reports true: not knowing
+// must not lead to a second bootstrap.
+func (n *Node) HasState() bool {
+	has, err := raft.HasExistingState(n.store, n.store, n.snaps)
+	if err != nil {
+		n.log.Error("cannot read raft state; assuming it exists", "err", err)
+		return true
+	}
+	return has
+}
+
+// Bootstrap writes the initial configuration of a new cluster. It is legal
+// only on a node without state (HasState false) and otherwise returns an
+// error wrapping ErrAlreadyBootstrapped, which also covers the race where a
+// leader bootstrapped elsewhere reached this node first. servers must
+// include this node with its advertised address, and must be the identical
+// list on every initial member.
+func (n *Node) Bootstrap(servers []Server) error {
+	if len(servers) == 0 {
+		return errors.New("bootstrap: empty server list")
+	}
+	if n.HasState() {
+		return fmt.Errorf("bootstrap %s: %w", n.id, ErrAlreadyBootstrapped)
+	}
+	var conf raft.Configuration
+	self := false
+	for _, s := range servers {
+		if s.ID == "" || s.Addr == "" {
+			return fmt.Errorf("bootstrap: server %q at %q: ID and Addr are required", s.ID, s.Addr)
+		}
+		if s.ID == n.id {
+			if !n.isSelfAddr(s.Addr) {
+				return fmt.Errorf("bootstrap: this node %s is listed at %s but advertises %s", n.id, s.Addr, n.addr)
+			}
+			self = true
+		}
+		conf.Servers = append(conf.Servers, raft.Server{
+			Suffrage: raft.Voter,
+			ID:       raft.ServerID(s.ID),
+			Address:  raft.ServerAddress(s.Addr),
+		})
+	}
+	if !self {
+		return fmt.Errorf("bootstrap: this node %s is not in the server list", n.id)
+	}
+	// Sorted, so that every initial member writes a byte-identical first
+	// log entry whatever order its caller listed the servers in.
+	slices.SortFunc(conf.Servers, func(a, b raft.Server) int { return cmp.Compare(a.ID, b.ID) })
+	if err := n.raft.BootstrapCluster(conf).Error(); err != nil {
+		if errors.Is(err, raft.ErrCantBootstrap) {
+			return fmt.Errorf("bootstrap %s: %w", n.id, ErrAlreadyBootstrapped)
+		}
+		return fmt.Errorf("bootstrap %s: %w", n.id, err)
+	}
+	n.log.Info("raft bootstrapped", "servers", len(servers))
+	return nil
+}
+
+// Apply commits c through Raft and returns the FSM's verdict: nil, or an
+// error wrapping ErrRefused or ErrUnknownCommand. On success the command is
+// applied to this node's State before Apply returns.
+//
+// On a follower it returns an error wrapping ErrNotLeader and writes
+// nothing. If ctx ends first Apply returns ctx's error, but the command
+// may still be committed later; the same holds for an error wrapping
+// raft.ErrLeadershipLost. Commands are safe to retry in those cases only
+// if they are idempotent or guarded by an epoch.
+func (n *Node) Apply(ctx context.Context, c Command) error {
+	b, err := c.Encode()
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("apply %s: %w", c.Type, err)
+	}
+	if err := n.leaderOnly(); err != nil {
+		return fmt.Errorf("apply %s: %w", c.Type, err)
+	}
+	f := n.raft.Apply(b, enqueueTimeout(ctx))
+	if err := n.wait(ctx, f); err != nil {
+		return fmt.Errorf("apply %s: %w", c.Type, err)
+	}
+	if err, ok := f.Response().(error); ok && err != nil {
+		return fmt.Errorf("apply %s: %w", c.Type, err)
+	}
+	return nil
+}
+
+// State returns a deep copy of the committed state as applied on this node.
+// On a follower it may lag the leader; Barrier on the leader, or Index,
+// tell how far it is.
+func (n *Node) State() State { return n.fsm.state() }
+
+// Watch returns a channel that receives after each change of State and
+// each change of leadership or raft state (this node's, or who the leader
+// is). Signals are non-blocking and coalesced: one pending signal stands for
+// any number of changes, so read State/IsLeader after receiving. The func
+// unsubscribes; it is safe to call more than once. The channel is never
+// closed; after Close it gets one last signal and RaftState is "shutdown".
+func (n *Node) Watch() (<-chan struct{}, func()) { return n.watchers.subscribe() }
+
+// IsLeader reports whether this node is the Raft leader now.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// Leader returns the ID and address of the leader as this node knows it;
+// both are empty if no leader is known.
+func (n *Node) Leader() (id, addr string) {
+	a, i := n.raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// RaftState returns "leader", "follower", "candidate" or "shutdown".
+func (n *Node) RaftState() string {
+	return strings.ToLower(n.raft.State().String())
+}
+
+// LastContact returns, on a follower, the last time it heard from a leader
+// (zero if never); on the leader, time.Now().
+func (n *Node) LastContact() time.Time {
+	if n.IsLeader() {
+		return time.Now()
+	}
+	return n.raft.LastContact()
+}
+
+// LeaderCh returns a new channel that delivers this node's leadership:
+// true on gaining it, false on losing it. It is primed with the current
+// value, holds only the latest value a slow reader has not received (never
+// blocks raft), delivers false on Close and is never closed. Every call
+// makes a new channel with its own copy of the stream, so several
+// consumers do not steal from each other; call it once per consumer, since
+// channels are kept until the Node is garbage. Unlike raft.LeaderCh it is
+// safe to ignore.
+func (n *Node) LeaderCh() <-chan bool { return n.leaders.subscribe() }
+
+// AddVoter adds a voting member, or updates the address of an existing one.
+// Leader only; returns once the configuration change is committed. The new
+// node must be Open (not bootstrapped): the leader replicates the log or a
+// snapshot to it.
+func (n *Node) AddVoter(ctx context.Context, id, addr string) error {
+	if id == "" || addr == "" {
+		return fmt.Errorf("add voter %q at %q: ID and address are required", id, addr)
+	}
+	if err := n.leaderOnly(); err != nil {
+		return fmt.Errorf("add voter %s: %w", id, err)
+	}
+	f := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, enqueueTimeout(ctx))
+	if err := n.wait(ctx, f); err != nil {
+		return fmt.Errorf("add voter %s: %w", id, err)
+	}
+	n.log.Info("raft voter added", "member", id, "addr", addr)
+	return nil
+}
+
+// RemoveServer removes a member from the Raft configuration. Leader only;
+// returns once the configuration change is committed.
+func (n *Node) RemoveServer(ctx context.Context, id string) error {
+	if id == "" {
+		return errors.New("remove server: ID is required")
+	}
+	if err := n.leaderOnly(); err != nil {
+		return fmt.Errorf("remove server %s: %w", id, err)
+	}
+	f := n.raft.RemoveServer(raft.ServerID(id), 0, enqueueTimeout(ctx))
+	if err := n.wait(ctx, f); err != nil {
+		return fmt.Errorf("remove server %s: %w", id, err)
+	}
+	n.log.Info("raft server removed", "member", id)
+	return nil
+}
+
+// Servers returns the latest Raft configuration known to this node (voters
+// and non-voters).
+func (n *Node) Servers() ([]Server, error) {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, fmt.Errorf("raft configuration: %w", err)
+	}
+	cfg := f.Configuration()
+	out := make([]Server, 0, len(cfg.Servers))
+	for _, s := range cfg.Servers {
+		out = append(out, Server{ID: string(s.ID), Addr: string(s.Address)})
+	}
+	return out, nil
+}
+
+// Stats returns raft's diagnostic counters (raft.Raft.Stats).
+func (n *Node) Stats() map[string]string { return n.raft.Stats() }
+
+// Barrier waits until every entry committed before the call is applied to
+// this node's FSM. Leader only. After it returns, State reflects every
+// command committed so far.
+func (n *Node) Barrier(ctx context.Context) error {
+	if err := n.leaderOnly(); err != nil {
+		return fmt.Errorf("barrier: %w", err)
+	}
+	if err := n.wait(ctx, n.raft.Barrier(enqueueTimeout(ctx))); err != nil {
+		return fmt.Errorf("barrier: %w", err)
+	}
+	return nil
+}
+
+// Snapshot asks raft to take a snapshot now and compact the log. Having
+// nothing new to snapshot is not an error.
+func (n *Node) Snapshot() error {
+	err := n.raft.Snapshot().Error()
+	if err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	return nil
+}
+
+// Close shuts raft down (without leaving the configuration: a restarted
+// node rejoins as the same member), closes the transport and the stores.
+// Safe to call more than once; later calls return the first call's error.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		var errs []error
+		// Shutdown also closes the transport.
+		if err := n.raft.Shutdown().Error(); err != nil {
+			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
+		}
+		n.raft.DeregisterObserver(n.observer)
+		close(n.closing)
+		<-n.done
+		n.leaders.publish(false)
+		n.watchers.notify()
+		if err := n.trans.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close raft transport: %w", err))
+		}
+		if err := n.store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close raft store: %w", err))
+		}
+		n.closeErr = errors.Join(errs...)
+		n.log.Info("raft stopped")
+	})
+	return n.closeErr
+}
+
+// isSelfAddr reports whether addr names this node's advertised address,
+// literally or after resolving a host name (config may say "pg1:8300"
+// while the transport advertises the resolved "10.0.0.11:8300").
+func (n *Node) isSelfAddr(addr string) bool {
+	if addr == n.addr || (n.advertise != "" && addr == n.advertise) {
+		return true
+	}
+	a, err := net.ResolveTCPAddr("tcp", addr)
+	return err == nil && a.String() == n.addr
+}
+
+// leaderOnly returns nil on the leader, otherwise an error wrapping
+// ErrNotLeader that names the leader if one is known.
+func (n *Node) leaderOnly() error {
+	if n.IsLeader() {
+		return nil
+	}
+	return n.notLeader()
+}
+
+func (n *Node) notLeader() error {
+	id, addr := n.Leader()
+	if addr == "" {
+		return fmt.Errorf("%w: no leader known to %s", ErrNotLeader, n.id)
+	}
+	return fmt.Errorf("%w: leader is %s at %s", ErrNotLeader, id, addr)
+}
+
+// wait waits for f or ctx. If ctx ends first, the goroutine waiting on f
+// lives on until raft resolves f, which it always does (at the latest with
+// ErrRaftShutdown on Close).
+func (n *Node) wait(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("%w (the operation may still complete)", ctx.Err())
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		// Rejected before it entered the log: nothing was written.
+		return n.notLeader()
+	case errors.Is(err, raft.ErrLeadershipLost):
+		return fmt.Errorf("%w: the entry may or may not be committed", err)
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
+	}
+	return err
+}
+
+// enqueueTimeout converts ctx's deadline into raft's enqueue timeout
+// (0 means none).
+func enqueueTimeout(ctx context.Context) time.Duration {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return 0
+	}
+	return max(time.Until(dl), time.Millisecond)
+}

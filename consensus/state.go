@@ -1,0 +1,54 @@
+package consensus
+
+import "slices"
+
+// Member is one node of the pgha cluster as recorded in Raft.
+type Member struct {
+	Name       string `json:"name"`
+	RaftAddr   string `json:"raft_addr"`
+	APIURL     string `json:"api_url"` // agent REST base URL, e.g. http://10.0.0.11:8008
+	PGHost     string `json:"pg_host"` // PostgreSQL address clients/standbys use
+	PGPort     int    `json:"pg_port"`
+	NoFailover bool   `json:"nofailover,omitempty"`
+	Priority   int    `json:"priority,omitempty"`
+}
+
+// State is the committed cluster state. Every agent holds a replica of it in
+// its FSM; it changes only by applying a Command through Raft.
+//
+// A State obtained from Node.State is a private deep copy: the caller may
+// read and modify it freely without affecting the replica.
+type State struct {
+	ClusterID    string            `json:"cluster_id"` // set once by InitCluster
+	SystemID     uint64            `json:"system_id"`  // PostgreSQL system identifier, set once
+	Members      map[string]Member `json:"members"`
+	Primary      string            `json:"primary"` // "" until the cluster is initialised
+	Epoch        uint64            `json:"epoch"`   // bumped by every promotion; 1 after InitCluster
+	Paused       bool              `json:"paused"`
+	SyncStandbys []string          `json:"sync_standbys"`
+	// Index is the Raft log index of the last entry that changed this State.
+	// Refused commands leave the whole State, Index included, untouched.
+	Index uint64 `json:"index"`
+}
+
+// newState returns the empty state of a fresh FSM.
+func newState() State {
+	return State{Members: map[string]Member{}}
+}
+
+// Clone returns a deep copy of s. Nil-ness of Members and SyncStandbys is
+// preserved so that a clone compares equal (reflect.DeepEqual) to s.
+func (s State) Clone() State {
+	c := s
+	if s.Members != nil {
+		c.Members = make(map[string]Member, len(s.Members))
+		for k, v := range s.Members {
+			c.Members[k] = v
+		}
+	}
+	c.SyncStandbys = slices.Clone(s.SyncStandbys)
+	return c
+}
+
+// Initialized reports whether InitCluster has been committed (Primary != "").
+func (s State) Initialized() bool { return s.Primary != "" }

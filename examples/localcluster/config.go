@@ -1,0 +1,63 @@
+package localcluster
+
+import (
+	"fmt"
+	"strings"
+)
+
+// nodeConfig renders one node's YAML. It is written out readable, with the
+// same keys as examples/node1.yaml, so the demo's configs double as examples.
+func (c *Cluster) nodeConfig(n *Node, initial []*Node) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `# Written by pgha-agent demo / localcluster for a loopback cluster.
+name: %s
+data_dir: %s
+
+cluster:
+  name: %s
+  members:
+`, n.Name, n.AgentDir, c.opts.Name)
+	for _, m := range initial {
+		fmt.Fprintf(&b, "    - {name: %s, raft: \"127.0.0.1:%d\", api: \"%s\"}\n", m.Name, m.RaftPort, m.APIURL)
+	}
+	if !n.Initial {
+		b.WriteString("  join:\n")
+		for _, m := range initial {
+			fmt.Fprintf(&b, "    - %s\n", m.APIURL)
+		}
+	}
+	fmt.Fprintf(&b, `
+api:
+  listen: "127.0.0.1:%d"
+  advertise: "%s"
+
+raft:
+  listen: "127.0.0.1:%d"
+  advertise: "127.0.0.1:%d"
+
+timing:
+  loop_interval: %s
+  health_interval: %s
+
+postgres:
+  bin_dir: %s
+  data_dir: %s
+  listen: "127.0.0.1"
+  host: "127.0.0.1"
+  port: %d
+  socket_dir: %s
+  replication: {user: replicator, password_file: %s}
+  monitor: {user: pgha_monitor, password_file: %s}
+  rewind: {user: pgha_rewind, password_file: %s}
+  allowed_networks: ["127.0.0.1/32"]
+  # Demo only: the postgres role may connect over loopback without a password,
+  # so the psql command the demo prints works as it is.
+  hba: ["host all postgres 127.0.0.1/32 trust"]
+  parameters:
+    shared_buffers: "32MB"
+    max_connections: "50"
+`, n.APIPort, n.APIURL, n.RaftPort, n.RaftPort, c.opts.LoopInterval, c.opts.HealthInterval,
+		c.opts.BinDir, n.PGData, n.PGPort, n.SocketDir,
+		c.secret("replication"), c.secret("monitor"), c.secret("rewind"))
+	return b.String()
+}

@@ -1,0 +1,497 @@
+// Package localcluster runs a pgha cluster on one machine's loopback: every
+// node is its own pgha-agent OS process (started from the built binary) with
+// its own real PostgreSQL, so one "host" can be killed without touching the
+// others. `pgha-agent demo`, the integration tests and the benchmarks use it.
+//
+// When the caller is root, agents run as the postgres OS user (PostgreSQL
+// refuses root) and everything under Dir is owned by that user.
+package localcluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pgha/pgha/agent"
+)
+
+// Options describe the cluster. Zero values take the demo's defaults.
+type Options struct {
+	Dir    string // everything lives below it; reusing it resumes the cluster
+	Binary string // the pgha-agent binary; copied into Dir/bin
+	BinDir string // PostgreSQL binaries
+	Name   string // cluster name
+	Nodes  int    // initial members, default 3
+	// Ports of node i are APIPorts[i], RaftPorts[i], PGPorts[i]; defaults
+	// 8008.., 8300.., 5433.. (5433 so a system PostgreSQL on 5432 is left alone).
+	APIPorts, RaftPorts, PGPorts []int
+	LoopInterval, HealthInterval time.Duration
+	RunAs                        string // OS user for agents when root; default "postgres"
+}
+
+// Cluster is a set of local nodes.
+type Cluster struct {
+	opts   Options
+	binary string
+	cred   *syscall.Credential
+
+	mu    sync.Mutex
+	nodes []*Node
+}
+
+// Node is one "host": an agent process and the PostgreSQL it controls.
+type Node struct {
+	Name      string
+	Initial   bool
+	APIPort   int
+	RaftPort  int
+	PGPort    int
+	APIURL    string
+	Dir       string // the node's directory
+	Config    string // its YAML
+	AgentDir  string // agent data_dir (Raft state)
+	PGData    string
+	SocketDir string
+	Log       string // the agent's log file (PostgreSQL's is in PGData's sibling, see postgres)
+
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the agent process has exited
+	err  error         // its exit status
+}
+
+// New prepares Dir (configs, secrets, the binary) without starting anything.
+// Existing secrets and data are kept, so a second New on the same Dir resumes.
+func New(opts Options) (*Cluster, error) {
+	if opts.Dir == "" || opts.Binary == "" || opts.BinDir == "" {
+		return nil, errors.New("localcluster: Dir, Binary and BinDir are required")
+	}
+	if opts.Name == "" {
+		opts.Name = "pgha-demo"
+	}
+	if opts.Nodes == 0 {
+		opts.Nodes = 3
+	}
+	if opts.LoopInterval == 0 {
+		opts.LoopInterval = 500 * time.Millisecond
+	}
+	if opts.HealthInterval == 0 {
+		opts.HealthInterval = 500 * time.Millisecond
+	}
+	if opts.RunAs == "" {
+		opts.RunAs = "postgres"
+	}
+	opts.APIPorts = withDefaults(opts.APIPorts, 8008, opts.Nodes)
+	opts.RaftPorts = withDefaults(opts.RaftPorts, 8300, opts.Nodes)
+	opts.PGPorts = withDefaults(opts.PGPorts, 5433, opts.Nodes)
+
+	c := &Cluster{opts: opts}
+	if os.Geteuid() == 0 {
+		cred, err := credentialOf(opts.RunAs)
+		if err != nil {
+			return nil, err
+		}
+		c.cred = cred
+	}
+	if err := c.mkdir(opts.Dir, filepath.Join(opts.Dir, "bin"), filepath.Join(opts.Dir, "secrets")); err != nil {
+		return nil, err
+	}
+	// The caller's binary may sit in a directory the postgres user cannot
+	// enter (go run builds under a 0700 temp dir), so agents run a copy.
+	c.binary = filepath.Join(opts.Dir, "bin", "pgha-agent")
+	if err := copyFile(opts.Binary, c.binary, 0o755); err != nil {
+		return nil, fmt.Errorf("copy agent binary: %w", err)
+	}
+	for _, s := range []string{"replication", "monitor", "rewind"} {
+		if err := c.ensureSecret(s); err != nil {
+			return nil, err
+		}
+	}
+	var initial []*Node
+	for i := 0; i < opts.Nodes; i++ {
+		initial = append(initial, c.newNode(fmt.Sprintf("node%d", i+1), true, opts.APIPorts[i], opts.RaftPorts[i], opts.PGPorts[i]))
+	}
+	for _, n := range initial {
+		if err := c.writeNode(n, initial); err != nil {
+			return nil, err
+		}
+	}
+	c.nodes = initial
+	return c, nil
+}
+
+func withDefaults(ports []int, base, n int) []int {
+	out := append([]int{}, ports...)
+	for i := len(out); i < n; i++ {
+		out = append(out, base+i)
+	}
+	return out
+}
+
+func (c *Cluster) newNode(name string, initial bool, api, raft, pg int) *Node {
+	dir := filepath.Join(c.opts.Dir, name)
+	return &Node{
+		Name: name, Initial: initial,
+		APIPort: api, RaftPort: raft, PGPort: pg,
+		APIURL:    fmt.Sprintf("http://127.0.0.1:%d", api),
+		Dir:       dir,
+		Config:    filepath.Join(dir, "node.yaml"),
+		AgentDir:  filepath.Join(dir, "agent"),
+		PGData:    filepath.Join(dir, "pgdata"),
+		SocketDir: filepath.Join(dir, "run"),
+		Log:       filepath.Join(dir, "agent.log"),
+	}
+}
+
+func (c *Cluster) writeNode(n *Node, initial []*Node) error {
+	if err := c.mkdir(n.Dir, n.SocketDir); err != nil {
+		return err
+	}
+	return c.writeFile(n.Config, []byte(c.nodeConfig(n, initial)), 0o600)
+}
+
+// AddNode prepares a node that is not an initial member: it joins through
+// the others when started.
+func (c *Cluster) AddNode(name string, apiPort, raftPort, pgPort int) (*Node, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var initial []*Node
+	for _, n := range c.nodes {
+		if n.Initial {
+			initial = append(initial, n)
+		}
+	}
+	n := c.newNode(name, false, apiPort, raftPort, pgPort)
+	if err := c.writeNode(n, initial); err != nil {
+		return nil, err
+	}
+	c.nodes = append(c.nodes, n)
+	return n, nil
+}
+
+// Nodes lists the nodes.
+func (c *Cluster) Nodes() []*Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*Node{}, c.nodes...)
+}
+
+// Node returns the node with that name, or nil.
+func (c *Cluster) Node(name string) *Node {
+	for _, n := range c.Nodes() {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Start starts a node's agent process (which starts its PostgreSQL).
+func (c *Cluster) Start(n *Node) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n.cmd != nil && !n.exited() {
+		return fmt.Errorf("%s is already running", n.Name)
+	}
+	logf, err := os.OpenFile(n.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(c.binary, "run", "--config", n.Config)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = n.Dir
+	// Its own process group: a Ctrl-C in the demo's terminal reaches the demo,
+	// which stops the agents in order, not every process at once.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: c.cred}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start agent %s: %w", n.Name, err)
+	}
+	n.cmd, n.done, n.err = cmd, make(chan struct{}), nil
+	go func(n *Node, cmd *exec.Cmd, done chan struct{}) {
+		err := cmd.Wait()
+		logf.Close()
+		c.mu.Lock()
+		n.err = err
+		c.mu.Unlock()
+		close(done)
+	}(n, cmd, n.done)
+	return nil
+}
+
+// StartAll starts every node that is not running.
+func (c *Cluster) StartAll() error {
+	for _, n := range c.Nodes() {
+		if n.Running() {
+			continue
+		}
+		if err := c.Start(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Running reports whether the node's agent process is alive.
+func (n *Node) Running() bool { return n.cmd != nil && !n.exited() }
+
+// Exited is closed when the agent process has ended (nil if never started).
+func (n *Node) Exited() <-chan struct{} { return n.done }
+
+func (n *Node) exited() bool {
+	select {
+	case <-n.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Stop asks the agent to stop (SIGTERM; it stops its PostgreSQL) and waits.
+func (c *Cluster) Stop(ctx context.Context, n *Node) error {
+	if !n.Running() {
+		return nil
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.done:
+		return nil
+	case <-ctx.Done():
+		_ = n.cmd.Process.Kill()
+		<-n.done
+		return fmt.Errorf("%s did not stop in time: killed", n.Name)
+	}
+}
+
+// KillAgent kills the agent process only (kill -9); its PostgreSQL keeps running.
+func (c *Cluster) KillAgent(n *Node) {
+	if n.Running() {
+		_ = n.cmd.Process.Kill()
+		<-n.done
+	}
+}
+
+// PostmasterPID reads the node's postmaster.pid (0 if none).
+func (n *Node) PostmasterPID() int {
+	b, err := os.ReadFile(filepath.Join(n.PGData, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	return pid
+}
+
+// KillPostgres kills the node's postmaster (kill -9), as a crash would.
+func (c *Cluster) KillPostgres(n *Node) error {
+	pid := n.PostmasterPID()
+	if pid == 0 || !alive(pid) {
+		return fmt.Errorf("%s: no running postmaster", n.Name)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill postmaster of %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// KillHost kills the agent and its PostgreSQL together, as losing the machine would.
+// The postmaster's children exit on their own once it is gone.
+func (c *Cluster) KillHost(n *Node) {
+	pid := n.PostmasterPID()
+	if n.Running() {
+		_ = n.cmd.Process.Kill()
+	}
+	if pid != 0 && alive(pid) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if n.done != nil {
+		<-n.done
+	}
+}
+
+// StopAll stops every agent, then makes sure no PostgreSQL of the cluster is
+// left running (an agent killed earlier leaves its postmaster behind).
+func (c *Cluster) StopAll(ctx context.Context) error {
+	var wg sync.WaitGroup
+	var errs []error
+	var mu sync.Mutex
+	for _, n := range c.Nodes() {
+		wg.Add(1)
+		go func(n *Node) {
+			defer wg.Done()
+			if err := c.Stop(ctx, n); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}(n)
+	}
+	wg.Wait()
+	for _, n := range c.Nodes() {
+		if err := c.stopOrphanPostgres(ctx, n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// stopOrphanPostgres stops a postmaster no agent looks after any more:
+// pg_ctl stop -m fast, then SIGKILL if it will not go.
+func (c *Cluster) stopOrphanPostgres(ctx context.Context, n *Node) error {
+	pid := n.PostmasterPID()
+	if pid == 0 || !alive(pid) {
+		return nil
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(c.opts.BinDir, "pg_ctl"), "stop", "-D", n.PGData, "-m", "fast", "-w", "-t", "30")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
+	if out, err := cmd.CombinedOutput(); err != nil && alive(pid) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		return fmt.Errorf("stop orphaned PostgreSQL of %s: %v: %s", n.Name, err, out)
+	}
+	return nil
+}
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+// View fetches GET /cluster from the first node whose agent answers.
+func (c *Cluster) View(ctx context.Context) (agent.ClusterView, error) {
+	var errs []error
+	for _, n := range c.Nodes() {
+		if !n.Running() {
+			continue
+		}
+		v, err := FetchView(ctx, n.APIURL)
+		if err == nil {
+			return v, nil
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return agent.ClusterView{}, errors.New("no agent is running")
+	}
+	return agent.ClusterView{}, errors.Join(errs...)
+}
+
+// FetchView GETs one agent's /cluster.
+func FetchView(ctx context.Context, apiURL string) (agent.ClusterView, error) {
+	var v agent.ClusterView
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, apiURL+"/cluster", nil)
+	if err != nil {
+		return v, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return v, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return v, fmt.Errorf("GET %s/cluster: %s", apiURL, resp.Status)
+	}
+	return v, json.NewDecoder(resp.Body).Decode(&v)
+}
+
+// Healthy reports whether the view shows `members` members: one running
+// primary and every other member streaming.
+func Healthy(v agent.ClusterView, members int) bool {
+	if len(v.Members) != members {
+		return false
+	}
+	primaries, streaming := 0, 0
+	for _, m := range v.Members {
+		switch {
+		case m.Role == "leader" && m.State == "running":
+			primaries++
+		case m.Role != "leader" && m.State == "streaming":
+			streaming++
+		}
+	}
+	return primaries == 1 && streaming == members-1
+}
+
+// secret is the path of a generated password file.
+func (c *Cluster) secret(name string) string {
+	return filepath.Join(c.opts.Dir, "secrets", name+".password")
+}
+
+func (c *Cluster) ensureSecret(name string) error {
+	path := c.secret(name)
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	b := make([]byte, 18)
+	if _, err := rand.Read(b); err != nil {
+		return err
+	}
+	return c.writeFile(path, []byte(hex.EncodeToString(b)+"\n"), 0o600)
+}
+
+func (c *Cluster) mkdir(dirs ...string) error {
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+		if err := c.chown(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) writeFile(path string, data []byte, mode os.FileMode) error {
+	if err := os.WriteFile(path, data, mode); err != nil {
+		return err
+	}
+	return c.chown(path)
+}
+
+func (c *Cluster) chown(path string) error {
+	if c.cred == nil {
+		return nil
+	}
+	return os.Chown(path, int(c.cred.Uid), int(c.cred.Gid))
+}
+
+func credentialOf(name string) (*syscall.Credential, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, fmt.Errorf("running as root, agents run as the %q OS user: %w (create it: useradd --system --home /var/lib/postgresql postgres)", name, err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}

@@ -1,0 +1,166 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pgha/pgha/examples/localcluster"
+	"github.com/pgha/pgha/postgres/pgtest"
+)
+
+// TestDemo runs the README's main command as a user would: the demo comes up
+// with one primary and two streaming standbys on the documented ports, the
+// psql command it prints works as printed, Ctrl-C leaves nothing running, and
+// running it again on the same --dir resumes the same cluster.
+func TestDemo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test; skipped with -short")
+	}
+	bin := pgtest.BinDir(t)
+	dir := pgtest.TempDir(t)
+	for _, port := range []int{8008, 8009, 8010, 8300, 8301, 8302, 5433, 5434, 5435} {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatalf("the demo's port %d is taken on this machine: %v", port, err)
+		}
+		ln.Close()
+	}
+
+	first := runDemoUntilReady(t, dir, bin)
+	psqlLine := regexp.MustCompile(`psql -h 127\.0\.0\.1 -p (\d+) -U postgres`).FindString(first)
+	if psqlLine == "" {
+		t.Fatalf("the demo printed no psql command:\n%s", first)
+	}
+	for _, want := range []string{"http://127.0.0.1:8008", "http://127.0.0.1:8009", "http://127.0.0.1:8010", "streaming", "Primary"} {
+		if !strings.Contains(first, want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+	args := strings.Fields(psqlLine)
+	psql := exec.Command(args[0], append(args[1:], "-X", "-A", "-t", "-c", "SELECT 40 + 2")...)
+	out, err := psql.CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "42" {
+		t.Fatalf("the printed psql command failed: %v\n%s", err, out)
+	}
+	v1, err := localcluster.FetchView(context.Background(), "http://127.0.0.1:8008")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopDemo(t)
+	assertNothingListening(t)
+
+	second := runDemoUntilReady(t, dir, bin)
+	if !strings.Contains(second, "Resuming") {
+		t.Errorf("second start did not say it resumes:\n%s", second)
+	}
+	v2, err := localcluster.FetchView(context.Background(), "http://127.0.0.1:8009")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v2.ClusterID != v1.ClusterID || v2.SystemID != v1.SystemID {
+		t.Errorf("resumed a different cluster: %s/%s, first %s/%s", v2.ClusterID, v2.SystemID, v1.ClusterID, v1.SystemID)
+	}
+	stopDemo(t)
+	assertNothingListening(t)
+}
+
+var demoProc *exec.Cmd
+var demoOut *bufio.Reader
+
+// runDemoUntilReady starts `pgha-agent demo` and returns its output up to and
+// including the "ready" block.
+func runDemoUntilReady(t *testing.T, dir, bin string) string {
+	t.Helper()
+	cmd := exec.Command(agentBinary, "demo", "--dir", dir, "--pg-bin", bin)
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	demoProc = cmd
+	go func() { _ = cmd.Wait(); pw.Close() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Signal(syscall.SIGINT)
+			waitExit(cmd, 90*time.Second)
+		}
+	})
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var b strings.Builder
+	timeout := time.After(2 * time.Minute)
+	ready := false
+	for {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				t.Fatalf("the demo exited before it was ready:\n%s", b.String())
+			}
+			b.WriteString(line + "\n")
+			if strings.Contains(line, "The cluster is ready") {
+				ready = true
+			}
+			if ready && strings.Contains(line, "Press Ctrl-C") {
+				go func() {
+					for range lines { // keep draining so the demo never blocks on output
+					}
+				}()
+				return b.String()
+			}
+		case <-timeout:
+			t.Fatalf("the demo was not ready in 2 minutes:\n%s", b.String())
+		}
+	}
+}
+
+// stopDemo sends Ctrl-C (SIGINT) and waits for the demo to exit cleanly.
+func stopDemo(t *testing.T) {
+	t.Helper()
+	if err := demoProc.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if !waitExit(demoProc, 90*time.Second) {
+		t.Fatal("the demo did not exit within 90 s of Ctrl-C")
+	}
+	if code := demoProc.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("the demo exited with %d after Ctrl-C", code)
+	}
+}
+
+func waitExit(cmd *exec.Cmd, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cmd.ProcessState != nil {
+			return true
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return false
+}
+
+// assertNothingListening checks that no agent or PostgreSQL of the demo is left.
+func assertNothingListening(t *testing.T) {
+	t.Helper()
+	for _, port := range []int{8008, 8009, 8010, 8300, 8301, 8302, 5433, 5434, 5435} {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err == nil {
+			c.Close()
+			t.Errorf("something still listens on 127.0.0.1:%d after the demo stopped", port)
+		}
+	}
+}

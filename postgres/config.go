@@ -1,0 +1,213 @@
+package postgres
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// StopMode is pg_ctl's shutdown mode.
+type StopMode string
+
+// Shutdown modes of pg_ctl stop -m.
+const (
+	StopSmart     StopMode = "smart"     // wait for every session to end
+	StopFast      StopMode = "fast"      // roll back sessions, clean shutdown (the usual choice)
+	StopImmediate StopMode = "immediate" // no shutdown checkpoint; crash recovery on next start
+)
+
+// Role is a database login role pgha manages. Password is the clear-text
+// password from the agent's configuration; PostgreSQL stores it as a
+// SCRAM-SHA-256 verifier (computed by pgha, the clear text never reaches the
+// server for ASCII passwords).
+type Role struct {
+	Name     string
+	Password string
+}
+
+// Config describes one local PostgreSQL instance. The zero values of the
+// optional fields are replaced by defaults in New.
+type Config struct {
+	BinDir          string            // dir with pg_ctl, initdb, postgres, pg_controldata
+	DataDir         string            // made absolute by New
+	ListenAddresses string            // listen_addresses; default "localhost"
+	Port            int               // required
+	SocketDir       string            // unix_socket_directories; the agent connects through it; required
+	Superuser       string            // default "postgres"; initdb -U
+	Replication     Role              // LOGIN REPLICATION; skipped when Name is empty
+	Monitor         Role              // LOGIN, member of pg_monitor; skipped when Name is empty
+	Rewind          Role              // LOGIN with the function grants pg_rewind needs; skipped when Name is empty
+	Parameters      map[string]string // extra settings, written last into pgha.conf
+	HBA             []string          // extra pg_hba lines placed at the end of the managed block
+	AllowedNetworks []string          // CIDRs (or samehost/samenet) allowed for the pgha roles over scram-sha-256
+	RunAs           string            // OS user for PostgreSQL commands when the process is root
+	Logger          *slog.Logger      // default: discard
+
+	// Additions to the contract (all optional).
+
+	// LogFile is pg_ctl's -l server log. Default: "<DataDir>.log", a
+	// sibling of the data dir, so that pg_basebackup and pg_rewind never copy
+	// or overwrite it. Set logging_collector=on in Parameters to rotate logs
+	// inside the data dir instead; this file then only holds startup output.
+	LogFile string
+	// StartTimeout bounds pg_ctl start -w and pg_ctl promote -w (default 5m;
+	// crash recovery of a big instance can be slow).
+	StartTimeout time.Duration
+	// StopTimeout bounds pg_ctl stop -w (default 5m).
+	StopTimeout time.Duration
+	// InitdbArgs are extra initdb arguments, e.g. "--locale=C.UTF-8".
+	InitdbArgs []string
+}
+
+// identRe is what pgha accepts as a role or OS user name: it is written
+// unquoted into pg_hba.conf and pg_ident.conf.
+var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,62}$`)
+
+// paramRe is a configuration parameter name (custom ones contain a dot).
+var paramRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.]*$`)
+
+// reservedParams are derived by pgha from other Config fields or from the
+// standby description; Parameters may not set them.
+var reservedParams = map[string]string{
+	"listen_addresses":          "ListenAddresses",
+	"port":                      "Port",
+	"unix_socket_directories":   "SocketDir",
+	"primary_conninfo":          "the standby description",
+	"primary_slot_name":         "the standby description",
+	"recovery_target_timeline":  "the standby description",
+	"synchronous_standby_names": "the sync argument of Configure",
+	"data_directory":            "DataDir",
+	"config_file":               "DataDir",
+	"hba_file":                  "DataDir",
+	"ident_file":                "DataDir",
+	"include":                   "",
+	"include_if_exists":         "",
+	"include_dir":               "",
+}
+
+// withDefaults returns cfg with defaults filled in and paths made absolute,
+// or an error naming the first invalid field.
+func (cfg Config) withDefaults() (Config, error) {
+	var err error
+	if cfg.BinDir == "" {
+		return cfg, errors.New("postgres config: BinDir is required (the directory holding pg_ctl and initdb, e.g. /usr/lib/postgresql/15/bin)")
+	}
+	for _, prog := range []string{"pg_ctl", "initdb", "postgres", "pg_controldata"} {
+		if _, err := os.Stat(filepath.Join(cfg.BinDir, prog)); err != nil {
+			return cfg, fmt.Errorf("postgres config: BinDir %q has no %s: %w", cfg.BinDir, prog, err)
+		}
+	}
+	if cfg.DataDir == "" {
+		return cfg, errors.New("postgres config: DataDir is required")
+	}
+	if cfg.DataDir, err = filepath.Abs(cfg.DataDir); err != nil {
+		return cfg, fmt.Errorf("postgres config: DataDir: %w", err)
+	}
+	if cfg.ListenAddresses == "" {
+		cfg.ListenAddresses = "localhost"
+	}
+	if strings.ContainsAny(cfg.ListenAddresses, "'\n") {
+		return cfg, fmt.Errorf("postgres config: ListenAddresses %q contains a quote or newline", cfg.ListenAddresses)
+	}
+	if cfg.Port < 1 || cfg.Port > 65535 {
+		return cfg, fmt.Errorf("postgres config: Port %d is not a TCP port (1-65535)", cfg.Port)
+	}
+	if cfg.SocketDir == "" {
+		return cfg, errors.New("postgres config: SocketDir is required (unix_socket_directories; the agent connects through it)")
+	}
+	if cfg.SocketDir, err = filepath.Abs(cfg.SocketDir); err != nil {
+		return cfg, fmt.Errorf("postgres config: SocketDir: %w", err)
+	}
+	if strings.ContainsAny(cfg.SocketDir, "',\n") {
+		return cfg, fmt.Errorf("postgres config: SocketDir %q contains a quote, comma or newline", cfg.SocketDir)
+	}
+	// sun_path is 108 bytes including the terminating NUL.
+	if sock := filepath.Join(cfg.SocketDir, fmt.Sprintf(".s.PGSQL.%d", cfg.Port)); len(sock) > 107 {
+		return cfg, fmt.Errorf("postgres config: SocketDir %q is too long: the socket path %s exceeds 107 bytes", cfg.SocketDir, sock)
+	}
+	if cfg.Superuser == "" {
+		cfg.Superuser = "postgres"
+	}
+	if !identRe.MatchString(cfg.Superuser) {
+		return cfg, fmt.Errorf("postgres config: Superuser %q is not a plain role name", cfg.Superuser)
+	}
+	seen := map[string]string{cfg.Superuser: "Superuser"}
+	for _, r := range []struct {
+		field string
+		role  Role
+	}{{"Replication", cfg.Replication}, {"Monitor", cfg.Monitor}, {"Rewind", cfg.Rewind}} {
+		if r.role.Name == "" {
+			if r.role.Password != "" {
+				return cfg, fmt.Errorf("postgres config: %s.Password is set but %s.Name is empty", r.field, r.field)
+			}
+			continue
+		}
+		if !identRe.MatchString(r.role.Name) {
+			return cfg, fmt.Errorf("postgres config: %s.Name %q is not a plain role name", r.field, r.role.Name)
+		}
+		if other, dup := seen[r.role.Name]; dup {
+			return cfg, fmt.Errorf("postgres config: %s.Name %q is the same role as %s; use a separate role", r.field, r.role.Name, other)
+		}
+		seen[r.role.Name] = r.field
+		if r.role.Password == "" {
+			return cfg, fmt.Errorf("postgres config: %s.Password is required for role %q", r.field, r.role.Name)
+		}
+	}
+	for k, v := range cfg.Parameters {
+		if !paramRe.MatchString(k) {
+			return cfg, fmt.Errorf("postgres config: Parameters key %q is not a parameter name", k)
+		}
+		if owner, ok := reservedParams[strings.ToLower(k)]; ok {
+			if owner == "" {
+				return cfg, fmt.Errorf("postgres config: Parameters may not set %q", k)
+			}
+			return cfg, fmt.Errorf("postgres config: Parameters may not set %q; pgha sets it from %s", k, owner)
+		}
+		if strings.ContainsAny(v, "\n\r\x00") {
+			return cfg, fmt.Errorf("postgres config: Parameters[%q] contains a newline", k)
+		}
+	}
+	for i, l := range cfg.HBA {
+		if strings.ContainsAny(l, "\n\r") || strings.TrimSpace(l) == "" {
+			return cfg, fmt.Errorf("postgres config: HBA[%d] %q must be one non-empty line", i, l)
+		}
+	}
+	for i, n := range cfg.AllowedNetworks {
+		if n == "samehost" || n == "samenet" {
+			continue
+		}
+		if _, _, err := net.ParseCIDR(n); err != nil {
+			return cfg, fmt.Errorf("postgres config: AllowedNetworks[%d] %q is not a CIDR (e.g. 10.0.0.0/24): %w", i, n, err)
+		}
+	}
+	if os.Geteuid() == 0 {
+		if cfg.RunAs == "" {
+			return cfg, errors.New("postgres config: RunAs is required when running as root (PostgreSQL refuses to run as root); e.g. \"postgres\"")
+		}
+		if _, err := lookupCredential(cfg.RunAs); err != nil {
+			return cfg, fmt.Errorf("postgres config: RunAs: %w", err)
+		}
+	}
+	if cfg.LogFile == "" {
+		cfg.LogFile = cfg.DataDir + ".log"
+	}
+	if cfg.LogFile, err = filepath.Abs(cfg.LogFile); err != nil {
+		return cfg, fmt.Errorf("postgres config: LogFile: %w", err)
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 5 * time.Minute
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 5 * time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return cfg, nil
+}

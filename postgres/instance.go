@@ -1,0 +1,410 @@
+package postgres
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Instance controls one local PostgreSQL instance through pg_ctl and a
+// superuser connection over its unix socket.
+//
+// Concurrency: every method may be called from any goroutine. The process
+// control methods (Initdb, Start, Stop, Restart, Promote, Configure) are not
+// serialized against each other: the caller (the agent's reconcile loop) must
+// not run two of them at once for the same instance. Exec, EnsureRoles and
+// EnsureSlots share one cached connection guarded by a lock; Status has its
+// own cached connection, so a slow Exec never delays Status beyond its ~1 s
+// budget.
+type Instance struct {
+	cfg  Config
+	log  *slog.Logger
+	conn connSlot // Exec, EnsureRoles, EnsureSlots
+	stat connSlot // Status
+}
+
+// New validates cfg, fills in defaults and returns an Instance. It does not
+// touch the data directory.
+func New(cfg Config) (*Instance, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	i := &Instance{cfg: cfg, log: cfg.Logger.With("data_dir", cfg.DataDir, "port", cfg.Port)}
+	i.conn.init()
+	i.stat.init()
+	return i, nil
+}
+
+// Config returns the configuration with defaults filled in.
+func (i *Instance) Config() Config { return i.cfg }
+
+func (i *Instance) bin(prog string) string { return filepath.Join(i.cfg.BinDir, prog) }
+
+// command prepares one of PostgreSQL's programs to run as RunAs.
+func (i *Instance) command(ctx context.Context, prog string, args ...string) (*exec.Cmd, error) {
+	return CommandAs(ctx, i.cfg.RunAs, i.bin(prog), args...)
+}
+
+// run runs one of PostgreSQL's programs and returns its combined output.
+// cLocale forces untranslated messages for output that is parsed.
+func (i *Instance) run(ctx context.Context, cLocale bool, prog string, args ...string) (string, error) {
+	cmd, err := i.command(ctx, prog, args...)
+	if err != nil {
+		return "", err
+	}
+	if cLocale {
+		cmd.Env = append(cmd.Env, "LC_ALL=C")
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w: %s", prog, strings.Join(args, " "), err, tail(string(out), 10))
+	}
+	return string(out), nil
+}
+
+// DataDirState classifies the data directory.
+type DataDirState int
+
+// Data directory states. DataDirMissing and DataDirEmpty both mean "nothing
+// there yet" (IsEmpty reports either); DataDirInvalid is a non-empty directory
+// (or a non-directory) that is not a PostgreSQL data dir — pgha reports it and
+// never touches it.
+const (
+	DataDirMissing DataDirState = iota // the path does not exist
+	DataDirEmpty                       // an empty directory
+	DataDirValid                       // has PG_VERSION and global/pg_control
+	DataDirInvalid                     // anything else
+)
+
+func (s DataDirState) String() string {
+	switch s {
+	case DataDirMissing:
+		return "missing"
+	case DataDirEmpty:
+		return "empty"
+	case DataDirValid:
+		return "valid"
+	case DataDirInvalid:
+		return "invalid"
+	}
+	return "DataDirState(" + strconv.Itoa(int(s)) + ")"
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (s DataDirState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// IsEmpty reports whether there is nothing at the data dir yet (missing or
+// an empty directory), i.e. initdb or a clone may create it.
+func (s DataDirState) IsEmpty() bool { return s == DataDirMissing || s == DataDirEmpty }
+
+// DataDirState inspects the data directory without changing it.
+func (i *Instance) DataDirState() (DataDirState, error) {
+	return dataDirState(i.cfg.DataDir)
+}
+
+func dataDirState(dir string) (DataDirState, error) {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return DataDirMissing, nil
+	}
+	if err != nil {
+		return DataDirInvalid, fmt.Errorf("inspect data directory %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return DataDirInvalid, nil
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return DataDirInvalid, fmt.Errorf("inspect data directory %s: %w", dir, err)
+	}
+	names, err := f.Readdirnames(1)
+	f.Close()
+	if errors.Is(err, io.EOF) || (err == nil && len(names) == 0) {
+		return DataDirEmpty, nil
+	}
+	if err != nil {
+		return DataDirInvalid, fmt.Errorf("inspect data directory %s: %w", dir, err)
+	}
+	for _, name := range []string{"PG_VERSION", filepath.Join("global", "pg_control")} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil || !fi.Mode().IsRegular() {
+			return DataDirInvalid, nil
+		}
+	}
+	return DataDirValid, nil
+}
+
+// controlData reads pg_controldata's fields; it works whether or not the
+// server runs.
+func (i *Instance) controlData(ctx context.Context) (map[string]string, error) {
+	out, err := i.run(ctx, true, "pg_controldata", "-D", i.cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("pg_controldata %s: %w", i.cfg.DataDir, err)
+	}
+	fields := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok {
+			fields[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	return fields, nil
+}
+
+// SystemID returns the database system identifier from pg_controldata.
+func (i *Instance) SystemID(ctx context.Context) (uint64, error) {
+	fields, err := i.controlData(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read system identifier: %w", err)
+	}
+	v, ok := fields["Database system identifier"]
+	if !ok {
+		return 0, fmt.Errorf("read system identifier of %s: no \"Database system identifier\" in pg_controldata output", i.cfg.DataDir)
+	}
+	id, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("read system identifier of %s: %w", i.cfg.DataDir, err)
+	}
+	return id, nil
+}
+
+// ClusterState is pg_controldata's "Database cluster state": "shut down",
+// "shut down in recovery", "in production", "in archive recovery", ...
+// It tells whether a stopped data directory was last a primary.
+func (i *Instance) ClusterState(ctx context.Context) (string, error) {
+	fields, err := i.controlData(ctx)
+	if err != nil {
+		return "", fmt.Errorf("read cluster state: %w", err)
+	}
+	v, ok := fields["Database cluster state"]
+	if !ok {
+		return "", fmt.Errorf("read cluster state of %s: no \"Database cluster state\" in pg_controldata output", i.cfg.DataDir)
+	}
+	return v, nil
+}
+
+// HasBackupLabel reports whether the data directory is a base backup that has
+// not been started yet (its backup_label is still there).
+func (i *Instance) HasBackupLabel() bool {
+	_, err := os.Stat(filepath.Join(i.cfg.DataDir, "backup_label"))
+	return err == nil
+}
+
+// Initdb creates a new cluster in DataDir (initdb --data-checksums, UTF8,
+// peer for local and scram-sha-256 for host connections). It refuses a data
+// dir that exists and is not empty.
+func (i *Instance) Initdb(ctx context.Context) error {
+	dir := i.cfg.DataDir
+	st, err := i.DataDirState()
+	if err != nil {
+		return fmt.Errorf("initdb %s: %w", dir, err)
+	}
+	if !st.IsEmpty() {
+		return fmt.Errorf("initdb %s: refusing, the data directory is %s (not empty)", dir, st)
+	}
+	if err := MkdirAs(dir, 0o700, i.cfg.RunAs); err != nil {
+		return fmt.Errorf("initdb %s: %w", dir, err)
+	}
+	if err := ChownTo(dir, i.cfg.RunAs); err != nil { // an existing empty dir
+		return fmt.Errorf("initdb %s: %w", dir, err)
+	}
+	args := []string{"-D", dir, "--data-checksums", "-U", i.cfg.Superuser, "-E", "UTF8",
+		"--auth-local=peer", "--auth-host=scram-sha-256", "--no-instructions"}
+	args = append(args, i.cfg.InitdbArgs...)
+	i.log.Info("initdb", "args", strings.Join(args, " "))
+	if _, err := i.run(ctx, false, "initdb", args...); err != nil {
+		return fmt.Errorf("initdb %s: %w", dir, err)
+	}
+	return nil
+}
+
+// PostmasterPID returns the postmaster's PID from postmaster.pid, or 0 when
+// no server runs (no file, or its process is gone).
+func (i *Instance) PostmasterPID() (int, error) {
+	b, err := os.ReadFile(filepath.Join(i.cfg.DataDir, "postmaster.pid"))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read postmaster.pid in %s: %w", i.cfg.DataDir, err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || pid <= 0 {
+		// Being written right now, or garbage: not a running server we know.
+		return 0, nil
+	}
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return 0, nil
+	}
+	return pid, nil
+}
+
+// running asks pg_ctl status (which also checks the PID in postmaster.pid).
+func (i *Instance) running(ctx context.Context) bool {
+	_, err := i.run(ctx, true, "pg_ctl", "status", "-D", i.cfg.DataDir)
+	return err == nil
+}
+
+// logOffset is the current size of the server log, so that an error can show
+// only what this start wrote.
+func (i *Instance) logOffset() int64 {
+	fi, err := os.Stat(i.cfg.LogFile)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// logTail returns up to n last lines of the server log written after offset
+// (0: the whole file).
+func (i *Instance) logTail(offset int64, n int) string {
+	f, err := os.Open(i.cfg.LogFile)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	const max = 64 << 10
+	if fi.Size() < offset {
+		offset = 0
+	}
+	if fi.Size()-offset > max {
+		offset = fi.Size() - max
+	}
+	b := make([]byte, fi.Size()-offset)
+	if _, err := f.ReadAt(b, offset); err != nil && !errors.Is(err, io.EOF) {
+		return ""
+	}
+	return tail(string(b), n)
+}
+
+// Start starts the server with pg_ctl start -w and waits until it accepts
+// connections (a standby: until it reached a consistent state). The server
+// log goes to Config.LogFile. It is not an error if the server already runs.
+// On failure the error carries the last lines of the server log.
+func (i *Instance) Start(ctx context.Context) error {
+	dir := i.cfg.DataDir
+	if pid, _ := i.PostmasterPID(); pid > 0 && i.running(ctx) {
+		return nil
+	}
+	st, err := i.DataDirState()
+	if err != nil {
+		return fmt.Errorf("start postgres in %s: %w", dir, err)
+	}
+	if st != DataDirValid {
+		return fmt.Errorf("start postgres in %s: the data directory is %s", dir, st)
+	}
+	if err := MkdirAs(i.cfg.SocketDir, 0o755, i.cfg.RunAs); err != nil {
+		return fmt.Errorf("start postgres in %s: socket directory: %w", dir, err)
+	}
+	if err := i.prepareLogFile(); err != nil {
+		return fmt.Errorf("start postgres in %s: %w", dir, err)
+	}
+	off := i.logOffset()
+	i.log.Info("starting postgres", "log", i.cfg.LogFile)
+	_, err = i.run(ctx, true, "pg_ctl", "start", "-D", dir, "-l", i.cfg.LogFile, "-w",
+		"-t", strconv.Itoa(seconds(i.cfg.StartTimeout)))
+	if err != nil {
+		return fmt.Errorf("start postgres in %s: %w\nserver log %s:\n%s", dir, err, i.cfg.LogFile, i.logTail(off, 20))
+	}
+	return nil
+}
+
+func (i *Instance) prepareLogFile() error {
+	if err := os.MkdirAll(filepath.Dir(i.cfg.LogFile), 0o755); err != nil {
+		return fmt.Errorf("create log directory: %w", err)
+	}
+	f, err := os.OpenFile(i.cfg.LogFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+	if err != nil {
+		return fmt.Errorf("create server log: %w", err)
+	}
+	f.Close()
+	return ChownTo(i.cfg.LogFile, i.cfg.RunAs)
+}
+
+// Stop stops the server with pg_ctl stop -m mode -w. It is not an error if
+// the server does not run. The cached connections are closed first (a smart
+// shutdown would otherwise wait for them forever).
+func (i *Instance) Stop(ctx context.Context, mode StopMode) error {
+	dir := i.cfg.DataDir
+	switch mode {
+	case StopSmart, StopFast, StopImmediate:
+	default:
+		return fmt.Errorf("stop postgres in %s: unknown stop mode %q (want smart, fast or immediate)", dir, mode)
+	}
+	i.Close()
+	if pid, _ := i.PostmasterPID(); pid == 0 {
+		return nil
+	}
+	off := i.logOffset()
+	i.log.Info("stopping postgres", "mode", string(mode))
+	_, err := i.run(ctx, true, "pg_ctl", "stop", "-D", dir, "-m", string(mode), "-w",
+		"-t", strconv.Itoa(seconds(i.cfg.StopTimeout)))
+	if err != nil {
+		if pid, _ := i.PostmasterPID(); pid == 0 {
+			return nil
+		}
+		return fmt.Errorf("stop postgres in %s (%s): %w\nserver log %s:\n%s", dir, mode, err, i.cfg.LogFile, i.logTail(off, 20))
+	}
+	return nil
+}
+
+// Restart stops the server with mode (if it runs) and starts it again.
+func (i *Instance) Restart(ctx context.Context, mode StopMode) error {
+	if err := i.Stop(ctx, mode); err != nil {
+		return fmt.Errorf("restart: %w", err)
+	}
+	if err := i.Start(ctx); err != nil {
+		return fmt.Errorf("restart: %w", err)
+	}
+	return nil
+}
+
+// Reload makes the running server re-read its configuration files
+// (pg_ctl reload). See PendingRestart for settings that need a restart.
+func (i *Instance) Reload(ctx context.Context) error {
+	if _, err := i.run(ctx, true, "pg_ctl", "reload", "-D", i.cfg.DataDir); err != nil {
+		return fmt.Errorf("reload postgres in %s: %w", i.cfg.DataDir, err)
+	}
+	return nil
+}
+
+// Promote ends recovery of a running standby (pg_ctl promote -w) and waits
+// until it accepts writes. Promoting a running server that is not in standby
+// mode (already a primary) is not an error.
+func (i *Instance) Promote(ctx context.Context) error {
+	dir := i.cfg.DataDir
+	off := i.logOffset()
+	i.log.Info("promoting postgres")
+	out, err := i.run(ctx, true, "pg_ctl", "promote", "-D", dir, "-w",
+		"-t", strconv.Itoa(seconds(i.cfg.StartTimeout)))
+	if err != nil {
+		if strings.Contains(out, "not in standby mode") && i.running(ctx) {
+			return nil
+		}
+		return fmt.Errorf("promote postgres in %s: %w\nserver log %s:\n%s", dir, err, i.cfg.LogFile, i.logTail(off, 20))
+	}
+	return nil
+}
+
+func seconds(d interface{ Seconds() float64 }) int {
+	s := int(d.Seconds())
+	if s < 1 {
+		s = 1
+	}
+	return s
+}

@@ -1,0 +1,260 @@
+// Package pgtest starts real PostgreSQL servers for tests anywhere in the
+// repository. Everything it starts is stopped in t.Cleanup, also when the
+// test fails.
+//
+// When the process runs as root, PostgreSQL runs as the OS user "postgres"
+// (RunAs) and the directories TempDir makes belong to that user.
+package pgtest
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgha/pgha/postgres"
+)
+
+// Credentials of the roles NewInstance configures.
+const (
+	ReplicationUser     = "replicator"
+	ReplicationPassword = "rep-secret"
+	MonitorUser         = "pgha_monitor"
+	MonitorPassword     = "mon-secret"
+	RewindUser          = "pgha_rewind"
+	RewindPassword      = "rew-secret"
+)
+
+// BinDir finds the PostgreSQL binaries: `pg_config --bindir` if it has
+// initdb, else the newest /usr/lib/postgresql/*/bin. Without them the test
+// is skipped, except when CI=true: in CI tests that need PostgreSQL must run.
+func BinDir(t testing.TB) string {
+	t.Helper()
+	if dir := findBinDir(); dir != "" {
+		return dir
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("PostgreSQL binaries not found (no pg_config --bindir with initdb, no /usr/lib/postgresql/*/bin) and CI=true: tests that need PostgreSQL must run in CI")
+	}
+	t.Skip("PostgreSQL binaries not found (no pg_config --bindir with initdb, no /usr/lib/postgresql/*/bin)")
+	return ""
+}
+
+func findBinDir() string {
+	has := func(dir string) bool {
+		_, err := os.Stat(filepath.Join(dir, "initdb"))
+		return err == nil
+	}
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		if dir := strings.TrimSpace(string(out)); has(dir) {
+			return dir
+		}
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	version := func(d string) float64 {
+		v, _ := strconv.ParseFloat(filepath.Base(filepath.Dir(d)), 64)
+		return v
+	}
+	sort.Slice(dirs, func(a, b int) bool { return version(dirs[a]) > version(dirs[b]) })
+	for _, d := range dirs {
+		if has(d) {
+			return d
+		}
+	}
+	return ""
+}
+
+// RunAs is the OS user PostgreSQL must run as: "postgres" when the test
+// runs as root, else "" (the current user).
+func RunAs() string {
+	if os.Geteuid() == 0 {
+		return "postgres"
+	}
+	return ""
+}
+
+// TempDir makes a fresh directory that the PostgreSQL user can traverse and,
+// when root, owns (t.TempDir is root-owned mode 0700, useless for postgres).
+// The path is short so that unix socket paths fit. It is removed in
+// t.Cleanup.
+func TempDir(t testing.TB) string {
+	t.Helper()
+	base := os.TempDir()
+	if os.Geteuid() == 0 && !traversable(base) {
+		base = "/tmp"
+	}
+	dir, err := os.MkdirTemp(base, "pgha-")
+	if err != nil {
+		t.Fatalf("make temp dir: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove temp dir: %v", err)
+		}
+	})
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatalf("chmod temp dir: %v", err)
+	}
+	if err := postgres.ChownTo(dir, RunAs()); err != nil {
+		t.Fatalf("chown temp dir: %v", err)
+	}
+	return dir
+}
+
+// traversable: every directory on the way to dir is searchable by others.
+func traversable(dir string) bool {
+	for d := dir; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return false
+		}
+		if d == filepath.Dir(d) {
+			return true
+		}
+	}
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Config returns the configuration of a test instance called name: data
+// dir, socket dir and log under a fresh TempDir, a free port on 127.0.0.1,
+// the three pgha roles with the passwords above, 127.0.0.1/32 allowed.
+func Config(t testing.TB, name string) postgres.Config {
+	t.Helper()
+	dir := TempDir(t)
+	return postgres.Config{
+		BinDir:          BinDir(t),
+		DataDir:         filepath.Join(dir, "data"),
+		ListenAddresses: "127.0.0.1",
+		Port:            FreePort(t),
+		SocketDir:       filepath.Join(dir, "sock"),
+		Superuser:       "postgres",
+		Replication:     postgres.Role{Name: ReplicationUser, Password: ReplicationPassword},
+		Monitor:         postgres.Role{Name: MonitorUser, Password: MonitorPassword},
+		Rewind:          postgres.Role{Name: RewindUser, Password: RewindPassword},
+		Parameters: map[string]string{
+			"shared_buffers":     "16MB",
+			"fsync":              "off", // tests only: much faster, no durability needed
+			"max_connections":    "30",
+			"log_line_prefix":    "%m [%p] " + name + " ",
+			"wal_keep_size":      "64MB",
+			"checkpoint_timeout": "30min",
+		},
+		AllowedNetworks: []string{"127.0.0.1/32"},
+		RunAs:           RunAs(),
+		Logger:          slog.New(slog.NewTextHandler(testWriter{t}, nil)).With("instance", name),
+		StartTimeout:    60 * time.Second,
+		StopTimeout:     60 * time.Second,
+	}
+}
+
+// NewInstance returns an Instance for Config(t, name) with nothing in its
+// data dir yet. Whatever server it later runs is stopped (immediate) in
+// t.Cleanup.
+func NewInstance(t testing.TB, name string) *postgres.Instance {
+	t.Helper()
+	return NewInstanceWith(t, Config(t, name))
+}
+
+// NewInstanceWith is NewInstance with a configuration the test adjusted.
+func NewInstanceWith(t testing.TB, cfg postgres.Config) *postgres.Instance {
+	t.Helper()
+	inst, err := postgres.New(cfg)
+	if err != nil {
+		t.Fatalf("new instance: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := inst.Stop(ctx, postgres.StopImmediate); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+		inst.Close()
+	})
+	return inst
+}
+
+// StartPrimary makes an initdb'd, configured, started primary with the pgha
+// roles, stopped in t.Cleanup.
+func StartPrimary(t testing.TB) *postgres.Instance {
+	t.Helper()
+	return StartPrimaryWith(t, Config(t, "primary"))
+}
+
+// StartPrimaryWith is StartPrimary with a configuration the test adjusted.
+func StartPrimaryWith(t testing.TB, cfg postgres.Config) *postgres.Instance {
+	t.Helper()
+	inst := NewInstanceWith(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := inst.Initdb(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inst.Configure(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.EnsureRoles(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return inst
+}
+
+// WritePassFile writes a password file for the replication role into a
+// TempDir, readable by the PostgreSQL user, and returns its path.
+func WritePassFile(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(TempDir(t), "pgpass")
+	err := postgres.WritePassFile(path, RunAs(), postgres.PassEntry{
+		Host: "*", User: ReplicationUser, Password: ReplicationPassword,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Eventually polls cond every 50 ms until it returns true or timeout
+// passes; then the test fails with the last message cond returned.
+func Eventually(t testing.TB, timeout time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var msg string
+	for {
+		var ok bool
+		if ok, msg = cond(); ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v: %s", timeout, msg)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// testWriter sends log lines to t.Log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
