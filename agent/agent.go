@@ -45,6 +45,9 @@ type Agent struct {
 	dbMu sync.Mutex
 
 	lastLoop atomic.Int64 // unix nanos of the last finished reconcile pass (for /liveness)
+	removed  atomic.Bool  // the leader confirmed this node is no longer a voter
+	// removalHint wakes the register loop to check whether this node was removed.
+	removalHint chan struct{}
 
 	mu       sync.Mutex
 	activity string // what the reconcile loop is busy with (initdb, cloning)
@@ -83,6 +86,8 @@ func New(cfg *Config, log *slog.Logger) (*Agent, error) {
 		inst: inst,
 		obs:  newObservations(),
 		http: &http.Client{Timeout: 5 * time.Second},
+
+		removalHint: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -163,7 +168,7 @@ func (a *Agent) waitRemoved(ctx context.Context) bool {
 		case <-ctx.Done():
 			return false
 		case <-t.C:
-			if a.node.RaftState() == "shutdown" {
+			if a.node.RaftState() == "shutdown" || a.removed.Load() {
 				return true
 			}
 		}

@@ -46,7 +46,21 @@ func (a *Agent) routes() http.Handler {
 	})
 	mux.HandleFunc("GET /internal/raft", func(w http.ResponseWriter, r *http.Request) {
 		leader, _ := a.node.Leader()
-		writeJSON(w, http.StatusOK, raftInfo{Name: a.cfg.Name, HasState: a.node.HasState(), State: a.node.RaftState(), Leader: leader})
+		info := raftInfo{Name: a.cfg.Name, HasState: a.node.HasState(), State: a.node.RaftState(), Leader: leader}
+		if servers, err := a.node.Servers(); err == nil {
+			for _, s := range servers {
+				info.Voters = append(info.Voters, s.ID)
+			}
+		}
+		writeJSON(w, http.StatusOK, info)
+	})
+	mux.HandleFunc("POST /internal/removed", func(w http.ResponseWriter, r *http.Request) {
+		// A hint only: the register loop checks with the leader before it believes it.
+		select {
+		case a.removalHint <- struct{}{}:
+		default:
+		}
+		writeJSON(w, http.StatusAccepted, map[string]string{"status": "checking"})
 	})
 	mux.HandleFunc("POST /internal/join", a.handleJoin)
 	mux.HandleFunc("DELETE /members/{name}", a.handleRemove)
@@ -227,6 +241,10 @@ func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if !a.node.IsLeader() {
 		a.forwardToLeader(w, r, nil)
+		return
+	}
+	if name == a.node.State().Primary {
+		writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("%s is the primary; switch over first", name)})
 		return
 	}
 	if _, ok := a.node.State().Members[name]; !ok {

@@ -60,10 +60,11 @@ func (a *Agent) bootstrapIfNew(ctx context.Context) error {
 
 // raftInfo is the body of GET /internal/raft.
 type raftInfo struct {
-	Name     string `json:"name"`
-	HasState bool   `json:"has_state"`
-	State    string `json:"state"`
-	Leader   string `json:"leader"`
+	Name     string   `json:"name"`
+	HasState bool     `json:"has_state"`
+	State    string   `json:"state"`
+	Leader   string   `json:"leader"`
+	Voters   []string `json:"voters"`
 }
 
 // selfMember is this node's record as it should be in the committed state.
@@ -85,6 +86,12 @@ func (a *Agent) registerLoop(ctx context.Context) {
 	want := a.selfMember()
 	lastErr := ""
 	for {
+		if a.node.RaftState() == "shutdown" || a.removed.Load() {
+			return // removed from the cluster: never ask to come back on our own
+		}
+		if a.node.HasState() && time.Since(a.node.LastContact()) > 5*time.Second {
+			a.checkRemoved(ctx) // a removed node hears nothing more from the leader
+		}
 		st := a.node.State()
 		if cur, ok := st.Members[want.Name]; ok && cur == want {
 			lastErr = ""
@@ -99,6 +106,8 @@ func (a *Agent) registerLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-a.removalHint:
+			a.checkRemoved(ctx)
 		case <-time.After(time.Second):
 		}
 	}
@@ -158,18 +167,11 @@ func (a *Agent) join(ctx context.Context, m consensus.Member) error {
 	return nil
 }
 
-// remove runs on the leader: drop the member's record (which makes the
-// primary drop its slot) and its Raft vote.
+// remove runs on the leader: take away the member's Raft vote first, then
+// its record (which makes the primary drop its slot). In that order the
+// removed node never sees its own record disappear, so it cannot race to
+// register again; its Raft shuts down when the configuration change reaches it.
 func (a *Agent) remove(ctx context.Context, name string) error {
-	st := a.node.State()
-	if name == st.Primary {
-		return fmt.Errorf("%w: %s is the primary; switch over first", consensus.ErrRefused, name)
-	}
-	if _, ok := st.Members[name]; ok {
-		if err := a.node.Apply(ctx, consensus.RemoveMember(name)); err != nil {
-			return fmt.Errorf("remove member %s: %w", name, err)
-		}
-	}
 	servers, err := a.node.Servers()
 	if err != nil {
 		return err
@@ -177,8 +179,21 @@ func (a *Agent) remove(ctx context.Context, name string) error {
 	for _, s := range servers {
 		if s.ID == name {
 			a.log.Info("removing raft voter", "member", name, "reason", "remove request")
-			return a.node.RemoveServer(ctx, name)
+			if err := a.node.RemoveServer(ctx, name); err != nil {
+				return fmt.Errorf("remove voter %s: %w", name, err)
+			}
 		}
+	}
+	if m, ok := a.node.State().Members[name]; ok {
+		go a.notifyRemoved(m.APIURL)
+	}
+	if name == a.cfg.Name {
+		// This node was the leader and has stepped down: the new leader
+		// finds a record without a voter and the operator can retry.
+		return nil
+	}
+	if err := a.node.Apply(ctx, consensus.RemoveMember(name)); err != nil {
+		return fmt.Errorf("remove member %s: %w", name, err)
 	}
 	return nil
 }
@@ -225,4 +240,42 @@ func postJSON(ctx context.Context, c *http.Client, url string, body []byte, out 
 		return json.Unmarshal(b, out)
 	}
 	return nil
+}
+
+// notifyRemoved tells a removed member's agent, best effort, so it stops now
+// rather than when it notices the leader's silence.
+func (a *Agent) notifyRemoved(apiURL string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_ = postJSON(ctx, a.http, apiURL+"/internal/removed", nil, nil)
+}
+
+// checkRemoved asks the other members whether this node is still a voter.
+// Raft does not tell a removed follower (the leader stops replicating to it
+// before it could learn of its removal), so the agent asks; only an answer
+// from the current leader counts.
+func (a *Agent) checkRemoved(ctx context.Context) {
+	urls := append([]string{}, a.cfg.Cluster.Join...)
+	for name, m := range a.node.State().Members {
+		if name != a.cfg.Name {
+			urls = append(urls, m.APIURL)
+		}
+	}
+	for _, u := range urls {
+		var info raftInfo
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := getJSON(cctx, a.http, u+"/internal/raft", &info)
+		cancel()
+		if err != nil || info.State != "leader" {
+			continue
+		}
+		for _, v := range info.Voters {
+			if v == a.cfg.Name {
+				return
+			}
+		}
+		a.log.Warn("this node is no longer a voter", "leader", info.Leader)
+		a.removed.Store(true)
+		return
+	}
 }

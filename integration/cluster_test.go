@@ -305,7 +305,11 @@ func TestLoopbackCluster(t *testing.T) {
 		if code := httpStatus(t, "DELETE", n5.APIURL+"/members/node5"); code != http.StatusOK {
 			t.Fatalf("remove node5: %d", code)
 		}
-		<-n5.Exited()
+		select {
+		case <-n5.Exited():
+		case <-time.After(30 * time.Second):
+			t.Fatal("node5's agent did not exit after removal")
+		}
 		waitHealthy(t, lc, 3, 30*time.Second)
 	})
 }

@@ -73,8 +73,13 @@ func TestDemo(t *testing.T) {
 	assertNothingListening(t)
 }
 
-var demoProc *exec.Cmd
-var demoOut *bufio.Reader
+// demo is the running `pgha-agent demo` process.
+type demo struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when it has exited
+}
+
+var demoProc *demo
 
 // runDemoUntilReady starts `pgha-agent demo` and returns its output up to and
 // including the "ready" block.
@@ -86,12 +91,19 @@ func runDemoUntilReady(t *testing.T, dir, bin string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	demoProc = cmd
-	go func() { _ = cmd.Wait(); pw.Close() }()
+	d := &demo{cmd: cmd, done: make(chan struct{})}
+	demoProc = d
+	go func() { _ = cmd.Wait(); pw.Close(); close(d.done) }()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
+		select {
+		case <-d.done:
+		default:
 			_ = cmd.Process.Signal(syscall.SIGINT)
-			waitExit(cmd, 90*time.Second)
+			select {
+			case <-d.done:
+			case <-time.After(90 * time.Second):
+				_ = cmd.Process.Kill()
+			}
 		}
 	})
 	lines := make(chan string)
@@ -131,26 +143,17 @@ func runDemoUntilReady(t *testing.T, dir, bin string) string {
 // stopDemo sends Ctrl-C (SIGINT) and waits for the demo to exit cleanly.
 func stopDemo(t *testing.T) {
 	t.Helper()
-	if err := demoProc.Process.Signal(syscall.SIGINT); err != nil {
+	if err := demoProc.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	if !waitExit(demoProc, 90*time.Second) {
+	select {
+	case <-demoProc.done:
+	case <-time.After(90 * time.Second):
 		t.Fatal("the demo did not exit within 90 s of Ctrl-C")
 	}
-	if code := demoProc.ProcessState.ExitCode(); code != 0 {
+	if code := demoProc.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("the demo exited with %d after Ctrl-C", code)
 	}
-}
-
-func waitExit(cmd *exec.Cmd, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if cmd.ProcessState != nil {
-			return true
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return false
 }
 
 // assertNothingListening checks that no agent or PostgreSQL of the demo is left.

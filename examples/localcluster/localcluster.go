@@ -214,8 +214,10 @@ func (c *Cluster) Start(n *Node) error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = n.Dir
 	// Its own process group: a Ctrl-C in the demo's terminal reaches the demo,
-	// which stops the agents in order, not every process at once.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: c.cred}
+	// which stops the agents in order, not every process at once. If the
+	// demo or test process dies without stopping them, the kernel sends them
+	// SIGTERM, so they stop their PostgreSQL and leave nothing behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: c.cred, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("start agent %s: %w", n.Name, err)
