@@ -48,6 +48,20 @@ type Agent struct {
 	removed  atomic.Bool  // the leader confirmed this node is no longer a voter
 	// removalHint wakes the register loop to check whether this node was removed.
 	removalHint chan struct{}
+	// wakeLeader makes the leader's loop run now (an agent pushed news).
+	wakeLeader chan struct{}
+	lead       leader
+
+	// pgMu serialises actions on PostgreSQL's lifecycle (start, stop,
+	// promote, rewind) between the reconcile loop and the fence loop.
+	pgMu sync.Mutex
+	// writableEpoch is the epoch in which this agent last had its PostgreSQL
+	// running as the primary; if it is down in that same epoch, it crashed
+	// or was fenced, and starting it again is a restart the leader may refuse.
+	writableEpoch atomic.Uint64
+	started       time.Time    // when Run began (the fence clock starts here)
+	reinit        atomic.Bool  // an operator asked to re-clone this standby
+	lastRejoin    atomic.Value // "rewind" or "clone": how this node last rejoined as a standby
 
 	mu       sync.Mutex
 	activity string // what the reconcile loop is busy with (initdb, cloning)
@@ -88,11 +102,13 @@ func New(cfg *Config, log *slog.Logger) (*Agent, error) {
 		http: &http.Client{Timeout: 5 * time.Second},
 
 		removalHint: make(chan struct{}, 1),
+		wakeLeader:  make(chan struct{}, 1),
 	}, nil
 }
 
 // Run starts the agent and blocks until ctx ends or the node is removed.
 func (a *Agent) Run(ctx context.Context) error {
+	a.started = time.Now()
 	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data_dir: %w", err)
 	}
@@ -135,7 +151,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){a.reconcileLoop, a.observeLoop, a.leadLoop, a.registerLoop} {
+	for _, loop := range []func(context.Context){a.reconcileLoop, a.observeLoop, a.leadLoop, a.registerLoop, a.fenceLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -63,6 +63,7 @@ func (a *Agent) routes() http.Handler {
 		writeJSON(w, http.StatusAccepted, map[string]string{"status": "checking"})
 	})
 	mux.HandleFunc("POST /internal/join", a.handleJoin)
+	a.controlRoutes(mux)
 	mux.HandleFunc("DELETE /members/{name}", a.handleRemove)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})
@@ -100,21 +101,6 @@ func (a *Agent) localHealth(ctx context.Context) localHealth {
 		st:     a.node.State(),
 		fenced: a.fenced(),
 	}
-}
-
-// fenced reports whether this node has lost the Raft quorum for longer than
-// a leader lease: its view of the committed state may be stale, so it must
-// not claim to be the primary. (The fencing action itself belongs to the
-// failover logic.)
-func (a *Agent) fenced() bool {
-	if a.node.IsLeader() {
-		return false
-	}
-	lease := a.cfg.Raft.ElectionTimeout
-	if lease == 0 {
-		lease = time.Second
-	}
-	return time.Since(a.node.LastContact()) > 2*lease+a.cfg.Timing.HealthInterval
 }
 
 func (a *Agent) healthHandler(ok func(*http.Request, localHealth) bool) http.HandlerFunc {
@@ -270,6 +256,11 @@ func (a *Agent) forwardToLeader(w http.ResponseWriter, r *http.Request, body []b
 		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: err.Error()})
 		return
 	}
+	a.forwardTo(w, r, base, body)
+}
+
+// forwardTo relays the request to another member's API and its answer back.
+func (a *Agent) forwardTo(w http.ResponseWriter, r *http.Request, base string, body []byte) {
 	req, err := http.NewRequestWithContext(r.Context(), r.Method, base+r.URL.RequestURI(), strings.NewReader(string(body)))
 	if err != nil {
 		writeError(w, err)
@@ -277,9 +268,11 @@ func (a *Agent) forwardToLeader(w http.ResponseWriter, r *http.Request, body []b
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Pgha-Forwarded", a.cfg.Name)
-	resp, err := a.http.Do(req)
+	// Control calls wait for their outcome (a switchover takes seconds).
+	client := &http.Client{Timeout: a.cfg.Timing.SwitchoverTimeout + 10*time.Second}
+	resp, err := client.Do(req)
 	if err != nil {
-		writeJSON(w, http.StatusBadGateway, apiError{Error: "forward to leader: " + err.Error()})
+		writeJSON(w, http.StatusBadGateway, apiError{Error: "forward to " + base + ": " + err.Error()})
 		return
 	}
 	defer resp.Body.Close()

@@ -28,6 +28,7 @@ type Config struct {
 	API      APIConfig      `yaml:"api"`
 	Raft     RaftConfig     `yaml:"raft"`
 	Timing   TimingConfig   `yaml:"timing"`
+	Failover FailoverConfig `yaml:"failover"`
 	Postgres PostgresConfig `yaml:"postgres"`
 	Tags     TagsConfig     `yaml:"tags"`
 }
@@ -73,7 +74,37 @@ type TimingConfig struct {
 	LoopInterval time.Duration `yaml:"loop_interval"`
 	// HealthInterval is how often members' observations are pulled over HTTP.
 	HealthInterval time.Duration `yaml:"health_interval"`
+	// FenceTimeout: an agent that has heard nothing from the Raft leader for
+	// this long stops its PostgreSQL from accepting writes, and the leader
+	// promotes a replacement only after this long (plus a margin) since the
+	// old primary's last contact.
+	FenceTimeout time.Duration `yaml:"fence_timeout"`
+	// SwitchoverTimeout bounds a planned switchover; past it, it is cancelled
+	// and the old primary resumes.
+	SwitchoverTimeout time.Duration `yaml:"switchover_timeout"`
 }
+
+// FailoverConfig is the leader's failover policy.
+type FailoverConfig struct {
+	// SynchronousMode makes every commit wait for one standby, recorded in
+	// Raft, so failover never loses an acknowledged write. Default on.
+	SynchronousMode *bool `yaml:"synchronous_mode"`
+	// MaximumLagOnFailover (bytes) bounds data loss in asynchronous mode:
+	// a standby further behind the primary's last known LSN is not promoted.
+	MaximumLagOnFailover int64 `yaml:"maximum_lag_on_failover"`
+	// MaximumLagOnSwitchover (bytes): a switchover candidate further behind
+	// is refused.
+	MaximumLagOnSwitchover int64 `yaml:"maximum_lag_on_switchover"`
+	// PrimaryRestartWindow: when the primary's postmaster crashes but its
+	// agent lives, the leader lets the agent restart it in place (crash
+	// recovery) for this long before failing over. 0 (the default) fails
+	// over at once, which on small and medium databases is as fast and does
+	// not depend on the crashed server coming back.
+	PrimaryRestartWindow time.Duration `yaml:"primary_restart_window"`
+}
+
+// Synchronous reports whether synchronous mode is on.
+func (f FailoverConfig) Synchronous() bool { return f.SynchronousMode == nil || *f.SynchronousMode }
 
 // PostgresConfig is the local PostgreSQL instance this agent controls.
 type PostgresConfig struct {
@@ -122,7 +153,13 @@ const (
 	DefaultRaftPort       = 8300
 	DefaultPostgresPort   = 5432
 	DefaultLoopInterval   = 500 * time.Millisecond
-	DefaultHealthInterval = 500 * time.Millisecond
+	DefaultHealthInterval = 250 * time.Millisecond
+	DefaultFenceTimeout   = time.Second
+	// Raft timing tuned for failover in seconds on a LAN; raise them on
+	// slow or distant networks.
+	DefaultHeartbeatTimeout   = 500 * time.Millisecond
+	DefaultElectionTimeout    = 500 * time.Millisecond
+	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
 )
 
 // LoadConfig reads, defaults and validates a node's YAML configuration.
@@ -169,6 +206,27 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Timing.HealthInterval == 0 {
 		c.Timing.HealthInterval = DefaultHealthInterval
+	}
+	if c.Timing.FenceTimeout == 0 {
+		c.Timing.FenceTimeout = DefaultFenceTimeout
+	}
+	if c.Timing.SwitchoverTimeout == 0 {
+		c.Timing.SwitchoverTimeout = 15 * time.Second
+	}
+	if c.Raft.HeartbeatTimeout == 0 {
+		c.Raft.HeartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	if c.Raft.ElectionTimeout == 0 {
+		c.Raft.ElectionTimeout = DefaultElectionTimeout
+	}
+	if c.Raft.LeaderLeaseTimeout == 0 {
+		c.Raft.LeaderLeaseTimeout = DefaultLeaderLeaseTimeout
+	}
+	if c.Failover.MaximumLagOnFailover == 0 {
+		c.Failover.MaximumLagOnFailover = 1 << 20
+	}
+	if c.Failover.MaximumLagOnSwitchover == 0 {
+		c.Failover.MaximumLagOnSwitchover = 16 << 20
 	}
 	p := &c.Postgres
 	if p.Port == 0 {
@@ -282,6 +340,15 @@ func (c *Config) Validate() error {
 		bad("timing.health_interval", "%s is out of range; use 50ms to 1m", c.Timing.HealthInterval)
 	}
 
+	if c.Timing.FenceTimeout < c.Raft.LeaderLeaseTimeout {
+		bad("timing.fence_timeout", "%s is shorter than raft.leader_lease_timeout (%s); a primary would fence itself before Raft notices anything", c.Timing.FenceTimeout, c.Raft.LeaderLeaseTimeout)
+	}
+	if c.Failover.MaximumLagOnFailover < 0 || c.Failover.MaximumLagOnSwitchover < 0 {
+		bad("failover.maximum_lag_on_failover", "must not be negative")
+	}
+	if c.Failover.PrimaryRestartWindow < 0 {
+		bad("failover.primary_restart_window", "must not be negative")
+	}
 	p := c.Postgres
 	if p.BinDir == "" {
 		bad("postgres.bin_dir", "missing; the directory with pg_ctl and initdb, e.g. /usr/lib/postgresql/15/bin")

@@ -1,11 +1,25 @@
 package agent
 
 import (
+	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/pgha/pgha/consensus"
+	"github.com/pgha/pgha/postgres"
 )
+
+// Policy is the part of the configuration the leader's decisions depend on.
+type Policy struct {
+	Synchronous          bool
+	MaxLagOnFailover     int64
+	FenceTimeout         time.Duration
+	HealthInterval       time.Duration
+	PrimaryRestartWindow time.Duration
+	SwitchoverTimeout    time.Duration
+}
 
 // Inputs is everything the leader's policy looks at. decide never does I/O,
 // so every branch is covered by table tests with a fake clock.
@@ -16,6 +30,29 @@ type Inputs struct {
 	Self         string   // the Raft leader making the decision
 	Voters       []string // Raft's current voters
 	NewClusterID string   // used if the cluster is initialised now
+	Policy       Policy
+
+	// LeaderSince is when this node became leader (the fence deadline of a
+	// primary it has never heard from counts from then).
+	LeaderSince time.Time
+	// Permits holds when the primary's agent was last allowed to start or
+	// promote its PostgreSQL in the current epoch.
+	Permits map[string]time.Time
+	// PrimaryAnswers is the leader's direct check of the primary's
+	// PostgreSQL when its agent does not answer: nil when not checked.
+	PrimaryAnswers *bool
+	// SyncMark records when the primary's synchronous_standby_names last
+	// narrowed, and its LSN then (see syncDecisions).
+	SyncMark syncMark
+	// SwitchoverSince is when the leader first saw the current switchover.
+	SwitchoverSince time.Time
+}
+
+// syncMark: at LSN, the primary's synchronous_standby_names named only Names.
+type syncMark struct {
+	Epoch uint64
+	Names string
+	LSN   postgres.LSN
 }
 
 // Decision is one command for the Raft log and the reason, logged once.
@@ -24,27 +61,304 @@ type Decision struct {
 	Reason  string
 }
 
+// Plan is decide's answer: commands to commit, or why nothing is done.
+type Plan struct {
+	Decisions []Decision
+	Waiting   string // why the leader is holding back, if it is (shown in /cluster)
+}
+
+// restartGrace is how long a start permit keeps the leader from failing over
+// a primary whose agent is alive: pg_ctl start's own timeout.
+const restartGrace = 10 * time.Second
+
 // decide is the leader's policy: given the committed state and the members'
 // observations, which commands to commit now. Only the Raft leader calls it,
 // and it only proposes: the FSM still checks every precondition on apply.
-func decide(in Inputs) []Decision {
+func decide(in Inputs) Plan {
 	st := in.State
 	if !st.Initialized() {
 		if d, ok := chooseFirstPrimary(in); ok {
-			return []Decision{d}
+			return Plan{Decisions: []Decision{d}}
 		}
-		return nil
+		return Plan{Waiting: "waiting for every member to register and report before choosing the first primary"}
 	}
-	var out []Decision
 	if st.SystemID == 0 {
 		if p, ok := in.Observations[st.Primary]; ok && p.reachable && p.obs.Postgres.Running && p.obs.Postgres.SystemID != 0 {
-			out = append(out, Decision{
+			return Plan{Decisions: []Decision{{
 				Command: consensus.SetSystemID(p.obs.Postgres.SystemID),
 				Reason:  "the first primary is up: record its PostgreSQL system identifier so no other cluster's data is ever joined",
-			})
+			}}}
+		}
+		return Plan{Waiting: "waiting for the first primary to start"}
+	}
+	if st.Switchover.Active() {
+		return switchoverDecisions(in)
+	}
+	failed, why := primaryFailed(in)
+	if failed {
+		if st.Paused {
+			return Plan{Waiting: "the primary has failed (" + why + ") but the cluster is paused: no automatic failover"}
+		}
+		name, reason := chooseCandidate(in, st.Primary)
+		if name == "" {
+			return Plan{Waiting: "the primary has failed (" + why + ") but no member can be promoted safely: " + reason}
+		}
+		return Plan{Decisions: []Decision{{
+			Command: consensus.Promote(name, st.Epoch+1),
+			Reason:  fmt.Sprintf("failover: %s; %s", why, reason),
+		}}}
+	}
+	if why != "" {
+		return Plan{Waiting: why}
+	}
+	return syncDecisions(in)
+}
+
+// fresh reports whether a member's agent answered within the fence timeout.
+func fresh(in Inputs, name string) (memberView, bool) {
+	o, ok := in.Observations[name]
+	return o, ok && o.reachable && in.Now.Sub(o.lastSeen) <= in.Policy.FenceTimeout
+}
+
+// primaryFailed decides whether the committed primary has failed. The second
+// result explains a failure, or why the leader is still waiting.
+//
+// Safety (DESIGN "One writer"): a primary whose agent does not answer is
+// declared failed only after the fence deadline (fence_timeout plus one
+// health interval and a margin) has passed since the agent last answered:
+// by then that agent has fenced its PostgreSQL. And if the leader can still
+// reach that PostgreSQL directly, it is alive: agent death is not database
+// death, there is no failover.
+func primaryFailed(in Inputs) (bool, string) {
+	st := in.State
+	p := st.Primary
+	o, ok := fresh(in, p)
+	if ok {
+		pg := o.obs.Postgres
+		switch {
+		case pg.Running && !pg.InRecovery:
+			return false, ""
+		case o.obs.Activity != "":
+			return false, fmt.Sprintf("primary %s is %s", p, o.obs.Activity)
+		case in.Permits[p].After(in.Now.Add(-restartGrace)):
+			return false, fmt.Sprintf("primary %s is starting PostgreSQL", p)
+		}
+		if pg.Running {
+			return true, fmt.Sprintf("PostgreSQL on %s runs in recovery but %s is the committed primary", p, p)
+		}
+		return true, fmt.Sprintf("PostgreSQL on %s is not running", p)
+	}
+	last := in.Observations[p].lastSeen
+	deadline := last.Add(fenceDeadline(in.Policy))
+	if last.IsZero() {
+		deadline = in.LeaderSince.Add(fenceDeadline(in.Policy))
+	}
+	if in.Now.Before(deadline) {
+		return false, fmt.Sprintf("primary %s's agent does not answer; waiting for its fence deadline (%s)", p, deadline.Sub(in.Now).Round(time.Millisecond))
+	}
+	if in.PrimaryAnswers == nil {
+		return false, fmt.Sprintf("primary %s's agent does not answer; checking its PostgreSQL directly", p)
+	}
+	if *in.PrimaryAnswers {
+		return false, fmt.Sprintf("primary %s's agent does not answer but its PostgreSQL does: no failover (agent death is not database death)", p)
+	}
+	return true, fmt.Sprintf("%s is unreachable: its agent and its PostgreSQL do not answer", p)
+}
+
+// fenceDeadline is how long after the old primary's last contact the leader
+// may promote: the agent fences itself at fence_timeout after its last Raft
+// contact, which may trail its last answer by a health interval; the margin
+// covers the stop itself.
+func fenceDeadline(p Policy) time.Duration {
+	return p.FenceTimeout + p.HealthInterval + 250*time.Millisecond
+}
+
+// chooseCandidate picks the standby to promote instead of exclude.
+//
+//  1. Candidates are members whose agents answer, whose PostgreSQL runs as a
+//     standby, not tagged nofailover.
+//  2. Synchronous mode: every acknowledged commit is on at least one member
+//     of the committed synchronous set. All of them must report, and only
+//     they are candidates; the one that has received the most WAL holds
+//     every acknowledged commit. If one of them is silent, it may hold
+//     commits the others lack: nothing is promoted.
+//  3. Asynchronous mode: candidates within maximum_lag_on_failover of the
+//     primary's last known position.
+//  4. Among candidates: most WAL received, then most replayed, then the
+//     highest priority, then the name.
+func chooseCandidate(in Inputs, exclude string) (string, string) {
+	st := in.State
+	var cands []string
+	for name, m := range st.Members {
+		if name == exclude || m.NoFailover {
+			continue
+		}
+		o, ok := fresh(in, name)
+		if !ok || !o.obs.Postgres.Running || !o.obs.Postgres.InRecovery {
+			continue
+		}
+		cands = append(cands, name)
+	}
+	if in.Policy.Synchronous {
+		if len(st.SyncStandbys) == 0 {
+			return "", "synchronous mode, and no synchronous standby is recorded: no standby is known to hold every acknowledged commit"
+		}
+		for _, s := range st.SyncStandbys {
+			if _, ok := fresh(in, s); !ok {
+				return "", fmt.Sprintf("synchronous standby %s does not report; it may hold acknowledged commits the others lack", s)
+			}
+		}
+		// The synchronous standby with the most WAL holds every acknowledged
+		// commit; promote it, or nothing (one tagged nofailover or down
+		// could be the only one holding them).
+		best := slices.Clone(st.SyncStandbys)
+		sortByWAL(in, best)
+		if !slices.Contains(cands, best[0]) {
+			return "", fmt.Sprintf("synchronous standby %s holds the most WAL but cannot be promoted (not running as a standby, or nofailover)", best[0])
+		}
+		return best[0], fmt.Sprintf("promoting synchronous standby %s, which holds every acknowledged commit", best[0])
+	}
+	var primaryLSN postgres.LSN
+	if p, ok := in.Observations[exclude]; ok {
+		primaryLSN = p.obs.Postgres.CurrentLSN
+	}
+	var ok []string
+	for _, c := range cands {
+		lag := int64(primaryLSN) - int64(in.Observations[c].obs.Postgres.ReceivedLSN)
+		if lag <= in.Policy.MaxLagOnFailover {
+			ok = append(ok, c)
 		}
 	}
-	return out
+	if len(ok) == 0 {
+		return "", fmt.Sprintf("no standby is running within maximum_lag_on_failover (%d bytes)", in.Policy.MaxLagOnFailover)
+	}
+	sortByWAL(in, ok)
+	return ok[0], fmt.Sprintf("promoting %s, the most up-to-date standby (asynchronous mode)", ok[0])
+}
+
+func sortByWAL(in Inputs, names []string) {
+	sort.Slice(names, func(i, j int) bool {
+		a, b := in.Observations[names[i]].obs.Postgres, in.Observations[names[j]].obs.Postgres
+		if a.ReceivedLSN != b.ReceivedLSN {
+			return a.ReceivedLSN > b.ReceivedLSN
+		}
+		if a.ReplayedLSN != b.ReplayedLSN {
+			return a.ReplayedLSN > b.ReplayedLSN
+		}
+		pa, pb := in.State.Members[names[i]].Priority, in.State.Members[names[j]].Priority
+		if pa != pb {
+			return pa > pb
+		}
+		return names[i] < names[j]
+	})
+}
+
+// syncDecisions keeps the synchronous set right while the primary is healthy.
+//
+// Invariant: every acknowledged commit is on at least one member of the
+// committed set S. The primary's agent only ever names a subset of S in
+// synchronous_standby_names (the first member of S that streams, else all of
+// S), so the set is recorded in Raft before PostgreSQL's setting changes:
+//
+//  1. S empty (new primary): S = every other member, best first.
+//  2. No member of S streams but another standby B does: S = [B] + S, and the
+//     primary moves its setting to B, so writes do not block on a dead standby.
+//  3. The primary's setting names only S[0], and S[0] has received the WAL
+//     the primary had written when the setting narrowed: every commit
+//     acknowledged through the others is on S[0] too, so S = [S[0]].
+func syncDecisions(in Inputs) Plan {
+	st := in.State
+	if !in.Policy.Synchronous {
+		if len(st.SyncStandbys) > 0 {
+			return Plan{Decisions: []Decision{{Command: consensus.SetSyncStandbys(nil, st.Epoch), Reason: "asynchronous mode: no synchronous standbys"}}}
+		}
+		return Plan{}
+	}
+	var others []string
+	for name := range st.Members {
+		if name != st.Primary {
+			others = append(others, name)
+		}
+	}
+	if len(others) == 0 {
+		return Plan{}
+	}
+	streaming := func(name string) bool {
+		o, ok := fresh(in, name)
+		return ok && o.obs.Postgres.Running && o.obs.Postgres.InRecovery && o.obs.Postgres.Streaming
+	}
+	S := st.SyncStandbys
+	if len(S) == 0 {
+		sortByWAL(in, others)
+		return Plan{Decisions: []Decision{{
+			Command: consensus.SetSyncStandbys(others, st.Epoch),
+			Reason:  "synchronous mode: no synchronous standby recorded for this epoch; record every standby, then narrow to one",
+		}}}
+	}
+	if !slices.ContainsFunc(S, streaming) {
+		var spare []string
+		for _, o := range others {
+			if !slices.Contains(S, o) && streaming(o) {
+				spare = append(spare, o)
+			}
+		}
+		if len(spare) > 0 {
+			sortByWAL(in, spare)
+			return Plan{Decisions: []Decision{{
+				Command: consensus.SetSyncStandbys(append([]string{spare[0]}, S...), st.Epoch),
+				Reason:  fmt.Sprintf("synchronous standby %s is not streaming; add %s so the primary's writes do not block", strings.Join(S, ","), spare[0]),
+			}}}
+		}
+		return Plan{Waiting: fmt.Sprintf("no synchronous standby is streaming (%s): commits wait until one is back", strings.Join(S, ","))}
+	}
+	if len(S) > 1 {
+		m := in.SyncMark
+		target, tok := fresh(in, S[0])
+		if m.Epoch == st.Epoch && m.Names == syncNamesValue([]string{S[0]}) && tok && target.obs.Postgres.ReceivedLSN >= m.LSN && m.LSN != 0 {
+			return Plan{Decisions: []Decision{{
+				Command: consensus.SetSyncStandbys([]string{S[0]}, st.Epoch),
+				Reason:  fmt.Sprintf("%s is the synchronous standby and has every commit acknowledged before; narrow the set to it", S[0]),
+			}}}
+		}
+	}
+	return Plan{}
+}
+
+// syncNamesValue is synchronous_standby_names as the primary's agent writes it.
+func syncNamesValue(names []string) string {
+	return postgres.SyncStandbyNames(1, names)
+}
+
+// switchoverDecisions drives a planned switchover: the old primary stops
+// cleanly (its agent does that when it sees the switchover); once it is down
+// and the candidate has received everything up to its shutdown checkpoint,
+// the candidate is promoted. Past switchover_timeout it is cancelled and the
+// old primary starts again.
+func switchoverDecisions(in Inputs) Plan {
+	st := in.State
+	sw := st.Switchover
+	since := in.SwitchoverSince
+	if since.IsZero() {
+		since = in.Now
+	}
+	if in.Now.Sub(since) > in.Policy.SwitchoverTimeout {
+		return Plan{Decisions: []Decision{{Command: consensus.SetSwitchover(consensus.Switchover{}), Reason: fmt.Sprintf("switchover to %s did not complete in %s: cancelled, %s stays primary", sw.To, in.Policy.SwitchoverTimeout, sw.From)}}}
+	}
+	from, ok := fresh(in, sw.From)
+	if !ok || from.obs.Postgres.Running || from.obs.StoppedLSN == 0 {
+		return Plan{Waiting: fmt.Sprintf("switchover: waiting for %s to stop cleanly", sw.From)}
+	}
+	to, ok := fresh(in, sw.To)
+	if !ok || !to.obs.Postgres.Running || !to.obs.Postgres.InRecovery {
+		return Plan{Waiting: fmt.Sprintf("switchover: candidate %s is not running as a standby", sw.To)}
+	}
+	if to.obs.Postgres.ReceivedLSN <= from.obs.StoppedLSN {
+		return Plan{Waiting: fmt.Sprintf("switchover: %s has received %s, waiting for %s", sw.To, to.obs.Postgres.ReceivedLSN, from.obs.StoppedLSN)}
+	}
+	return Plan{Decisions: []Decision{{
+		Command: consensus.Promote(sw.To, st.Epoch+1),
+		Reason:  fmt.Sprintf("switchover: %s stopped cleanly at %s and %s has received all of it", sw.From, from.obs.StoppedLSN, sw.To),
+	}}}
 }
 
 // chooseFirstPrimary picks who runs initdb (or whose existing data becomes the

@@ -16,8 +16,13 @@ func members(names ...string) map[string]consensus.Member {
 	return out
 }
 
+var (
+	t0         = time.Unix(1000, 0)
+	testPolicy = Policy{Synchronous: true, MaxLagOnFailover: 1 << 20, FenceTimeout: time.Second, HealthInterval: 250 * time.Millisecond, SwitchoverTimeout: 15 * time.Second}
+)
+
 func seen(dataDir string, pg postgres.Status) memberView {
-	return memberView{reachable: true, obs: Observation{DataDir: dataDir, Postgres: pg}}
+	return memberView{reachable: true, lastSeen: t0, obs: Observation{DataDir: dataDir, Postgres: pg}}
 }
 
 func TestDecideFirstPrimary(t *testing.T) {
@@ -87,16 +92,16 @@ func TestDecideFirstPrimary(t *testing.T) {
 			wantType: "",
 		},
 		{
-			name:     "system identifier known: nothing",
-			state:    consensus.State{Members: members("n1", "n2", "n3"), Primary: "n1", Epoch: 1, SystemID: 7},
-			obs:      map[string]memberView{"n1": seen("valid", up)},
+			name:     "system identifier known, sync standby streaming: nothing",
+			state:    consensus.State{Members: members("n1", "n2", "n3"), Primary: "n1", Epoch: 1, SystemID: 7, SyncStandbys: []string{"n2"}},
+			obs:      map[string]memberView{"n1": seen("valid", up), "n2": seen("valid", postgres.Status{Running: true, InRecovery: true, Streaming: true})},
 			voters:   []string{"n1", "n2", "n3"},
 			wantType: "",
 		},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got := decide(Inputs{State: c.state, Observations: c.obs, Now: time.Unix(1000, 0), Self: "n1", Voters: c.voters, NewClusterID: "cid"})
+			got := decide(Inputs{State: c.state, Observations: c.obs, Now: time.Unix(1000, 0), Self: "n1", Voters: c.voters, NewClusterID: "cid", Policy: testPolicy}).Decisions
 			if c.wantType == "" {
 				if len(got) != 0 {
 					t.Fatalf("want no decision, got %+v", got)

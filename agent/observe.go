@@ -17,14 +17,19 @@ import (
 // GET /internal/observation; every agent pulls all members' each
 // health_interval. Observations live in memory only, never in the Raft log.
 type Observation struct {
-	Name      string          `json:"name"`
-	At        time.Time       `json:"at"`         // when the agent took it
-	RaftState string          `json:"raft_state"` // leader / follower / candidate / shutdown
-	Epoch     uint64          `json:"epoch"`      // the epoch of the committed state this agent has applied
-	DataDir   string          `json:"data_dir"`   // missing / empty / valid / invalid
-	Activity  string          `json:"activity,omitempty"`
-	Problem   string          `json:"problem,omitempty"` // what stops the agent converging, in words
-	Postgres  postgres.Status `json:"postgres"`
+	Name      string    `json:"name"`
+	At        time.Time `json:"at"`         // when the agent took it
+	RaftState string    `json:"raft_state"` // leader / follower / candidate / shutdown
+	Epoch     uint64    `json:"epoch"`      // the epoch of the committed state this agent has applied
+	DataDir   string    `json:"data_dir"`   // missing / empty / valid / invalid
+	Activity  string    `json:"activity,omitempty"`
+	Problem   string    `json:"problem,omitempty"` // what stops the agent converging, in words
+	Fenced    bool      `json:"fenced,omitempty"`
+	// StoppedLSN is where the WAL of a cleanly stopped PostgreSQL ends (its
+	// shutdown checkpoint); zero when running or not cleanly stopped.
+	StoppedLSN postgres.LSN    `json:"stopped_lsn,omitempty"`
+	LastRejoin string          `json:"last_rejoin,omitempty"` // rewind or clone
+	Postgres   postgres.Status `json:"postgres"`
 }
 
 // memberView is one member's latest observation as seen by this agent.
@@ -109,7 +114,7 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 		dir = "unknown"
 	}
 	activity, problem := a.status()
-	return Observation{
+	o := Observation{
 		Name:      a.cfg.Name,
 		At:        time.Now(),
 		RaftState: a.node.RaftState(),
@@ -117,8 +122,18 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 		DataDir:   dir,
 		Activity:  activity,
 		Problem:   problem,
+		Fenced:    a.fenced(),
 		Postgres:  a.pgStatus(ctx),
 	}
+	if r, ok := a.lastRejoin.Load().(string); ok {
+		o.LastRejoin = r
+	}
+	if !o.Postgres.Running && dds == postgres.DataDirValid {
+		if state, err := a.inst.ClusterState(ctx); err == nil && state == "shut down" {
+			o.StoppedLSN, _ = a.inst.CheckpointLSN(ctx)
+		}
+	}
+	return o
 }
 
 func (a *Agent) pollMember(ctx context.Context, name, apiURL string) {

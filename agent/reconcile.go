@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/pgha/pgha/consensus"
@@ -24,6 +26,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 	defer unsubscribe()
 	t := time.NewTicker(a.cfg.Timing.LoopInterval)
 	defer t.Stop()
+	failures := 0
 	for {
 		err := a.reconcileOnce(ctx)
 		var w errWaiting
@@ -37,11 +40,31 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 			a.setProblem(err.Error())
 		}
 		a.lastLoop.Store(time.Now().UnixNano())
+		// Back off while the same step keeps failing (a clone the primary
+		// refuses, say), but react at once to a change of committed state.
+		if err != nil && !errors.As(err, &w) {
+			failures = min(failures+1, 5)
+		} else {
+			failures = 0
+		}
+		var backoff <-chan time.Time
+		if failures > 0 {
+			backoff = time.After(time.Duration(1<<failures) * 100 * time.Millisecond)
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
 		case <-changes:
+		case <-backoff:
+		case <-t.C:
+			if backoff != nil {
+				select {
+				case <-ctx.Done():
+					return
+				case <-changes:
+				case <-backoff:
+				}
+			}
 		}
 	}
 }
@@ -83,39 +106,28 @@ func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds pos
 	} else if err := a.checkSystemID(ctx, st); err != nil {
 		return err
 	}
-	change, err := a.inst.Configure(nil, nil)
+	if sw := st.Switchover; sw.Active() && sw.From == a.cfg.Name {
+		return a.stepDown(ctx, st)
+	}
+	pg := a.pgStatus(ctx)
+	change, err := a.inst.Configure(nil, a.syncNames(st, pg))
 	if err != nil {
 		return fmt.Errorf("configure primary: %w", err)
 	}
-	pg := a.pgStatus(ctx)
-	switch {
-	case !pg.Running:
-		a.log.Info("starting PostgreSQL", "role", "primary", "epoch", st.Epoch)
-		if err := a.inst.Start(ctx); err != nil {
+	if !pg.Running || pg.InRecovery || change.NeedsRestart {
+		if err := a.becomeWritable(ctx, st, pg, change.NeedsRestart); err != nil {
 			return err
 		}
-	case change.NeedsRestart:
-		a.log.Info("restarting PostgreSQL", "reason", "a setting that needs a restart changed")
-		if err := a.inst.Restart(ctx, postgres.StopFast); err != nil {
-			return err
-		}
-	case change.Changed:
+	} else if change.Changed {
 		if err := a.inst.Reload(ctx); err != nil {
 			return err
 		}
 	}
 	pg = a.pgStatus(ctx)
-	if !pg.Running {
-		return fmt.Errorf("PostgreSQL is not accepting connections: %s", pg.Error)
+	if !pg.Running || pg.InRecovery {
+		return fmt.Errorf("PostgreSQL is not running as the primary yet: %s", pg.Error)
 	}
-	if pg.InRecovery {
-		// Committed state names this node primary of the current epoch, and
-		// agents act only on committed state: promoting is the step to take.
-		a.log.Info("promoting", "epoch", st.Epoch, "reason", "committed state names this node the primary")
-		if err := a.inst.Promote(ctx); err != nil {
-			return err
-		}
-	}
+	a.writableEpoch.Store(st.Epoch)
 	a.dbMu.Lock()
 	defer a.dbMu.Unlock()
 	if err := a.inst.EnsureRoles(ctx); err != nil {
@@ -133,8 +145,100 @@ func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds pos
 	return nil
 }
 
-// convergeStandby makes this node a hot standby streaming from the primary,
-// cloning it first when there is no data directory.
+// becomeWritable starts, restarts or promotes PostgreSQL as the primary of
+// st.Epoch, but only with the Raft leader's permit: the leader serialises
+// permits with its failover decisions, so a primary never comes back up
+// while the leader promotes someone else. (DESIGN "One writer".)
+func (a *Agent) becomeWritable(ctx context.Context, st consensus.State, pg postgres.Status, restart bool) error {
+	// Say so before asking: a leader that sees "starting" does not fail over.
+	a.setActivity("starting")
+	defer a.setActivity("")
+	crashed := !pg.Running && a.writableEpoch.Load() == st.Epoch
+	if err := a.requestPermit(ctx, st.Epoch, crashed); err != nil {
+		return fmt.Errorf("not starting PostgreSQL as the primary: %w", err)
+	}
+	a.pgMu.Lock()
+	defer a.pgMu.Unlock()
+	switch {
+	case !pg.Running:
+		a.log.Info("starting PostgreSQL", "role", "primary", "epoch", st.Epoch, "reason", "the leader's permit for this epoch")
+		if err := a.inst.Start(ctx); err != nil {
+			return err
+		}
+	case restart:
+		a.log.Info("restarting PostgreSQL", "reason", "a setting that needs a restart changed")
+		if err := a.inst.Restart(ctx, postgres.StopFast); err != nil {
+			return err
+		}
+	}
+	if a.pgStatus(ctx).InRecovery {
+		a.log.Info("promoting", "epoch", st.Epoch, "reason", "committed state names this node the primary")
+		a.setActivity("promoting")
+		if err := a.inst.Promote(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stepDown stops this primary cleanly for a planned switchover. A clean
+// (fast) shutdown sends all WAL to the connected standbys before it ends, so
+// the candidate can take over with everything.
+func (a *Agent) stepDown(ctx context.Context, st consensus.State) error {
+	pg := a.pgStatus(ctx)
+	if pg.Running {
+		a.log.Info("stopping PostgreSQL", "reason", "switchover to "+st.Switchover.To, "epoch", st.Epoch)
+		a.pgMu.Lock()
+		a.inst.Close()
+		err := a.inst.Stop(ctx, postgres.StopFast)
+		a.pgMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("stop for switchover: %w", err)
+		}
+		// A planned stop is not a crash: if the switchover is cancelled,
+		// this node starts again as primary.
+		a.writableEpoch.Store(0)
+		a.pushObservation(ctx)
+	}
+	return errWaiting{"stopped for the switchover to " + st.Switchover.To}
+}
+
+// syncNames is what the primary names in synchronous_standby_names: a subset
+// of the committed synchronous set, so every acknowledged commit is on a
+// member the leader knows of (see syncDecisions). The first member of the set
+// that streams; if none does, the whole set (writes wait for one of them);
+// if the set is empty (a new primary), every other member.
+func (a *Agent) syncNames(st consensus.State, pg postgres.Status) []string {
+	if !a.cfg.Failover.Synchronous() {
+		return nil
+	}
+	streaming := map[string]bool{}
+	for _, r := range pg.Replication {
+		if r.State == "streaming" {
+			streaming[r.ApplicationName] = true
+		}
+	}
+	for _, s := range st.SyncStandbys {
+		if streaming[s] {
+			return []string{s}
+		}
+	}
+	if len(st.SyncStandbys) > 0 {
+		return st.SyncStandbys
+	}
+	var others []string
+	for name := range st.Members {
+		if name != a.cfg.Name {
+			others = append(others, name)
+		}
+	}
+	sort.Strings(others)
+	return others
+}
+
+// convergeStandby makes this node a hot standby streaming from the primary:
+// cloning it when there is no data directory, rewinding it when it was last
+// a primary, re-cloning it when asked to or when rewind is impossible.
 func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds postgres.DataDirState) error {
 	p, ok := st.Members[st.Primary]
 	if !ok {
@@ -143,12 +247,17 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 	if st.SystemID == 0 {
 		return errWaiting{"waiting for the primary to finish initdb"}
 	}
+	if a.reinit.Load() && !dds.IsEmpty() {
+		if err := a.reinitFrom(ctx, st, p, "an operator asked for it"); err != nil {
+			return err
+		}
+		a.reinit.Store(false)
+		dds = postgres.DataDirValid
+	}
 	if dds.IsEmpty() {
 		a.log.Info("cloning", "from", st.Primary, "slot", SlotName(a.cfg.Name), "reason", "no data directory: a new standby starts from a base backup of the primary")
 		a.setActivity("cloning")
-		err := recovery.Clone(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, a.cloneSource(p), a.cfg.Postgres.RunAs, func(line string) {
-			a.log.Debug("pg_basebackup", "progress", line)
-		})
+		err := recovery.Clone(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, a.cloneSource(p), a.cfg.Postgres.RunAs, a.progress("cloning"))
 		a.setActivity("")
 		if err != nil {
 			return fmt.Errorf("clone from %s: %w", st.Primary, err)
@@ -162,15 +271,26 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 		// A writable server that is not the committed primary: stop it first.
 		// It must be rewound onto the primary's timeline before it may stream.
 		a.log.Warn("stopping a writable server that is not the committed primary", "primary", st.Primary, "epoch", st.Epoch)
+		a.pgMu.Lock()
 		a.inst.Close()
-		if err := a.inst.Stop(ctx, postgres.StopFast); err != nil {
+		err := a.inst.Stop(ctx, postgres.StopFast)
+		a.pgMu.Unlock()
+		if err != nil {
 			return err
 		}
 		pg = a.pgStatus(ctx)
 	}
 	if !pg.Running {
-		if err := a.checkWasStandby(ctx); err != nil {
+		wasStandby, err := a.wasStandby(ctx)
+		if err != nil {
 			return err
+		}
+		if !wasStandby {
+			// Rewind before rejoin: a former primary never serves or streams
+			// before it is on the new primary's timeline. (DESIGN)
+			if err := a.rewindFrom(ctx, st, p); err != nil {
+				return err
+			}
 		}
 	}
 	change, err := a.inst.Configure(a.standbyOf(p), nil)
@@ -180,7 +300,10 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 	switch {
 	case !pg.Running:
 		a.log.Info("starting PostgreSQL", "role", "standby", "upstream", st.Primary, "epoch", st.Epoch)
-		if err := a.inst.Start(ctx); err != nil {
+		a.pgMu.Lock()
+		err := a.inst.Start(ctx)
+		a.pgMu.Unlock()
+		if err != nil {
 			return err
 		}
 	case change.NeedsRestart:
@@ -197,22 +320,80 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 	return nil
 }
 
-// checkWasStandby refuses to start a stopped data directory as a standby if it
-// was last a primary: it may hold writes the new primary never saw, and must
-// be rewound (or re-cloned) onto the primary's timeline before it may serve.
-func (a *Agent) checkWasStandby(ctx context.Context) error {
-	state, err := a.inst.ClusterState(ctx)
-	if err != nil {
+// rewindFrom runs pg_rewind against the primary; if rewinding is impossible
+// it re-clones, keeping the old data directory until the clone is in place.
+func (a *Agent) rewindFrom(ctx context.Context, st consensus.State, p consensus.Member) error {
+	a.log.Info("rewinding", "from", st.Primary, "epoch", st.Epoch, "reason", "this data directory was last a primary; it must join the new primary's timeline")
+	a.setActivity("rewinding")
+	a.pgMu.Lock()
+	err := recovery.Rewind(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, recovery.RewindSource{
+		Host: p.PGHost, Port: p.PGPort, User: a.cfg.Postgres.Rewind.User, PassFile: a.passfile(), Database: "postgres",
+	}, a.cfg.Postgres.RunAs, a.progress("rewinding"))
+	a.pgMu.Unlock()
+	a.setActivity("")
+	switch {
+	case err == nil:
+		a.lastRejoin.Store("rewind")
+		a.log.Info("rewind finished", "from", st.Primary)
+		return nil
+	case errors.Is(err, recovery.ErrRewindImpossible):
+		a.log.Warn("rewind impossible, re-cloning", "err", err)
+		return a.reinitFrom(ctx, st, p, "pg_rewind could not rewind it: "+err.Error())
+	default:
+		return fmt.Errorf("rewind from %s: %w", st.Primary, err)
+	}
+}
+
+// reinitFrom replaces the data directory with a fresh clone of the primary.
+func (a *Agent) reinitFrom(ctx context.Context, st consensus.State, p consensus.Member, why string) error {
+	a.log.Info("re-cloning", "from", st.Primary, "reason", why)
+	a.setActivity("reinit")
+	defer a.setActivity("")
+	a.pgMu.Lock()
+	defer a.pgMu.Unlock()
+	a.inst.Close()
+	if err := a.inst.Stop(ctx, postgres.StopFast); err != nil {
 		return err
 	}
-	switch state {
-	case "shut down in recovery", "in archive recovery", "in crash recovery":
-		return nil
+	if err := recovery.Reinit(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, a.cloneSource(p), a.cfg.Postgres.RunAs, a.progress("reinit")); err != nil {
+		return fmt.Errorf("re-clone from %s: %w", st.Primary, err)
+	}
+	a.lastRejoin.Store("clone")
+	a.log.Info("re-clone finished", "from", st.Primary)
+	return nil
+}
+
+// progress turns pg_basebackup / pg_rewind progress lines into the activity
+// shown in /cluster and list ("cloning 42%").
+func (a *Agent) progress(what string) func(string) {
+	return func(line string) {
+		if i := strings.Index(line, "%)"); i > 0 {
+			if j := strings.LastIndex(line[:i], "("); j >= 0 {
+				a.setActivity(what + " " + line[j+1:i+1])
+			}
+		}
+		a.log.Debug(what, "progress", line)
+	}
+}
+
+// wasStandby reports whether a stopped data directory was last a standby (or
+// is a fresh base backup): only then may it start as a standby without rewind.
+func (a *Agent) wasStandby(ctx context.Context) (bool, error) {
+	if recovery.RewindIncomplete(a.cfg.Postgres.DataDir) {
+		return false, nil // an interrupted pg_rewind: Rewind refuses, and it is re-cloned
 	}
 	if a.inst.HasBackupLabel() {
-		return nil // a fresh base backup: starts in recovery from its label
+		return true, nil
 	}
-	return fmt.Errorf("the data directory was last a primary (pg_control: %q) but %s is the primary now: it must be rewound before it may stream; run `pgha-agent reinit %s` to re-clone it", state, a.node.State().Primary, a.cfg.Name)
+	state, err := a.inst.ClusterState(ctx)
+	if err != nil {
+		return false, err
+	}
+	switch state {
+	case "shut down in recovery", "in archive recovery":
+		return true, nil
+	}
+	return false, nil
 }
 
 // checkSystemID refuses a data directory that belongs to another cluster.

@@ -21,6 +21,7 @@ const (
 	CmdRemoveMember    CommandType = "remove_member"     // RemoveMemberData; refused for the current primary
 	CmdPromote         CommandType = "promote"           // PromoteData; epoch must be Epoch+1, primary must be a member
 	CmdSetPaused       CommandType = "set_paused"        // SetPausedData
+	CmdSetSwitchover   CommandType = "set_switchover"    // SetSwitchoverData
 	CmdSetSyncStandbys CommandType = "set_sync_standbys" // SetSyncStandbysData; epoch must equal Epoch
 )
 
@@ -61,6 +62,9 @@ type (
 	SetPausedData struct {
 		Paused bool `json:"paused"`
 	}
+	SetSwitchoverData struct {
+		Switchover Switchover `json:"switchover"`
+	}
 	SetSyncStandbysData struct {
 		Names []string `json:"names"`
 		Epoch uint64   `json:"epoch"`
@@ -95,6 +99,12 @@ func Promote(name string, epoch uint64) Command {
 // SetPaused turns automatic failover off (true) or on (false).
 func SetPaused(paused bool) Command {
 	return Command{CmdSetPaused, CurrentVersion, SetPausedData{Paused: paused}}
+}
+
+// SetSwitchover starts a planned switchover (or, with a zero Switchover,
+// cancels the one in progress).
+func SetSwitchover(sw Switchover) Command {
+	return Command{CmdSetSwitchover, CurrentVersion, SetSwitchoverData{Switchover: sw}}
 }
 
 // SetSyncStandbys sets the synchronous standby set for the current epoch.

@@ -40,6 +40,7 @@ var commands = map[CommandType]commandSpec{
 	CmdPromote:         v1(applyPromote),
 	CmdSetPaused:       v1(applySetPaused),
 	CmdSetSyncStandbys: v1(applySetSyncStandbys),
+	CmdSetSwitchover:   v1(applySetSwitchover),
 }
 
 // v1 builds the row of a command whose only accepted version is 1 and whose
@@ -156,6 +157,7 @@ func applyPromote(s *State, d PromoteData) error {
 	}
 	s.Primary = d.Primary
 	s.Epoch = d.Epoch
+	s.Switchover = Switchover{} // a promotion ends any switchover
 	// The new primary cannot be its own synchronous standby; the rest of the
 	// set stays until the leader commits a set for the new epoch.
 	s.SyncStandbys = slices.DeleteFunc(s.SyncStandbys, func(n string) bool { return n == d.Primary })
@@ -164,6 +166,31 @@ func applyPromote(s *State, d PromoteData) error {
 
 func applySetPaused(s *State, d SetPausedData) error {
 	s.Paused = d.Paused
+	return nil
+}
+
+func applySetSwitchover(s *State, d SetSwitchoverData) error {
+	sw := d.Switchover
+	if !sw.Active() {
+		s.Switchover = Switchover{}
+		return nil
+	}
+	switch {
+	case !s.Initialized():
+		return refuse("switchover: cluster is not initialised")
+	case sw.Epoch != s.Epoch:
+		return refuse("switchover for epoch %d: current epoch is %d", sw.Epoch, s.Epoch)
+	case sw.From != s.Primary:
+		return refuse("switchover from %s: the primary is %s", sw.From, s.Primary)
+	case sw.To == s.Primary:
+		return refuse("switchover to %s: it is already the primary", sw.To)
+	case s.Switchover.Active():
+		return refuse("a switchover to %s is already in progress", s.Switchover.To)
+	}
+	if _, ok := s.Members[sw.To]; !ok {
+		return refuse("switchover to %s: not a member", sw.To)
+	}
+	s.Switchover = sw
 	return nil
 }
 

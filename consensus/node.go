@@ -370,6 +370,23 @@ func (n *Node) Watch() (<-chan struct{}, func()) { return n.watchers.subscribe()
 // IsLeader reports whether this node is the Raft leader now.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
+// VerifyLeader confirms with a quorum that this node is still the leader, so
+// a decision taken now is not taken by a deposed leader.
+func (n *Node) VerifyLeader(ctx context.Context) error {
+	f := n.raft.VerifyLeader()
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Leader returns the ID and address of the leader as this node knows it;
 // both are empty if no leader is known.
 func (n *Node) Leader() (id, addr string) {

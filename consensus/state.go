@@ -26,10 +26,24 @@ type State struct {
 	Epoch        uint64            `json:"epoch"`   // bumped by every promotion; 1 after InitCluster
 	Paused       bool              `json:"paused"`
 	SyncStandbys []string          `json:"sync_standbys"`
+	// Switchover is a planned hand-over in progress (zero when none): the
+	// primary From stops writes cleanly, then the leader promotes To.
+	Switchover Switchover `json:"switchover,omitempty"`
 	// Index is the Raft log index of the last entry that changed this State.
 	// Refused commands leave the whole State, Index included, untouched.
 	Index uint64 `json:"index"`
 }
+
+// Switchover names a planned move of the primary role from From to To,
+// started in Epoch. It ends with the promotion of To (or is cancelled).
+type Switchover struct {
+	From  string `json:"from,omitempty"`
+	To    string `json:"to,omitempty"`
+	Epoch uint64 `json:"epoch,omitempty"`
+}
+
+// Active reports whether a switchover is in progress.
+func (s Switchover) Active() bool { return s.To != "" }
 
 // newState returns the empty state of a fresh FSM.
 func newState() State {

@@ -131,6 +131,9 @@ func (i *Instance) pghaSettings(standby *Standby, sync []string) []setting {
 		{"wal_log_hints", "on"},
 		{"hot_standby_feedback", "on"},
 		{"password_encryption", "scram-sha-256"},
+		// A standby whose upstream just changed (failover) retries the new
+		// primary every second, not every five.
+		{"wal_retrieve_retry_interval", "1s"},
 	}
 	// A primary gets empty upstream settings (overriding any operator line)
 	// and the same recovery_target_timeline (a restart-only setting), so that

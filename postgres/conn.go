@@ -43,9 +43,12 @@ func (s *connSlot) drop() {
 }
 
 // connString is the libpq connection string of the superuser over the unix
-// socket (peer authentication, through the "pgha" ident map).
+// socket (peer authentication, through the "pgha" ident map). The agent's own
+// statements (roles, slots) commit with synchronous_commit=local: they must
+// not wait for a standby, which may itself be waiting for those very roles
+// and slots before it can clone and stream.
 func (i *Instance) connString() string {
-	return fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=2 application_name=pgha-agent",
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=2 application_name=pgha-agent options='-c synchronous_commit=local'",
 		quoteConnValue(i.cfg.SocketDir), i.cfg.Port, quoteConnValue(i.cfg.Superuser))
 }
 

@@ -408,3 +408,13 @@ func seconds(d interface{ Seconds() float64 }) int {
 	}
 	return s
 }
+
+// CheckpointLSN is pg_controldata's "Latest checkpoint location": for a
+// cleanly stopped primary, where its WAL ends (its shutdown checkpoint).
+func (i *Instance) CheckpointLSN(ctx context.Context) (LSN, error) {
+	fields, err := i.controlData(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read checkpoint location: %w", err)
+	}
+	return ParseLSN(fields["Latest checkpoint location"])
+}

@@ -1,5 +1,7 @@
 // Package recovery builds and repairs standbys: Clone copies a primary with
-// pg_basebackup. (Rewind and reinit come later.)
+// pg_basebackup; Rewind makes a former primary follow the new one with
+// pg_rewind; Reinit replaces a data directory with a fresh clone when a
+// rewind is impossible.
 package recovery
 
 import (
@@ -12,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 
 	"github.com/pgha/pgha/postgres"
@@ -54,27 +55,15 @@ func Clone(ctx context.Context, binDir, dataDir string, src Source, runAs string
 }
 
 func clone(ctx context.Context, binDir, dataDir string, src Source, runAs string, progress func(string)) error {
-	if progress == nil {
-		progress = func(string) {}
+	if err := src.validate(); err != nil {
+		return err
 	}
-	switch {
-	case src.Host == "":
-		return errors.New("source Host is required")
-	case src.Port < 1 || src.Port > 65535:
-		return fmt.Errorf("source Port %d is not a TCP port", src.Port)
-	case src.User == "":
-		return errors.New("source User (the replication role) is required")
-	case dataDir == "":
+	if dataDir == "" {
 		return errors.New("data directory is required")
 	}
 	dataDir, err := filepath.Abs(dataDir)
 	if err != nil {
 		return err
-	}
-	if src.PassFile != "" {
-		if src.PassFile, err = filepath.Abs(src.PassFile); err != nil {
-			return err
-		}
 	}
 
 	// Refuse anything but a missing or empty dataDir.
@@ -102,10 +91,7 @@ func clone(ctx context.Context, binDir, dataDir string, src Source, runAs string
 	if mountPoint {
 		tmp = filepath.Join(dataDir, TmpSuffix)
 	}
-	if err := os.RemoveAll(tmp); err != nil {
-		return fmt.Errorf("remove stale temporary directory %s: %w", tmp, err)
-	}
-	if err := postgres.MkdirAs(tmp, 0o700, runAs); err != nil {
+	if err := makeTempDir(tmp, runAs); err != nil {
 		return err
 	}
 	ok := false
@@ -114,67 +100,8 @@ func clone(ctx context.Context, binDir, dataDir string, src Source, runAs string
 			os.RemoveAll(tmp)
 		}
 	}()
-
-	conninfo := []string{
-		"host=" + connValue(src.Host),
-		"port=" + strconv.Itoa(src.Port),
-		"user=" + connValue(src.User),
-		"application_name=pgha_clone",
-		"connect_timeout=10",
-	}
-	if src.PassFile != "" {
-		conninfo = append(conninfo, "passfile="+connValue(src.PassFile))
-	}
-	args := []string{
-		"-D", tmp,
-		"-d", strings.Join(conninfo, " "),
-		"-X", "stream",
-		"-c", "fast",
-		"--no-password",
-		"--no-manifest",
-		"-P", "-v",
-	}
-	if src.SlotName != "" {
-		args = append(args, "-S", src.SlotName)
-	}
-	cmd, err := postgres.CommandAs(ctx, runAs, filepath.Join(binDir, "pg_basebackup"), args...)
-	if err != nil {
+	if err := basebackup(ctx, binDir, tmp, src, runAs, progress); err != nil {
 		return err
-	}
-	cmd.Env = append(cmd.Env, "LC_ALL=C")
-	out, err := cmd.StderrPipe()
-	if err != nil {
-		return err
-	}
-	cmd.Stdout = nil
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start pg_basebackup: %w", err)
-	}
-	var (
-		mu   sync.Mutex
-		last []string
-	)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		readLines(out, func(line string) {
-			mu.Lock()
-			last = append(last, line)
-			if len(last) > 15 {
-				last = last[len(last)-15:]
-			}
-			mu.Unlock()
-			progress(line)
-		})
-	}()
-	<-done
-	if err := cmd.Wait(); err != nil {
-		mu.Lock()
-		defer mu.Unlock()
-		if ctx.Err() != nil {
-			return fmt.Errorf("pg_basebackup: %w", ctx.Err())
-		}
-		return fmt.Errorf("pg_basebackup: %w:\n%s", err, strings.Join(last, "\n"))
 	}
 
 	// Move the finished copy into place.
@@ -200,6 +127,112 @@ func clone(ctx context.Context, binDir, dataDir string, src Source, runAs string
 	syncDir(filepath.Dir(dataDir))
 	syncDir(dataDir)
 	return nil
+}
+
+func (src *Source) validate() error {
+	switch {
+	case src.Host == "":
+		return errors.New("source Host is required")
+	case src.Port < 1 || src.Port > 65535:
+		return fmt.Errorf("source Port %d is not a TCP port", src.Port)
+	case src.User == "":
+		return errors.New("source User (the replication role) is required")
+	}
+	if src.PassFile != "" {
+		abs, err := filepath.Abs(src.PassFile)
+		if err != nil {
+			return err
+		}
+		src.PassFile = abs
+	}
+	return nil
+}
+
+// makeTempDir makes an empty directory dir owned by runAs, first removing
+// whatever an earlier, interrupted run left there.
+func makeTempDir(dir, runAs string) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove stale temporary directory %s: %w", dir, err)
+	}
+	return postgres.MkdirAs(dir, 0o700, runAs)
+}
+
+// basebackup runs pg_basebackup (-X stream -c fast -S slot --no-password
+// -P) from src into dir, which must exist, be empty and belong to runAs.
+// Each output line goes to progress (which may be nil). It changes nothing
+// but dir; on failure dir holds a partial copy the caller removes.
+func basebackup(ctx context.Context, binDir, dir string, src Source, runAs string, progress func(string)) error {
+	conninfo := []string{
+		"host=" + connValue(src.Host),
+		"port=" + strconv.Itoa(src.Port),
+		"user=" + connValue(src.User),
+		"application_name=pgha_clone",
+		"connect_timeout=10",
+	}
+	if src.PassFile != "" {
+		conninfo = append(conninfo, "passfile="+connValue(src.PassFile))
+	}
+	args := []string{
+		"-D", dir,
+		"-d", strings.Join(conninfo, " "),
+		"-X", "stream",
+		"-c", "fast",
+		"--no-password",
+		"--no-manifest",
+		"-P", "-v",
+	}
+	if src.SlotName != "" {
+		args = append(args, "-S", src.SlotName)
+	}
+	_, err := runTool(ctx, runAs, filepath.Join(binDir, "pg_basebackup"), args, progress)
+	return err
+}
+
+// runTool runs one of PostgreSQL's client programs as runAs with untranslated
+// messages, passing every line it writes (stdout and stderr) to progress
+// (which may be nil). It returns the last lines of output; a failure's error
+// names the program and carries those lines.
+func runTool(ctx context.Context, runAs, path string, args []string, progress func(string)) ([]string, error) {
+	if progress == nil {
+		progress = func(string) {}
+	}
+	prog := filepath.Base(path)
+	cmd, err := postgres.CommandAs(ctx, runAs, path, args...)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Env = append(cmd.Env, "LC_ALL=C")
+	// One writer for both streams keeps the lines in the order they were
+	// written. An io.Pipe (not an *os.File) lets Wait give up after
+	// cmd.WaitDelay when a grandchild still holds the output open.
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", prog, err)
+	}
+	const keep = 15
+	var last []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		readLines(pr, func(line string) {
+			last = append(last, line)
+			if len(last) > keep {
+				last = last[len(last)-keep:]
+			}
+			progress(line)
+		})
+	}()
+	err = cmd.Wait()
+	pw.Close()
+	<-done
+	if err != nil {
+		if ctx.Err() != nil {
+			return last, fmt.Errorf("%s: %w", prog, ctx.Err())
+		}
+		return last, fmt.Errorf("%s: %w:\n%s", prog, err, strings.Join(last, "\n"))
+	}
+	return last, nil
 }
 
 // readLines calls f for every line of r, splitting at \n and at \r

@@ -16,7 +16,8 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), demoCmd(), listCmd(), removeCmd())
+	root.AddCommand(runCmd(), demoCmd(), listCmd(), removeCmd(),
+		switchoverCmd(), failoverCmd(), reinitCmd(), pauseCmd(true), pauseCmd(false))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgha-agent:", err)
 		os.Exit(1)

@@ -1,0 +1,342 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/pgha/pgha/consensus"
+)
+
+// Control operations: switchover, failover, pause, resume, reinit (REST and
+// CLI), and the agents' own permit and news calls. Any member answers; what
+// must be decided is forwarded to the Raft leader.
+
+// ControlRequest is the body of POST /switchover, /failover and /reinit.
+// "leader" and "candidate" are Patroni's names for the same calls.
+type ControlRequest struct {
+	Leader    string `json:"leader,omitempty"`    // switchover: the current primary, if the caller wants to check it
+	Candidate string `json:"candidate,omitempty"` // switchover/failover: who to promote
+	Member    string `json:"member,omitempty"`    // reinit: who to re-clone
+}
+
+// ControlResult is what the control calls answer.
+type ControlResult struct {
+	Primary string `json:"primary,omitempty"`
+	Epoch   uint64 `json:"epoch,omitempty"`
+	Message string `json:"message"`
+}
+
+type permitRequest struct {
+	Member  string `json:"member"`
+	Epoch   uint64 `json:"epoch"`
+	Restart bool   `json:"restart"` // it ran as primary in this epoch and went down
+}
+
+func (a *Agent) controlRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /switchover", a.leaderOnly(a.handleSwitchover))
+	mux.HandleFunc("POST /failover", a.leaderOnly(a.handleFailover))
+	mux.HandleFunc("POST /pause", a.leaderOnly(func(w http.ResponseWriter, r *http.Request, _ []byte) { a.setPaused(w, r, true) }))
+	mux.HandleFunc("POST /resume", a.leaderOnly(func(w http.ResponseWriter, r *http.Request, _ []byte) { a.setPaused(w, r, false) }))
+	mux.HandleFunc("POST /reinit", a.handleReinit)
+	mux.HandleFunc("POST /internal/permit", a.leaderOnly(a.handlePermit))
+	mux.HandleFunc("POST /internal/news", a.handleNews)
+}
+
+// leaderOnly reads the body and either handles the call (on the leader) or
+// forwards it to the leader.
+func (a *Agent) leaderOnly(h func(http.ResponseWriter, *http.Request, []byte)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+		if err != nil {
+			writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
+			return
+		}
+		if !a.node.IsLeader() {
+			a.forwardToLeader(w, r, body)
+			return
+		}
+		h(w, r, body)
+	}
+}
+
+func decodeControl(w http.ResponseWriter, body []byte) (ControlRequest, bool) {
+	var req ControlRequest
+	if len(body) == 0 {
+		return req, true
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: "body must be JSON such as {\"candidate\": \"node2\"}: " + err.Error()})
+		return req, false
+	}
+	return req, true
+}
+
+func (a *Agent) handleSwitchover(w http.ResponseWriter, r *http.Request, body []byte) {
+	req, ok := decodeControl(w, body)
+	if !ok {
+		return
+	}
+	st := a.node.State()
+	in := Inputs{State: st, Observations: a.obs.snapshot(), Now: time.Now(), Policy: a.policy()}
+	refuse := func(format string, args ...any) {
+		writeJSON(w, http.StatusConflict, apiError{Error: "switchover refused: " + fmt.Sprintf(format, args...)})
+	}
+	switch {
+	case st.Paused:
+		refuse("the cluster is paused; resume it first")
+		return
+	case st.Switchover.Active():
+		refuse("a switchover to %s is already in progress", st.Switchover.To)
+		return
+	case req.Leader != "" && req.Leader != st.Primary:
+		refuse("%s is not the primary (%s is)", req.Leader, st.Primary)
+		return
+	}
+	if p, ok := fresh(in, st.Primary); !ok || !p.obs.Postgres.Running || p.obs.Postgres.InRecovery {
+		refuse("the primary %s is not healthy; use failover", st.Primary)
+		return
+	}
+	cand := req.Candidate
+	if cand == "" {
+		cand = a.bestSwitchoverCandidate(in)
+		if cand == "" {
+			refuse("no healthy streaming standby to switch over to")
+			return
+		}
+	}
+	if why := a.switchoverCandidateProblem(in, cand); why != "" {
+		refuse("%s", why)
+		return
+	}
+	sw := consensus.Switchover{From: st.Primary, To: cand, Epoch: st.Epoch}
+	a.log.Info("decision", "command", "set_switchover", "epoch", st.Epoch, "reason", fmt.Sprintf("operator asked to switch over from %s to %s", sw.From, sw.To))
+	if err := a.node.Apply(r.Context(), consensus.SetSwitchover(sw)); err != nil {
+		writeError(w, err)
+		return
+	}
+	a.wake()
+	a.awaitPrimary(w, r, cand, a.cfg.Timing.SwitchoverTimeout+2*time.Second)
+}
+
+func (a *Agent) bestSwitchoverCandidate(in Inputs) string {
+	var cands []string
+	for name := range in.State.Members {
+		if name != in.State.Primary && a.switchoverCandidateProblem(in, name) == "" {
+			cands = append(cands, name)
+		}
+	}
+	if len(cands) == 0 {
+		return ""
+	}
+	sortByWAL(in, cands)
+	return cands[0]
+}
+
+// switchoverCandidateProblem says why name cannot take over now, or "".
+func (a *Agent) switchoverCandidateProblem(in Inputs, name string) string {
+	m, ok := in.State.Members[name]
+	switch {
+	case !ok:
+		return fmt.Sprintf("%s is not a member", name)
+	case name == in.State.Primary:
+		return fmt.Sprintf("%s is already the primary", name)
+	case m.NoFailover:
+		return fmt.Sprintf("%s is tagged nofailover", name)
+	}
+	o, ok := fresh(in, name)
+	if !ok || !o.obs.Postgres.Running || !o.obs.Postgres.InRecovery || !o.obs.Postgres.Streaming {
+		return fmt.Sprintf("%s is not a healthy streaming standby", name)
+	}
+	if p, ok := in.Observations[in.State.Primary]; ok {
+		lag := int64(p.obs.Postgres.CurrentLSN) - int64(o.obs.Postgres.ReplayedLSN)
+		if lag > a.cfg.Failover.MaximumLagOnSwitchover {
+			return fmt.Sprintf("%s lags %d bytes behind, more than failover.maximum_lag_on_switchover (%d)", name, lag, a.cfg.Failover.MaximumLagOnSwitchover)
+		}
+	}
+	return ""
+}
+
+// handleFailover forces a promotion when the primary is gone: the operator's
+// override for a cluster that cannot (or, paused, may not) fail over itself.
+func (a *Agent) handleFailover(w http.ResponseWriter, r *http.Request, body []byte) {
+	req, ok := decodeControl(w, body)
+	if !ok {
+		return
+	}
+	st := a.node.State()
+	in := Inputs{State: st, Observations: a.obs.snapshot(), Now: time.Now(), Policy: a.policy()}
+	if p, ok := fresh(in, st.Primary); ok && p.obs.Postgres.Running && !p.obs.Postgres.InRecovery {
+		writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("failover refused: the primary %s is healthy; use switchover", st.Primary)})
+		return
+	}
+	cand := req.Candidate
+	if cand == "" {
+		cand, _ = chooseCandidate(in, st.Primary)
+	}
+	o, ok := fresh(in, cand)
+	if cand == "" || !ok || !o.obs.Postgres.Running || !o.obs.Postgres.InRecovery {
+		writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("failover refused: %q is not a running standby", cand)})
+		return
+	}
+	a.log.Info("decision", "command", "promote", "epoch", st.Epoch, "reason", "operator forced a failover to "+cand)
+	if err := a.node.Apply(r.Context(), consensus.Promote(cand, st.Epoch+1)); err != nil {
+		writeError(w, err)
+		return
+	}
+	a.awaitPrimary(w, r, cand, 30*time.Second)
+}
+
+// awaitPrimary answers once name runs as the writable primary, or gives up.
+func (a *Agent) awaitPrimary(w http.ResponseWriter, r *http.Request, name string, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		st := a.node.State()
+		if st.Primary == name {
+			if o, ok := a.obs.snapshot()[name]; ok && o.reachable && o.obs.Postgres.Running && !o.obs.Postgres.InRecovery {
+				writeJSON(w, http.StatusOK, ControlResult{Primary: name, Epoch: st.Epoch, Message: name + " is the primary"})
+				return
+			}
+		} else if !st.Switchover.Active() {
+			writeJSON(w, http.StatusServiceUnavailable, apiError{Error: fmt.Sprintf("the switchover to %s was cancelled; %s is the primary", name, st.Primary)})
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	writeJSON(w, http.StatusServiceUnavailable, apiError{Error: fmt.Sprintf("%s is not the running primary after %s", name, timeout)})
+}
+
+func (a *Agent) setPaused(w http.ResponseWriter, r *http.Request, paused bool) {
+	a.log.Info("decision", "command", "set_paused", "paused", paused, "reason", "operator request")
+	if err := a.node.Apply(r.Context(), consensus.SetPaused(paused)); err != nil {
+		writeError(w, err)
+		return
+	}
+	msg := "automatic failover resumed"
+	if paused {
+		msg = "paused: no automatic failover until resume"
+	}
+	writeJSON(w, http.StatusOK, ControlResult{Message: msg})
+}
+
+// handleReinit re-clones a standby; it runs on that member's own agent.
+func (a *Agent) handleReinit(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
+		return
+	}
+	req, ok := decodeControl(w, body)
+	if !ok {
+		return
+	}
+	st := a.node.State()
+	m, ok := st.Members[req.Member]
+	switch {
+	case req.Member == "":
+		writeJSON(w, http.StatusBadRequest, apiError{Error: "body must name the member: {\"member\": \"node2\"}"})
+		return
+	case !ok:
+		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no member named %q", req.Member)})
+		return
+	case req.Member == st.Primary:
+		writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("reinit refused: %s is the primary", req.Member)})
+		return
+	}
+	if req.Member != a.cfg.Name {
+		if r.Header.Get("X-Pgha-Forwarded") != "" {
+			writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "reinit: forwarded to the wrong member"})
+			return
+		}
+		a.forwardTo(w, r, m.APIURL, body)
+		return
+	}
+	a.log.Info("reinit requested", "reason", "operator request")
+	a.reinit.Store(true)
+	writeJSON(w, http.StatusAccepted, ControlResult{Message: "re-cloning " + req.Member + " from the primary"})
+}
+
+func (a *Agent) handlePermit(w http.ResponseWriter, r *http.Request, body []byte) {
+	var req permitRequest
+	if err := json.Unmarshal(body, &req); err != nil || req.Member == "" {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: "body must be {\"member\", \"epoch\", \"restart\"}"})
+		return
+	}
+	if err := a.grantPermit(r.Context(), req.Member, req.Epoch, req.Restart); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ControlResult{Message: "granted"})
+}
+
+// requestPermit asks the leader for permission to start or promote this
+// node's PostgreSQL as the primary of epoch (see grantPermit).
+func (a *Agent) requestPermit(ctx context.Context, epoch uint64, restart bool) error {
+	if a.node.IsLeader() {
+		return a.grantPermit(ctx, a.cfg.Name, epoch, restart)
+	}
+	base, err := a.leaderAPI()
+	if err != nil {
+		return err
+	}
+	body, _ := json.Marshal(permitRequest{Member: a.cfg.Name, Epoch: epoch, Restart: restart})
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	return postJSON(ctx, a.http, base+"/internal/permit", body, nil)
+}
+
+// handleNews takes an observation an agent pushed (after a step it took that
+// the leader waits for) and wakes the leader's loop.
+func (a *Agent) handleNews(w http.ResponseWriter, r *http.Request) {
+	var o Observation
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&o); err != nil || o.Name == "" {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: "body must be an observation"})
+		return
+	}
+	if _, ok := a.node.State().Members[o.Name]; !ok {
+		writeJSON(w, http.StatusNotFound, apiError{Error: "not a member: " + o.Name})
+		return
+	}
+	a.obs.set(o.Name, memberView{obs: o, reachable: true, lastSeen: time.Now()})
+	a.wake()
+	writeJSON(w, http.StatusAccepted, ControlResult{Message: "noted"})
+}
+
+// pushObservation sends this node's observation to the leader at once, so a
+// step the leader waits for (a switchover stop) is seen without a poll's delay.
+func (a *Agent) pushObservation(ctx context.Context) {
+	o := a.observeSelf(ctx)
+	if a.node.IsLeader() {
+		a.obs.set(o.Name, memberView{obs: o, reachable: true, lastSeen: time.Now()})
+		a.wake()
+		return
+	}
+	base, err := a.leaderAPI()
+	if err != nil {
+		return
+	}
+	body, _ := json.Marshal(o)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := postJSON(ctx, a.http, base+"/internal/news", body, nil); err != nil && !errors.Is(err, context.Canceled) {
+		a.log.Debug("push observation to leader", "err", err)
+	}
+}
+
+func (a *Agent) wake() {
+	select {
+	case a.wakeLeader <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,251 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgha/pgha/consensus"
+	"github.com/pgha/pgha/postgres"
+)
+
+// Observations for the failover table: a primary and two standbys.
+var (
+	primaryUp = postgres.Status{Running: true, CurrentLSN: 1000, SyncStandbyNames: `ANY 1 ("n2")`}
+	standbyAt = func(lsn postgres.LSN) postgres.Status {
+		return postgres.Status{Running: true, InRecovery: true, Streaming: true, ReceivedLSN: lsn, ReplayedLSN: lsn}
+	}
+	pgDown      = postgres.Status{}
+	silentSince = func(at time.Time) memberView { return memberView{reachable: false, lastSeen: at} }
+)
+
+func obsAt(at time.Time, pg postgres.Status) memberView {
+	return memberView{reachable: true, lastSeen: at, obs: Observation{DataDir: "valid", Postgres: pg}}
+}
+
+func state3(sync ...string) consensus.State {
+	return consensus.State{ClusterID: "c", SystemID: 7, Members: members("n1", "n2", "n3"), Primary: "n1", Epoch: 4, SyncStandbys: sync}
+}
+
+func TestDecideFailover(t *testing.T) {
+	yes, no := true, false
+	now := t0
+	cases := []struct {
+		name       string
+		state      consensus.State
+		obs        map[string]memberView
+		answers    *bool
+		permits    map[string]time.Time
+		policy     func(*Policy)
+		wantPromo  string // "" = no promotion
+		wantInWait string // substring of Plan.Waiting when nothing is promoted
+	}{
+		{
+			name:  "healthy primary: nothing",
+			state: state3("n2"),
+			obs:   map[string]memberView{"n1": obsAt(now, primaryUp), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(900))},
+		},
+		{
+			name:      "postgres died, agent alive: promote the synchronous standby",
+			state:     state3("n2"),
+			obs:       map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(900)), "n3": obsAt(now, standbyAt(1000))},
+			wantPromo: "n2", // n3 has more WAL but is not synchronous: n2 holds every acknowledged commit
+		},
+		{
+			name:       "postgres died, sync standby silent: promote nobody",
+			state:      state3("n2"),
+			obs:        map[string]memberView{"n1": obsAt(now, pgDown), "n2": silentSince(now.Add(-5 * time.Second)), "n3": obsAt(now, standbyAt(1000))},
+			wantInWait: "synchronous standby n2 does not report",
+		},
+		{
+			name:       "sync set of two, one silent: nobody (it may hold the newest commits)",
+			state:      state3("n2", "n3"),
+			obs:        map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": silentSince(now.Add(-5 * time.Second))},
+			wantInWait: "n3 does not report",
+		},
+		{
+			name:      "sync set of two: the one with the most WAL",
+			state:     state3("n2", "n3"),
+			obs:       map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(900)), "n3": obsAt(now, standbyAt(1000))},
+			wantPromo: "n3",
+		},
+		{
+			name:       "no sync set recorded: nobody",
+			state:      state3(),
+			obs:        map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			wantInWait: "no synchronous standby is recorded",
+		},
+		{
+			name: "sync standby tagged nofailover: nobody",
+			state: func() consensus.State {
+				s := state3("n2")
+				m := s.Members["n2"]
+				m.NoFailover = true
+				s.Members["n2"] = m
+				return s
+			}(),
+			obs:        map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			wantInWait: "cannot be promoted",
+		},
+		{
+			name:       "paused: nobody, and it says why",
+			state:      func() consensus.State { s := state3("n2"); s.Paused = true; return s }(),
+			obs:        map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			wantInWait: "paused",
+		},
+		{
+			name:       "primary restarting with a permit: wait",
+			state:      state3("n2"),
+			obs:        map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			permits:    map[string]time.Time{"n1": now.Add(-2 * time.Second)},
+			wantInWait: "starting",
+		},
+		{
+			name:      "old permit expired: promote",
+			state:     state3("n2"),
+			obs:       map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			permits:   map[string]time.Time{"n1": now.Add(-time.Minute)},
+			wantPromo: "n2",
+		},
+		{
+			name:       "agent silent, before the fence deadline: wait",
+			state:      state3("n2"),
+			obs:        map[string]memberView{"n1": silentSince(now.Add(-1200 * time.Millisecond)), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			answers:    &no,
+			wantInWait: "fence deadline",
+		},
+		{
+			name:      "agent silent past the fence deadline, postgres does not answer: promote",
+			state:     state3("n2"),
+			obs:       map[string]memberView{"n1": silentSince(now.Add(-3 * time.Second)), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			answers:   &no,
+			wantPromo: "n2",
+		},
+		{
+			name:       "agent dead but postgres answers directly: no failover",
+			state:      state3("n2"),
+			obs:        map[string]memberView{"n1": silentSince(now.Add(-10 * time.Second)), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			answers:    &yes,
+			wantInWait: "agent death is not database death",
+		},
+		{
+			name:      "async: the most up-to-date within the lag bound",
+			state:     state3(),
+			obs:       map[string]memberView{"n1": obsAt(now, postgres.Status{CurrentLSN: 5000}), "n2": obsAt(now, standbyAt(4000)), "n3": obsAt(now, standbyAt(4500))},
+			policy:    func(p *Policy) { p.Synchronous = false },
+			wantPromo: "n3",
+		},
+		{
+			name:       "async: every standby too far behind",
+			state:      state3(),
+			obs:        map[string]memberView{"n1": obsAt(now, postgres.Status{CurrentLSN: 5 << 20}), "n2": obsAt(now, standbyAt(1)), "n3": obsAt(now, standbyAt(2))},
+			policy:     func(p *Policy) { p.Synchronous = false },
+			wantInWait: "maximum_lag_on_failover",
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := testPolicy
+			if c.policy != nil {
+				c.policy(&p)
+			}
+			plan := decide(Inputs{State: c.state, Observations: c.obs, Now: now, Self: "n2", Policy: p, PrimaryAnswers: c.answers, Permits: c.permits, LeaderSince: now.Add(-time.Hour)})
+			var promoted string
+			for _, d := range plan.Decisions {
+				if d.Command.Type == consensus.CmdPromote {
+					pd := d.Command.Data.(consensus.PromoteData)
+					if pd.Epoch != c.state.Epoch+1 {
+						t.Errorf("promotion at epoch %d, want %d", pd.Epoch, c.state.Epoch+1)
+					}
+					promoted = pd.Primary
+				}
+			}
+			if promoted != c.wantPromo {
+				t.Fatalf("promoted %q, want %q (plan %+v)", promoted, c.wantPromo, plan)
+			}
+			if c.wantInWait != "" && !strings.Contains(plan.Waiting, c.wantInWait) {
+				t.Fatalf("waiting %q, want it to mention %q", plan.Waiting, c.wantInWait)
+			}
+		})
+	}
+}
+
+func TestDecideSyncSet(t *testing.T) {
+	now := t0
+	sync := func(names ...string) []string { return names }
+	cases := []struct {
+		name  string
+		state consensus.State
+		obs   map[string]memberView
+		mark  syncMark
+		want  []string // nil = no change
+	}{
+		{"new epoch, empty set: every standby, best first", state3(),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": obsAt(now, standbyAt(900)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, sync("n3", "n2")},
+		{"sync standby streams: keep", state3("n2"),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, nil},
+		{"sync standby gone: add the streaming one in front", state3("n2"),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": silentSince(now.Add(-5 * time.Second)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, sync("n3", "n2")},
+		{"narrow once the first has all the WAL from when the setting narrowed", state3("n3", "n2"),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n3": obsAt(now, standbyAt(1000))}, syncMark{Epoch: 4, Names: `ANY 1 ("n3")`, LSN: 990}, sync("n3")},
+		{"do not narrow before it has", state3("n3", "n2"),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n3": obsAt(now, standbyAt(900))}, syncMark{Epoch: 4, Names: `ANY 1 ("n3")`, LSN: 990}, nil},
+		{"do not narrow while the primary still names both", state3("n3", "n2"),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n3": obsAt(now, standbyAt(1000))}, syncMark{Epoch: 4, Names: `ANY 1 ("n3","n2")`, LSN: 990}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			plan := decide(Inputs{State: c.state, Observations: c.obs, Now: now, Self: "n1", Policy: testPolicy, SyncMark: c.mark, LeaderSince: now.Add(-time.Hour)})
+			var got []string
+			changed := false
+			for _, d := range plan.Decisions {
+				if d.Command.Type == consensus.CmdSetSyncStandbys {
+					got, changed = d.Command.Data.(consensus.SetSyncStandbysData).Names, true
+				}
+			}
+			if !changed && c.want == nil {
+				return
+			}
+			if strings.Join(got, ",") != strings.Join(c.want, ",") || changed != (c.want != nil) {
+				t.Fatalf("sync set %v (changed %v), want %v; plan %+v", got, changed, c.want, plan)
+			}
+		})
+	}
+}
+
+func TestDecideSwitchover(t *testing.T) {
+	now := t0
+	st := state3("n2")
+	st.Switchover = consensus.Switchover{From: "n1", To: "n2", Epoch: 4}
+	stopped := obsAt(now, pgDown)
+	stopped.obs.StoppedLSN = 2000
+	cases := []struct {
+		name      string
+		obs       map[string]memberView
+		since     time.Time
+		wantType  consensus.CommandType
+		wantPromo string
+	}{
+		{"old primary still running: wait", map[string]memberView{"n1": obsAt(now, primaryUp), "n2": obsAt(now, standbyAt(1000))}, now, "", ""},
+		{"stopped, candidate behind its shutdown checkpoint: wait", map[string]memberView{"n1": stopped, "n2": obsAt(now, standbyAt(2000))}, now, "", ""},
+		{"stopped, candidate has it all: promote", map[string]memberView{"n1": stopped, "n2": obsAt(now, standbyAt(2100))}, now, consensus.CmdPromote, "n2"},
+		{"too slow: cancel", map[string]memberView{"n1": obsAt(now, primaryUp), "n2": obsAt(now, standbyAt(1000))}, now.Add(-time.Minute), consensus.CmdSetSwitchover, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			plan := decide(Inputs{State: st, Observations: c.obs, Now: now, Self: "n1", Policy: testPolicy, SwitchoverSince: c.since, LeaderSince: now.Add(-time.Hour)})
+			if c.wantType == "" {
+				if len(plan.Decisions) != 0 {
+					t.Fatalf("want no decision, got %+v", plan.Decisions)
+				}
+				return
+			}
+			if len(plan.Decisions) != 1 || plan.Decisions[0].Command.Type != c.wantType {
+				t.Fatalf("want %s, got %+v", c.wantType, plan)
+			}
+			if c.wantPromo != "" && plan.Decisions[0].Command.Data.(consensus.PromoteData).Primary != c.wantPromo {
+				t.Fatalf("promoted the wrong member: %+v", plan.Decisions[0])
+			}
+		})
+	}
+}
