@@ -1,34 +1,515 @@
 // Package router is pgha's PostgreSQL wire-protocol proxy: it authenticates
 // clients, pools server connections, sends writes to the primary and
-// read-only statements to standbys, and follows the committed cluster state
+// read-only statements to standbys, and follows the cluster topology
 // through failover.
 //
-// Only the interfaces exist so far: the router takes its view of the cluster
-// from a Topology, so it can be tested without an agent.
+// The agent builds one Router with New (a Config and a Topology), then runs
+// Serve on each listener it owns — the read/write one with ReadWrite, the
+// read-only one with ReadOnly — and calls Close when it stops being the
+// router of the cluster. Hold and Resume bracket a planned switchover.
+//
+// Protocol: PostgreSQL v3.0 (a 3.2 client is answered with
+// NegotiateProtocolVersion). SSL and GSS encryption requests are refused
+// ('N'); the client continues in clear text.
 package router
 
-import "context"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
 
-// Backend is one PostgreSQL server the router may send queries to.
-type Backend struct {
-	Name     string
-	Host     string
-	Port     int
-	Primary  bool
-	Healthy  bool
-	LagBytes int64 // replay lag behind the primary; meaningful for standbys
-	Weight   int
+// PoolMode says when a server connection returns to the pool.
+type PoolMode string
+
+// Pool modes.
+const (
+	// PoolTransaction returns the server connection at ReadyForQuery 'I'
+	// (outside a transaction, nothing in flight). Session state (SET,
+	// temporary tables, LISTEN, SQL-level PREPARE, advisory locks) does
+	// not survive between transactions. Protocol-level named prepared
+	// statements do: the router re-prepares them where needed.
+	PoolTransaction PoolMode = "transaction"
+	// PoolSession keeps one server connection per client session and
+	// resets it with DISCARD ALL when the client leaves.
+	PoolSession PoolMode = "session"
+)
+
+// Role is what a listener is for.
+type Role int
+
+const (
+	// ReadWrite sends writes and transactions to the primary, reads outside
+	// transactions to a standby (when load balancing is on).
+	ReadWrite Role = iota
+	// ReadOnly sends everything to standbys, the primary as fallback.
+	ReadOnly
+)
+
+func (r Role) String() string {
+	if r == ReadOnly {
+		return "read-only"
+	}
+	return "read-write"
 }
 
-// Topology tells the router where the primary and the standbys are.
-// Changes returns a channel that receives after every change of the set.
-type Topology interface {
-	Backends() []Backend
-	Changes() <-chan struct{}
+// Config is the router's configuration. Zero fields get the defaults
+// noted; Validate names the first bad key.
+type Config struct {
+	PoolMode             PoolMode      // default transaction
+	PoolSize             int           // server connections per (backend, database, user); default 20
+	MaxClientConn        int           // client connections over all listeners; default 1000
+	QueryWaitTimeout     time.Duration // how long a client waits for a server connection; default 120s
+	ServerConnectTimeout time.Duration // dial and login to PostgreSQL; default 5s
+	ServerIdleTimeout    time.Duration // close server connections idle this long; default 10m; <0 never
+	ServerLifetime       time.Duration // close server connections this old when released; default 1h; <0 never
+	MaxMessageSize       int           // largest client or server message body in bytes; default 64 MiB
+	ApplicationName      string        // application_name of server connections; default "pgha-router"
+
+	// DisableLoadBalance sends every statement of the read/write listener to
+	// the primary.
+	DisableLoadBalance bool
+	// MaxLag: standbys whose replay lag (Backend.LagBytes) exceeds it get no
+	// reads; 0 means no limit.
+	MaxLag int64
+	// DisableReadYourWrites turns off read-your-writes: normally, after a
+	// session's write transaction the router notes the primary's WAL insert
+	// position and sends that session's reads only to standbys whose
+	// ReplayLSN has passed it (else to the primary).
+	DisableReadYourWrites bool
+	// WriteFunctions: calling one of these makes a statement a write.
+	// nil means DefaultWriteFunctions.
+	WriteFunctions []string
+
+	// HBA decides how clients authenticate, first match wins; no match is
+	// refused as PostgreSQL does. nil means one rule: everyone with
+	// scram-sha-256.
+	HBA []HBARule
+	// Users maps user name to the stored secret clients authenticate
+	// against: a SCRAM-SHA-256 verifier, an md5 hash or a clear-text
+	// password (see ParseUserList, LoadUserList for pgbouncer's userlist.txt
+	// and pgpool's pool_passwd).
+	Users map[string]string
+	// ServerPasswords maps user name to the clear-text password the router
+	// logs into PostgreSQL with (SCRAM or md5 or password, as the server
+	// asks). A verifier cannot log in, so a user whose Users entry is a
+	// verifier needs one here unless the servers trust the router. When
+	// absent, a clear-text (or, for md5 servers, md5) Users entry is used.
+	ServerPasswords map[string]string
+
+	Logger *slog.Logger // default: discard
 }
 
-// Listener is the router's front door. The agent starts it on the address the
-// Raft leader owns (the VIP, or in the demo 127.0.0.1:9999 and :9998).
-type Listener interface {
-	Serve(ctx context.Context) error
+func (c Config) withDefaults() Config {
+	if c.PoolMode == "" {
+		c.PoolMode = PoolTransaction
+	}
+	if c.PoolSize == 0 {
+		c.PoolSize = 20
+	}
+	if c.MaxClientConn == 0 {
+		c.MaxClientConn = 1000
+	}
+	if c.QueryWaitTimeout == 0 {
+		c.QueryWaitTimeout = 120 * time.Second
+	}
+	if c.ServerConnectTimeout == 0 {
+		c.ServerConnectTimeout = 5 * time.Second
+	}
+	if c.ServerIdleTimeout == 0 {
+		c.ServerIdleTimeout = 10 * time.Minute
+	}
+	if c.ServerLifetime == 0 {
+		c.ServerLifetime = time.Hour
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = 64 << 20
+	}
+	if c.ApplicationName == "" {
+		c.ApplicationName = "pgha-router"
+	}
+	if c.WriteFunctions == nil {
+		c.WriteFunctions = DefaultWriteFunctions
+	}
+	if c.HBA == nil {
+		c.HBA = []HBARule{{Method: AuthSCRAM}}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
 }
+
+// Validate reports the first invalid setting, naming its key.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	switch {
+	case c.PoolMode != PoolTransaction && c.PoolMode != PoolSession:
+		return fmt.Errorf("router config: PoolMode %q: want %q or %q", c.PoolMode, PoolTransaction, PoolSession)
+	case c.PoolSize < 1:
+		return fmt.Errorf("router config: PoolSize %d: want at least 1", c.PoolSize)
+	case c.MaxClientConn < 1:
+		return fmt.Errorf("router config: MaxClientConn %d: want at least 1", c.MaxClientConn)
+	case c.QueryWaitTimeout < 0:
+		return fmt.Errorf("router config: QueryWaitTimeout %v: want a positive duration", c.QueryWaitTimeout)
+	case c.MaxMessageSize < 1024:
+		return fmt.Errorf("router config: MaxMessageSize %d: want at least 1024", c.MaxMessageSize)
+	case c.MaxLag < 0:
+		return fmt.Errorf("router config: MaxLag %d: want 0 (no limit) or a byte count", c.MaxLag)
+	}
+	for i, r := range c.HBA {
+		switch r.Method {
+		case AuthTrust, AuthReject, AuthMD5, AuthSCRAM:
+		default:
+			return fmt.Errorf("router config: HBA[%d].Method %q: want trust, reject, md5 or scram-sha-256", i, r.Method)
+		}
+	}
+	for u, s := range c.Users {
+		if len(s) > 14 && s[:14] == "SCRAM-SHA-256$" {
+			if _, err := parseSCRAMVerifier(s); err != nil {
+				return fmt.Errorf("router config: Users[%q]: %w", u, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Router is the proxy. All methods are safe for concurrent use.
+type Router struct {
+	cfg        Config
+	log        *slog.Logger
+	topo       Topology
+	writeFuncs map[string]bool
+
+	view atomic.Pointer[view]
+
+	mu      sync.Mutex
+	pools   map[poolKey]*pool
+	clients map[uint32]*client // by the BackendKeyData process id the router gave out
+	nextPID uint32
+	nClient int
+	closed  bool
+
+	holdMu sync.Mutex
+	holdCh chan struct{} // non-nil while held; closed by Resume
+
+	selectCnt sync.Map // backend name -> *atomic.Int64
+	stats     Stats
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Stats are the router's counters since New (SHOW STATS).
+type Stats struct {
+	ClientsAccepted  atomic.Int64
+	ClientsRejected  atomic.Int64 // over MaxClientConn, failed authentication, refused by hba
+	ProtocolErrors   atomic.Int64 // malformed client messages
+	ReadsToStandby   atomic.Int64 // routed batches
+	ReadsToPrimary   atomic.Int64
+	WritesToPrimary  atomic.Int64
+	ServerErrors     atomic.Int64 // server connections lost while in use
+	PoolWaitTimeouts atomic.Int64
+}
+
+// StatsSnapshot is a copy of Stats plus per-pool figures.
+type StatsSnapshot struct {
+	ClientsActive    int
+	ClientsAccepted  int64
+	ClientsRejected  int64
+	ProtocolErrors   int64
+	ReadsToStandby   int64
+	ReadsToPrimary   int64
+	WritesToPrimary  int64
+	ServerErrors     int64
+	PoolWaitTimeouts int64
+	Pools            []PoolStats
+}
+
+// PoolStats describes one pool (SHOW POOLS).
+type PoolStats struct {
+	Backend, Database, User string
+	Active, Idle, Total     int
+	Waiting                 int64
+	Transactions, Queries   int64
+	Waits                   int64
+	MaxWait                 time.Duration
+	Connects                int64
+}
+
+// New makes a Router; it watches topo until Close.
+func New(cfg Config, topo Topology) (*Router, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if topo == nil {
+		return nil, errors.New("router: a Topology is required")
+	}
+	cfg = cfg.withDefaults()
+	r := &Router{
+		cfg:        cfg,
+		log:        cfg.Logger,
+		topo:       topo,
+		writeFuncs: funcSet(cfg.WriteFunctions),
+		pools:      map[poolKey]*pool{},
+		clients:    map[uint32]*client{},
+		nextPID:    uint32(time.Now().UnixNano()&0xffff) << 8,
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.applyTopology()
+	r.wg.Add(1)
+	go r.watch()
+	return r, nil
+}
+
+// watch follows the topology and reaps idle connections until Close.
+func (r *Router) watch() {
+	defer r.wg.Done()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-r.topo.Changes():
+			r.applyTopology()
+		case now := <-tick.C:
+			r.mu.Lock()
+			pools := make([]*pool, 0, len(r.pools))
+			for _, p := range r.pools {
+				pools = append(pools, p)
+			}
+			r.mu.Unlock()
+			for _, p := range pools {
+				p.reap(now)
+			}
+		}
+	}
+}
+
+// applyTopology installs the current set. Pools of a backend that left,
+// became unhealthy or changed role (or address) are retired: every
+// connection closed, in use or not, so that no transaction keeps running on
+// a former primary (DESIGN.md "One writer": a router stops sending writes to
+// a primary as soon as the committed state says it is no longer one).
+func (r *Router) applyTopology() {
+	bs := r.topo.Backends()
+	prev := r.view.Load()
+	v := newView(bs, prev, time.Now())
+	r.view.Store(v)
+	keep := map[string]bool{}
+	for _, b := range bs {
+		if !b.Healthy {
+			continue
+		}
+		same := prev == nil
+		if prev != nil {
+			for _, p := range prev.backends {
+				if p.Addr() == b.Addr() && p.Primary == b.Primary && p.Healthy {
+					same = true
+				}
+			}
+		}
+		if same {
+			keep[b.Addr()] = true
+		}
+	}
+	r.mu.Lock()
+	var retire []*pool
+	for k, p := range r.pools {
+		if !keep[k.addr] {
+			retire = append(retire, p)
+			delete(r.pools, k)
+		}
+	}
+	r.mu.Unlock()
+	for _, p := range retire {
+		p.retire()
+	}
+	if pb, ok := v.primaryBackend(); ok {
+		r.log.Info("router topology", "primary", pb.Name, "backends", len(bs), "retired_pools", len(retire))
+	} else {
+		r.log.Warn("router topology has no healthy primary", "backends", len(bs))
+	}
+}
+
+func (r *Router) pool(addr, db, user string) *pool {
+	k := poolKey{addr, db, user}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.pools[k]
+	if p == nil {
+		p = &pool{r: r, key: k, all: map[*serverConn]bool{}}
+		r.pools[k] = p
+	}
+	return p
+}
+
+// Serve accepts clients on ln until ctx ends, ln fails or Close; it closes
+// ln on return. Clients already connected keep their sessions until they
+// leave or Close.
+func (r *Router) Serve(ctx context.Context, ln net.Listener, role Role) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	stop2 := context.AfterFunc(r.ctx, func() { ln.Close() })
+	defer stop2()
+	defer ln.Close()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || r.ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("router %s accept: %w", role, err)
+		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.serveClient(conn, role)
+		}()
+	}
+}
+
+// Close stops the router: listeners passed to Serve, every client and
+// every server connection. It waits for the goroutines it started.
+func (r *Router) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	clients := make([]*client, 0, len(r.clients))
+	for _, c := range r.clients {
+		clients = append(clients, c)
+	}
+	pools := make([]*pool, 0, len(r.pools))
+	for _, p := range r.pools {
+		pools = append(pools, p)
+	}
+	r.mu.Unlock()
+	r.cancel()
+	for _, c := range clients {
+		c.conn.Close()
+	}
+	for _, p := range pools {
+		p.retire()
+	}
+	r.Resume()
+	r.wg.Wait()
+	return nil
+}
+
+// Hold stops handing primary connections to new transactions (they queue,
+// up to QueryWaitTimeout) and waits until no client is attached to the
+// primary any more, or ctx ends. Call it before a planned switchover, then
+// change the topology and call Resume: queued transactions go to the new
+// primary.
+func (r *Router) Hold(ctx context.Context) error {
+	r.holdMu.Lock()
+	if r.holdCh == nil {
+		r.holdCh = make(chan struct{})
+	}
+	r.holdMu.Unlock()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if r.primaryActive() == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("hold: %d server connections to the primary still in use: %w", r.primaryActive(), ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// Resume releases transactions queued by Hold.
+func (r *Router) Resume() {
+	r.holdMu.Lock()
+	defer r.holdMu.Unlock()
+	if r.holdCh != nil {
+		close(r.holdCh)
+		r.holdCh = nil
+	}
+}
+
+func (r *Router) holdChan() chan struct{} {
+	r.holdMu.Lock()
+	defer r.holdMu.Unlock()
+	return r.holdCh
+}
+
+func (r *Router) primaryActive() int64 {
+	pb, ok := r.view.Load().primaryBackend()
+	if !ok {
+		return 0
+	}
+	var n int64
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, p := range r.pools {
+		if k.addr == pb.Addr() {
+			n += p.active.Load()
+		}
+	}
+	return n
+}
+
+func (r *Router) countSelect(name string) {
+	v, _ := r.selectCnt.LoadOrStore(name, new(atomic.Int64))
+	v.(*atomic.Int64).Add(1)
+}
+
+func (r *Router) selectCount(name string) int64 {
+	if v, ok := r.selectCnt.Load(name); ok {
+		return v.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
+// Snapshot returns the counters.
+func (r *Router) Snapshot() StatsSnapshot {
+	s := StatsSnapshot{
+		ClientsAccepted:  r.stats.ClientsAccepted.Load(),
+		ClientsRejected:  r.stats.ClientsRejected.Load(),
+		ProtocolErrors:   r.stats.ProtocolErrors.Load(),
+		ReadsToStandby:   r.stats.ReadsToStandby.Load(),
+		ReadsToPrimary:   r.stats.ReadsToPrimary.Load(),
+		WritesToPrimary:  r.stats.WritesToPrimary.Load(),
+		ServerErrors:     r.stats.ServerErrors.Load(),
+		PoolWaitTimeouts: r.stats.PoolWaitTimeouts.Load(),
+	}
+	r.mu.Lock()
+	s.ClientsActive = r.nClient
+	pools := make([]*pool, 0, len(r.pools))
+	for _, p := range r.pools {
+		pools = append(pools, p)
+	}
+	r.mu.Unlock()
+	for _, p := range pools {
+		idle, total := p.counts()
+		s.Pools = append(s.Pools, PoolStats{
+			Backend: p.key.addr, Database: p.key.db, User: p.key.user,
+			Active: int(p.active.Load()), Idle: idle, Total: total, Waiting: p.waiting.Load(),
+			Transactions: p.xacts.Load(), Queries: p.queries.Load(), Waits: p.waitsTotal.Load(),
+			MaxWait: time.Duration(p.maxWait.Load()), Connects: p.connects.Load(),
+		})
+	}
+	return s
+}
+
+// SelectCount is SHOW POOL_NODES' select_cnt of the backend called name:
+// batches of read statements routed to it.
+func (r *Router) SelectCount(name string) int64 { return r.selectCount(name) }

@@ -1,0 +1,953 @@
+package router
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// client is one client session.
+//
+// Goroutines: the client goroutine (serveClient) reads the client and is
+// the only writer to the attached server connection; while messages are in
+// flight a pump goroutine reads the server connection and writes to the
+// client. Fields under mu are shared by both; wbuf (to the client) is
+// guarded by wmu; lock order is mu before wmu. Everything else belongs to
+// the client goroutine.
+type client struct {
+	r       *Router
+	role    Role
+	conn    net.Conn
+	be      *pgproto3.Backend
+	txnMode bool
+
+	user, db string
+	pid      uint32
+	secret   []byte
+
+	stmts   map[string]*stmt // the client's named prepared statements (transaction mode)
+	unnamed Class            // class of the last unnamed Parse
+	// lastUnnamed is the client's last unnamed Parse (transaction mode): a
+	// Bind of the unnamed statement in a later transaction, on another
+	// server connection, gets it re-parsed there. pgproto3's Parse.Decode
+	// allocates a fresh Query string and OID slice, so keeping the struct
+	// beyond the next Receive is safe.
+	lastUnnamed *pgproto3.Parse
+	pending     []pgproto3.FrontendMessage
+	pendLen     int
+	out         []byte // bytes for the server, written by the client goroutine
+
+	writeLSN atomic.Uint64 // primary WAL insert position after this session's last write
+
+	wmu  sync.Mutex
+	wbuf []byte
+
+	mu          sync.Mutex
+	sc          *serverConn // attached server connection
+	target      Backend
+	outstanding int  // Sync, Query and FunctionCall sent minus ReadyForQuery received
+	unsynced    bool // extended-protocol messages sent since the last Sync
+	pumping     bool
+	txStatus    byte
+	wrote       bool // this attachment ran a write on the primary
+	unnamedHere bool // the unnamed statement was parsed on this attachment
+	drops       []dropEntry
+	closing     bool
+}
+
+// stmt is a client's named prepared statement; serverName is the name
+// under which the router prepares it on server connections (shared by all
+// clients with the same text and parameter types).
+type stmt struct {
+	serverName string
+	parse      pgproto3.Parse
+	class      Class
+}
+
+// dropEntry is an expected response: '1' ParseComplete, '3' CloseComplete,
+// 'Z' ReadyForQuery; drop means the router injected the request and the
+// client must not see the response.
+type dropEntry struct {
+	typ  byte
+	drop bool
+	name string
+}
+
+func (r *Router) serveClient(conn net.Conn, role Role) {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	c := &client{r: r, role: role, conn: conn, txnMode: r.cfg.PoolMode == PoolTransaction, stmts: map[string]*stmt{}, txStatus: 'I'}
+	c.be = pgproto3.NewBackend(conn, conn)
+	c.be.SetMaxBodyLen(8192) // until authenticated
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	defer c.unregister()
+	ok, err := c.startup()
+	if err != nil || !ok {
+		if err != nil {
+			c.fatal(err)
+			r.stats.ClientsRejected.Add(1)
+		}
+		return
+	}
+	conn.SetDeadline(time.Time{})
+	c.be.SetMaxBodyLen(r.cfg.MaxMessageSize)
+	r.stats.ClientsAccepted.Add(1)
+	err = c.loop()
+	c.cleanup()
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, net.ErrClosed) {
+		r.log.Debug("client session ended", "user", c.user, "db", c.db, "err", err)
+	}
+}
+
+// startup handles SSLRequest, CancelRequest and StartupMessage, then
+// authenticates. ok is false (with a nil error) after a cancel request.
+func (c *client) startup() (bool, error) {
+	r := c.r
+	var sm *pgproto3.StartupMessage
+	for sm == nil {
+		msg, err := c.be.ReceiveStartupMessage()
+		if err != nil {
+			return false, &authError{"08P01", "invalid startup packet: " + err.Error()}
+		}
+		switch m := msg.(type) {
+		case *pgproto3.SSLRequest, *pgproto3.GSSEncRequest:
+			if _, err := c.conn.Write([]byte{'N'}); err != nil {
+				return false, err
+			}
+		case *pgproto3.CancelRequest:
+			r.cancelRequest(m.ProcessID, m.SecretKey)
+			return false, nil
+		case *pgproto3.StartupMessage:
+			sm = m
+		}
+	}
+	c.user = sm.Parameters["user"]
+	c.db = sm.Parameters["database"]
+	if c.db == "" {
+		c.db = c.user
+	}
+	if c.user == "" {
+		return false, &authError{"28000", "no PostgreSQL user name specified in startup packet"}
+	}
+	if _, ok := sm.Parameters["replication"]; ok && sm.Parameters["replication"] != "false" && sm.Parameters["replication"] != "0" {
+		return false, &authError{"08P01", "replication connections are not supported through the router"}
+	}
+	var unknown []string
+	for k := range sm.Parameters {
+		if strings.HasPrefix(k, "_pq_.") {
+			unknown = append(unknown, k)
+		}
+	}
+	if sm.ProtocolVersion != pgproto3.ProtocolVersion30 || len(unknown) > 0 {
+		c.send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown})
+	}
+
+	r.mu.Lock()
+	if r.closed || r.nClient >= r.cfg.MaxClientConn {
+		r.mu.Unlock()
+		return false, &authError{"53300", fmt.Sprintf("sorry, too many clients already (max_client_conn %d)", r.cfg.MaxClientConn)}
+	}
+	r.nClient++
+	for {
+		r.nextPID++
+		if r.nextPID != 0 && r.clients[r.nextPID] == nil {
+			break
+		}
+	}
+	c.pid = r.nextPID
+	c.secret = make([]byte, 4)
+	rand.Read(c.secret)
+	r.clients[c.pid] = c
+	r.mu.Unlock()
+
+	if err := c.authenticate(); err != nil {
+		c.unregister()
+		return false, err
+	}
+	params, err := c.serverParams()
+	if err != nil {
+		c.unregister()
+		return false, err
+	}
+	c.send(&pgproto3.AuthenticationOk{})
+	names := make([]string, 0, len(params))
+	for k := range params {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		c.send(&pgproto3.ParameterStatus{Name: k, Value: params[k]})
+	}
+	c.send(&pgproto3.BackendKeyData{ProcessID: c.pid, SecretKey: c.secret})
+	c.send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return true, c.flushClient()
+}
+
+func (c *client) unregister() {
+	r := c.r
+	r.mu.Lock()
+	if r.clients[c.pid] == c {
+		delete(r.clients, c.pid)
+		r.nClient--
+	}
+	r.mu.Unlock()
+}
+
+// serverParams returns the ParameterStatus set of the server the session
+// starts on, logging in once if the pool has none yet (which also reports
+// a missing database or role as PostgreSQL words it).
+func (c *client) serverParams() (map[string]string, error) {
+	v := c.r.view.Load()
+	b, ok := v.primaryBackend()
+	if c.role == ReadOnly || !ok {
+		if s, sok := v.pickStandby(0, 0); sok {
+			b, ok = s, true
+		}
+	}
+	if !ok {
+		return nil, &authError{"57P03", "no backend available: the cluster has no healthy primary or standby"}
+	}
+	p := c.r.pool(b.Addr(), c.db, c.user)
+	p.mu.Lock()
+	params := p.params
+	p.mu.Unlock()
+	if params != nil {
+		return params, nil
+	}
+	ctx, cancel := context.WithTimeout(c.r.ctx, c.r.cfg.QueryWaitTimeout)
+	defer cancel()
+	sc, err := p.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p.release(sc, true)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.params, nil
+}
+
+// cancelRequest forwards a client's cancel to the server connection running
+// its query.
+func (r *Router) cancelRequest(pid uint32, secret []byte) {
+	r.mu.Lock()
+	c := r.clients[pid]
+	r.mu.Unlock()
+	if c == nil || subtle.ConstantTimeCompare(c.secret, secret) != 1 {
+		return
+	}
+	c.mu.Lock()
+	sc := c.sc
+	c.mu.Unlock()
+	if sc != nil {
+		if err := sc.cancel(); err != nil {
+			r.log.Warn("forward cancel request", "backend", sc.pool.key.addr, "err", err)
+		}
+	}
+}
+
+// loop relays the session until the client leaves or fails.
+func (c *client) loop() error {
+	for {
+		msg, err := c.be.Receive()
+		if err != nil {
+			// pgproto3 reports a closed or broken socket as
+			// io.ErrUnexpectedEOF or a net error; a body that does not
+			// decode comes back as io.EOF or a format error.
+			var opErr *net.OpError
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.As(err, &opErr) {
+				return err
+			}
+			c.r.stats.ProtocolErrors.Add(1)
+			c.fatal(&authError{"08P01", "invalid frontend message: " + err.Error()})
+			return err
+		}
+		if _, ok := msg.(*pgproto3.Terminate); ok {
+			return nil
+		}
+		if q, ok := msg.(*pgproto3.Query); ok && len(c.pending) == 0 && c.idleAttached() {
+			if handled, err := c.admin(q.String); handled || err != nil {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		fwd, err := c.forwardAttached(msg)
+		if err != nil {
+			return err
+		}
+		if fwd {
+			continue
+		}
+		if flushPoint(msg) {
+			c.pending = append(c.pending, msg) // used before the next Receive: no copy
+			err := c.dispatch()
+			c.pending = c.pending[:0]
+			c.pendLen = 0
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		cp, n := copyMsg(msg)
+		if cp == nil {
+			c.r.stats.ProtocolErrors.Add(1)
+			c.fatal(&authError{"08P01", fmt.Sprintf("unexpected message %T outside a COPY or query", msg)})
+			return errors.New("unexpected client message")
+		}
+		c.pending = append(c.pending, cp)
+		c.pendLen += n
+		if c.pendLen > 1<<20 {
+			// A huge unsynced batch: route it now (to where a write goes).
+			if err := c.dispatch(); err != nil {
+				return err
+			}
+			c.pending = c.pending[:0]
+			c.pendLen = 0
+		}
+	}
+}
+
+// idleAttached: no server attached, or one attached with nothing in flight
+// outside a transaction (session mode between statements).
+func (c *client) idleAttached() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sc == nil || (!c.pumping && c.outstanding <= 0 && !c.unsynced && c.txStatus == 'I')
+}
+
+func flushPoint(msg pgproto3.FrontendMessage) bool {
+	switch msg.(type) {
+	case *pgproto3.Query, *pgproto3.Sync, *pgproto3.Flush, *pgproto3.FunctionCall:
+		return true
+	}
+	return false
+}
+
+// copyMsg returns an owned copy of a flyweight message and its size.
+func copyMsg(m pgproto3.FrontendMessage) (pgproto3.FrontendMessage, int) {
+	var n pgproto3.FrontendMessage
+	switch m.(type) {
+	case *pgproto3.Parse:
+		n = &pgproto3.Parse{}
+	case *pgproto3.Bind:
+		n = &pgproto3.Bind{}
+	case *pgproto3.Describe:
+		n = &pgproto3.Describe{}
+	case *pgproto3.Execute:
+		n = &pgproto3.Execute{}
+	case *pgproto3.Close:
+		n = &pgproto3.Close{}
+	default:
+		return nil, 0
+	}
+	buf, err := m.Encode(nil)
+	if err != nil || len(buf) < 5 || n.Decode(buf[5:]) != nil {
+		return nil, 0
+	}
+	return n, len(buf)
+}
+
+// batchClass is ClassRead when every statement of the pending batch is a
+// read.
+func (c *client) batchClass() Class {
+	class := ClassRead
+	seen := false
+	var parsed map[string]Class // named statements parsed in this batch
+	for _, m := range c.pending {
+		switch m := m.(type) {
+		case *pgproto3.Query:
+			seen = true
+			if Classify(m.String, c.r.writeFuncs) != ClassRead {
+				return ClassWrite
+			}
+		case *pgproto3.Parse:
+			seen = true
+			k := Classify(m.Query, c.r.writeFuncs)
+			if m.Name == "" {
+				c.unnamed = k
+			} else {
+				if parsed == nil {
+					parsed = map[string]Class{}
+				}
+				parsed[m.Name] = k
+			}
+			if k != ClassRead {
+				class = ClassWrite
+			}
+		case *pgproto3.Bind:
+			seen = true
+			if m.PreparedStatement == "" {
+				if c.unnamed != ClassRead {
+					class = ClassWrite
+				}
+			} else if k, ok := parsed[m.PreparedStatement]; ok {
+				if k != ClassRead {
+					class = ClassWrite
+				}
+			} else if st := c.stmts[m.PreparedStatement]; st == nil || st.class != ClassRead {
+				class = ClassWrite
+			}
+		case *pgproto3.FunctionCall:
+			return ClassWrite
+		}
+	}
+	if !seen {
+		return ClassWrite
+	}
+	return class
+}
+
+// dispatch routes the pending batch, attaches a server connection and
+// sends the batch.
+func (c *client) dispatch() error {
+	// A batch of only Sync and Flush needs no server.
+	trivial := true
+	for _, m := range c.pending {
+		switch m.(type) {
+		case *pgproto3.Sync, *pgproto3.Flush:
+		default:
+			trivial = false
+		}
+	}
+	if trivial {
+		for _, m := range c.pending {
+			if _, ok := m.(*pgproto3.Sync); ok {
+				c.send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+			}
+		}
+		return c.flushClient()
+	}
+	class := c.batchClass()
+	if !c.txnMode && c.role == ReadWrite {
+		class = ClassWrite // a session stays on the primary
+	}
+	target, primary, err := c.route(class)
+	if err != nil {
+		c.fatal(err)
+		return err
+	}
+	p := c.r.pool(target.Addr(), c.db, c.user)
+	ctx, cancel := context.WithTimeout(c.r.ctx, c.r.cfg.QueryWaitTimeout)
+	sc, err := p.acquire(ctx)
+	cancel()
+	if err != nil {
+		if errors.Is(err, errPoolTimeout) {
+			c.r.stats.PoolWaitTimeouts.Add(1)
+			err = &authError{"08P01", fmt.Sprintf("query_wait_timeout: no server connection to %s free within %v (pool_size %d)", target.Name, c.r.cfg.QueryWaitTimeout, c.r.cfg.PoolSize)}
+		}
+		c.fatal(err)
+		return err
+	}
+	c.mu.Lock()
+	c.sc = sc
+	c.target = target
+	c.outstanding = 0
+	c.unsynced = false
+	c.pumping = false
+	c.wrote = primary && class == ClassWrite
+	c.drops = c.drops[:0]
+	c.unnamedHere = false
+	for _, m := range c.pending {
+		c.enqueue(sc, m)
+	}
+	c.mu.Unlock()
+	return c.flushServer(sc)
+}
+
+// route picks the backend for a batch of the given class.
+func (c *client) route(class Class) (Backend, bool, error) {
+	r := c.r
+	v := r.view.Load()
+	if c.role == ReadOnly || (class == ClassRead && !r.cfg.DisableLoadBalance) {
+		var minLSN uint64
+		if c.role == ReadWrite && !r.cfg.DisableReadYourWrites {
+			minLSN = c.writeLSN.Load()
+		}
+		if b, ok := v.pickStandby(r.cfg.MaxLag, minLSN); ok {
+			if class == ClassRead {
+				r.countSelect(b.Name)
+			}
+			r.stats.ReadsToStandby.Add(1)
+			return b, false, nil
+		}
+	}
+	if ch := r.holdChan(); ch != nil {
+		t := time.NewTimer(r.cfg.QueryWaitTimeout)
+		select {
+		case <-ch:
+			t.Stop()
+		case <-t.C:
+			return Backend{}, false, &authError{"57P03", "the router held new transactions for a switchover longer than query_wait_timeout"}
+		case <-r.ctx.Done():
+			t.Stop()
+			return Backend{}, false, &authError{"57P01", "the router is shutting down"}
+		}
+		v = r.view.Load()
+	}
+	b, ok := v.primaryBackend()
+	if !ok {
+		return Backend{}, false, &authError{"57P03", "no primary available: the cluster has no healthy primary right now"}
+	}
+	if class == ClassRead {
+		r.countSelect(b.Name)
+		r.stats.ReadsToPrimary.Add(1)
+	} else {
+		r.stats.WritesToPrimary.Add(1)
+	}
+	return b, true, nil
+}
+
+// forwardAttached sends msg to the attached server connection; it reports
+// false when none is attached.
+func (c *client) forwardAttached(msg pgproto3.FrontendMessage) (bool, error) {
+	c.mu.Lock()
+	sc := c.sc
+	if sc == nil {
+		c.mu.Unlock()
+		return false, nil
+	}
+	c.enqueue(sc, msg)
+	c.mu.Unlock()
+	if flushPoint(msg) || len(c.out) > 32<<10 {
+		return true, c.flushServer(sc)
+	}
+	switch msg.(type) {
+	case *pgproto3.CopyDone, *pgproto3.CopyFail:
+		return true, c.flushServer(sc)
+	}
+	return true, nil
+}
+
+func (c *client) flushServer(sc *serverConn) error {
+	if len(c.out) == 0 {
+		return nil
+	}
+	_, err := sc.conn.Write(c.out)
+	if cap(c.out) > 256<<10 {
+		c.out = nil
+	} else {
+		c.out = c.out[:0]
+	}
+	if err != nil {
+		// The pump sees the failure too and reports it to the client.
+		sc.close()
+		c.mu.Lock()
+		mine := c.sc == sc
+		c.mu.Unlock()
+		if !mine {
+			return nil
+		}
+		return fmt.Errorf("write to server %s: %w", sc.pool.key.addr, err)
+	}
+	return nil
+}
+
+// enqueue appends msg (rewritten for server-side prepared statements in
+// transaction mode) to c.out and starts the pump. Called with mu held.
+func (c *client) enqueue(sc *serverConn, msg pgproto3.FrontendMessage) {
+	emit := func(m pgproto3.FrontendMessage) { c.out, _ = m.Encode(c.out) }
+	switch m := msg.(type) {
+	case *pgproto3.Query:
+		c.outstanding++
+		c.unsynced = false
+		sc.pool.queries.Add(1)
+		c.drops = append(c.drops, dropEntry{typ: 'Z'})
+		if c.txnMode && isDiscard(m.String) {
+			clear(sc.prepared)
+		}
+		emit(m)
+	case *pgproto3.Sync:
+		c.outstanding++
+		c.unsynced = false
+		sc.pool.queries.Add(1)
+		c.drops = append(c.drops, dropEntry{typ: 'Z'})
+		emit(m)
+	case *pgproto3.FunctionCall:
+		c.outstanding++
+		c.drops = append(c.drops, dropEntry{typ: 'Z'})
+		emit(m)
+	case *pgproto3.Parse:
+		c.unsynced = true
+		if c.txnMode && m.Name != "" {
+			st := c.register(m)
+			if sc.prepared[st.serverName] {
+				emit(&pgproto3.Close{ObjectType: 'S', Name: st.serverName})
+				c.drops = append(c.drops, dropEntry{typ: '3', drop: true})
+			}
+			p := st.parse
+			emit(&p)
+			c.drops = append(c.drops, dropEntry{typ: '1', name: st.serverName})
+			sc.prepared[st.serverName] = true
+			return
+		}
+		if c.txnMode && m.Name == "" {
+			p := *m
+			c.lastUnnamed = &p
+			c.unnamedHere = true
+		}
+		c.drops = append(c.drops, dropEntry{typ: '1'})
+		emit(m)
+	case *pgproto3.Bind:
+		c.unsynced = true
+		if m.PreparedStatement == "" {
+			c.ensureUnnamed()
+		}
+		if st := c.stmtFor(m.PreparedStatement); st != nil {
+			c.ensurePrepared(sc, st)
+			b := *m
+			b.PreparedStatement = st.serverName
+			emit(&b)
+			return
+		}
+		emit(m)
+	case *pgproto3.Describe:
+		c.unsynced = true
+		if m.ObjectType == 'S' {
+			if m.Name == "" {
+				c.ensureUnnamed()
+			}
+			if st := c.stmtFor(m.Name); st != nil {
+				c.ensurePrepared(sc, st)
+				emit(&pgproto3.Describe{ObjectType: 'S', Name: st.serverName})
+				return
+			}
+		}
+		emit(m)
+	case *pgproto3.Close:
+		c.unsynced = true
+		if c.txnMode && m.ObjectType == 'S' && m.Name != "" {
+			// The server-side statement stays cached for other clients;
+			// the client's own name does not exist on the server, so the
+			// forwarded Close answers CloseComplete in order.
+			delete(c.stmts, m.Name)
+		}
+		c.drops = append(c.drops, dropEntry{typ: '3'})
+		emit(m)
+	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
+		emit(m)
+	case *pgproto3.Flush:
+		emit(m)
+	default:
+		c.unsynced = true
+		emit(m)
+	}
+	if !c.pumping {
+		c.pumping = true
+		c.r.wg.Add(1)
+		go func() {
+			defer c.r.wg.Done()
+			c.pump(sc)
+		}()
+	}
+}
+
+func (c *client) stmtFor(name string) *stmt {
+	if !c.txnMode || name == "" {
+		return nil
+	}
+	return c.stmts[name]
+}
+
+// register records a client's named Parse and returns it with the server
+// name: a hash of the text and parameter types, so clients preparing the
+// same statement share it on a server connection.
+func (c *client) register(m *pgproto3.Parse) *stmt {
+	h := sha256.New()
+	h.Write([]byte(m.Query))
+	for _, oid := range m.ParameterOIDs {
+		fmt.Fprintf(h, ",%d", oid)
+	}
+	name := "pgha_" + hex.EncodeToString(h.Sum(nil)[:12])
+	st := &stmt{serverName: name, class: Classify(m.Query, c.r.writeFuncs)}
+	st.parse = pgproto3.Parse{Name: name, Query: m.Query, ParameterOIDs: append([]uint32(nil), m.ParameterOIDs...)}
+	c.stmts[m.Name] = st
+	return st
+}
+
+// ensurePrepared injects a Parse when sc lacks the statement. mu held.
+func (c *client) ensurePrepared(sc *serverConn, st *stmt) {
+	if sc.prepared[st.serverName] {
+		return
+	}
+	p := st.parse
+	c.out, _ = p.Encode(c.out)
+	c.drops = append(c.drops, dropEntry{typ: '1', drop: true, name: st.serverName})
+	sc.prepared[st.serverName] = true
+}
+
+// ensureUnnamed re-parses the client's unnamed statement when this
+// attachment has not parsed it (transaction mode). mu held.
+func (c *client) ensureUnnamed() {
+	if !c.txnMode || c.unnamedHere || c.lastUnnamed == nil {
+		return
+	}
+	c.out, _ = c.lastUnnamed.Encode(c.out)
+	c.drops = append(c.drops, dropEntry{typ: '1', drop: true})
+	c.unnamedHere = true
+}
+
+// popDrop consumes the expected response typ; it reports whether the
+// router injected its request. mu held.
+func (c *client) popDrop(typ byte) bool {
+	if len(c.drops) == 0 || c.drops[0].typ != typ {
+		return false
+	}
+	d := c.drops[0]
+	c.drops = c.drops[1:]
+	return d.drop
+}
+
+// popSync consumes the expected responses up to the next ReadyForQuery:
+// Parses that never completed (an earlier error skipped them) did not
+// prepare anything. mu held.
+func (c *client) popSync(sc *serverConn) {
+	for len(c.drops) > 0 {
+		d := c.drops[0]
+		c.drops = c.drops[1:]
+		if d.typ == 'Z' {
+			return
+		}
+		if d.typ == '1' && d.name != "" {
+			delete(sc.prepared, d.name)
+		}
+	}
+}
+
+// pump relays the server's responses to the client until everything sent
+// has been answered; in transaction mode it then returns the connection to
+// the pool when the server is outside a transaction.
+func (c *client) pump(sc *serverConn) {
+	r := c.r
+	for {
+		msg, err := sc.fe.Receive()
+		if err != nil {
+			c.serverLost(sc, err)
+			return
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ParseComplete:
+			if c.txnMode {
+				c.mu.Lock()
+				drop := c.popDrop('1')
+				c.mu.Unlock()
+				if drop {
+					continue
+				}
+			}
+		case *pgproto3.CloseComplete:
+			if c.txnMode {
+				c.mu.Lock()
+				drop := c.popDrop('3')
+				c.mu.Unlock()
+				if drop {
+					continue
+				}
+			}
+		case *pgproto3.ReadyForQuery:
+			c.mu.Lock()
+			c.outstanding--
+			c.txStatus = m.TxStatus
+			if c.txnMode {
+				c.popSync(sc)
+			}
+			done := c.outstanding <= 0 && !c.unsynced
+			release := done && c.txnMode && m.TxStatus == 'I' && c.sc == sc
+			reusable := true
+			if done {
+				c.pumping = false
+			}
+			if release {
+				c.sc = nil
+				if c.wrote && !r.cfg.DisableReadYourWrites && !r.cfg.DisableLoadBalance && c.role == ReadWrite {
+					// Read-your-writes: every standby that replayed past
+					// the primary's insert position now has this write.
+					s, err := sc.simpleQuery("SELECT pg_current_wal_insert_lsn()")
+					lsn, perr := parseLSN(s)
+					if err != nil || perr != nil {
+						reusable = false
+						c.writeLSN.Store(math.MaxUint64) // unknown: read from the primary until the next write
+					} else {
+						c.writeLSN.Store(lsn)
+					}
+				}
+			}
+			c.send(m) // before unlocking: the client's next batch must not overtake it
+			c.mu.Unlock()
+			werr := c.flushClient()
+			if release {
+				sc.pool.release(sc, reusable)
+			}
+			if werr != nil && !release {
+				c.clientLost(sc)
+				return
+			}
+			if done {
+				return
+			}
+			continue
+		}
+		c.send(msg)
+		if sc.fe.ReadBufferLen() == 0 || c.bufLen() > 32<<10 {
+			if err := c.flushClient(); err != nil {
+				c.clientLost(sc)
+				return
+			}
+		}
+	}
+}
+
+// serverLost handles a failed server connection: if it is still attached
+// the client gets an ErrorResponse and is disconnected; the connection is
+// never pooled again.
+func (c *client) serverLost(sc *serverConn, err error) {
+	c.mu.Lock()
+	mine := c.sc == sc
+	if mine {
+		c.sc = nil
+		c.pumping = false
+	}
+	closing := c.closing
+	c.mu.Unlock()
+	if !mine {
+		return
+	}
+	sc.pool.release(sc, false)
+	if closing {
+		return
+	}
+	c.r.stats.ServerErrors.Add(1)
+	c.fatal(&authError{"08006", fmt.Sprintf("server connection to %s lost (%v); the transaction's outcome is unknown", c.target.Name, err)})
+	c.conn.Close()
+}
+
+// clientLost: the client cannot be written to; drop the attachment.
+func (c *client) clientLost(sc *serverConn) {
+	c.mu.Lock()
+	mine := c.sc == sc
+	if mine {
+		c.sc = nil
+		c.pumping = false
+	}
+	c.mu.Unlock()
+	if mine {
+		sc.pool.release(sc, false)
+	}
+	c.conn.Close()
+}
+
+// cleanup runs when the client goroutine ends: an attached server
+// connection goes back to the pool only if it is idle and, in session mode,
+// DISCARD ALL succeeded; else it is closed.
+func (c *client) cleanup() {
+	c.mu.Lock()
+	sc := c.sc
+	c.sc = nil
+	c.closing = true
+	idle := !c.pumping && c.outstanding <= 0 && !c.unsynced && c.txStatus == 'I'
+	busy := c.outstanding > 0
+	c.mu.Unlock()
+	if sc == nil {
+		return
+	}
+	if !idle {
+		if busy {
+			// Stop what the server is running: a closed socket is only
+			// noticed when the server next writes to it.
+			sc.cancel()
+		}
+		sc.pool.release(sc, false)
+		return
+	}
+	if !c.txnMode {
+		sc.conn.SetDeadline(time.Now().Add(c.r.cfg.ServerConnectTimeout))
+		_, err := sc.simpleQuery("DISCARD ALL")
+		sc.conn.SetDeadline(time.Time{})
+		clear(sc.prepared)
+		sc.pool.release(sc, err == nil)
+		return
+	}
+	sc.pool.release(sc, true)
+}
+
+func (c *client) send(msg pgproto3.BackendMessage) error {
+	c.wmu.Lock()
+	c.wbuf, _ = msg.Encode(c.wbuf)
+	c.wmu.Unlock()
+	return nil
+}
+
+func (c *client) bufLen() int {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return len(c.wbuf)
+}
+
+func (c *client) flushClient() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if len(c.wbuf) == 0 {
+		return nil
+	}
+	_, err := c.conn.Write(c.wbuf)
+	if cap(c.wbuf) > 256<<10 {
+		c.wbuf = nil
+	} else {
+		c.wbuf = c.wbuf[:0]
+	}
+	return err
+}
+
+func (c *client) sendFlush(msg pgproto3.BackendMessage) error {
+	c.send(msg)
+	return c.flushClient()
+}
+
+// fatal sends err to the client as a FATAL ErrorResponse (a server's
+// ErrorResponse as it came).
+func (c *client) fatal(err error) {
+	var resp pgproto3.ErrorResponse
+	var ae *authError
+	var se *serverError
+	switch {
+	case errors.As(err, &se):
+		resp = se.resp
+	case errors.As(err, &ae):
+		resp = pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: ae.code, Message: ae.msg}
+	default:
+		resp = pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08006", Message: err.Error()}
+	}
+	c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	c.sendFlush(&resp)
+}
+
+func parseLSN(s string) (uint64, error) {
+	hi, lo, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, fmt.Errorf("parse LSN %q", s)
+	}
+	var h, l uint64
+	if _, err := fmt.Sscanf(hi, "%x", &h); err != nil {
+		return 0, fmt.Errorf("parse LSN %q: %w", s, err)
+	}
+	if _, err := fmt.Sscanf(lo, "%x", &l); err != nil {
+		return 0, fmt.Errorf("parse LSN %q: %w", s, err)
+	}
+	return h<<32 | l, nil
+}

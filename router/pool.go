@@ -1,0 +1,453 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// poolKey names a pool: one per backend address, database and user.
+type poolKey struct{ addr, db, user string }
+
+// pool holds the server connections of one poolKey.
+//
+// Concurrency: every field below mu is guarded by mu; acquire and release
+// are called from any client goroutine. A serverConn is owned by exactly one
+// party at a time: the pool (idle list), or the client that acquired it,
+// until it calls release.
+type pool struct {
+	r   *Router
+	key poolKey
+
+	mu      sync.Mutex
+	idle    []*serverConn // LIFO
+	all     map[*serverConn]bool
+	opening int             // dials in progress (count towards the size)
+	waiters []chan struct{} // FIFO; a receive means "try again"
+	params  map[string]string
+	retired bool // backend gone or changed role: no new connections
+
+	// Counters (atomic): SHOW POOLS / SHOW STATS.
+	active     atomic.Int64 // connections handed to clients now
+	waiting    atomic.Int64 // clients waiting for a connection now
+	xacts      atomic.Int64 // attachments released (transactions in transaction mode)
+	queries    atomic.Int64 // Query and Sync messages forwarded
+	waitsTotal atomic.Int64 // acquisitions that had to wait
+	waitNanos  atomic.Int64
+	maxWait    atomic.Int64 // longest single wait, ns
+	connects   atomic.Int64
+}
+
+// serverConn is one connection from the router to PostgreSQL. Its owner
+// (see pool) is the only goroutine that writes to it; while a client is
+// attached, that client's pump goroutine is the only one that reads.
+type serverConn struct {
+	pool     *pool
+	conn     net.Conn
+	fe       *pgproto3.Frontend
+	wbuf     []byte
+	pid      uint32
+	secret   []byte
+	created  time.Time
+	lastUsed time.Time
+	prepared map[string]bool // server-side statement names (transaction mode)
+	broken   atomic.Bool     // closed or in an unknown state
+}
+
+// serverError is an ErrorResponse PostgreSQL sent while the router logged in.
+type serverError struct{ resp pgproto3.ErrorResponse }
+
+func (e *serverError) Error() string {
+	return fmt.Sprintf("server: %s %s (SQLSTATE %s)", e.resp.Severity, e.resp.Message, e.resp.Code)
+}
+
+var (
+	errPoolTimeout = errors.New("query_wait_timeout: no server connection became free in time")
+	errRetired     = errors.New("the backend left the topology or changed role")
+)
+
+// acquire returns a server connection, opening one when the pool is below
+// its size, else waiting (FIFO) until one is released or ctx ends.
+func (p *pool) acquire(ctx context.Context) (*serverConn, error) {
+	waited := false
+	start := time.Now()
+	defer func() {
+		if waited {
+			d := time.Since(start).Nanoseconds()
+			p.waitsTotal.Add(1)
+			p.waitNanos.Add(d)
+			for {
+				m := p.maxWait.Load()
+				if d <= m || p.maxWait.CompareAndSwap(m, d) {
+					break
+				}
+			}
+		}
+	}()
+	for {
+		p.mu.Lock()
+		if p.retired {
+			p.mu.Unlock()
+			return nil, errRetired
+		}
+		for len(p.idle) > 0 {
+			sc := p.idle[len(p.idle)-1]
+			p.idle = p.idle[:len(p.idle)-1]
+			if p.expired(sc, time.Now()) {
+				delete(p.all, sc)
+				p.mu.Unlock()
+				sc.close()
+				p.mu.Lock()
+				continue
+			}
+			p.mu.Unlock()
+			p.active.Add(1)
+			return sc, nil
+		}
+		if len(p.all)+p.opening < p.r.cfg.PoolSize {
+			p.opening++
+			p.mu.Unlock()
+			sc, err := p.dial(ctx)
+			p.mu.Lock()
+			p.opening--
+			if err != nil {
+				p.wakeOne()
+				p.mu.Unlock()
+				return nil, err
+			}
+			if p.retired {
+				p.mu.Unlock()
+				sc.close()
+				return nil, errRetired
+			}
+			p.all[sc] = true
+			p.mu.Unlock()
+			p.active.Add(1)
+			return sc, nil
+		}
+		ch := make(chan struct{}, 1)
+		p.waiters = append(p.waiters, ch)
+		p.mu.Unlock()
+		waited = true
+		p.waiting.Add(1)
+		select {
+		case <-ch:
+			p.waiting.Add(-1)
+		case <-ctx.Done():
+			p.waiting.Add(-1)
+			p.mu.Lock()
+			for i, w := range p.waiters {
+				if w == ch {
+					p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+					break
+				}
+			}
+			select {
+			case <-ch: // woken meanwhile: pass the turn on
+				p.wakeOne()
+			default:
+			}
+			p.mu.Unlock()
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, errPoolTimeout
+			}
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// wakeOne lets the first waiter retry. Called with mu held.
+func (p *pool) wakeOne() {
+	if len(p.waiters) > 0 {
+		ch := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		ch <- struct{}{}
+	}
+}
+
+func (p *pool) expired(sc *serverConn, now time.Time) bool {
+	cfg := &p.r.cfg
+	return sc.broken.Load() ||
+		(cfg.ServerLifetime > 0 && now.Sub(sc.created) > cfg.ServerLifetime) ||
+		(cfg.ServerIdleTimeout > 0 && now.Sub(sc.lastUsed) > cfg.ServerIdleTimeout)
+}
+
+// release gives sc back. reusable says sc is at ReadyForQuery 'I' with
+// nothing in flight; otherwise it is closed, never pooled.
+func (p *pool) release(sc *serverConn, reusable bool) {
+	p.active.Add(-1)
+	p.xacts.Add(1)
+	now := time.Now()
+	sc.lastUsed = now
+	if len(sc.prepared) > 1000 {
+		reusable = false // bound the server-side statement cache
+	}
+	p.mu.Lock()
+	if !reusable || p.retired || sc.broken.Load() ||
+		(p.r.cfg.ServerLifetime > 0 && now.Sub(sc.created) > p.r.cfg.ServerLifetime) {
+		delete(p.all, sc)
+		p.wakeOne()
+		p.mu.Unlock()
+		sc.close()
+		return
+	}
+	p.idle = append(p.idle, sc)
+	p.wakeOne()
+	p.mu.Unlock()
+}
+
+// retire closes every connection of the pool, idle and in use, and refuses
+// new ones. Clients attached to one see their server connection fail.
+func (p *pool) retire() {
+	p.mu.Lock()
+	p.retired = true
+	conns := make([]*serverConn, 0, len(p.all))
+	for sc := range p.all {
+		conns = append(conns, sc)
+	}
+	p.idle = nil
+	for _, w := range p.waiters {
+		w <- struct{}{}
+	}
+	p.waiters = nil
+	p.mu.Unlock()
+	for _, sc := range conns {
+		sc.close()
+	}
+}
+
+// reap closes idle connections past their idle timeout or lifetime.
+func (p *pool) reap(now time.Time) {
+	p.mu.Lock()
+	var dead []*serverConn
+	keep := p.idle[:0]
+	for _, sc := range p.idle {
+		if p.expired(sc, now) {
+			dead = append(dead, sc)
+			delete(p.all, sc)
+		} else {
+			keep = append(keep, sc)
+		}
+	}
+	for i := len(keep); i < len(p.idle); i++ {
+		p.idle[i] = nil
+	}
+	p.idle = keep
+	p.mu.Unlock()
+	for _, sc := range dead {
+		sc.close()
+	}
+}
+
+func (p *pool) counts() (idle, total int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.idle), len(p.all)
+}
+
+func (sc *serverConn) close() {
+	sc.broken.Store(true)
+	sc.conn.Close()
+}
+
+// dial opens and logs in a new server connection.
+func (p *pool) dial(ctx context.Context) (*serverConn, error) {
+	cfg := &p.r.cfg
+	ctx, cancel := context.WithTimeout(ctx, cfg.ServerConnectTimeout)
+	defer cancel()
+	d := net.Dialer{KeepAlive: 15 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", p.key.addr)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", p.key.addr, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	now := time.Now()
+	sc := &serverConn{pool: p, conn: conn, fe: pgproto3.NewFrontend(conn, conn), created: now, lastUsed: now, prepared: map[string]bool{}}
+	sc.fe.SetMaxBodyLen(cfg.MaxMessageSize)
+	params, err := sc.login(p.r, p.key.db, p.key.user)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("log into %s as %s: %w", p.key.addr, p.key.user, err)
+	}
+	conn.SetDeadline(time.Time{})
+	p.connects.Add(1)
+	p.mu.Lock()
+	if p.params == nil {
+		p.params = params
+	}
+	p.mu.Unlock()
+	return sc, nil
+}
+
+// login runs the startup exchange; it returns the server's parameters.
+func (sc *serverConn) login(r *Router, db, user string) (map[string]string, error) {
+	sc.wbuf, _ = (&pgproto3.StartupMessage{
+		ProtocolVersion: pgproto3.ProtocolVersionNumber,
+		Parameters:      map[string]string{"user": user, "database": db, "application_name": r.cfg.ApplicationName},
+	}).Encode(sc.wbuf[:0])
+	if err := sc.flush(); err != nil {
+		return nil, err
+	}
+	var scram *scramClient
+	params := map[string]string{}
+	for {
+		msg, err := sc.fe.Receive()
+		if err != nil {
+			return nil, err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.AuthenticationOk:
+		case *pgproto3.AuthenticationCleartextPassword:
+			pw, err := r.serverPassword(user)
+			if err != nil {
+				return nil, err
+			}
+			if isMD5Hash(pw) {
+				return nil, errors.New("the server asks for a clear-text password but only an md5 hash is configured")
+			}
+			sc.send(&pgproto3.PasswordMessage{Password: pw})
+		case *pgproto3.AuthenticationMD5Password:
+			pw, err := r.serverPassword(user)
+			if err != nil {
+				return nil, err
+			}
+			sc.send(&pgproto3.PasswordMessage{Password: md5Response(pw, user, m.Salt)})
+		case *pgproto3.AuthenticationSASL:
+			pw, err := r.serverPassword(user)
+			if err != nil {
+				return nil, err
+			}
+			if isMD5Hash(pw) {
+				return nil, errors.New("the server asks for SCRAM but only an md5 hash is configured")
+			}
+			scram = &scramClient{password: pw}
+			sc.send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: []byte(scram.first())})
+		case *pgproto3.AuthenticationSASLContinue:
+			if scram == nil {
+				return nil, errors.New("unexpected SASL continue")
+			}
+			final, err := scram.final(m.Data)
+			if err != nil {
+				return nil, err
+			}
+			sc.send(&pgproto3.SASLResponse{Data: []byte(final)})
+		case *pgproto3.AuthenticationSASLFinal:
+			if scram == nil {
+				return nil, errors.New("unexpected SASL final")
+			}
+			if err := scram.verify(m.Data); err != nil {
+				return nil, err
+			}
+			continue
+		case *pgproto3.ParameterStatus:
+			params[m.Name] = m.Value
+			continue
+		case *pgproto3.BackendKeyData:
+			sc.pid = m.ProcessID
+			sc.secret = append([]byte(nil), m.SecretKey...)
+			continue
+		case *pgproto3.ErrorResponse:
+			return nil, &serverError{resp: copyError(m)}
+		case *pgproto3.NoticeResponse:
+			continue
+		case *pgproto3.ReadyForQuery:
+			return params, nil
+		default:
+			return nil, fmt.Errorf("unexpected %T during login", msg)
+		}
+		if len(sc.wbuf) > 0 {
+			if err := sc.flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// send appends msg to the server write buffer.
+func (sc *serverConn) send(msg pgproto3.FrontendMessage) {
+	sc.wbuf, _ = msg.Encode(sc.wbuf)
+}
+
+// flush writes the buffered messages.
+func (sc *serverConn) flush() error {
+	if len(sc.wbuf) == 0 {
+		return nil
+	}
+	_, err := sc.conn.Write(sc.wbuf)
+	if cap(sc.wbuf) > 64<<10 {
+		sc.wbuf = nil
+	} else {
+		sc.wbuf = sc.wbuf[:0]
+	}
+	if err != nil {
+		sc.broken.Store(true)
+	}
+	return err
+}
+
+// simpleQuery runs sql on an idle connection and returns the first column
+// of the first row. The connection must be at ReadyForQuery 'I'.
+func (sc *serverConn) simpleQuery(sql string) (string, error) {
+	sc.send(&pgproto3.Query{String: sql})
+	if err := sc.flush(); err != nil {
+		return "", err
+	}
+	var val string
+	var qerr error
+	for {
+		msg, err := sc.fe.Receive()
+		if err != nil {
+			sc.broken.Store(true)
+			return "", err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.DataRow:
+			if len(m.Values) > 0 && val == "" {
+				val = string(m.Values[0])
+			}
+		case *pgproto3.ErrorResponse:
+			qerr = &serverError{resp: copyError(m)}
+		case *pgproto3.ReadyForQuery:
+			if m.TxStatus != 'I' {
+				sc.broken.Store(true)
+			}
+			return val, qerr
+		}
+	}
+}
+
+// cancel sends a CancelRequest for whatever sc runs now.
+func (sc *serverConn) cancel() error {
+	conn, err := net.DialTimeout("tcp", sc.pool.key.addr, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	buf, err := (&pgproto3.CancelRequest{ProcessID: sc.pid, SecretKey: sc.secret}).Encode(nil)
+	if err != nil {
+		return err
+	}
+	_, err = conn.Write(buf)
+	return err
+}
+
+func copyError(m *pgproto3.ErrorResponse) pgproto3.ErrorResponse {
+	e := *m
+	e.UnknownFields = nil
+	return e
+}
+
+// isDiscard: a simple query that drops server-side prepared statements.
+func isDiscard(sql string) bool {
+	u := strings.ToLower(sql)
+	return strings.Contains(u, "discard") || strings.Contains(u, "deallocate")
+}
