@@ -60,6 +60,7 @@ type Agent struct {
 	// or was fenced, and starting it again is a restart the leader may refuse.
 	writableEpoch atomic.Uint64
 	started       time.Time    // when Run began (the fence clock starts here)
+	rolesPID      int          // the postmaster whose roles were last ensured (reconcile loop only)
 	reinit        atomic.Bool  // an operator asked to re-clone this standby
 	lastRejoin    atomic.Value // "rewind" or "clone": how this node last rejoined as a standby
 

@@ -106,6 +106,11 @@ func (a *Agent) leadOnce(ctx context.Context) {
 	if l.permitEpoch != st.Epoch {
 		l.permits, l.permitEpoch = map[string]time.Time{}, st.Epoch
 	}
+	// A permit covers one start: once the primary runs, it no longer holds
+	// back a failover.
+	if p, ok := obs[st.Primary]; ok && p.reachable && p.obs.Postgres.Running && !p.obs.Postgres.InRecovery {
+		delete(l.permits, st.Primary)
+	}
 	in.Permits = l.permits
 	a.updateSyncMark(st, obs)
 	in.SyncMark = l.syncMark
@@ -195,9 +200,15 @@ func (a *Agent) grantPermit(ctx context.Context, member string, epoch uint64, re
 	case st.Switchover.Active():
 		return fmt.Errorf("%w: a switchover to %s is in progress", consensus.ErrRefused, st.Switchover.To)
 	}
-	if restart && !st.Paused && a.cfg.Failover.PrimaryRestartWindow == 0 {
+	if restart && st.Paused {
+		// Maintenance mode: pgha changes nothing on its own, not even a
+		// restart in place; the operator decides (resume, or failover).
+		return fmt.Errorf("%w: the cluster is paused: not restarting %s's PostgreSQL automatically", consensus.ErrRefused, member)
+	}
+	if restart && a.cfg.Failover.PrimaryRestartWindow == 0 {
 		in := Inputs{State: st, Observations: a.obs.snapshot(), Now: time.Now(), Policy: a.policy()}
 		if cand, _ := chooseCandidate(in, member); cand != "" {
+			a.wake() // fail over now rather than at the next tick
 			return fmt.Errorf("%w: PostgreSQL on %s crashed; failing over to %s instead of restarting in place (failover.primary_restart_window is 0)", consensus.ErrRefused, member, cand)
 		}
 	}

@@ -27,9 +27,12 @@ type Observation struct {
 	Fenced    bool      `json:"fenced,omitempty"`
 	// StoppedLSN is where the WAL of a cleanly stopped PostgreSQL ends (its
 	// shutdown checkpoint); zero when running or not cleanly stopped.
-	StoppedLSN postgres.LSN    `json:"stopped_lsn,omitempty"`
-	LastRejoin string          `json:"last_rejoin,omitempty"` // rewind or clone
-	Postgres   postgres.Status `json:"postgres"`
+	StoppedLSN postgres.LSN `json:"stopped_lsn,omitempty"`
+	LastRejoin string       `json:"last_rejoin,omitempty"` // rewind or clone
+	// LeaderWaiting is, on the Raft leader, why its last pass committed
+	// nothing (no safe candidate, paused...), so any member can show it.
+	LeaderWaiting string          `json:"leader_waiting,omitempty"`
+	Postgres      postgres.Status `json:"postgres"`
 }
 
 // memberView is one member's latest observation as seen by this agent.
@@ -124,6 +127,11 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 		Problem:   problem,
 		Fenced:    a.fenced(),
 		Postgres:  a.pgStatus(ctx),
+	}
+	if a.node.IsLeader() {
+		a.lead.mu.Lock()
+		o.LeaderWaiting = a.lead.waiting
+		a.lead.mu.Unlock()
 	}
 	if r, ok := a.lastRejoin.Load().(string); ok {
 		o.LastRejoin = r

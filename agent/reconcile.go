@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgha/pgha/consensus"
 	"github.com/pgha/pgha/postgres"
 	"github.com/pgha/pgha/recovery"
@@ -110,15 +112,29 @@ func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds pos
 		return a.stepDown(ctx, st)
 	}
 	pg := a.pgStatus(ctx)
+	if !pg.Running || pg.InRecovery {
+		if err := a.becomeWritable(ctx, st, pg); err != nil {
+			return err
+		}
+		pg = a.pgStatus(ctx)
+	}
 	change, err := a.inst.Configure(nil, a.syncNames(st, pg))
 	if err != nil {
 		return fmt.Errorf("configure primary: %w", err)
 	}
-	if !pg.Running || pg.InRecovery || change.NeedsRestart {
-		if err := a.becomeWritable(ctx, st, pg, change.NeedsRestart); err != nil {
+	switch {
+	case change.NeedsRestart:
+		if err := a.requestPermit(ctx, st.Epoch, false); err != nil {
+			return fmt.Errorf("not restarting PostgreSQL: %w", err)
+		}
+		a.log.Info("restarting PostgreSQL", "reason", "a setting that needs a restart changed", "changed", change.What)
+		a.pgMu.Lock()
+		err := a.inst.Restart(ctx, postgres.StopFast)
+		a.pgMu.Unlock()
+		if err != nil {
 			return err
 		}
-	} else if change.Changed {
+	case change.Changed:
 		if err := a.inst.Reload(ctx); err != nil {
 			return err
 		}
@@ -130,8 +146,12 @@ func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds pos
 	a.writableEpoch.Store(st.Epoch)
 	a.dbMu.Lock()
 	defer a.dbMu.Unlock()
-	if err := a.inst.EnsureRoles(ctx); err != nil {
-		return fmt.Errorf("create roles: %w", err)
+	// Roles once per postmaster: their GRANTs write WAL even when nothing changes.
+	if a.rolesPID != pg.PID {
+		if err := a.inst.EnsureRoles(ctx); err != nil {
+			return fmt.Errorf("create roles: %w", err)
+		}
+		a.rolesPID = pg.PID
 	}
 	var slots []string
 	for name := range st.Members {
@@ -145,29 +165,31 @@ func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds pos
 	return nil
 }
 
-// becomeWritable starts, restarts or promotes PostgreSQL as the primary of
-// st.Epoch, but only with the Raft leader's permit: the leader serialises
-// permits with its failover decisions, so a primary never comes back up
-// while the leader promotes someone else. (DESIGN "One writer".)
-func (a *Agent) becomeWritable(ctx context.Context, st consensus.State, pg postgres.Status, restart bool) error {
-	// Say so before asking: a leader that sees "starting" does not fail over.
-	a.setActivity("starting")
-	defer a.setActivity("")
+// becomeWritable starts or promotes PostgreSQL as the primary of st.Epoch,
+// but only with the Raft leader's permit: the leader serialises permits with
+// its failover decisions, so a primary never comes back up while the leader
+// promotes someone else. (DESIGN "One writer".)
+//
+// A standby's data directory is started as a standby and then promoted, so
+// it moves to a new timeline; only a former primary starts as a primary.
+func (a *Agent) becomeWritable(ctx context.Context, st consensus.State, pg postgres.Status) error {
 	crashed := !pg.Running && a.writableEpoch.Load() == st.Epoch
 	if err := a.requestPermit(ctx, st.Epoch, crashed); err != nil {
 		return fmt.Errorf("not starting PostgreSQL as the primary: %w", err)
 	}
+	// Say so at once: a new leader that sees "starting" does not fail over.
+	a.setActivity("starting")
+	defer a.setActivity("")
 	a.pgMu.Lock()
 	defer a.pgMu.Unlock()
-	switch {
-	case !pg.Running:
+	if !pg.Running {
+		if !a.inst.HasStandbySignal() {
+			if _, err := a.inst.Configure(nil, a.syncNames(st, pg)); err != nil {
+				return fmt.Errorf("configure primary: %w", err)
+			}
+		}
 		a.log.Info("starting PostgreSQL", "role", "primary", "epoch", st.Epoch, "reason", "the leader's permit for this epoch")
 		if err := a.inst.Start(ctx); err != nil {
-			return err
-		}
-	case restart:
-		a.log.Info("restarting PostgreSQL", "reason", "a setting that needs a restart changed")
-		if err := a.inst.Restart(ctx, postgres.StopFast); err != nil {
 			return err
 		}
 	}
@@ -325,6 +347,10 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 func (a *Agent) rewindFrom(ctx context.Context, st consensus.State, p consensus.Member) error {
 	a.log.Info("rewinding", "from", st.Primary, "epoch", st.Epoch, "reason", "this data directory was last a primary; it must join the new primary's timeline")
 	a.setActivity("rewinding")
+	if err := a.checkpointSource(ctx, p); err != nil {
+		a.setActivity("")
+		return fmt.Errorf("rewind from %s: %w", st.Primary, err)
+	}
 	a.pgMu.Lock()
 	err := recovery.Rewind(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, recovery.RewindSource{
 		Host: p.PGHost, Port: p.PGPort, User: a.cfg.Postgres.Rewind.User, PassFile: a.passfile(), Database: "postgres",
@@ -342,6 +368,30 @@ func (a *Agent) rewindFrom(ctx context.Context, st consensus.State, p consensus.
 	default:
 		return fmt.Errorf("rewind from %s: %w", st.Primary, err)
 	}
+}
+
+// checkpointSource makes the new primary write a checkpoint before pg_rewind
+// reads it: until its first checkpoint after promotion, its pg_control still
+// names the old timeline, and pg_rewind would see no divergence and leave the
+// former primary's extra WAL in place.
+func (a *Agent) checkpointSource(ctx context.Context, p consensus.Member) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	rw := a.cfg.Postgres.Rewind
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d dbname=postgres sslmode=prefer connect_timeout=2", p.PGHost, p.PGPort))
+	if err != nil {
+		return err
+	}
+	cfg.User, cfg.Password = rw.User, rw.Password()
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("connect to the new primary for a checkpoint: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+		return fmt.Errorf("checkpoint on the new primary: %w", err)
+	}
+	return nil
 }
 
 // reinitFrom replaces the data directory with a fresh clone of the primary.

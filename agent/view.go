@@ -22,6 +22,7 @@ type ClusterView struct {
 	RaftLeader   string         `json:"raft_leader"`
 	Members      []MemberStatus `json:"members"`
 	Problems     []string       `json:"problems,omitempty"` // why the cluster is not converged, if known
+	Waiting      string         `json:"waiting,omitempty"`  // why the leader holds back (no safe candidate, paused...)
 }
 
 // MemberStatus is one member in ClusterView. The first eight fields are Patroni's.
@@ -45,6 +46,7 @@ type MemberStatus struct {
 	Priority    int          `json:"priority,omitempty"`
 	Activity    string       `json:"activity,omitempty"`
 	Problem     string       `json:"problem,omitempty"`
+	RejoinedBy  string       `json:"rejoined_by,omitempty"` // rewind or clone: how it last rejoined after being primary
 }
 
 // Lag is a byte count, or unknown. It marshals as Patroni does: a number or "unknown".
@@ -96,6 +98,9 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 	if st.SystemID != 0 {
 		v.SystemID = strconv.FormatUint(st.SystemID, 10)
 	}
+	if l, ok := obs[raftLeader]; ok && l.reachable {
+		v.Waiting = l.obs.LeaderWaiting
+	}
 	var primaryLSN postgres.LSN
 	if p, ok := obs[st.Primary]; ok && p.reachable && p.obs.Postgres.Running && !p.obs.Postgres.InRecovery {
 		primaryLSN = p.obs.Postgres.CurrentLSN
@@ -115,6 +120,7 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 			Priority:   m.Priority,
 			Activity:   o.obs.Activity,
 			Problem:    o.obs.Problem,
+			RejoinedBy: o.obs.LastRejoin,
 		}
 		pg := o.obs.Postgres
 		ms.State = stateOf(o, name == st.Primary)

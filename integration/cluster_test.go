@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/agent"
+	"github.com/pgha/pgha/integration/itest"
 	"github.com/pgha/pgha/postgres"
 	"github.com/pgha/pgha/postgres/pgtest"
 )
@@ -21,13 +22,13 @@ import (
 // cluster, replicate, answer the REST API, survive a restart of all three
 // with the same primary and epoch, and take a fourth node in and out again.
 func TestLoopbackCluster(t *testing.T) {
-	lc := newCluster(t, 3)
+	lc := itest.NewCluster(t, agentBinary, 3)
 	start := time.Now()
 	if err := lc.StartAll(); err != nil {
 		t.Fatal(err)
 	}
-	v := waitHealthy(t, lc, 3, 90*time.Second)
-	t.Logf("healthy after %s: %s", time.Since(start).Round(time.Millisecond), describe(v))
+	v := itest.WaitHealthy(t, lc, 3, 90*time.Second)
+	t.Logf("healthy after %s: %s", time.Since(start).Round(time.Millisecond), itest.Describe(v))
 
 	if v.Epoch != 1 {
 		t.Errorf("epoch after bootstrap = %d, want 1", v.Epoch)
@@ -45,12 +46,12 @@ func TestLoopbackCluster(t *testing.T) {
 		}
 	}
 	if leaders != 1 {
-		t.Errorf("%d members report Raft leader, want exactly 1: %s", leaders, describe(v))
+		t.Errorf("%d members report Raft leader, want exactly 1: %s", leaders, itest.Describe(v))
 	}
-	primary := primaryOf(t, v)
+	primary := itest.PrimaryOf(t, v)
 
 	t.Run("replicates writes to both standbys", func(t *testing.T) {
-		pc := connect(t, primary.Port)
+		pc := itest.Connect(t, primary.Port)
 		ctx := context.Background()
 		if _, err := pc.Exec(ctx, "CREATE TABLE IF NOT EXISTS itest (id int PRIMARY KEY, note text)"); err != nil {
 			t.Fatal(err)
@@ -62,8 +63,8 @@ func TestLoopbackCluster(t *testing.T) {
 			if m.Name == primary.Name {
 				continue
 			}
-			sc := connect(t, m.Port)
-			waitFor(t, 20*time.Second, m.Name+" to replay 500 rows", func() (bool, string) {
+			sc := itest.Connect(t, m.Port)
+			itest.WaitFor(t, 20*time.Second, m.Name+" to replay 500 rows", func() (bool, string) {
 				var n int64
 				err := sc.QueryRow(ctx, "SELECT count(*) FROM itest").Scan(&n)
 				if err != nil {
@@ -76,7 +77,7 @@ func TestLoopbackCluster(t *testing.T) {
 			}
 		}
 		// After the write the standbys catch up to zero lag.
-		waitFor(t, 20*time.Second, "zero lag on both standbys", func() (bool, string) {
+		itest.WaitFor(t, 20*time.Second, "zero lag on both standbys", func() (bool, string) {
 			cv, err := lc.View(ctx)
 			if err != nil {
 				return false, err.Error()
@@ -108,7 +109,7 @@ func TestLoopbackCluster(t *testing.T) {
 			t.Errorf("pg_stat_replication streaming standbys = %v, want the two standbys", names)
 		}
 		// Each standby streams through its own slot.
-		if n := queryInt(t, pc, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgha_%' AND active"); n != 2 {
+		if n := itest.QueryInt(t, pc, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgha_%' AND active"); n != 2 {
 			t.Errorf("active pgha slots on the primary = %d, want 2", n)
 		}
 	})
@@ -196,19 +197,19 @@ func TestLoopbackCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, n := range lc.Nodes() {
-			if pid := n.PostmasterPID(); pid != 0 && processAlive(pid) {
+			if pid := n.PostmasterPID(); pid != 0 && itest.ProcessAlive(pid) {
 				t.Fatalf("%s: PostgreSQL still running after its agent stopped", n.Name)
 			}
 		}
 		if err := lc.StartAll(); err != nil {
 			t.Fatal(err)
 		}
-		v2 := waitHealthy(t, lc, 3, 90*time.Second)
-		if p := primaryOf(t, v2); p.Name != primary.Name || v2.Epoch != v.Epoch || v2.ClusterID != v.ClusterID {
+		v2 := itest.WaitHealthy(t, lc, 3, 90*time.Second)
+		if p := itest.PrimaryOf(t, v2); p.Name != primary.Name || v2.Epoch != v.Epoch || v2.ClusterID != v.ClusterID {
 			t.Fatalf("after restart primary %s epoch %d cluster %s; before %s %d %s", p.Name, v2.Epoch, v2.ClusterID, primary.Name, v.Epoch, v.ClusterID)
 		}
-		pc := connect(t, primary.Port)
-		if n := queryInt(t, pc, "SELECT count(*) FROM itest"); n != 500 {
+		pc := itest.Connect(t, primary.Port)
+		if n := itest.QueryInt(t, pc, "SELECT count(*) FROM itest"); n != 500 {
 			t.Fatalf("rows after restart = %d, want 500", n)
 		}
 	})
@@ -221,13 +222,13 @@ func TestLoopbackCluster(t *testing.T) {
 		if err := lc.Start(n4); err != nil {
 			t.Fatal(err)
 		}
-		waitHealthy(t, lc, 4, 90*time.Second)
-		c4 := connect(t, n4.PGPort)
-		if n := queryInt(t, c4, "SELECT count(*) FROM itest"); n != 500 {
+		itest.WaitHealthy(t, lc, 4, 90*time.Second)
+		c4 := itest.Connect(t, n4.PGPort)
+		if n := itest.QueryInt(t, c4, "SELECT count(*) FROM itest"); n != 500 {
 			t.Fatalf("node4 has %d rows, want 500", n)
 		}
-		pc := connect(t, primary.Port)
-		if n := queryInt(t, pc, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgha_node4'"); n != 1 {
+		pc := itest.Connect(t, primary.Port)
+		if n := itest.QueryInt(t, pc, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgha_node4'"); n != 1 {
 			t.Fatalf("primary has no slot for node4")
 		}
 		// Remove it through a member that is not necessarily the leader.
@@ -240,18 +241,18 @@ func TestLoopbackCluster(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Fatal("node4's agent did not exit after removal")
 		}
-		waitFor(t, 30*time.Second, "three members and no slot for node4", func() (bool, string) {
+		itest.WaitFor(t, 30*time.Second, "three members and no slot for node4", func() (bool, string) {
 			cv, err := lc.View(context.Background())
 			if err != nil {
 				return false, err.Error()
 			}
-			slots := queryInt(t, pc, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgha_node4'")
-			return len(cv.Members) == 3 && slots == 0, fmt.Sprintf("%s, node4 slots %d", describe(cv), slots)
+			slots := itest.QueryInt(t, pc, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgha_node4'")
+			return len(cv.Members) == 3 && slots == 0, fmt.Sprintf("%s, node4 slots %d", itest.Describe(cv), slots)
 		})
-		if pid := n4.PostmasterPID(); pid != 0 && processAlive(pid) {
+		if pid := n4.PostmasterPID(); pid != 0 && itest.ProcessAlive(pid) {
 			t.Errorf("node4's PostgreSQL still runs after removal")
 		}
-		waitHealthy(t, lc, 3, 30*time.Second)
+		itest.WaitHealthy(t, lc, 3, 30*time.Second)
 	})
 
 	t.Run("a data directory of another cluster is reported and never touched", func(t *testing.T) {
@@ -277,7 +278,7 @@ func TestLoopbackCluster(t *testing.T) {
 		if err := lc.Start(n5); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 60*time.Second, "node5 to report the foreign data directory", func() (bool, string) {
+		itest.WaitFor(t, 60*time.Second, "node5 to report the foreign data directory", func() (bool, string) {
 			cv, err := lc.View(context.Background())
 			if err != nil {
 				return false, err.Error()
@@ -299,7 +300,7 @@ func TestLoopbackCluster(t *testing.T) {
 		if b, err := os.ReadFile(marker); err != nil || string(b) != "keep me" {
 			t.Fatalf("operator's file in the foreign data dir was touched: %q %v", b, err)
 		}
-		if pid := n5.PostmasterPID(); pid != 0 && processAlive(pid) {
+		if pid := n5.PostmasterPID(); pid != 0 && itest.ProcessAlive(pid) {
 			t.Fatalf("the foreign data directory was started")
 		}
 		if code := httpStatus(t, "DELETE", n5.APIURL+"/members/node5"); code != http.StatusOK {
@@ -310,7 +311,7 @@ func TestLoopbackCluster(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Fatal("node5's agent did not exit after removal")
 		}
-		waitHealthy(t, lc, 3, 30*time.Second)
+		itest.WaitHealthy(t, lc, 3, 30*time.Second)
 	})
 }
 

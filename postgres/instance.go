@@ -418,3 +418,11 @@ func (i *Instance) CheckpointLSN(ctx context.Context) (LSN, error) {
 	}
 	return ParseLSN(fields["Latest checkpoint location"])
 }
+
+// HasStandbySignal reports whether the data directory is set up to start as
+// a standby (standby.signal). A standby being promoted must start as one and
+// be promoted, so that it moves to a new timeline.
+func (i *Instance) HasStandbySignal() bool {
+	_, err := os.Stat(filepath.Join(i.cfg.DataDir, "standby.signal"))
+	return err == nil
+}

@@ -142,6 +142,10 @@ func (i *Instance) EnsureRoles(ctx context.Context) error {
 				"GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO " + q,
 				"GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO " + q,
 				"GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO " + q,
+				// A rejoining node makes a just-promoted source checkpoint
+				// first, or pg_rewind reads its old timeline from pg_control
+				// and wrongly answers "no rewind required".
+				"GRANT pg_checkpoint TO " + q,
 			}})
 		}
 		for _, s := range specs {

@@ -92,6 +92,9 @@ func printView(w io.Writer, v agent.ClusterView) {
 	for _, p := range v.Problems {
 		fmt.Fprintln(w, "  ! "+p)
 	}
+	if v.Waiting != "" {
+		fmt.Fprintln(w, "  leader: "+v.Waiting)
+	}
 }
 
 func orDash(s string) string {

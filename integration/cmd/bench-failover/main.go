@@ -1,0 +1,341 @@
+// Command bench-failover measures failover, rejoin and switchover on a
+// loopback cluster of real agents and PostgreSQL servers (task bench:failover).
+//
+// A writer inserts a numbered row every 20 ms into whichever node answers
+// GET /primary, recording each acknowledgement. Each trial kills the primary,
+// alternately its postgres only (kill -9 of the postmaster) and its whole
+// host (agent and postgres; the agent is restarted 10 s later), and records:
+// seconds from the kill to the first acknowledged insert on the new primary,
+// acknowledged rows missing afterwards, seconds until the old primary streams
+// again, and whether it rejoined by rewind or clone. Switchover trials record
+// the longest gap between acknowledged inserts.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/pgha/pgha/agent"
+	"github.com/pgha/pgha/examples/localcluster"
+	"github.com/pgha/pgha/integration/itest"
+)
+
+type trial struct {
+	n        int
+	kind     string
+	old, new string
+	failover time.Duration
+	rejoin   time.Duration
+	by       string
+	missing  int
+	errors   int
+}
+
+func main() {
+	trials := flag.Int("trials", 10, "failover trials (alternating postgres kill and host loss)")
+	switchovers := flag.Int("switchovers", 4, "switchover trials")
+	hostDown := flag.Duration("host-down", 10*time.Second, "how long a lost host stays down")
+	flag.Parse()
+	if err := run(*trials, *switchovers, *hostDown); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-failover:", err)
+		os.Exit(1)
+	}
+}
+
+func run(trials, switchovers int, hostDown time.Duration) error {
+	bin, cleanup, err := itest.BuildAgent()
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	pgBin, err := pgBinDir()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "pgha-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	var api, raft, pg []int
+	for i := 0; i < 9; i++ {
+		p, err := freePort()
+		if err != nil {
+			return err
+		}
+		switch i % 3 {
+		case 0:
+			api = append(api, p)
+		case 1:
+			raft = append(raft, p)
+		default:
+			pg = append(pg, p)
+		}
+	}
+	lc, err := localcluster.New(localcluster.Options{Dir: dir, Binary: bin, BinDir: pgBin, Name: "bench", APIPorts: api, RaftPorts: raft, PGPorts: pg})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		_ = lc.StopAll(ctx)
+	}()
+	if err := lc.StartAll(); err != nil {
+		return err
+	}
+	if _, err := waitHealthy(lc, 2*time.Minute); err != nil {
+		return err
+	}
+	fmt.Println("cluster ready; default settings (health_interval 250ms, fence_timeout 1s, raft heartbeat/election 500ms, synchronous mode)")
+	w, err := itest.StartWriter(lc, "bench_acks", 20*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	time.Sleep(time.Second) // a second of steady writes before the first fault
+
+	var results []trial
+	for i := 0; i < trials; i++ {
+		kind := "postgres kill"
+		if i%2 == 1 {
+			kind = "host loss"
+		}
+		t, err := failoverTrial(lc, w, i+1, kind, hostDown)
+		if err != nil {
+			return fmt.Errorf("trial %d (%s): %w", i+1, kind, err)
+		}
+		results = append(results, t)
+		fmt.Printf("trial %2d %-13s %s -> %s  failover %5.2fs  rejoin %5.2fs by %-6s  missing %d\n", t.n, t.kind, t.old, t.new, t.failover.Seconds(), t.rejoin.Seconds(), t.by, t.missing)
+	}
+	var gaps []time.Duration
+	for i := 0; i < switchovers; i++ {
+		gap, err := switchoverTrial(lc, w, bin)
+		if err != nil {
+			return fmt.Errorf("switchover %d: %w", i+1, err)
+		}
+		gaps = append(gaps, gap)
+		fmt.Printf("switchover %d: writes unavailable %.2fs\n", i+1, gap.Seconds())
+	}
+	report(results, gaps, w)
+	return nil
+}
+
+func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string, hostDown time.Duration) (trial, error) {
+	v, err := waitHealthy(lc, 2*time.Minute)
+	if err != nil {
+		return trial{}, err
+	}
+	old := primary(v)
+	node := lc.Node(old)
+	errorsBefore := w.Errors()
+	killed := time.Now()
+	switch kind {
+	case "postgres kill":
+		if err := lc.KillPostgres(node); err != nil {
+			return trial{}, err
+		}
+	default:
+		lc.KillHost(node)
+	}
+	t := trial{n: n, kind: kind, old: old}
+	ack, err := waitAck(w, killed, old, 60*time.Second)
+	if err != nil {
+		return t, err
+	}
+	t.failover, t.new = ack.At.Sub(killed), ack.Node
+	rejoinFrom := killed
+	if kind == "host loss" {
+		time.Sleep(time.Until(killed.Add(hostDown)))
+		rejoinFrom = time.Now()
+		if err := lc.Start(node); err != nil {
+			return t, err
+		}
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		v, err := lc.View(context.Background())
+		if err == nil {
+			for _, m := range v.Members {
+				if m.Name == old && m.State == "streaming" {
+					t.rejoin, t.by = time.Since(rejoinFrom), m.RejoinedBy
+				}
+			}
+		}
+		if t.by != "" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if t.by == "" {
+		return t, fmt.Errorf("%s did not stream again within 2 minutes", old)
+	}
+	v, err = waitHealthy(lc, 2*time.Minute)
+	if err != nil {
+		return t, err
+	}
+	missing, err := w.Missing(context.Background(), portOf(v, primary(v)))
+	if err != nil {
+		return t, err
+	}
+	t.missing, t.errors = len(missing), w.Errors()-errorsBefore
+	return t, nil
+}
+
+func switchoverTrial(lc *localcluster.Cluster, w *itest.Writer, bin string) (time.Duration, error) {
+	v, err := waitHealthy(lc, 2*time.Minute)
+	if err != nil {
+		return 0, err
+	}
+	var cand string
+	for _, m := range v.Members {
+		if m.Role != "leader" {
+			cand = m.Name
+		}
+	}
+	start := time.Now()
+	var apis []string
+	for _, n := range lc.Nodes() {
+		apis = append(apis, n.APIURL)
+	}
+	if out, err := exec.Command(bin, "switchover", "--candidate", cand, "--api", strings.Join(apis, ",")).CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("%v: %s", err, out)
+	}
+	if _, err := waitAck(w, time.Now(), primary(v), 30*time.Second); err != nil {
+		return 0, err
+	}
+	// The longest gap between acknowledgements around the switchover.
+	var gap time.Duration
+	var prev time.Time
+	for _, a := range w.Acks() {
+		if a.At.Before(start.Add(-time.Second)) {
+			prev = a.At
+			continue
+		}
+		if !prev.IsZero() && a.At.Sub(prev) > gap {
+			gap = a.At.Sub(prev)
+		}
+		prev = a.At
+	}
+	return gap, nil
+}
+
+func report(results []trial, gaps []time.Duration, w *itest.Writer) {
+	fmt.Println()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "trial\tkind\told -> new\tfailover (s)\tlost acked rows\trejoin (s)\trejoined by\tclient errors")
+	for _, t := range results {
+		fmt.Fprintf(tw, "%d\t%s\t%s -> %s\t%.2f\t%d\t%.2f\t%s\t%d\n", t.n, t.kind, t.old, t.new, t.failover.Seconds(), t.missing, t.rejoin.Seconds(), t.by, t.errors)
+	}
+	tw.Flush()
+	fmt.Println()
+	for _, kind := range []string{"postgres kill", "host loss"} {
+		var f, r []time.Duration
+		lost := 0
+		for _, t := range results {
+			if t.kind == kind {
+				f, r, lost = append(f, t.failover), append(r, t.rejoin), lost+t.missing
+			}
+		}
+		if len(f) == 0 {
+			continue
+		}
+		fmt.Printf("%-13s failover p50 %.2fs p99 %.2fs | rejoin p50 %.2fs p99 %.2fs | acknowledged rows lost %d\n", kind, pct(f, 50), pct(f, 99), pct(r, 50), pct(r, 99), lost)
+	}
+	if len(gaps) > 0 {
+		fmt.Printf("switchover    writes unavailable p50 %.2fs max %.2fs\n", pct(gaps, 50), pct(gaps, 100))
+	}
+	fmt.Printf("writer: %d acknowledged inserts, %d failed attempts\n", len(w.Acks()), w.Errors())
+}
+
+// pct is the p-th percentile (nearest rank).
+func pct(ds []time.Duration, p int) float64 {
+	s := append([]time.Duration{}, ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (p*len(s)+99)/100 - 1
+	if i < 0 {
+		i = 0
+	}
+	if i >= len(s) {
+		i = len(s) - 1
+	}
+	return s[i].Seconds()
+}
+
+func waitAck(w *itest.Writer, after time.Time, notOn string, timeout time.Duration) (itest.Ack, error) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		for _, a := range w.Acks() {
+			if a.At.After(after) && a.Node != notOn {
+				return a, nil
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return itest.Ack{}, fmt.Errorf("no write acknowledged by a new primary within %s", timeout)
+}
+
+func waitHealthy(lc *localcluster.Cluster, timeout time.Duration) (agent.ClusterView, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		v, err := lc.View(context.Background())
+		if err == nil && localcluster.Healthy(v, 3) {
+			return v, nil
+		}
+		if time.Now().After(deadline) {
+			return v, fmt.Errorf("cluster not healthy after %s: %s", timeout, itest.Describe(v))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func primary(v agent.ClusterView) string {
+	for _, m := range v.Members {
+		if m.Role == "leader" {
+			return m.Name
+		}
+	}
+	return ""
+}
+
+func portOf(v agent.ClusterView, name string) int {
+	for _, m := range v.Members {
+		if m.Name == name {
+			return m.Port
+		}
+	}
+	return 0
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func pgBinDir() (string, error) {
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		dir := strings.TrimSpace(string(out))
+		if _, err := os.Stat(filepath.Join(dir, "initdb")); err == nil {
+			return dir, nil
+		}
+	}
+	m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+	if len(m) == 0 {
+		return "", fmt.Errorf("PostgreSQL server binaries not found")
+	}
+	sort.Strings(m)
+	return filepath.Dir(m[len(m)-1]), nil
+}

@@ -1,0 +1,361 @@
+// Package failover tests automatic failover, switchover, rejoin, pause and
+// synchronous-standby loss end to end: real agents, real PostgreSQL, a writer
+// recording every acknowledged insert. Each scenario asserts that no
+// acknowledged write is lost and that exactly one primary remains.
+package failover
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgha/pgha/agent"
+	"github.com/pgha/pgha/examples/localcluster"
+	"github.com/pgha/pgha/integration/itest"
+)
+
+var agentBinary string
+
+func TestMain(m *testing.M) {
+	bin, cleanup, err := itest.BuildAgent()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	agentBinary = bin
+	code := m.Run()
+	cleanup()
+	os.Exit(code)
+}
+
+// scenario runs one fault with a writer running, then checks the invariants.
+type scenario struct {
+	t      *testing.T
+	lc     *localcluster.Cluster
+	w      *itest.Writer
+	before agent.ClusterView
+}
+
+func start(t *testing.T, lc *localcluster.Cluster, table string) *scenario {
+	t.Helper()
+	v := itest.WaitHealthy(t, lc, 3, 90*time.Second)
+	w, err := itest.StartWriter(lc, table, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	// Some acknowledged writes before the fault.
+	itest.WaitFor(t, 20*time.Second, "the writer's first acknowledgements", func() (bool, string) {
+		n := len(w.Acks())
+		return n >= 10, fmt.Sprintf("%d acks, %d errors", n, w.Errors())
+	})
+	return &scenario{t: t, lc: lc, w: w, before: v}
+}
+
+// awaitNewWrites waits until the writer has acknowledgements after t (from
+// a node other than notOn, if given: a killed postmaster's backends may
+// still acknowledge a write or two, which a standby holds in sync mode).
+func (s *scenario) awaitNewWrites(after time.Time, timeout time.Duration, notOn ...string) itest.Ack {
+	s.t.Helper()
+	var ack itest.Ack
+	itest.WaitFor(s.t, timeout, "writes to resume", func() (bool, string) {
+		for _, a := range s.w.Acks() {
+			if a.At.After(after) && !slices.Contains(notOn, a.Node) {
+				ack = a
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d acks, %d errors", len(s.w.Acks()), s.w.Errors())
+	})
+	return ack
+}
+
+// finish stops the writer and checks: healthy again, one primary, nothing
+// acknowledged missing on the final primary or on any standby.
+func (s *scenario) finish() agent.ClusterView {
+	s.t.Helper()
+	// A few more acknowledged writes on the final primary.
+	s.awaitNewWrites(time.Now(), 30*time.Second)
+	s.w.Stop()
+	v := itest.WaitHealthy(s.t, s.lc, 3, 90*time.Second)
+	if ps := itest.WritablePrimaries(s.lc); len(ps) != 1 {
+		s.t.Fatalf("writable primaries: %v, want exactly one", ps)
+	}
+	last := s.w.Acks()[len(s.w.Acks())-1].ID
+	for _, m := range v.Members {
+		// Standbys catch up to the last acknowledged row; then compare.
+		port := m.Port
+		itest.WaitFor(s.t, 30*time.Second, m.Name+" to hold every acknowledged row", func() (bool, string) {
+			missing, err := s.w.Missing(context.Background(), port)
+			if err != nil {
+				return false, err.Error()
+			}
+			return len(missing) == 0, fmt.Sprintf("%d of %d acknowledged rows missing (last id %d), e.g. %v", len(missing), len(s.w.Acks()), last, head(missing))
+		})
+	}
+	s.t.Logf("acknowledged %d rows, %d failed attempts; now %s", len(s.w.Acks()), s.w.Errors(), itest.Describe(v))
+	return v
+}
+
+func head(ids []int64) []int64 {
+	if len(ids) > 5 {
+		return ids[:5]
+	}
+	return ids
+}
+
+func memberOf(v agent.ClusterView, name string) agent.MemberStatus {
+	for _, m := range v.Members {
+		if m.Name == name {
+			return m
+		}
+	}
+	return agent.MemberStatus{}
+}
+
+func cli(t *testing.T, lc *localcluster.Cluster, args ...string) string {
+	t.Helper()
+	var apis []string
+	for _, n := range lc.Nodes() {
+		apis = append(apis, n.APIURL)
+	}
+	out, err := exec.Command(agentBinary, append(args, "--api", strings.Join(apis, ","))...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("pgha-agent %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// stable asserts that for d the primary and epoch do not change.
+func stable(t *testing.T, lc *localcluster.Cluster, d time.Duration, primary string, epoch uint64) {
+	t.Helper()
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		v, err := lc.View(context.Background())
+		if err == nil && (v.Epoch != epoch || itest.PrimaryOf(t, v).Name != primary) {
+			t.Fatalf("failover happened: %s (before: %s, epoch %d)", itest.Describe(v), primary, epoch)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// must runs a scenario and stops the test at the first failing one: later
+// scenarios start from a healthy cluster, which a failure does not leave.
+func must(t *testing.T, name string, f func(t *testing.T)) {
+	t.Helper()
+	if !t.Run(name, f) {
+		t.FailNow()
+	}
+}
+
+func TestFailover(t *testing.T) {
+	lc := itest.NewCluster(t, agentBinary, 3)
+	if err := lc.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+
+	must(t, "kill -9 of the primary's postgres: a standby is promoted, the old primary rejoins by rewind", func(t *testing.T) {
+		s := start(t, lc, "w_pgkill")
+		old := itest.PrimaryOf(t, s.before)
+		killed := time.Now()
+		if err := lc.KillPostgres(lc.Node(old.Name)); err != nil {
+			t.Fatal(err)
+		}
+		ack := s.awaitNewWrites(killed, 30*time.Second, old.Name)
+		t.Logf("writes resumed on %s %.2fs after the kill", ack.Node, ack.At.Sub(killed).Seconds())
+		v := s.finish()
+		if v.Epoch <= s.before.Epoch {
+			t.Errorf("epoch %d did not increase from %d", v.Epoch, s.before.Epoch)
+		}
+		if m := memberOf(v, old.Name); m.RejoinedBy != "rewind" {
+			t.Errorf("old primary rejoined by %q, want rewind", m.RejoinedBy)
+		}
+	})
+
+	must(t, "host loss of the primary: failover, then the host returns and rejoins", func(t *testing.T) {
+		s := start(t, lc, "w_hostloss")
+		old := itest.PrimaryOf(t, s.before)
+		n := lc.Node(old.Name)
+		killed := time.Now()
+		lc.KillHost(n)
+		ack := s.awaitNewWrites(killed, 30*time.Second, old.Name)
+		t.Logf("writes resumed on %s %.2fs after the host loss", ack.Node, ack.At.Sub(killed).Seconds())
+		if err := lc.Start(n); err != nil {
+			t.Fatal(err)
+		}
+		v := s.finish()
+		if itest.PrimaryOf(t, v).Name == old.Name {
+			t.Errorf("the lost host is primary again")
+		}
+	})
+
+	must(t, "kill of the primary's agent only: no failover", func(t *testing.T) {
+		s := start(t, lc, "w_agentkill")
+		old := itest.PrimaryOf(t, s.before)
+		n := lc.Node(old.Name)
+		lc.KillAgent(n)
+		// Past the fence deadline, the leader still sees PostgreSQL answer.
+		stable(t, lc, 4*time.Second, old.Name, s.before.Epoch)
+		if err := lc.Start(n); err != nil {
+			t.Fatal(err)
+		}
+		v := s.finish()
+		if v.Epoch != s.before.Epoch || itest.PrimaryOf(t, v).Name != old.Name {
+			t.Errorf("primary/epoch changed: %s", itest.Describe(v))
+		}
+	})
+
+	must(t, "switchover there and back", func(t *testing.T) {
+		s := start(t, lc, "w_switchover")
+		old := itest.PrimaryOf(t, s.before)
+		var cand string
+		for _, m := range s.before.Members {
+			if m.Name != old.Name {
+				cand = m.Name
+				break
+			}
+		}
+		out := cli(t, lc, "switchover", "--candidate", cand)
+		t.Logf("switchover: %s", strings.TrimSpace(out))
+		v := itest.WaitHealthy(t, lc, 3, 60*time.Second)
+		if p := itest.PrimaryOf(t, v); p.Name != cand {
+			t.Fatalf("primary after switchover is %s, want %s", p.Name, cand)
+		}
+		if m := memberOf(v, old.Name); m.State != "streaming" {
+			t.Fatalf("old primary %s is %s", old.Name, m.State)
+		}
+		cli(t, lc, "switchover", "--candidate", old.Name)
+		v = itest.WaitHealthy(t, lc, 3, 60*time.Second)
+		if p := itest.PrimaryOf(t, v); p.Name != old.Name {
+			t.Fatalf("primary after switching back is %s, want %s", p.Name, old.Name)
+		}
+		s.finish()
+	})
+
+	must(t, "kill of the Raft leader's agent while it is not the primary: no failover", func(t *testing.T) {
+		s := start(t, lc, "w_leaderkill")
+		primary := itest.PrimaryOf(t, s.before)
+		leader := s.before.RaftLeader
+		if leader == primary.Name {
+			var other string
+			for _, m := range s.before.Members {
+				if m.Name != primary.Name {
+					other = m.Name
+					break
+				}
+			}
+			cli(t, lc, "switchover", "--candidate", other)
+			v := itest.WaitHealthy(t, lc, 3, 60*time.Second)
+			primary = itest.PrimaryOf(t, v)
+			s.before = v
+			leader = v.RaftLeader
+		}
+		if leader == primary.Name {
+			t.Skip("the Raft leader followed the primary; nothing to test this round")
+		}
+		lc.KillAgent(lc.Node(leader))
+		itest.WaitFor(t, 10*time.Second, "a new Raft leader", func() (bool, string) {
+			v, err := lc.View(context.Background())
+			return err == nil && v.RaftLeader != "" && v.RaftLeader != leader, fmt.Sprint(err)
+		})
+		stable(t, lc, 3*time.Second, primary.Name, s.before.Epoch)
+		if err := lc.Start(lc.Node(leader)); err != nil {
+			t.Fatal(err)
+		}
+		s.finish()
+	})
+
+	must(t, "pause prevents failover, resume restores it", func(t *testing.T) {
+		s := start(t, lc, "w_pause")
+		old := itest.PrimaryOf(t, s.before)
+		cli(t, lc, "pause")
+		if out := cli(t, lc, "list"); !strings.Contains(out, "PAUSED") {
+			t.Errorf("list does not show the pause:\n%s", out)
+		}
+		if err := lc.KillPostgres(lc.Node(old.Name)); err != nil {
+			t.Fatal(err)
+		}
+		stable(t, lc, 4*time.Second, old.Name, s.before.Epoch)
+		v, err := lc.View(context.Background())
+		if err != nil || !strings.Contains(v.Waiting, "paused") {
+			t.Errorf("/cluster does not say why nothing happens: waiting=%q err=%v", v.Waiting, err)
+		}
+		resumed := time.Now()
+		cli(t, lc, "resume")
+		s.awaitNewWrites(resumed, 30*time.Second)
+		s.finish()
+	})
+
+	must(t, "loss of the synchronous standby moves the sync set, writes go on", func(t *testing.T) {
+		s := start(t, lc, "w_syncloss")
+		var syncName string
+		itest.WaitFor(t, 20*time.Second, "exactly one synchronous standby", func() (bool, string) {
+			v, err := lc.View(context.Background())
+			if err != nil {
+				return false, err.Error()
+			}
+			if len(v.SyncStandbys) == 1 {
+				syncName = v.SyncStandbys[0]
+				return true, ""
+			}
+			return false, fmt.Sprint(v.SyncStandbys)
+		})
+		n := lc.Node(syncName)
+		killed := time.Now()
+		lc.KillHost(n)
+		ack := s.awaitNewWrites(killed, 30*time.Second)
+		t.Logf("writes went on %.2fs after the synchronous standby %s was lost", ack.At.Sub(killed).Seconds(), syncName)
+		itest.WaitFor(t, 20*time.Second, "the sync set to move", func() (bool, string) {
+			v, err := lc.View(context.Background())
+			if err != nil {
+				return false, err.Error()
+			}
+			return len(v.SyncStandbys) == 1 && v.SyncStandbys[0] != syncName, fmt.Sprint(v.SyncStandbys)
+		})
+		if err := lc.Start(n); err != nil {
+			t.Fatal(err)
+		}
+		s.finish()
+	})
+
+	must(t, "rejoin falls back to a clone when rewind is impossible", func(t *testing.T) {
+		s := start(t, lc, "w_clone")
+		old := itest.PrimaryOf(t, s.before)
+		n := lc.Node(old.Name)
+		killed := time.Now()
+		lc.KillHost(n)
+		s.awaitNewWrites(killed, 30*time.Second, old.Name)
+		// Without its WAL, pg_rewind cannot find where the timelines forked.
+		walDir := filepath.Join(n.PGData, "pg_wal")
+		entries, err := os.ReadDir(walDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if !e.IsDir() && len(e.Name()) == 24 {
+				if err := os.Remove(filepath.Join(walDir, e.Name())); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if err := lc.Start(n); err != nil {
+			t.Fatal(err)
+		}
+		v := s.finish()
+		if m := memberOf(v, old.Name); m.RejoinedBy != "clone" {
+			t.Errorf("old primary rejoined by %q, want clone", m.RejoinedBy)
+		}
+		if leftovers, _ := filepath.Glob(n.PGData + ".pgha-*"); len(leftovers) != 0 {
+			t.Errorf("left beside the data directory: %v", leftovers)
+		}
+		if !slices.Contains([]string{"streaming"}, memberOf(v, old.Name).State) {
+			t.Errorf("old primary is %s", memberOf(v, old.Name).State)
+		}
+	})
+}

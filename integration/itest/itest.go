@@ -1,0 +1,213 @@
+// Package itest is the toolkit of the end-to-end tests and benchmarks: it
+// builds the agent binary, runs loopback clusters of real agent processes
+// (examples/localcluster), polls conditions, and writes numbered rows
+// through whatever node is the primary while recording every acknowledgement.
+package itest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgha/pgha/agent"
+	"github.com/pgha/pgha/examples/localcluster"
+	"github.com/pgha/pgha/postgres/pgtest"
+)
+
+// BuildAgent builds cmd/pgha-agent into a fresh directory.
+func BuildAgent() (string, func(), error) {
+	dir, err := os.MkdirTemp("", "pgha-bin-")
+	if err != nil {
+		return "", nil, err
+	}
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..")
+	bin := filepath.Join(dir, "pgha-agent")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/pgha-agent")
+	build.Dir = root
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("build pgha-agent: %w", err)
+	}
+	return bin, func() { os.RemoveAll(dir) }, nil
+}
+
+// NewCluster prepares a loopback cluster on free ports; every process it
+// starts is stopped when the test ends, also when it fails.
+func NewCluster(t *testing.T, binary string, nodes int) *localcluster.Cluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test; skipped with -short")
+	}
+	bin := pgtest.BinDir(t)
+	var api, raft, pg []int
+	for i := 0; i < nodes; i++ {
+		api = append(api, pgtest.FreePort(t))
+		raft = append(raft, pgtest.FreePort(t))
+		pg = append(pg, pgtest.FreePort(t))
+	}
+	lc, err := localcluster.New(localcluster.Options{
+		Dir: pgtest.TempDir(t), Binary: binary, BinDir: bin, Name: "itest",
+		Nodes: nodes, APIPorts: api, RaftPorts: raft, PGPorts: pg,
+		LoopInterval: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range lc.Nodes() {
+				b, _ := os.ReadFile(n.Log)
+				t.Logf("---- %s agent log (tail) ----\n%s", n.Name, TailLines(string(b), 60))
+				b, _ = os.ReadFile(n.PGData + ".log")
+				t.Logf("---- %s postgres log (tail) ----\n%s", n.Name, TailLines(string(b), 30))
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := lc.StopAll(ctx); err != nil {
+			t.Errorf("stop cluster: %v", err)
+		}
+		for _, n := range lc.Nodes() {
+			if pid := n.PostmasterPID(); pid != 0 && ProcessAlive(pid) {
+				t.Errorf("%s: postmaster %d still running after StopAll", n.Name, pid)
+			}
+		}
+	})
+	return lc
+}
+
+// WaitFor polls cond until it returns true or the timeout passes.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if state != "" {
+			last = state
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s; last seen: %s", timeout, what, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// WaitHealthy waits for one running primary and members-1 streaming standbys.
+func WaitHealthy(t testing.TB, lc *localcluster.Cluster, members int, timeout time.Duration) agent.ClusterView {
+	t.Helper()
+	var v agent.ClusterView
+	WaitFor(t, timeout, fmt.Sprintf("%d healthy members", members), func() (bool, string) {
+		var err error
+		v, err = lc.View(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		return localcluster.Healthy(v, members), Describe(v)
+	})
+	return v
+}
+
+// Describe is a one-line summary of a cluster view for failure messages.
+func Describe(v agent.ClusterView) string {
+	var parts []string
+	for _, m := range v.Members {
+		s := fmt.Sprintf("%s=%s/%s", m.Name, m.Role, m.State)
+		if m.Problem != "" {
+			s += "(" + m.Problem + ")"
+		}
+		parts = append(parts, s)
+	}
+	return fmt.Sprintf("epoch %d leader %s [%s] problems %v", v.Epoch, v.RaftLeader, strings.Join(parts, " "), v.Problems)
+}
+
+// PrimaryOf returns the member the view names primary.
+func PrimaryOf(t testing.TB, v agent.ClusterView) agent.MemberStatus {
+	t.Helper()
+	for _, m := range v.Members {
+		if m.Role == "leader" {
+			return m
+		}
+	}
+	t.Fatalf("no primary in %s", Describe(v))
+	return agent.MemberStatus{}
+}
+
+// Connect opens a session as postgres (trusted over loopback in these clusters).
+func Connect(t testing.TB, port int) *pgx.Conn {
+	t.Helper()
+	conn, err := Dial(context.Background(), port)
+	if err != nil {
+		t.Fatalf("connect to 127.0.0.1:%d: %v", port, err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// Dial connects as postgres to 127.0.0.1:port within two seconds.
+func Dial(ctx context.Context, port int) (*pgx.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable connect_timeout=2", port))
+}
+
+// QueryInt runs a query returning one integer.
+func QueryInt(t testing.TB, conn *pgx.Conn, sql string) int64 {
+	t.Helper()
+	var n int64
+	if err := conn.QueryRow(context.Background(), sql).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// WritablePrimaries asks every node's PostgreSQL directly whether it accepts
+// writes: the ground truth for "never two primaries".
+func WritablePrimaries(lc *localcluster.Cluster) []string {
+	var out []string
+	for _, n := range lc.Nodes() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		conn, err := Dial(ctx, n.PGPort)
+		if err == nil {
+			var ro bool
+			if conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&ro) == nil && !ro {
+				out = append(out, n.Name)
+			}
+			conn.Close(context.Background())
+		}
+		cancel()
+	}
+	return out
+}
+
+// ProcessAlive reports whether pid exists.
+func ProcessAlive(pid int) bool {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return false
+	}
+	return p.Signal(syscall.Signal(0)) == nil
+}
+
+// TailLines returns the last n lines of s.
+func TailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
