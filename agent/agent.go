@@ -58,11 +58,13 @@ type Agent struct {
 	// writableEpoch is the epoch in which this agent last had its PostgreSQL
 	// running as the primary; if it is down in that same epoch, it crashed
 	// or was fenced, and starting it again is a restart the leader may refuse.
-	writableEpoch atomic.Uint64
-	started       time.Time    // when Run began (the fence clock starts here)
-	rolesPID      int          // the postmaster whose roles were last ensured (reconcile loop only)
-	reinit        atomic.Bool  // an operator asked to re-clone this standby
-	lastRejoin    atomic.Value // "rewind" or "clone": how this node last rejoined as a standby
+	writableEpoch  atomic.Uint64
+	started        time.Time    // when Run began (the fence clock starts here)
+	rolesPID       int          // the postmaster whose roles were last ensured (reconcile loop only)
+	rewindFailures int          // consecutive failed pg_rewind runs (reconcile loop only)
+	syncedAt       time.Time    // when the FSM last had all the leader had committed (reconcile loop only)
+	reinit         atomic.Bool  // an operator asked to re-clone this standby
+	lastRejoin     atomic.Value // "rewind" or "clone": how this node last rejoined as a standby
 
 	mu       sync.Mutex
 	activity string // what the reconcile loop is busy with (initdb, cloning)

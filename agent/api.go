@@ -46,7 +46,7 @@ func (a *Agent) routes() http.Handler {
 	})
 	mux.HandleFunc("GET /internal/raft", func(w http.ResponseWriter, r *http.Request) {
 		leader, _ := a.node.Leader()
-		info := raftInfo{Name: a.cfg.Name, HasState: a.node.HasState(), State: a.node.RaftState(), Leader: leader}
+		info := raftInfo{Name: a.cfg.Name, HasState: a.node.HasState(), State: a.node.RaftState(), Leader: leader, CommitIndex: a.node.CommitIndex()}
 		if servers, err := a.node.Servers(); err == nil {
 			for _, s := range servers {
 				info.Voters = append(info.Voters, s.ID)

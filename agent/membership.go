@@ -65,6 +65,9 @@ type raftInfo struct {
 	State    string   `json:"state"`
 	Leader   string   `json:"leader"`
 	Voters   []string `json:"voters"`
+	// CommitIndex is the Raft commit index as this node knows it; a
+	// follower compares the leader's with what it has applied.
+	CommitIndex uint64 `json:"commit_index"`
 }
 
 // selfMember is this node's record as it should be in the committed state.

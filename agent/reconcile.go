@@ -72,6 +72,12 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 }
 
 func (a *Agent) reconcileOnce(ctx context.Context) error {
+	if !a.inSync(ctx) {
+		// Decisions are committed first, and an agent acts only on what is
+		// committed now: a restarted agent replaying an old epoch could
+		// rewind from a former primary or start as one. (DESIGN)
+		return errWaiting{"catching up with the Raft log"}
+	}
 	st := a.node.State()
 	if !st.Initialized() {
 		return errWaiting{"waiting for the Raft leader to initialise the cluster"}
@@ -90,6 +96,38 @@ func (a *Agent) reconcileOnce(ctx context.Context) error {
 		return a.convergePrimary(ctx, st, dds)
 	}
 	return a.convergeStandby(ctx, st, dds)
+}
+
+// inSync reports whether this node's FSM holds everything the leader had
+// committed when asked: always on the leader; on a follower, once its applied
+// index reaches the leader's commit index (checked at most once a second
+// while in sync, at every pass while not).
+func (a *Agent) inSync(ctx context.Context) bool {
+	if a.node.IsLeader() {
+		return true
+	}
+	if a.fenced() {
+		a.syncedAt = time.Time{}
+		return false
+	}
+	if time.Since(a.syncedAt) < time.Second {
+		return true
+	}
+	base, err := a.leaderAPI()
+	if err != nil {
+		return false
+	}
+	var info raftInfo
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := getJSON(cctx, a.http, base+"/internal/raft", &info); err != nil || info.State != "leader" {
+		return false
+	}
+	if a.node.AppliedIndex() < info.CommitIndex {
+		return false
+	}
+	a.syncedAt = time.Now()
+	return true
 }
 
 // convergePrimary makes this node the running, writable primary.
@@ -346,6 +384,10 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 // it re-clones, keeping the old data directory until the clone is in place.
 func (a *Agent) rewindFrom(ctx context.Context, st consensus.State, p consensus.Member) error {
 	a.log.Info("rewinding", "from", st.Primary, "epoch", st.Epoch, "reason", "this data directory was last a primary; it must join the new primary's timeline")
+	if pid, _ := a.inst.PostmasterPID(); pid != 0 {
+		// The crashed postmaster (or its last children) has not gone yet.
+		return errWaiting{fmt.Sprintf("waiting for the old postmaster (pid %d) to exit before pg_rewind", pid)}
+	}
 	a.setActivity("rewinding")
 	if err := a.checkpointSource(ctx, p); err != nil {
 		a.setActivity("")
@@ -357,12 +399,23 @@ func (a *Agent) rewindFrom(ctx context.Context, st consensus.State, p consensus.
 	}, a.cfg.Postgres.RunAs, a.progress("rewinding"))
 	a.pgMu.Unlock()
 	a.setActivity("")
+	if err != nil && !errors.Is(err, recovery.ErrRewindImpossible) {
+		// A target that keeps failing (its crash recovery cannot find a
+		// checkpoint, say) would never rejoin: after a few tries, re-clone.
+		// The old data stays aside until the clone is in place.
+		a.rewindFailures++
+		if a.rewindFailures >= 3 {
+			err = fmt.Errorf("%w: failed %d times, last: %v", recovery.ErrRewindImpossible, a.rewindFailures, err)
+		}
+	}
 	switch {
 	case err == nil:
+		a.rewindFailures = 0
 		a.lastRejoin.Store("rewind")
 		a.log.Info("rewind finished", "from", st.Primary)
 		return nil
 	case errors.Is(err, recovery.ErrRewindImpossible):
+		a.rewindFailures = 0
 		a.log.Warn("rewind impossible, re-cloning", "err", err)
 		return a.reinitFrom(ctx, st, p, "pg_rewind could not rewind it: "+err.Error())
 	default:

@@ -408,6 +408,12 @@ func (n *Node) LastContact() time.Time {
 	return n.raft.LastContact()
 }
 
+// AppliedIndex is the index of the last log entry applied to this FSM.
+func (n *Node) AppliedIndex() uint64 { return n.raft.AppliedIndex() }
+
+// CommitIndex is the highest log index this node knows to be committed.
+func (n *Node) CommitIndex() uint64 { return n.raft.CommitIndex() }
+
 // LeaderCh returns a new channel that delivers this node's leadership:
 // true on gaining it, false on losing it. It is primed with the current
 // value, holds only the latest value a slow reader has not received (never

@@ -275,9 +275,10 @@ func TestFailover(t *testing.T) {
 		s := start(t, lc, "w_pause")
 		old := itest.PrimaryOf(t, s.before)
 		cli(t, lc, "pause")
-		if out := cli(t, lc, "list"); !strings.Contains(out, "PAUSED") {
-			t.Errorf("list does not show the pause:\n%s", out)
-		}
+		itest.WaitFor(t, 5*time.Second, "list to show the pause", func() (bool, string) {
+			out := cli(t, lc, "list")
+			return strings.Contains(out, "PAUSED"), out
+		})
 		if err := lc.KillPostgres(lc.Node(old.Name)); err != nil {
 			t.Fatal(err)
 		}
