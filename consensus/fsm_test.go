@@ -531,3 +531,39 @@ func TestLeaderFanoutKeepsLatest(t *testing.T) {
 	default:
 	}
 }
+
+func TestFSMSwitchover(t *testing.T) {
+	tf := newTestFSM(t)
+	tf.mustApply(initialised...)
+	refused := []struct {
+		name string
+		sw   Switchover
+	}{
+		{"wrong epoch", Switchover{From: "a", To: "b", Epoch: 7}},
+		{"not from the primary", Switchover{From: "b", To: "c", Epoch: 1}},
+		{"to the primary", Switchover{From: "a", To: "a", Epoch: 1}},
+		{"to a non-member", Switchover{From: "a", To: "z", Epoch: 1}},
+	}
+	for _, r := range refused {
+		if err := tf.apply(SetSwitchover(r.sw)); !errors.Is(err, ErrRefused) {
+			t.Errorf("%s: err = %v, want ErrRefused", r.name, err)
+		}
+	}
+	sw := Switchover{From: "a", To: "b", Epoch: 1}
+	tf.mustApply(SetSwitchover(sw))
+	if err := tf.apply(SetSwitchover(Switchover{From: "a", To: "c", Epoch: 1})); !errors.Is(err, ErrRefused) {
+		t.Errorf("a second switchover was accepted: %v", err)
+	}
+	// The state records it until the promotion.
+	st := tf.f.state()
+	if st.Switchover != sw {
+		t.Fatalf("switchover = %+v, want %+v", st.Switchover, sw)
+	}
+	// The promotion ends it.
+	tf.mustApply(Promote("b", 2))
+	if st := tf.f.state(); st.Switchover.Active() || st.Primary != "b" {
+		t.Fatalf("after promote: %+v", st)
+	}
+	// A zero switchover cancels (and is harmless when none is active).
+	tf.mustApply(SetSwitchover(Switchover{}))
+}
