@@ -48,12 +48,21 @@ type Inputs struct {
 	SwitchoverSince time.Time
 }
 
-// syncMark: at LSN, the primary's synchronous_standby_names named only Names.
+// syncMark: since At, the primary's synchronous_standby_names has named only
+// Names, and LSN is the primary's position a settling delay after At (zero
+// until then). Walsenders adopt a reloaded setting at their next loop, so a
+// standby that was just dropped from the setting may still acknowledge a
+// commit or two; every such commit lies before LSN.
 type syncMark struct {
 	Epoch uint64
 	Names string
+	At    time.Time
 	LSN   postgres.LSN
 }
+
+// syncSettle is how long after the primary's setting changed its walsenders
+// are taken to have all adopted it.
+const syncSettle = time.Second
 
 // Decision is one command for the Raft log and the reason, logged once.
 type Decision struct {

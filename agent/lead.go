@@ -144,8 +144,11 @@ func (a *Agent) updateSyncMark(st consensus.State, obs map[string]memberView) {
 	}
 	names := p.obs.Postgres.SyncStandbyNames
 	m := a.lead.syncMark
-	if m.Epoch != st.Epoch || m.Names != names {
-		a.lead.syncMark = syncMark{Epoch: st.Epoch, Names: names, LSN: p.obs.Postgres.CurrentLSN}
+	switch {
+	case m.Epoch != st.Epoch || m.Names != names:
+		a.lead.syncMark = syncMark{Epoch: st.Epoch, Names: names, At: time.Now()}
+	case m.LSN == 0 && time.Since(m.At) >= syncSettle && p.obs.At.After(m.At.Add(syncSettle)):
+		a.lead.syncMark.LSN = p.obs.Postgres.CurrentLSN
 	}
 }
 

@@ -116,7 +116,7 @@ func followReinit(cmd *cobra.Command, apis []string, name string) error {
 				}
 			}
 		}
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 	return errors.New("gave up waiting for the reinit to finish; see pgha-agent list")
 }

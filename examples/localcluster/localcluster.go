@@ -308,15 +308,20 @@ func (c *Cluster) KillPostgres(n *Node) error {
 	return nil
 }
 
-// KillHost kills the agent and its PostgreSQL together, as losing the machine would.
-// The postmaster's children exit on their own once it is gone.
+// KillHost kills the agent and its PostgreSQL together, as losing the
+// machine would: the postmaster's whole process group (pg_ctl starts it as a
+// session leader), so no backend lives on to acknowledge a write.
 func (c *Cluster) KillHost(n *Node) {
 	pid := n.PostmasterPID()
 	if n.Running() {
 		_ = n.cmd.Process.Kill()
 	}
 	if pid != 0 && alive(pid) {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+		if pgid, err := syscall.Getpgid(pid); err == nil && pgid == pid {
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		} else {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
 	if n.done != nil {
 		<-n.done

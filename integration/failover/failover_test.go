@@ -121,15 +121,21 @@ func memberOf(v agent.ClusterView, name string) agent.MemberStatus {
 
 func cli(t *testing.T, lc *localcluster.Cluster, args ...string) string {
 	t.Helper()
+	out, err := cliErr(lc, args...)
+	if err != nil {
+		t.Fatalf("pgha-agent %v: %v\n%s", args, err, out)
+	}
+	return out
+}
+
+// cliErr runs the CLI against every member's API.
+func cliErr(lc *localcluster.Cluster, args ...string) (string, error) {
 	var apis []string
 	for _, n := range lc.Nodes() {
 		apis = append(apis, n.APIURL)
 	}
 	out, err := exec.Command(agentBinary, append(args, "--api", strings.Join(apis, ","))...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("pgha-agent %v: %v\n%s", args, err, out)
-	}
-	return string(out)
+	return string(out), err
 }
 
 // stable asserts that for d the primary and epoch do not change.
@@ -279,6 +285,9 @@ func TestFailover(t *testing.T) {
 			out := cli(t, lc, "list")
 			return strings.Contains(out, "PAUSED"), out
 		})
+		if out, err := cliErr(lc, "switchover"); err == nil || !strings.Contains(out, "paused") {
+			t.Errorf("switchover while paused was not refused as it should: %v\n%s", err, out)
+		}
 		if err := lc.KillPostgres(lc.Node(old.Name)); err != nil {
 			t.Fatal(err)
 		}
@@ -358,5 +367,71 @@ func TestFailover(t *testing.T) {
 		if !slices.Contains([]string{"streaming"}, memberOf(v, old.Name).State) {
 			t.Errorf("old primary is %s", memberOf(v, old.Name).State)
 		}
+	})
+
+	must(t, "forced failover while paused, and switchover refusals", func(t *testing.T) {
+		s := start(t, lc, "w_forced")
+		old := itest.PrimaryOf(t, s.before)
+		var cand string
+		for _, m := range s.before.Members {
+			if m.Name != old.Name {
+				cand = m.Name
+			}
+		}
+		if out, err := cliErr(lc, "switchover", "--candidate", "nosuchnode"); err == nil || !strings.Contains(out, "not a member") {
+			t.Errorf("switchover to a non-member was not refused: %v\n%s", err, out)
+		}
+		if out, err := cliErr(lc, "failover", "--candidate", cand); err == nil || !strings.Contains(out, "healthy") {
+			t.Errorf("failover with a healthy primary was not refused: %v\n%s", err, out)
+		}
+		cli(t, lc, "pause")
+		if err := lc.KillPostgres(lc.Node(old.Name)); err != nil {
+			t.Fatal(err)
+		}
+		itest.WaitFor(t, 10*time.Second, "the cluster to see the primary down", func() (bool, string) {
+			v, err := lc.View(context.Background())
+			if err != nil {
+				return false, err.Error()
+			}
+			return memberOf(v, old.Name).State == "stopped", itest.Describe(v)
+		})
+		out := cli(t, lc, "failover", "--candidate", cand)
+		t.Logf("forced failover: %s", strings.TrimSpace(out))
+		v := itest.WaitHealthy(t, lc, 3, 60*time.Second)
+		if p := itest.PrimaryOf(t, v); p.Name != cand {
+			t.Fatalf("primary after forced failover is %s, want %s", p.Name, cand)
+		}
+		cli(t, lc, "resume")
+		s.finish()
+	})
+
+	must(t, "reinit re-clones a standby on demand, showing progress", func(t *testing.T) {
+		v := itest.WaitHealthy(t, lc, 3, 60*time.Second)
+		var standby string
+		for _, m := range v.Members {
+			if m.Role != "leader" {
+				standby = m.Name
+			}
+		}
+		n := lc.Node(standby)
+		marker := filepath.Join(n.PGData, "pgha-test-marker")
+		if err := os.WriteFile(marker, []byte("old data"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := cliErr(lc, "reinit", itest.PrimaryOf(t, v).Name); err == nil || !strings.Contains(out, "primary") {
+			t.Errorf("reinit of the primary was not refused: %v\n%s", err, out)
+		}
+		out := cli(t, lc, "reinit", standby)
+		t.Logf("reinit output:\n%s", out)
+		if !strings.Contains(out, "reinit") || !strings.Contains(out, "streaming again") {
+			t.Errorf("reinit did not show its progress:\n%s", out)
+		}
+		if _, err := os.Stat(marker); !os.IsNotExist(err) {
+			t.Errorf("the standby's data directory was not replaced (marker still there: %v)", err)
+		}
+		if left, _ := filepath.Glob(n.PGData + ".pgha-*"); len(left) != 0 {
+			t.Errorf("left beside the data directory: %v", left)
+		}
+		itest.WaitHealthy(t, lc, 3, 60*time.Second)
 	})
 }
