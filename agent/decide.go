@@ -74,6 +74,7 @@ type Decision struct {
 type Plan struct {
 	Decisions []Decision
 	Waiting   string // why the leader is holding back, if it is (shown in /cluster)
+	Retry     bool   // worth deciding again in a moment rather than at the next tick
 }
 
 // restartGrace is how long a start permit keeps the leader from failing over
@@ -362,7 +363,8 @@ func switchoverDecisions(in Inputs) Plan {
 		return Plan{Waiting: fmt.Sprintf("switchover: candidate %s is not running as a standby", sw.To)}
 	}
 	if to.obs.Postgres.ReceivedLSN <= from.obs.StoppedLSN {
-		return Plan{Waiting: fmt.Sprintf("switchover: %s has received %s, waiting for %s", sw.To, to.obs.Postgres.ReceivedLSN, from.obs.StoppedLSN)}
+		// Poll again soon: the leader's loop is woken by news, not by this.
+		return Plan{Retry: true, Waiting: fmt.Sprintf("switchover: %s has received %s, waiting for %s", sw.To, to.obs.Postgres.ReceivedLSN, from.obs.StoppedLSN)}
 	}
 	return Plan{Decisions: []Decision{{
 		Command: consensus.Promote(sw.To, st.Epoch+1),

@@ -78,6 +78,15 @@ func (a *Agent) leadOnce(ctx context.Context) {
 		voters = append(voters, s.ID)
 	}
 	st := a.node.State()
+	if sw := st.Switchover; sw.Active() {
+		// The switchover waits on the candidate's received LSN: ask it now
+		// rather than at the next poll, writes are unavailable meanwhile.
+		if m, ok := st.Members[sw.To]; ok && sw.To != a.cfg.Name {
+			a.pollMember(ctx, sw.To, m.APIURL)
+		} else if sw.To == a.cfg.Name {
+			a.obs.set(a.cfg.Name, memberView{obs: a.observeSelf(ctx), reachable: true, lastSeen: time.Now()})
+		}
+	}
 	obs := a.obs.snapshot()
 	in := Inputs{
 		State:        st,
@@ -125,6 +134,15 @@ func (a *Agent) leadOnce(ctx context.Context) {
 			a.log.Info("leader waiting", "epoch", st.Epoch, "reason", plan.Waiting)
 		}
 		l.waiting = plan.Waiting
+	}
+	if plan.Retry {
+		go func() {
+			select {
+			case <-ctx.Done():
+			case <-time.After(20 * time.Millisecond):
+				a.wake()
+			}
+		}()
 	}
 	for _, d := range plan.Decisions {
 		a.log.Info("decision", "command", string(d.Command.Type), "epoch", st.Epoch, "reason", d.Reason)

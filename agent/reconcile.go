@@ -384,6 +384,11 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 // it re-clones, keeping the old data directory until the clone is in place.
 func (a *Agent) rewindFrom(ctx context.Context, st consensus.State, p consensus.Member) error {
 	a.log.Info("rewinding", "from", st.Primary, "epoch", st.Epoch, "reason", "this data directory was last a primary; it must join the new primary's timeline")
+	if o, ok := a.obs.snapshot()[st.Primary]; !ok || !o.reachable || !o.obs.Postgres.Running || o.obs.Postgres.InRecovery {
+		// Let the new primary finish its promotion first: the checkpoint
+		// below would otherwise be a restartpoint that slows it down.
+		return errWaiting{"waiting for " + st.Primary + " to run as the primary before pg_rewind"}
+	}
 	if pid, _ := a.inst.PostmasterPID(); pid != 0 {
 		// The crashed postmaster (or its last children) has not gone yet.
 		return errWaiting{fmt.Sprintf("waiting for the old postmaster (pid %d) to exit before pg_rewind", pid)}

@@ -168,6 +168,9 @@ func (w *Writer) LastAckBefore(t time.Time) (Ack, bool) {
 
 // Missing returns the acknowledged ids that are not in the table on port.
 func (w *Writer) Missing(ctx context.Context, port int) ([]int64, error) {
+	// Acknowledgements first: the writer may still be running, and a row
+	// acknowledged after the SELECT below is not missing.
+	acks := w.Acks()
 	conn, err := Dial(ctx, port)
 	if err != nil {
 		return nil, err
@@ -189,7 +192,7 @@ func (w *Writer) Missing(ctx context.Context, port int) ([]int64, error) {
 		return nil, err
 	}
 	var missing []int64
-	for _, a := range w.Acks() {
+	for _, a := range acks {
 		if !have[a.ID] {
 			missing = append(missing, a.ID)
 		}
