@@ -78,8 +78,16 @@ type Plan struct {
 }
 
 // restartGrace is how long a start permit keeps the leader from failing over
-// a primary whose agent is alive: pg_ctl start's own timeout.
+// a primary whose agent is alive, unless failover.primary_restart_window says
+// otherwise.
 const restartGrace = 10 * time.Second
+
+func startGrace(p Policy) time.Duration {
+	if p.PrimaryRestartWindow > 0 {
+		return p.PrimaryRestartWindow
+	}
+	return restartGrace
+}
 
 // decide is the leader's policy: given the committed state and the members'
 // observations, which commands to commit now. Only the Raft leader calls it,
@@ -150,7 +158,7 @@ func primaryFailed(in Inputs) (bool, string) {
 			return false, ""
 		case o.obs.Activity != "":
 			return false, fmt.Sprintf("primary %s is %s", p, o.obs.Activity)
-		case in.Permits[p].After(in.Now.Add(-restartGrace)):
+		case in.Permits[p].After(in.Now.Add(-startGrace(in.Policy))):
 			return false, fmt.Sprintf("primary %s is starting PostgreSQL", p)
 		}
 		if pg.Running {
