@@ -78,6 +78,8 @@ func (a *Agent) leadOnce(ctx context.Context) {
 		voters = append(voters, s.ID)
 	}
 	st := a.node.State()
+	// The leader's view of itself is taken now, never from a poll.
+	a.obs.set(a.cfg.Name, memberView{obs: a.observeSelf(ctx), reachable: true, lastSeen: time.Now()})
 	if sw := st.Switchover; sw.Active() {
 		// The switchover waits on the candidate's received LSN: ask it now
 		// rather than at the next poll, writes are unavailable meanwhile.
@@ -185,10 +187,21 @@ func (a *Agent) policy() Policy {
 // whether it runs as a primary: the leader's check that a silent agent's
 // database is really gone before anything is promoted.
 func (a *Agent) directCheck(ctx context.Context, m consensus.Member) bool {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	// Two tries: a loaded host may be slow to accept, and a wrong "no"
+	// starts a failover.
+	for try := 0; try < 2; try++ {
+		if a.directCheckOnce(ctx, m) {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *Agent) directCheckOnce(ctx context.Context, m consensus.Member) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	mon := a.cfg.Postgres.Monitor
-	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d dbname=postgres sslmode=prefer connect_timeout=1", m.PGHost, m.PGPort))
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d dbname=postgres sslmode=prefer connect_timeout=2", m.PGHost, m.PGPort))
 	if err != nil {
 		return false
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgha/pgha/consensus"
@@ -80,27 +81,39 @@ func (o *observations) forget(keep map[string]consensus.Member) {
 	}
 }
 
-// observeLoop pulls every other member's observation each health_interval.
-// The local observation is written by the reconcile loop, which takes it.
+// observeLoop takes this agent's own observation and pulls every other
+// member's, each health_interval. A poll that hangs (a dead host) never
+// delays the others nor this node's view of itself: each member is polled
+// by its own goroutine, at most one at a time.
 func (a *Agent) observeLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.Timing.HealthInterval)
 	defer t.Stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	inFlight := map[string]*atomic.Bool{}
 	for {
 		st := a.node.State()
 		a.obs.forget(st.Members)
 		a.obs.set(a.cfg.Name, memberView{obs: a.observeSelf(ctx), reachable: true, lastSeen: time.Now()})
-		var wg sync.WaitGroup
 		for name, m := range st.Members {
 			if name == a.cfg.Name {
 				continue
 			}
+			busy, ok := inFlight[name]
+			if !ok {
+				busy = &atomic.Bool{}
+				inFlight[name] = busy
+			}
+			if !busy.CompareAndSwap(false, true) {
+				continue // the last poll of this member has not returned yet
+			}
 			wg.Add(1)
-			go func(name string, m consensus.Member) {
+			go func(name, url string) {
 				defer wg.Done()
-				a.pollMember(ctx, name, m.APIURL)
-			}(name, m)
+				defer busy.Store(false)
+				a.pollMember(ctx, name, url)
+			}(name, m.APIURL)
 		}
-		wg.Wait()
 		select {
 		case <-ctx.Done():
 			return
