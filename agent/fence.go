@@ -12,6 +12,10 @@ import (
 // not accept writes nor claim to be the primary. The clock starts no earlier
 // than the agent itself, so a restarted agent does not fence the primary it
 // finds running before it has had a chance to hear from the leader.
+//
+// Losing the leader is not losing the quorum: while the others elect a new
+// leader, this node still reaches a majority of the members' agents and
+// stays unfenced, so an election never stops a healthy primary.
 func (a *Agent) fenced() bool {
 	if a.node.IsLeader() {
 		return false
@@ -20,7 +24,31 @@ func (a *Agent) fenced() bool {
 	if last.Before(a.started) {
 		last = a.started
 	}
-	return time.Since(last) > a.cfg.Timing.FenceTimeout
+	if time.Since(last) <= a.cfg.Timing.FenceTimeout {
+		return false
+	}
+	return !a.majorityReachable()
+}
+
+// majorityReachable reports whether this agent heard from a majority of the
+// members (itself included) within fence_timeout.
+func (a *Agent) majorityReachable() bool {
+	members := a.node.State().Members
+	if len(members) == 0 {
+		return false
+	}
+	seen := a.obs.snapshot()
+	n := 0
+	for name := range members {
+		if name == a.cfg.Name {
+			n++
+			continue
+		}
+		if v, ok := seen[name]; ok && v.reachable && time.Since(v.lastSeen) <= a.cfg.Timing.FenceTimeout {
+			n++
+		}
+	}
+	return n > len(members)/2
 }
 
 // fenceLoop enforces the "One writer" rule on this node (DESIGN): an agent

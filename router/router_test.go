@@ -576,7 +576,7 @@ func testBadInput(t *testing.T, tr *testRouter) {
 		conn.Close()
 	}
 	conn, fe := rawSession(t, tr.rw)
-	fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(30) FROM kv FOR UPDATE"})
+	fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(5) FROM kv FOR UPDATE"})
 	fe.Flush()
 	pgtest.Eventually(t, 10*time.Second, func() (bool, string) {
 		return activeConns(tr) > 0, "query not started"
