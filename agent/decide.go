@@ -46,6 +46,9 @@ type Inputs struct {
 	SyncMark syncMark
 	// SwitchoverSince is when the leader first saw the current switchover.
 	SwitchoverSince time.Time
+	// EpochSince is when the leader first saw the current epoch: a primary
+	// just named is given time to be promoted before it is judged.
+	EpochSince time.Time
 }
 
 // syncMark: since At, the primary's synchronous_standby_names has named only
@@ -160,6 +163,8 @@ func primaryFailed(in Inputs) (bool, string) {
 			return false, fmt.Sprintf("primary %s is %s", p, o.obs.Activity)
 		case in.Permits[p].After(in.Now.Add(-startGrace(in.Policy))):
 			return false, fmt.Sprintf("primary %s is starting PostgreSQL", p)
+		case !in.EpochSince.IsZero() && in.Now.Sub(in.EpochSince) < startGrace(in.Policy):
+			return false, fmt.Sprintf("primary %s was named for epoch %d moments ago and is being promoted", p, st.Epoch)
 		}
 		if pg.Running {
 			return true, fmt.Sprintf("PostgreSQL on %s runs in recovery but %s is the committed primary", p, p)

@@ -24,6 +24,8 @@ type leader struct {
 	syncMark        syncMark
 	switchoverSince time.Time
 	switchoverOf    consensus.Switchover
+	epochSeen       uint64
+	epochSince      time.Time
 	waiting         string // why the last pass committed nothing, if it waited
 }
 
@@ -64,6 +66,7 @@ func (a *Agent) leadOnce(ctx context.Context) {
 		}
 		l.since = time.Now()
 		l.permits = map[string]time.Time{}
+		l.epochSeen = 0
 		a.log.Info("became Raft leader", "reason", "won an election")
 	}
 	l.mu.Unlock()
@@ -129,6 +132,16 @@ func (a *Agent) leadOnce(ctx context.Context) {
 		l.switchoverOf, l.switchoverSince = st.Switchover, time.Now()
 	}
 	in.SwitchoverSince = l.switchoverSince
+	if st.Epoch != l.epochSeen {
+		// An epoch this leader saw begin gets the grace; one it inherited
+		// on election is judged at once.
+		since := time.Now()
+		if l.epochSeen == 0 {
+			since = time.Time{}
+		}
+		l.epochSeen, l.epochSince = st.Epoch, since
+	}
+	in.EpochSince = l.epochSince
 
 	plan := decide(in)
 	if plan.Waiting != l.waiting {
