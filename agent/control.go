@@ -79,12 +79,26 @@ func decodeControl(w http.ResponseWriter, body []byte) (ControlRequest, bool) {
 	return req, true
 }
 
+// refresh re-reads the named members' observations now, so an operator's
+// call is judged on the cluster as it is, not as it was at the last poll.
+func (a *Agent) refresh(ctx context.Context, st consensus.State, names ...string) {
+	for _, n := range names {
+		switch m, ok := st.Members[n]; {
+		case n == a.cfg.Name:
+			a.obs.set(n, memberView{obs: a.observeSelf(ctx), reachable: true, lastSeen: time.Now()})
+		case ok:
+			a.pollMember(ctx, n, m.APIURL)
+		}
+	}
+}
+
 func (a *Agent) handleSwitchover(w http.ResponseWriter, r *http.Request, body []byte) {
 	req, ok := decodeControl(w, body)
 	if !ok {
 		return
 	}
 	st := a.node.State()
+	a.refresh(r.Context(), st, st.Primary, req.Candidate)
 	in := Inputs{State: st, Observations: a.obs.snapshot(), Now: time.Now(), Policy: a.policy()}
 	refuse := func(format string, args ...any) {
 		writeJSON(w, http.StatusConflict, apiError{Error: "switchover refused: " + fmt.Sprintf(format, args...)})
@@ -172,6 +186,7 @@ func (a *Agent) handleFailover(w http.ResponseWriter, r *http.Request, body []by
 		return
 	}
 	st := a.node.State()
+	a.refresh(r.Context(), st, st.Primary, req.Candidate)
 	in := Inputs{State: st, Observations: a.obs.snapshot(), Now: time.Now(), Policy: a.policy()}
 	if p, ok := fresh(in, st.Primary); ok && p.obs.Postgres.Running && !p.obs.Postgres.InRecovery {
 		writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("failover refused: the primary %s is healthy; use switchover", st.Primary)})
