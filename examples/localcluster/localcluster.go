@@ -86,10 +86,10 @@ func New(opts Options) (*Cluster, error) {
 		opts.Nodes = 3
 	}
 	if opts.LoopInterval == 0 {
-		opts.LoopInterval = 500 * time.Millisecond
+		opts.LoopInterval = agent.DefaultLoopInterval
 	}
 	if opts.HealthInterval == 0 {
-		opts.HealthInterval = 500 * time.Millisecond
+		opts.HealthInterval = agent.DefaultHealthInterval
 	}
 	if opts.RunAs == "" {
 		opts.RunAs = "postgres"

@@ -96,7 +96,8 @@ func run(trials, switchovers int, hostDown time.Duration) error {
 	if _, err := waitHealthy(lc, 2*time.Minute); err != nil {
 		return err
 	}
-	fmt.Println("cluster ready; default settings (health_interval 250ms, fence_timeout 1s, raft heartbeat/election 500ms, synchronous mode)")
+	fmt.Printf("cluster ready; the agents' default settings (loop_interval %s, health_interval %s, fence_timeout %s, raft heartbeat/election %s/%s, synchronous mode)\n",
+		agent.DefaultLoopInterval, agent.DefaultHealthInterval, agent.DefaultFenceTimeout, agent.DefaultHeartbeatTimeout, agent.DefaultElectionTimeout)
 	w, err := itest.StartWriter(lc, "bench_acks", 20*time.Millisecond)
 	if err != nil {
 		return err
