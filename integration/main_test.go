@@ -5,9 +5,7 @@ package integration
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/http"
-	"os"
 	"testing"
 
 	"github.com/pgha/pgha/integration/itest"
@@ -16,17 +14,7 @@ import (
 // agentBinary is built once by TestMain.
 var agentBinary string
 
-func TestMain(m *testing.M) {
-	bin, cleanup, err := itest.BuildAgent()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	agentBinary = bin
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { itest.Main(m, &agentBinary) }
 
 // httpStatus does one request and returns the status code.
 func httpStatus(t *testing.T, method, url string) int {

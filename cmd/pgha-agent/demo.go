@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/pgha/pgha/agent"
 	"github.com/pgha/pgha/examples/localcluster"
+	"github.com/pgha/pgha/postgres"
 )
 
 func demoCmd() *cobra.Command {
@@ -198,24 +198,10 @@ func checkPortsFree(nodes []*localcluster.Node) error {
 
 // findPostgresBin locates PostgreSQL's server binaries.
 func findPostgresBin() (string, error) {
-	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
-		dir := strings.TrimSpace(string(out))
-		if fileExists(filepath.Join(dir, "initdb")) {
-			return dir, nil
-		}
+	if dir := postgres.FindBinDir(); dir != "" {
+		return dir, nil
 	}
-	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
-	if len(matches) == 0 {
-		return "", errors.New("PostgreSQL server binaries not found: install them (apt-get install postgresql) or pass --pg-bin")
-	}
-	sort.Slice(matches, func(i, j int) bool { return versionOf(matches[i]) > versionOf(matches[j]) })
-	return filepath.Dir(matches[0]), nil
-}
-
-func versionOf(initdb string) int {
-	var v int
-	fmt.Sscanf(filepath.Base(filepath.Dir(filepath.Dir(initdb))), "%d", &v)
-	return v
+	return "", errors.New("PostgreSQL server binaries not found: install them (apt-get install postgresql) or pass --pg-bin")
 }
 
 func fileExists(p string) bool {

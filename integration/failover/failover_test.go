@@ -22,17 +22,7 @@ import (
 
 var agentBinary string
 
-func TestMain(m *testing.M) {
-	bin, cleanup, err := itest.BuildAgent()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	agentBinary = bin
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { itest.Main(m, &agentBinary) }
 
 // scenario runs one fault with a writer running, then checks the invariants.
 type scenario struct {

@@ -7,6 +7,7 @@ package itest
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,6 +41,59 @@ func BuildAgent() (string, func(), error) {
 		return "", nil, fmt.Errorf("build pgha-agent: %w", err)
 	}
 	return bin, func() { os.RemoveAll(dir) }, nil
+}
+
+// Main is the TestMain of the end-to-end packages: it builds the agent into
+// *binary, runs the tests and removes the build.
+func Main(m *testing.M, binary *string) {
+	bin, cleanup, err := BuildAgent()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*binary = bin
+	code := m.Run()
+	cleanup()
+	os.Exit(code)
+}
+
+// FreePort is a TCP port on 127.0.0.1 that nothing listens on right now.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// AwaitHealthy polls until the cluster has one running primary and
+// members-1 streaming standbys, or the timeout passes.
+func AwaitHealthy(lc *localcluster.Cluster, members int, timeout time.Duration) (agent.ClusterView, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		v, err := lc.View(context.Background())
+		if err == nil && localcluster.Healthy(v, members) {
+			return v, nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return v, fmt.Errorf("cluster not healthy after %s: %w", timeout, err)
+			}
+			return v, fmt.Errorf("cluster not healthy after %s: %s", timeout, Describe(v))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Primary is the name of the member the view names primary ("" if none).
+func Primary(v agent.ClusterView) string {
+	for _, m := range v.Members {
+		if m.Role == "leader" {
+			return m.Name
+		}
+	}
+	return ""
 }
 
 // NewCluster prepares a loopback cluster on free ports; every process it

@@ -11,10 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -37,37 +34,13 @@ const (
 // is skipped, except when CI=true: in CI tests that need PostgreSQL must run.
 func BinDir(t testing.TB) string {
 	t.Helper()
-	if dir := findBinDir(); dir != "" {
+	if dir := postgres.FindBinDir(); dir != "" {
 		return dir
 	}
 	if os.Getenv("CI") == "true" {
 		t.Fatal("PostgreSQL binaries not found (no pg_config --bindir with initdb, no /usr/lib/postgresql/*/bin) and CI=true: tests that need PostgreSQL must run in CI")
 	}
 	t.Skip("PostgreSQL binaries not found (no pg_config --bindir with initdb, no /usr/lib/postgresql/*/bin)")
-	return ""
-}
-
-func findBinDir() string {
-	has := func(dir string) bool {
-		_, err := os.Stat(filepath.Join(dir, "initdb"))
-		return err == nil
-	}
-	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
-		if dir := strings.TrimSpace(string(out)); has(dir) {
-			return dir
-		}
-	}
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	version := func(d string) float64 {
-		v, _ := strconv.ParseFloat(filepath.Base(filepath.Dir(d)), 64)
-		return v
-	}
-	sort.Slice(dirs, func(a, b int) bool { return version(dirs[a]) > version(dirs[b]) })
-	for _, d := range dirs {
-		if has(d) {
-			return d
-		}
-	}
 	return ""
 }
 

@@ -15,10 +15,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -27,6 +25,7 @@ import (
 	"github.com/pgha/pgha/agent"
 	"github.com/pgha/pgha/examples/localcluster"
 	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/postgres"
 )
 
 type trial struct {
@@ -57,9 +56,9 @@ func run(trials, switchovers int, hostDown time.Duration) error {
 		return err
 	}
 	defer cleanup()
-	pgBin, err := pgBinDir()
-	if err != nil {
-		return err
+	pgBin := postgres.FindBinDir()
+	if pgBin == "" {
+		return fmt.Errorf("PostgreSQL server binaries not found")
 	}
 	dir, err := os.MkdirTemp("", "pgha-bench-")
 	if err != nil {
@@ -68,7 +67,7 @@ func run(trials, switchovers int, hostDown time.Duration) error {
 	defer os.RemoveAll(dir)
 	var api, raft, pg []int
 	for i := 0; i < 9; i++ {
-		p, err := freePort()
+		p, err := itest.FreePort()
 		if err != nil {
 			return err
 		}
@@ -93,7 +92,7 @@ func run(trials, switchovers int, hostDown time.Duration) error {
 	if err := lc.StartAll(); err != nil {
 		return err
 	}
-	if _, err := waitHealthy(lc, 2*time.Minute); err != nil {
+	if _, err := itest.AwaitHealthy(lc, 3, 2*time.Minute); err != nil {
 		return err
 	}
 	fmt.Printf("cluster ready; the agents' default settings (loop_interval %s, health_interval %s, fence_timeout %s, raft heartbeat/election %s/%s, synchronous mode)\n",
@@ -132,11 +131,11 @@ func run(trials, switchovers int, hostDown time.Duration) error {
 }
 
 func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string, hostDown time.Duration) (trial, error) {
-	v, err := waitHealthy(lc, 2*time.Minute)
+	v, err := itest.AwaitHealthy(lc, 3, 2*time.Minute)
 	if err != nil {
 		return trial{}, err
 	}
-	old := primary(v)
+	old := itest.Primary(v)
 	node := lc.Node(old)
 	errorsBefore := w.Errors()
 	killed := time.Now()
@@ -180,11 +179,11 @@ func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string
 	if t.by == "" {
 		return t, fmt.Errorf("%s did not stream again within 2 minutes", old)
 	}
-	v, err = waitHealthy(lc, 2*time.Minute)
+	v, err = itest.AwaitHealthy(lc, 3, 2*time.Minute)
 	if err != nil {
 		return t, err
 	}
-	missing, err := w.Missing(context.Background(), portOf(v, primary(v)))
+	missing, err := w.Missing(context.Background(), portOf(v, itest.Primary(v)))
 	if err != nil {
 		return t, err
 	}
@@ -193,7 +192,7 @@ func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string
 }
 
 func switchoverTrial(lc *localcluster.Cluster, w *itest.Writer, bin string) (time.Duration, error) {
-	v, err := waitHealthy(lc, 2*time.Minute)
+	v, err := itest.AwaitHealthy(lc, 3, 2*time.Minute)
 	if err != nil {
 		return 0, err
 	}
@@ -221,7 +220,7 @@ func switchoverTrial(lc *localcluster.Cluster, w *itest.Writer, bin string) (tim
 		time.Sleep(time.Second)
 		start = time.Now()
 	}
-	if _, err := waitAck(w, time.Now(), primary(v), 30*time.Second); err != nil {
+	if _, err := waitAck(w, time.Now(), itest.Primary(v), 30*time.Second); err != nil {
 		return 0, err
 	}
 	// The longest gap between acknowledgements around the switchover.
@@ -295,29 +294,6 @@ func waitAck(w *itest.Writer, after time.Time, notOn string, timeout time.Durati
 	return itest.Ack{}, fmt.Errorf("no write acknowledged by a new primary within %s", timeout)
 }
 
-func waitHealthy(lc *localcluster.Cluster, timeout time.Duration) (agent.ClusterView, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		v, err := lc.View(context.Background())
-		if err == nil && localcluster.Healthy(v, 3) {
-			return v, nil
-		}
-		if time.Now().After(deadline) {
-			return v, fmt.Errorf("cluster not healthy after %s: %s", timeout, itest.Describe(v))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func primary(v agent.ClusterView) string {
-	for _, m := range v.Members {
-		if m.Role == "leader" {
-			return m.Name
-		}
-	}
-	return ""
-}
-
 func portOf(v agent.ClusterView, name string) int {
 	for _, m := range v.Members {
 		if m.Name == name {
@@ -325,28 +301,4 @@ func portOf(v agent.ClusterView, name string) int {
 		}
 	}
 	return 0
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func pgBinDir() (string, error) {
-	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
-		dir := strings.TrimSpace(string(out))
-		if _, err := os.Stat(filepath.Join(dir, "initdb")); err == nil {
-			return dir, nil
-		}
-	}
-	m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
-	if len(m) == 0 {
-		return "", fmt.Errorf("PostgreSQL server binaries not found")
-	}
-	sort.Strings(m)
-	return filepath.Dir(m[len(m)-1]), nil
 }
