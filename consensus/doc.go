@@ -3,7 +3,8 @@
 //
 // A Node runs hashicorp/raft with a raft-boltdb log and stable store (one
 // file, Dir/raft.db), file snapshots (Dir/snapshots, two retained) and a TCP
-// transport. Its FSM holds State: cluster identity, members, the primary and
+// transport, mutual TLS when Config.ServerTLS and ClientTLS are set (see
+// tls.go). Its FSM holds State: cluster identity, members, the primary and
 // its epoch, the synchronous standby set and the pause flag. State changes
 // only through typed, versioned Commands committed with Node.Apply on the
 // leader; every agent reads its own replica with Node.State.

@@ -3,6 +3,7 @@ package consensus
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,6 +54,15 @@ type Config struct {
 	// RaftLogLevel is the least level of raft's own records passed to Logger:
 	// "trace", "debug", "info", "warn" (default) or "error".
 	RaftLogLevel string
+
+	// ServerTLS and ClientTLS, when set (both or neither), make the raft
+	// transport mutual TLS: ServerTLS for accepted connections, with
+	// ClientAuth tls.RequireAndVerifyClientCert, and ClientTLS, with this
+	// node's certificate, for dialing peers, whose certificates must carry
+	// the host or IP of their raft address (pki.TLSFiles builds both). Every
+	// member of a cluster must use TLS or none. When nil the transport is
+	// plain TCP. The configs must not be modified after Open.
+	ServerTLS, ClientTLS *tls.Config
 }
 
 // withDefaults returns c with zero values replaced by defaults.
@@ -108,7 +118,7 @@ func (c Config) Validate() error {
 	if hclog.LevelFromString(c.RaftLogLevel) == hclog.NoLevel {
 		return fmt.Errorf("consensus config: RaftLogLevel %q is not one of trace, debug, info, warn, error", c.RaftLogLevel)
 	}
-	return nil
+	return validateTLS(c.ServerTLS, c.ClientTLS)
 }
 
 // Server is one member of the Raft configuration.
@@ -192,7 +202,7 @@ func Open(cfg Config) (n *Node, err error) {
 		}
 		advertise = a
 	}
-	trans, err := raft.NewTCPTransportWithLogger(cfg.BindAddr, advertise, transportMaxPool, transportTimeout, hl.Named("transport"))
+	trans, err := newTransport(cfg, advertise, hl.Named("transport"), logger)
 	if err != nil {
 		return nil, fmt.Errorf("raft transport on %s: %w", cfg.BindAddr, err)
 	}
@@ -238,6 +248,23 @@ func Open(cfg Config) (n *Node, err error) {
 	go n.observe()
 	logger.Info("raft started", "addr", n.addr, "dir", cfg.Dir, "has_state", n.HasState())
 	return n, nil
+}
+
+// newTransport returns raft's TCP transport, over mutual TLS if cfg says so.
+func newTransport(cfg Config, advertise net.Addr, hl hclog.Logger, logger *slog.Logger) (*raft.NetworkTransport, error) {
+	if cfg.ServerTLS == nil {
+		return raft.NewTCPTransportWithLogger(cfg.BindAddr, advertise, transportMaxPool, transportTimeout, hl)
+	}
+	stream, err := newTLSStreamLayer(cfg.BindAddr, advertise, cfg.ServerTLS, cfg.ClientTLS, logger)
+	if err != nil {
+		return nil, err
+	}
+	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  stream,
+		MaxPool: transportMaxPool,
+		Timeout: transportTimeout,
+		Logger:  hl,
+	}), nil
 }
 
 // observe turns raft's leadership and state observations into Watch and
