@@ -27,17 +27,42 @@ const (
 	AuthSCRAM  AuthMethod = "scram-sha-256"
 )
 
+// HBAType is pg_hba.conf's connection type column: which connections a
+// rule applies to.
+type HBAType string
+
+// Connection types.
+const (
+	HBAHost      HBAType = "host"      // any TCP connection, TLS or not ("" means the same)
+	HBAHostSSL   HBAType = "hostssl"   // only connections that negotiated TLS
+	HBAHostNoSSL HBAType = "hostnossl" // only clear-text connections
+)
+
 // HBARule is one line of the router's pg_hba: the first rule whose
-// database, user and address match decides the method. "all" (or an empty
-// list) matches everything. Address is a CIDR, a plain IP, "all" or "".
+// connection type, database, user and address match decides the method.
+// "all" (or an empty list) matches everything. Address is a CIDR, a plain
+// IP, "all" or "". A rule of Type HBAHostSSL followed by nothing for the
+// same users is how an operator requires TLS: a clear-text client then
+// matches no rule and is refused as PostgreSQL refuses it.
 type HBARule struct {
+	Type      HBAType
 	Databases []string
 	Users     []string
 	Address   string
 	Method    AuthMethod
 }
 
-func (r HBARule) matches(db, user string, addr netip.Addr) bool {
+func (r HBARule) matches(db, user string, addr netip.Addr, encrypted bool) bool {
+	switch r.Type {
+	case HBAHostSSL:
+		if !encrypted {
+			return false
+		}
+	case HBAHostNoSSL:
+		if encrypted {
+			return false
+		}
+	}
 	in := func(list []string, v string) bool {
 		return len(list) == 0 || slices.Contains(list, "all") || slices.Contains(list, v)
 	}
@@ -57,8 +82,9 @@ func (r HBARule) matches(db, user string, addr netip.Addr) bool {
 	return false
 }
 
-// ParseHBA reads pg_hba-style lines "host DATABASE USER ADDRESS METHOD"
-// (also "hostnossl"; comma-separated lists; '#' comments).
+// ParseHBA reads pg_hba-style lines "TYPE DATABASE USER ADDRESS METHOD",
+// TYPE being host, hostssl or hostnossl (comma-separated lists; '#'
+// comments).
 func ParseHBA(text string) ([]HBARule, error) {
 	var rules []HBARule
 	for n, line := range strings.Split(text, "\n") {
@@ -69,8 +95,9 @@ func ParseHBA(text string) ([]HBARule, error) {
 		if len(f) == 0 {
 			continue
 		}
-		if len(f) != 5 || (f[0] != "host" && f[0] != "hostnossl") {
-			return nil, fmt.Errorf("hba line %d: want \"host DATABASE USER ADDRESS METHOD\", got %q", n+1, line)
+		typ := HBAType(f[0])
+		if len(f) != 5 || (typ != HBAHost && typ != HBAHostSSL && typ != HBAHostNoSSL) {
+			return nil, fmt.Errorf("hba line %d: want \"host|hostssl|hostnossl DATABASE USER ADDRESS METHOD\", got %q", n+1, line)
 		}
 		m := AuthMethod(f[4])
 		switch m {
@@ -85,7 +112,7 @@ func ParseHBA(text string) ([]HBARule, error) {
 				}
 			}
 		}
-		rules = append(rules, HBARule{Databases: strings.Split(f[1], ","), Users: strings.Split(f[2], ","), Address: f[3], Method: m})
+		rules = append(rules, HBARule{Type: typ, Databases: strings.Split(f[1], ","), Users: strings.Split(f[2], ","), Address: f[3], Method: m})
 	}
 	return rules, nil
 }
@@ -162,12 +189,15 @@ func LoadUserList(path string) (map[string]string, error) {
 
 // authError is a FATAL ErrorResponse the client receives before it is
 // closed.
-type authError struct{ code, msg string }
+type authError struct {
+	code, msg, detail string
+	cause             error // for the router's log only, never sent
+}
 
 func (e *authError) Error() string { return e.msg }
 
 func passwordFailed(user string) error {
-	return &authError{"28P01", fmt.Sprintf("password authentication failed for user %q", user)}
+	return &authError{code: "28P01", msg: fmt.Sprintf("password authentication failed for user %q", user)}
 }
 
 // authenticate runs the client authentication exchange chosen by the hba
@@ -181,34 +211,54 @@ func (c *client) authenticate() error {
 	}
 	var rule *HBARule
 	for i := range r.cfg.HBA {
-		if r.cfg.HBA[i].matches(c.db, c.user, addr) {
+		if r.cfg.HBA[i].matches(c.db, c.user, addr, c.encrypted) {
 			rule = &r.cfg.HBA[i]
 			break
 		}
 	}
-	host := addr.Unmap().String()
-	if rule == nil {
-		return &authError{"28000", fmt.Sprintf("no pg_hba.conf entry for host %q, user %q, database %q, no encryption", host, c.user, c.db)}
+	// PostgreSQL's words, which operators search for.
+	host, enc := addr.Unmap().String(), "no encryption"
+	if c.encrypted {
+		enc = "SSL encryption"
 	}
-	secret, known := r.userSecret(c.user)
+	if rule == nil {
+		return &authError{code: "28000", msg: fmt.Sprintf("no pg_hba.conf entry for host %q, user %q, database %q, %s", host, c.user, c.db, enc)}
+	}
 	switch rule.Method {
 	case AuthTrust:
 		return nil
 	case AuthReject:
-		return &authError{"28000", fmt.Sprintf("pg_hba.conf rejects connection for host %q, user %q, database %q, no encryption", host, c.user, c.db)}
-	case AuthMD5:
-		if !known || isMD5Hash(secret) || !strings.HasPrefix(secret, "SCRAM-SHA-256$") {
-			return c.authMD5(secret, known)
-		}
-		return c.authSCRAM(secret, known)
-	case AuthSCRAM:
-		if isMD5Hash(secret) {
-			// PostgreSQL cannot do SCRAM from an md5 hash either.
-			known = false
-		}
-		return c.authSCRAM(secret, known)
+		return &authError{code: "28000", msg: fmt.Sprintf("pg_hba.conf rejects connection for host %q, user %q, database %q, %s", host, c.user, c.db, enc)}
+	case AuthMD5, AuthSCRAM:
+	default:
+		return &authError{code: "28000", msg: fmt.Sprintf("unsupported authentication method %q", rule.Method)}
 	}
-	return &authError{"28000", fmt.Sprintf("unsupported authentication method %q", rule.Method)}
+	secret, known, err := r.secretOf(c.db, c.user)
+	if err != nil {
+		var ae *authError
+		if !errors.As(err, &ae) {
+			err = &authError{code: "57P03", msg: fmt.Sprintf("the router cannot check the password of user %q now (auth_query failed)", c.user), cause: err}
+		}
+		return err
+	}
+	if rule.Method == AuthMD5 && (!known || isMD5Hash(secret) || !strings.HasPrefix(secret, "SCRAM-SHA-256$")) {
+		return c.authMD5(secret, known)
+	}
+	if isMD5Hash(secret) {
+		// PostgreSQL cannot do SCRAM from an md5 hash either.
+		known = false
+	}
+	return c.authSCRAM(secret, known)
+}
+
+// receiveAuth reads the client's next authentication message; what does
+// not decode (or exceeds the pre-login size limit) is a protocol error.
+func (c *client) receiveAuth() (pgproto3.FrontendMessage, error) {
+	msg, err := c.be.Receive()
+	if err != nil && !clientIOError(err) {
+		return nil, &authError{code: "08P01", msg: "invalid authentication message: " + err.Error()}
+	}
+	return msg, err
 }
 
 func (c *client) authMD5(secret string, known bool) error {
@@ -218,13 +268,13 @@ func (c *client) authMD5(secret string, known bool) error {
 		return err
 	}
 	c.be.SetAuthType(pgproto3.AuthTypeMD5Password)
-	msg, err := c.be.Receive()
+	msg, err := c.receiveAuth()
 	if err != nil {
 		return err
 	}
 	pw, ok := msg.(*pgproto3.PasswordMessage)
 	if !ok {
-		return &authError{"08P01", fmt.Sprintf("expected password response, got message type %T", msg)}
+		return &authError{code: "08P01", msg: fmt.Sprintf("expected password response, got message type %T", msg)}
 	}
 	if !known {
 		return passwordFailed(c.user)
@@ -233,14 +283,19 @@ func (c *client) authMD5(secret string, known bool) error {
 	if subtle.ConstantTimeCompare([]byte(want), []byte(pw.Password)) != 1 {
 		return passwordFailed(c.user)
 	}
+	if isMD5Hash(secret) {
+		// The hash answers the servers' md5 challenges too (pass-through).
+		c.r.learned.setMD5(c.user, secret)
+	}
 	return nil
 }
 
 func (c *client) authSCRAM(secret string, known bool) error {
 	var v *scramVerifier
+	stored := known && strings.HasPrefix(secret, "SCRAM-SHA-256$")
 	if known {
 		var err error
-		if strings.HasPrefix(secret, "SCRAM-SHA-256$") {
+		if stored {
 			v, err = parseSCRAMVerifier(secret)
 		} else {
 			salt := make([]byte, 16)
@@ -248,7 +303,7 @@ func (c *client) authSCRAM(secret string, known bool) error {
 			v = newSCRAMVerifier(secret, salt, scramIterations)
 		}
 		if err != nil {
-			c.r.log.Warn("bad SCRAM verifier in the auth file", "user", c.user, "err", err)
+			c.r.log.Warn("bad SCRAM verifier (Users or auth_query)", "user", c.user, "err", err)
 			known = false
 		}
 	}
@@ -263,59 +318,45 @@ func (c *client) authSCRAM(secret string, known bool) error {
 		return err
 	}
 	c.be.SetAuthType(pgproto3.AuthTypeSASL)
-	msg, err := c.be.Receive()
+	msg, err := c.receiveAuth()
 	if err != nil {
 		return err
 	}
 	init, ok := msg.(*pgproto3.SASLInitialResponse)
 	if !ok {
-		return &authError{"08P01", fmt.Sprintf("expected SASL response, got message type %T", msg)}
+		return &authError{code: "08P01", msg: fmt.Sprintf("expected SASL response, got message type %T", msg)}
 	}
 	if init.AuthMechanism != "SCRAM-SHA-256" {
-		return &authError{"08P01", "client selected an invalid SASL authentication mechanism"}
+		return &authError{code: "08P01", msg: "client selected an invalid SASL authentication mechanism"}
 	}
 	srv := &scramServer{v: v}
 	first, err := srv.first(init.Data)
 	if err != nil {
-		return &authError{"08P01", err.Error()}
+		return &authError{code: "08P01", msg: err.Error()}
 	}
 	if err := c.sendFlush(&pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
 		return err
 	}
 	c.be.SetAuthType(pgproto3.AuthTypeSASLContinue)
-	msg, err = c.be.Receive()
+	msg, err = c.receiveAuth()
 	if err != nil {
 		return err
 	}
 	resp, ok := msg.(*pgproto3.SASLResponse)
 	if !ok {
-		return &authError{"08P01", fmt.Sprintf("expected SASL response, got message type %T", msg)}
+		return &authError{code: "08P01", msg: fmt.Sprintf("expected SASL response, got message type %T", msg)}
 	}
 	final, ok, err := srv.final(resp.Data)
 	if err != nil {
-		return &authError{"08P01", err.Error()}
+		return &authError{code: "08P01", msg: err.Error()}
 	}
 	if !ok || !known {
 		return passwordFailed(c.user)
 	}
+	if stored {
+		// Only a verifier that may also be the server's is worth keeping;
+		// one made here from a clear-text password has a random salt.
+		c.r.learned.setSCRAM(c.user, srv.keys())
+	}
 	return c.send(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
-}
-
-// serverPassword is the clear-text password the router logs into
-// PostgreSQL with for user: Config.ServerPasswords, else a clear-text
-// entry of the auth file.
-func (r *Router) serverPassword(user string) (string, error) {
-	if p, ok := r.cfg.ServerPasswords[user]; ok {
-		return p, nil
-	}
-	if p, ok := r.userSecret(user); ok && !strings.HasPrefix(p, "SCRAM-SHA-256$") {
-		return p, nil // clear text, or an md5 hash (usable for md5 server auth only)
-	}
-	return "", errors.New("no server password for user " + user + " (set ServerPasswords)")
-}
-
-// userSecret is the stored secret of user (Config.Users).
-func (r *Router) userSecret(user string) (string, bool) {
-	s, ok := r.cfg.Users[user]
-	return s, ok
 }

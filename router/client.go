@@ -2,16 +2,13 @@ package router
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,11 +26,14 @@ import (
 // guarded by wmu; lock order is mu before wmu. Everything else belongs to
 // the client goroutine.
 type client struct {
-	r       *Router
-	role    Role
-	conn    net.Conn
-	be      *pgproto3.Backend
-	txnMode bool
+	r             *Router
+	role          Role
+	conn          net.Conn // the TLS connection once negotiated; set before the client is registered
+	remote        string   // the client's address, for logs
+	encrypted     bool     // TLS negotiated
+	loginDeadline time.Time
+	be            *pgproto3.Backend
+	txnMode       bool
 
 	user, db string
 	pid      uint32
@@ -67,6 +67,11 @@ type client struct {
 	unnamedHere bool // the unnamed statement was parsed on this attachment
 	drops       []dropEntry
 	closing     bool
+
+	// abandoned: the client left with work in flight; the pump drains the
+	// server's answers without relaying them and then closes the server
+	// connection (see abandon).
+	abandoned atomic.Bool
 }
 
 // stmt is a client's named prepared statement; serverName is the name
@@ -85,118 +90,6 @@ type dropEntry struct {
 	typ  byte
 	drop bool
 	name string
-}
-
-func (r *Router) serveClient(conn net.Conn, role Role) {
-	if tc, ok := conn.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
-	}
-	c := &client{r: r, role: role, conn: conn, txnMode: r.cfg.PoolMode == PoolTransaction, stmts: map[string]*stmt{}, txStatus: 'I'}
-	c.be = pgproto3.NewBackend(conn, conn)
-	c.be.SetMaxBodyLen(8192) // until authenticated
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	defer c.unregister()
-	ok, err := c.startup()
-	if err != nil || !ok {
-		if err != nil {
-			c.fatal(err)
-			r.stats.ClientsRejected.Add(1)
-		}
-		return
-	}
-	conn.SetDeadline(time.Time{})
-	c.be.SetMaxBodyLen(r.cfg.MaxMessageSize)
-	r.stats.ClientsAccepted.Add(1)
-	err = c.loop()
-	c.cleanup()
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, net.ErrClosed) {
-		r.log.Debug("client session ended", "user", c.user, "db", c.db, "err", err)
-	}
-}
-
-// startup handles SSLRequest, CancelRequest and StartupMessage, then
-// authenticates. ok is false (with a nil error) after a cancel request.
-func (c *client) startup() (bool, error) {
-	r := c.r
-	var sm *pgproto3.StartupMessage
-	for sm == nil {
-		msg, err := c.be.ReceiveStartupMessage()
-		if err != nil {
-			return false, &authError{"08P01", "invalid startup packet: " + err.Error()}
-		}
-		switch m := msg.(type) {
-		case *pgproto3.SSLRequest, *pgproto3.GSSEncRequest:
-			if _, err := c.conn.Write([]byte{'N'}); err != nil {
-				return false, err
-			}
-		case *pgproto3.CancelRequest:
-			r.cancelRequest(m.ProcessID, m.SecretKey)
-			return false, nil
-		case *pgproto3.StartupMessage:
-			sm = m
-		}
-	}
-	c.user = sm.Parameters["user"]
-	c.db = sm.Parameters["database"]
-	if c.db == "" {
-		c.db = c.user
-	}
-	if c.user == "" {
-		return false, &authError{"28000", "no PostgreSQL user name specified in startup packet"}
-	}
-	if _, ok := sm.Parameters["replication"]; ok && sm.Parameters["replication"] != "false" && sm.Parameters["replication"] != "0" {
-		return false, &authError{"08P01", "replication connections are not supported through the router"}
-	}
-	var unknown []string
-	for k := range sm.Parameters {
-		if strings.HasPrefix(k, "_pq_.") {
-			unknown = append(unknown, k)
-		}
-	}
-	if sm.ProtocolVersion != pgproto3.ProtocolVersion30 || len(unknown) > 0 {
-		c.send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown})
-	}
-
-	r.mu.Lock()
-	if r.closed || r.nClient >= r.cfg.MaxClientConn {
-		r.mu.Unlock()
-		return false, &authError{"53300", fmt.Sprintf("sorry, too many clients already (max_client_conn %d)", r.cfg.MaxClientConn)}
-	}
-	r.nClient++
-	for {
-		r.nextPID++
-		if r.nextPID != 0 && r.clients[r.nextPID] == nil {
-			break
-		}
-	}
-	c.pid = r.nextPID
-	c.secret = make([]byte, 4)
-	rand.Read(c.secret)
-	r.clients[c.pid] = c
-	r.mu.Unlock()
-
-	if err := c.authenticate(); err != nil {
-		c.unregister()
-		return false, err
-	}
-	params, err := c.serverParams()
-	if err != nil {
-		c.unregister()
-		return false, err
-	}
-	c.send(&pgproto3.AuthenticationOk{})
-	names := make([]string, 0, len(params))
-	for k := range params {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	for _, k := range names {
-		c.send(&pgproto3.ParameterStatus{Name: k, Value: params[k]})
-	}
-	c.send(&pgproto3.BackendKeyData{ProcessID: c.pid, SecretKey: c.secret})
-	c.send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
-	return true, c.flushClient()
 }
 
 func (c *client) unregister() {
@@ -221,7 +114,7 @@ func (c *client) serverParams() (map[string]string, error) {
 		}
 	}
 	if !ok {
-		return nil, &authError{"57P03", "no backend available: the cluster has no healthy primary or standby"}
+		return nil, &authError{code: "57P03", msg: "no backend available: the cluster has no healthy primary or standby"}
 	}
 	p := c.r.pool(b.Addr(), c.db, c.user)
 	p.mu.Lock()
@@ -266,16 +159,12 @@ func (c *client) loop() error {
 	for {
 		msg, err := c.be.Receive()
 		if err != nil {
-			// pgproto3 reports a closed or broken socket as
-			// io.ErrUnexpectedEOF or a net error; a body that does not
-			// decode comes back as io.EOF or a format error.
-			var opErr *net.OpError
-			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.As(err, &opErr) {
+			if clientIOError(err) {
 				return err
 			}
-			c.r.stats.ProtocolErrors.Add(1)
-			c.fatal(&authError{"08P01", "invalid frontend message: " + err.Error()})
-			return err
+			// Also a length prefix over MaxMessageSize: refused before
+			// anything that size is allocated.
+			return c.protocolViolation("invalid frontend message: " + err.Error())
 		}
 		if _, ok := msg.(*pgproto3.Terminate); ok {
 			return nil
@@ -307,9 +196,7 @@ func (c *client) loop() error {
 		}
 		cp, n := copyMsg(msg)
 		if cp == nil {
-			c.r.stats.ProtocolErrors.Add(1)
-			c.fatal(&authError{"08P01", fmt.Sprintf("unexpected message %T outside a COPY or query", msg)})
-			return errors.New("unexpected client message")
+			return c.protocolViolation(fmt.Sprintf("unexpected message %T outside a COPY or query", msg))
 		}
 		c.pending = append(c.pending, cp)
 		c.pendLen += n
@@ -322,6 +209,15 @@ func (c *client) loop() error {
 			c.pendLen = 0
 		}
 	}
+}
+
+// protocolViolation ends a session whose client broke the protocol: one
+// ErrorResponse, one log line, however much more the client sends.
+func (c *client) protocolViolation(reason string) error {
+	c.r.stats.ProtocolErrors.Add(1)
+	c.fatal(&authError{code: "08P01", msg: reason})
+	c.r.log.Info("client protocol violation", "client", c.remote, "user", c.user, "db", c.db, "reason", reason)
+	return errors.New(reason)
 }
 
 // idleAttached: no server attached, or one attached with nothing in flight
@@ -438,20 +334,8 @@ func (c *client) dispatch() error {
 	if !c.txnMode && c.role == ReadWrite {
 		class = ClassWrite // a session stays on the primary
 	}
-	target, primary, err := c.route(class)
+	target, primary, sc, err := c.connect(class)
 	if err != nil {
-		c.fatal(err)
-		return err
-	}
-	p := c.r.pool(target.Addr(), c.db, c.user)
-	ctx, cancel := context.WithTimeout(c.r.ctx, c.r.cfg.QueryWaitTimeout)
-	sc, err := p.acquire(ctx)
-	cancel()
-	if err != nil {
-		if errors.Is(err, errPoolTimeout) {
-			c.r.stats.PoolWaitTimeouts.Add(1)
-			err = &authError{"08P01", fmt.Sprintf("query_wait_timeout: no server connection to %s free within %v (pool_size %d)", target.Name, c.r.cfg.QueryWaitTimeout, c.r.cfg.PoolSize)}
-		}
 		c.fatal(err)
 		return err
 	}
@@ -469,6 +353,43 @@ func (c *client) dispatch() error {
 	}
 	c.mu.Unlock()
 	return c.flushServer(sc)
+}
+
+// connect routes a batch and gets a server connection for it. A server
+// that cannot be reached is not the client's problem while another can
+// serve: a read falls back to the primary, and a write waits up to
+// PrimaryWait for the topology to replace a primary that went away (the
+// agent notices within a health interval and the leader fails over), so a
+// new transaction during a failover waits instead of failing.
+func (c *client) connect(class Class) (Backend, bool, *serverConn, error) {
+	r := c.r
+	deadline := time.Now().Add(r.cfg.PrimaryWait)
+	for {
+		target, primary, err := c.route(class)
+		if err != nil {
+			return Backend{}, false, nil, err
+		}
+		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.QueryWaitTimeout)
+		sc, err := r.pool(target.Addr(), c.db, c.user).acquire(ctx)
+		cancel()
+		if err == nil {
+			return target, primary, sc, nil
+		}
+		var down *serverDownError
+		switch {
+		case errors.Is(err, errPoolTimeout):
+			r.stats.PoolWaitTimeouts.Add(1)
+			return Backend{}, false, nil, &authError{code: "08P01", msg: fmt.Sprintf("query_wait_timeout: no server connection to %s free within %v (pool_size %d)", target.Name, r.cfg.QueryWaitTimeout, r.cfg.PoolSize)}
+		case !errors.As(err, &down):
+			return Backend{}, false, nil, err
+		case !primary && class == ClassRead && c.role == ReadWrite:
+			class = ClassWrite // this standby is down: read from the primary
+		case !time.Now().Before(deadline):
+			return Backend{}, false, nil, err
+		default:
+			r.waitViewChange(deadline)
+		}
+	}
 }
 
 // route picks the backend for a batch of the given class.
@@ -494,16 +415,19 @@ func (c *client) route(class Class) (Backend, bool, error) {
 		case <-ch:
 			t.Stop()
 		case <-t.C:
-			return Backend{}, false, &authError{"57P03", "the router held new transactions for a switchover longer than query_wait_timeout"}
+			return Backend{}, false, &authError{code: "57P03", msg: "the router held new transactions for a switchover longer than query_wait_timeout"}
 		case <-r.ctx.Done():
 			t.Stop()
-			return Backend{}, false, &authError{"57P01", "the router is shutting down"}
+			return Backend{}, false, &authError{code: "57P01", msg: "the router is shutting down"}
 		}
 		v = r.view.Load()
 	}
 	b, ok := v.primaryBackend()
+	if !ok && r.cfg.PrimaryWait > 0 {
+		b, ok = r.waitPrimary()
+	}
 	if !ok {
-		return Backend{}, false, &authError{"57P03", "no primary available: the cluster has no healthy primary right now"}
+		return Backend{}, false, &authError{code: "57P03", msg: "no primary available: the cluster has no healthy primary right now"}
 	}
 	if class == ClassRead {
 		r.countSelect(b.Name)
@@ -768,6 +692,18 @@ func (c *client) pump(sc *serverConn) {
 				c.popSync(sc)
 			}
 			done := c.outstanding <= 0 && !c.unsynced
+			if c.abandoned.Load() {
+				if done {
+					c.sc = nil
+					c.pumping = false
+				}
+				c.mu.Unlock()
+				if done {
+					sc.pool.release(sc, false) // also ends abandon's cancel loop
+					return
+				}
+				continue
+			}
 			release := done && c.txnMode && m.TxStatus == 'I' && c.sc == sc
 			reusable := true
 			if done {
@@ -794,7 +730,7 @@ func (c *client) pump(sc *serverConn) {
 			if release {
 				sc.pool.release(sc, reusable)
 			}
-			if werr != nil && !release {
+			if werr != nil && !release && !c.abandoned.Load() {
 				c.clientLost(sc)
 				return
 			}
@@ -803,9 +739,12 @@ func (c *client) pump(sc *serverConn) {
 			}
 			continue
 		}
+		if c.abandoned.Load() {
+			continue // draining for abandon
+		}
 		c.send(msg)
 		if sc.fe.ReadBufferLen() == 0 || c.bufLen() > 32<<10 {
-			if err := c.flushClient(); err != nil {
+			if err := c.flushClient(); err != nil && !c.abandoned.Load() {
 				c.clientLost(sc)
 				return
 			}
@@ -833,7 +772,7 @@ func (c *client) serverLost(sc *serverConn, err error) {
 		return
 	}
 	c.r.stats.ServerErrors.Add(1)
-	c.fatal(&authError{"08006", fmt.Sprintf("server connection to %s lost (%v); the transaction's outcome is unknown", c.target.Name, err)})
+	c.fatal(&authError{code: "08006", msg: fmt.Sprintf("server connection to %s lost (%v); the transaction's outcome is unknown", c.target.Name, err)})
 	c.conn.Close()
 }
 
@@ -854,24 +793,28 @@ func (c *client) clientLost(sc *serverConn) {
 
 // cleanup runs when the client goroutine ends: an attached server
 // connection goes back to the pool only if it is idle and, in session mode,
-// DISCARD ALL succeeded; else it is closed.
+// DISCARD ALL succeeded; one with work in flight is abandoned; any other
+// is closed.
 func (c *client) cleanup() {
 	c.mu.Lock()
 	sc := c.sc
-	c.sc = nil
 	c.closing = true
 	idle := !c.pumping && c.outstanding <= 0 && !c.unsynced && c.txStatus == 'I'
-	busy := c.outstanding > 0
+	inFlight := c.pumping
+	if inFlight {
+		c.abandoned.Store(true) // under mu: the pump decides on it under mu
+	} else {
+		c.sc = nil
+	}
 	c.mu.Unlock()
 	if sc == nil {
 		return
 	}
+	if inFlight {
+		c.abandon(sc)
+		return
+	}
 	if !idle {
-		if busy {
-			// Stop what the server is running: a closed socket is only
-			// noticed when the server next writes to it.
-			sc.cancel()
-		}
 		sc.pool.release(sc, false)
 		return
 	}
@@ -884,6 +827,64 @@ func (c *client) cleanup() {
 		return
 	}
 	sc.pool.release(sc, true)
+}
+
+// Abandoning a server connection: how long the router keeps cancelling
+// what a vanished client left running, and how often it re-sends the
+// cancel request.
+const (
+	abandonTimeout = 10 * time.Second
+	cancelRetry    = 500 * time.Millisecond
+)
+
+// abandon stops the work a vanished client left running on sc. Closing
+// the socket is not enough: PostgreSQL notices a closed client only when
+// it next reads or writes it, so a long statement would run on, holding
+// its locks. And one cancel request is not enough either: if it lands
+// before the server has started the statement, it is lost. So the router
+// ends a COPY FROM STDIN with CopyFail, closes an unfinished extended
+// query with Sync, and sends cancel requests until the pump has seen
+// the last ReadyForQuery (and closed sc), or abandonTimeout passes.
+func (c *client) abandon(sc *serverConn) {
+	c.unregister() // the client is gone: free its MaxClientConn slot now
+	c.conn.Close()
+	c.mu.Lock()
+	if c.sc != sc {
+		c.mu.Unlock() // the pump finished meanwhile
+		return
+	}
+	// Outside COPY PostgreSQL ignores a CopyFail.
+	c.out, _ = (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(c.out)
+	if c.unsynced {
+		c.out, _ = (&pgproto3.Sync{}).Encode(c.out)
+		c.outstanding++
+		c.unsynced = false
+		c.drops = append(c.drops, dropEntry{typ: 'Z'})
+	}
+	c.mu.Unlock()
+	c.flushServer(sc)
+
+	deadline := time.NewTimer(abandonTimeout)
+	defer deadline.Stop()
+	retry := time.NewTicker(cancelRetry)
+	defer retry.Stop()
+	for {
+		if err := sc.cancel(); err != nil {
+			c.r.log.Debug("cancel for a vanished client", "backend", sc.pool.key.addr, "err", err)
+		}
+		select {
+		case <-sc.closed:
+			return
+		case <-c.r.ctx.Done():
+			sc.close()
+			return
+		case <-deadline.C:
+			c.r.log.Warn("closing a server connection a vanished client left busy: cancel did not end it", "backend", sc.pool.key.addr, "after", abandonTimeout)
+			sc.close() // the pump fails and releases it
+			return
+		case <-retry.C:
+		}
+	}
 }
 
 func (c *client) send(msg pgproto3.BackendMessage) error {
@@ -929,7 +930,7 @@ func (c *client) fatal(err error) {
 	case errors.As(err, &se):
 		resp = se.resp
 	case errors.As(err, &ae):
-		resp = pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: ae.code, Message: ae.msg}
+		resp = pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: ae.code, Message: ae.msg, Detail: ae.detail}
 	default:
 		resp = pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08006", Message: err.Error()}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,7 +19,8 @@ import (
 )
 
 // Roles the test cluster has. The servers trust 127.0.0.1 for every role
-// but scramUser, which logs in with SCRAM; the router authenticates clients
+// but scramUser, aqUser and authUser, which log in with SCRAM, and
+// aqMD5User, which logs in with md5; the router authenticates clients
 // itself (see routerConfig).
 const (
 	trustUser   = "app"
@@ -29,6 +31,15 @@ const (
 	rejectUser  = "app_reject"
 	clientPass  = "client-secret" // app's password when the router asks for it (only over scram rules)
 	testTimeout = 90 * time.Second
+
+	// Roles the router knows nothing about but through auth_query.
+	aqUser    = "aq_scram" // SCRAM verifier on the servers
+	aqPass    = "aq-secret"
+	aqMD5User = "aq_md5" // md5 hash on the servers
+	aqMD5Pass = "aq-md5-secret"
+	authUser  = "pgha_auth" // runs the auth query through authFunc, not a superuser
+	authPass  = "auth-secret"
+	authFunc  = "public.pgha_user_secret"
 )
 
 // cluster is a primary and two streaming standbys.
@@ -72,8 +83,10 @@ func testContext(t *testing.T) context.Context {
 func instanceConfig(t *testing.T, name string) postgres.Config {
 	cfg := pgtest.Config(t, name)
 	cfg.Parameters["max_connections"] = "80"
+	cfg.Parameters["password_encryption"] = "scram-sha-256"
 	cfg.HBA = []string{
-		"host all " + scramUser + " 127.0.0.1/32 scram-sha-256",
+		"host all " + strings.Join([]string{scramUser, aqUser, authUser}, ",") + " 127.0.0.1/32 scram-sha-256",
+		"host all " + aqMD5User + " 127.0.0.1/32 md5",
 		"host all all 127.0.0.1/32 trust",
 	}
 	return cfg
@@ -96,6 +109,24 @@ func startCluster(t *testing.T) *cluster {
 		CREATE ROLE %s LOGIN;
 		CREATE TABLE kv (k text PRIMARY KEY, v text);
 		CREATE SEQUENCE seq;`, trustUser, scramUser, scramPass, md5User, rejectUser))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// auth_query: a SECURITY DEFINER function lets authUser read
+	// pg_shadow, pgbouncer's recommended setup.
+	err = primary.Exec(ctx, fmt.Sprintf(`
+		CREATE ROLE %[1]s LOGIN PASSWORD '%[2]s';
+		SET password_encryption = 'md5';
+		CREATE ROLE %[3]s LOGIN PASSWORD '%[4]s';
+		RESET password_encryption;
+		GRANT ALL ON kv TO %[1]s, %[3]s;
+		CREATE ROLE %[5]s LOGIN PASSWORD '%[6]s';
+		CREATE FUNCTION %[7]s(name) RETURNS TABLE (usename name, passwd text)
+			LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog
+			AS $$ SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1 $$;
+		REVOKE ALL ON FUNCTION %[7]s(name) FROM PUBLIC;
+		GRANT EXECUTE ON FUNCTION %[7]s(name) TO %[5]s;`,
+		aqUser, aqPass, aqMD5User, aqMD5Pass, authUser, authPass, authFunc))
 	if err != nil {
 		t.Fatal(err)
 	}

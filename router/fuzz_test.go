@@ -69,6 +69,13 @@ func startupBytes(params map[string]string) []byte {
 	return b
 }
 
+// startupBytes31 is a StartupMessage asking for protocol 3.1.
+func startupBytes31(params map[string]string) []byte {
+	b := startupBytes(params)
+	b[7] = 1
+	return b
+}
+
 func enc(msgs ...pgproto3.FrontendMessage) []byte {
 	var b []byte
 	for _, m := range msgs {
@@ -93,6 +100,12 @@ func FuzzReadStartup(f *testing.F) {
 	f.Add(join(login, 'Q', 0x7f, 0xff, 0xff, 0xff))
 	f.Add(join(login, 'P', 0, 0, 0, 6, 'a', 'b'))
 	f.Add([]byte{0, 0, 0, 8, 4, 210, 22, 47})
+	gss := []byte{0, 0, 0, 8, 4, 210, 22, 48}
+	f.Add(join(gss, login...))                                   // GSSENCRequest, 'N', then clear text
+	f.Add(join(join(ssl, ssl...), login...))                     // a second SSLRequest is refused
+	f.Add(join([]byte{0x40, 0, 0, 0}, make([]byte, 64)...))      // a 1 GiB startup packet
+	f.Add(startupBytes31(map[string]string{"user": "u"}))        // protocol 3.1: NegotiateProtocolVersion
+	f.Add(join(login, enc(&pgproto3.CopyFail{Message: "x"})...)) // CopyFail outside COPY
 	r := fuzzRouter(f)
 	ln := listen(f)
 	f.Fuzz(func(t *testing.T, data []byte) {

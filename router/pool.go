@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -59,6 +62,8 @@ type serverConn struct {
 	lastUsed time.Time
 	prepared map[string]bool // server-side statement names (transaction mode)
 	broken   atomic.Bool     // closed or in an unknown state
+	closed   chan struct{}   // closed by close
+	closeMu  sync.Once
 }
 
 // serverError is an ErrorResponse PostgreSQL sent while the router logged in.
@@ -73,14 +78,40 @@ var (
 	errRetired     = errors.New("the backend left the topology or changed role")
 )
 
+// serverDownError is a server that cannot be reached or is not accepting
+// connections (starting up, shutting down, crashed): the router may try
+// another one, unlike an authentication failure.
+type serverDownError struct{ err error }
+
+func (e *serverDownError) Error() string { return e.err.Error() }
+func (e *serverDownError) Unwrap() error { return e.err }
+
+// serverUnavailable reports whether a login failed because the server went
+// away or refuses connections for now (SQLSTATE 57P01-57P03).
+func serverUnavailable(err error) bool {
+	var se *serverError
+	if errors.As(err, &se) {
+		switch se.resp.Code {
+		case "57P01", "57P02", "57P03":
+			return true
+		}
+		return false
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
 // acquire returns a server connection, opening one when the pool is below
 // its size, else waiting (FIFO) until one is released or ctx ends.
-func (p *pool) acquire(ctx context.Context) (*serverConn, error) {
+func (p *pool) acquire(ctx context.Context) (_ *serverConn, err error) {
 	waited := false
 	start := time.Now()
 	defer func() {
+		if err == nil || errors.Is(err, errPoolTimeout) {
+			p.r.poolWait.observe(time.Since(start))
+		}
 		if waited {
 			d := time.Since(start).Nanoseconds()
+			p.r.stats.PoolWaits.Add(1)
 			p.waitsTotal.Add(1)
 			p.waitNanos.Add(d)
 			for {
@@ -252,9 +283,14 @@ func (p *pool) counts() (idle, total int) {
 	return len(p.idle), len(p.all)
 }
 
+// close closes the connection; any goroutine may call it, any number of
+// times. sc.closed is closed then.
 func (sc *serverConn) close() {
 	sc.broken.Store(true)
-	sc.conn.Close()
+	sc.closeMu.Do(func() {
+		sc.conn.Close()
+		close(sc.closed)
+	})
 }
 
 // dial opens and logs in a new server connection.
@@ -265,20 +301,28 @@ func (p *pool) dial(ctx context.Context) (*serverConn, error) {
 	d := net.Dialer{KeepAlive: 15 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp", p.key.addr)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", p.key.addr, err)
+		p.r.stats.ConnectErrors.Add(1)
+		return nil, &serverDownError{fmt.Errorf("connect to %s: %w", p.key.addr, err)}
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
 	now := time.Now()
-	sc := &serverConn{pool: p, conn: conn, fe: pgproto3.NewFrontend(conn, conn), created: now, lastUsed: now, prepared: map[string]bool{}}
+	sc := &serverConn{pool: p, conn: conn, fe: pgproto3.NewFrontend(conn, conn), created: now, lastUsed: now,
+		prepared: map[string]bool{}, closed: make(chan struct{})}
 	sc.fe.SetMaxBodyLen(cfg.MaxMessageSize)
 	params, err := sc.login(p.r, p.key.db, p.key.user)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("log into %s as %s: %w", p.key.addr, p.key.user, err)
+		p.r.stats.ConnectErrors.Add(1)
+		err = fmt.Errorf("log into %s as %s: %w", p.key.addr, p.key.user, err)
+		if serverUnavailable(err) {
+			err = &serverDownError{err}
+		}
+		return nil, err
 	}
 	conn.SetDeadline(time.Time{})
+	p.r.stats.ServerConnects.Add(1)
 	p.connects.Add(1)
 	p.mu.Lock()
 	if p.params == nil {
@@ -307,29 +351,30 @@ func (sc *serverConn) login(r *Router, db, user string) (map[string]string, erro
 		switch m := msg.(type) {
 		case *pgproto3.AuthenticationOk:
 		case *pgproto3.AuthenticationCleartextPassword:
-			pw, err := r.serverPassword(user)
-			if err != nil {
-				return nil, err
+			cred := r.serverCredential(user)
+			if cred.password == "" || isMD5Hash(cred.password) {
+				return nil, fmt.Errorf("the server asks for a clear-text password and the router has none for user %q (set ServerPasswords)", user)
 			}
-			if isMD5Hash(pw) {
-				return nil, errors.New("the server asks for a clear-text password but only an md5 hash is configured")
-			}
-			sc.send(&pgproto3.PasswordMessage{Password: pw})
+			sc.send(&pgproto3.PasswordMessage{Password: cred.password})
 		case *pgproto3.AuthenticationMD5Password:
-			pw, err := r.serverPassword(user)
-			if err != nil {
-				return nil, err
+			cred := r.serverCredential(user)
+			if cred.password == "" {
+				return nil, fmt.Errorf("the server asks for md5 and the router has no password or md5 hash for user %q (set ServerPasswords)", user)
 			}
-			sc.send(&pgproto3.PasswordMessage{Password: md5Response(pw, user, m.Salt)})
+			sc.send(&pgproto3.PasswordMessage{Password: md5Response(cred.password, user, m.Salt)})
 		case *pgproto3.AuthenticationSASL:
-			pw, err := r.serverPassword(user)
-			if err != nil {
-				return nil, err
+			if !slices.Contains(m.AuthMechanisms, "SCRAM-SHA-256") {
+				return nil, fmt.Errorf("the server offers SASL mechanisms %v, the router speaks only SCRAM-SHA-256", m.AuthMechanisms)
 			}
-			if isMD5Hash(pw) {
-				return nil, errors.New("the server asks for SCRAM but only an md5 hash is configured")
+			cred := r.serverCredential(user)
+			switch {
+			case cred.password != "" && !isMD5Hash(cred.password):
+				scram = &scramClient{password: cred.password}
+			case cred.scram != nil:
+				scram = &scramClient{keys: cred.scram}
+			default:
+				return nil, fmt.Errorf("the server asks for SCRAM and the router has no password for user %q: set ServerPasswords, or give the router the server's own verifier (Users or AuthUser) so a client's SCRAM login can pass through", user)
 			}
-			scram = &scramClient{password: pw}
 			sc.send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: []byte(scram.first())})
 		case *pgproto3.AuthenticationSASLContinue:
 			if scram == nil {

@@ -9,12 +9,18 @@
 // router of the cluster. Hold and Resume bracket a planned switchover.
 //
 // Protocol: PostgreSQL v3.0 (a 3.2 client is answered with
-// NegotiateProtocolVersion). SSL and GSS encryption requests are refused
-// ('N'); the client continues in clear text.
+// NegotiateProtocolVersion). With Config.TLS set, an SSLRequest is answered
+// 'S' and the session runs over TLS (hba rules of type hostssl can require
+// it); without it, 'N' and the client continues in clear text. GSS
+// encryption requests are always refused ('N').
+//
+// Metrics: Collector returns a prometheus.Collector over the router's
+// counters (Snapshot), for the agent's /metrics registry.
 package router
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,15 +67,31 @@ func (r Role) String() string {
 // Config is the router's configuration. Zero fields get the defaults
 // noted; Validate names the first bad key.
 type Config struct {
-	PoolMode             PoolMode      // default transaction
-	PoolSize             int           // server connections per (backend, database, user); default 20
-	MaxClientConn        int           // client connections over all listeners; default 1000
-	QueryWaitTimeout     time.Duration // how long a client waits for a server connection; default 120s
+	PoolMode         PoolMode      // default transaction
+	PoolSize         int           // server connections per (backend, database, user); default 20
+	MaxClientConn    int           // client connections over all listeners; default 1000
+	QueryWaitTimeout time.Duration // how long a client waits for a server connection; default 120s
+	// PrimaryWait: when the topology has no healthy primary (a failover is
+	// under way), a transaction that needs one waits this long for one to
+	// appear before it gets an error. 0: fail at once.
+	PrimaryWait          time.Duration
 	ServerConnectTimeout time.Duration // dial and login to PostgreSQL; default 5s
 	ServerIdleTimeout    time.Duration // close server connections idle this long; default 10m; <0 never
 	ServerLifetime       time.Duration // close server connections this old when released; default 1h; <0 never
 	MaxMessageSize       int           // largest client or server message body in bytes; default 64 MiB
 	ApplicationName      string        // application_name of server connections; default "pgha-router"
+	// ClientLoginTimeout bounds a client's startup: encryption
+	// negotiation, TLS handshake, startup packet and authentication
+	// (pgbouncer's client_login_timeout, PostgreSQL's
+	// authentication_timeout). A client still not logged in is dropped.
+	// Default 60s.
+	ClientLoginTimeout time.Duration
+
+	// TLS, when set, lets clients encrypt: an SSLRequest is answered 'S'
+	// and the TLS handshake runs with this configuration (it needs a
+	// certificate). nil refuses SSLRequest with 'N', as a PostgreSQL
+	// server with ssl=off does.
+	TLS *tls.Config
 
 	// DisableLoadBalance sends every statement of the read/write listener to
 	// the primary.
@@ -98,9 +120,34 @@ type Config struct {
 	// ServerPasswords maps user name to the clear-text password the router
 	// logs into PostgreSQL with (SCRAM or md5 or password, as the server
 	// asks). A verifier cannot log in, so a user whose Users entry is a
-	// verifier needs one here unless the servers trust the router. When
-	// absent, a clear-text (or, for md5 servers, md5) Users entry is used.
+	// verifier needs one here unless the servers trust the router or the
+	// server holds the same verifier (SCRAM pass-through, see AuthUser).
+	// When absent, a clear-text (or, for md5 servers, md5) Users entry is
+	// used.
 	ServerPasswords map[string]string
+
+	// AuthUser turns on pgbouncer's auth_query: the secret of a user who
+	// is not in Users is looked up on the cluster (the primary, else a
+	// standby) by running AuthQuery, with the user name as $1, on a server
+	// connection logged in as AuthUser (its password from ServerPasswords,
+	// like any user's). The query returns one row (name, secret); no row
+	// or a NULL secret means no such user.
+	//
+	// The router then logs into PostgreSQL as that user without knowing
+	// the password: with an md5 secret it answers md5 challenges from the
+	// hash; with a SCRAM verifier it reuses the ClientKey the client proved
+	// during its own SCRAM login (pass-through; the server must hold the
+	// same verifier, which it does when the verifier came from it). The
+	// same pass-through serves a Users entry that is a verifier without a
+	// ServerPasswords entry.
+	AuthUser string
+	// AuthQuery: default "SELECT usename, passwd FROM pg_catalog.pg_shadow
+	// WHERE usename = $1" (which needs a superuser AuthUser; grant a
+	// SECURITY DEFINER function instead and query it otherwise).
+	AuthQuery string
+	// AuthDatabase is the database AuthQuery runs in; default: the one the
+	// client asked for.
+	AuthDatabase string
 
 	Logger *slog.Logger // default: discard
 }
@@ -133,6 +180,12 @@ func (c Config) withDefaults() Config {
 	if c.ApplicationName == "" {
 		c.ApplicationName = "pgha-router"
 	}
+	if c.ClientLoginTimeout == 0 {
+		c.ClientLoginTimeout = 60 * time.Second
+	}
+	if c.AuthUser != "" && c.AuthQuery == "" {
+		c.AuthQuery = DefaultAuthQuery
+	}
 	if c.WriteFunctions == nil {
 		c.WriteFunctions = DefaultWriteFunctions
 	}
@@ -159,14 +212,32 @@ func (c Config) Validate() error {
 		return fmt.Errorf("router config: QueryWaitTimeout %v: want a positive duration", c.QueryWaitTimeout)
 	case c.MaxMessageSize < 1024:
 		return fmt.Errorf("router config: MaxMessageSize %d: want at least 1024", c.MaxMessageSize)
+	case c.PrimaryWait < 0:
+		return fmt.Errorf("router config: PrimaryWait %v: want 0 or a positive duration", c.PrimaryWait)
 	case c.MaxLag < 0:
 		return fmt.Errorf("router config: MaxLag %d: want 0 (no limit) or a byte count", c.MaxLag)
+	case c.ClientLoginTimeout < 0:
+		return fmt.Errorf("router config: ClientLoginTimeout %v: want a positive duration", c.ClientLoginTimeout)
+	case c.TLS != nil && len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil && c.TLS.GetConfigForClient == nil:
+		return errors.New("router config: TLS has no certificate: set Certificates or GetCertificate")
+	case c.AuthUser == "" && (c.AuthQuery != "" || c.AuthDatabase != ""):
+		return errors.New("router config: AuthQuery and AuthDatabase need AuthUser: set AuthUser to the role that runs the query")
 	}
 	for i, r := range c.HBA {
 		switch r.Method {
 		case AuthTrust, AuthReject, AuthMD5, AuthSCRAM:
 		default:
 			return fmt.Errorf("router config: HBA[%d].Method %q: want trust, reject, md5 or scram-sha-256", i, r.Method)
+		}
+		switch r.Type {
+		case "", HBAHost, HBAHostNoSSL:
+		case HBAHostSSL:
+			if c.TLS == nil {
+				// PostgreSQL refuses such a pg_hba.conf line too.
+				return fmt.Errorf("router config: HBA[%d].Type %q cannot match because TLS is off: set Config.TLS", i, r.Type)
+			}
+		default:
+			return fmt.Errorf("router config: HBA[%d].Type %q: want host, hostssl or hostnossl", i, r.Type)
 		}
 	}
 	for u, s := range c.Users {
@@ -187,6 +258,10 @@ type Router struct {
 	writeFuncs map[string]bool
 
 	view atomic.Pointer[view]
+	// viewCh is closed and replaced each time view changes, waking
+	// transactions that wait for a primary.
+	viewMu sync.Mutex
+	viewCh chan struct{}
 
 	mu      sync.Mutex
 	pools   map[poolKey]*pool
@@ -200,6 +275,8 @@ type Router struct {
 
 	selectCnt sync.Map // backend name -> *atomic.Int64
 	stats     Stats
+	poolWait  waitHistogram // every server-connection acquisition (metrics)
+	learned   learnedSecrets
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -209,13 +286,16 @@ type Router struct {
 // Stats are the router's counters since New (SHOW STATS).
 type Stats struct {
 	ClientsAccepted  atomic.Int64
-	ClientsRejected  atomic.Int64 // over MaxClientConn, failed authentication, refused by hba
-	ProtocolErrors   atomic.Int64 // malformed client messages
+	ClientsRejected  atomic.Int64 // not logged in: over MaxClientConn, hba, authentication, ClientLoginTimeout, bad startup
+	ProtocolErrors   atomic.Int64 // malformed or unexpected client messages, startup packets included
 	ReadsToStandby   atomic.Int64 // routed batches
 	ReadsToPrimary   atomic.Int64
 	WritesToPrimary  atomic.Int64
 	ServerErrors     atomic.Int64 // server connections lost while in use
 	PoolWaitTimeouts atomic.Int64
+	PoolWaits        atomic.Int64 // acquisitions that queued because their pool was full
+	ServerConnects   atomic.Int64 // server connections opened and logged in
+	ConnectErrors    atomic.Int64 // server connections that failed to open or log in
 }
 
 // StatsSnapshot is a copy of Stats plus per-pool figures.
@@ -229,6 +309,9 @@ type StatsSnapshot struct {
 	WritesToPrimary  int64
 	ServerErrors     int64
 	PoolWaitTimeouts int64
+	PoolWaits        int64
+	ServerConnects   int64
+	ConnectErrors    int64
 	Pools            []PoolStats
 }
 
@@ -303,6 +386,12 @@ func (r *Router) applyTopology() {
 	prev := r.view.Load()
 	v := newView(bs, prev, time.Now())
 	r.view.Store(v)
+	r.viewMu.Lock()
+	if r.viewCh != nil {
+		close(r.viewCh)
+	}
+	r.viewCh = make(chan struct{})
+	r.viewMu.Unlock()
 	keep := map[string]bool{}
 	for _, b := range bs {
 		if !b.Healthy {
@@ -332,11 +421,30 @@ func (r *Router) applyTopology() {
 	for _, p := range retire {
 		p.retire()
 	}
+	// Lag and replay positions change with every poll; only a change of
+	// roles or health is worth a log line.
+	if prev != nil && sameRoles(prev.backends, bs) {
+		return
+	}
 	if pb, ok := v.primaryBackend(); ok {
 		r.log.Info("router topology", "primary", pb.Name, "backends", len(bs), "retired_pools", len(retire))
 	} else {
 		r.log.Warn("router topology has no healthy primary", "backends", len(bs))
 	}
+}
+
+// sameRoles reports whether a and b name the same backends at the same
+// addresses with the same role and health.
+func sameRoles(a, b []Backend) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Name != b[i].Name || a[i].Addr() != b[i].Addr() || a[i].Primary != b[i].Primary || a[i].Healthy != b[i].Healthy {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *Router) pool(addr, db, user string) *pool {
@@ -445,6 +553,44 @@ func (r *Router) Resume() {
 	}
 }
 
+// waitPrimary waits up to PrimaryWait for the topology to name a healthy
+// primary.
+func (r *Router) waitPrimary() (Backend, bool) {
+	t := time.NewTimer(r.cfg.PrimaryWait)
+	defer t.Stop()
+	for {
+		r.viewMu.Lock()
+		ch := r.viewCh
+		r.viewMu.Unlock()
+		if b, ok := r.view.Load().primaryBackend(); ok {
+			return b, true
+		}
+		select {
+		case <-ch:
+		case <-t.C:
+			return Backend{}, false
+		case <-r.ctx.Done():
+			return Backend{}, false
+		}
+	}
+}
+
+// waitViewChange waits for the next topology change, at most 100ms and
+// never past deadline, so a caller retrying an unreachable server neither
+// spins nor misses the change that replaces it.
+func (r *Router) waitViewChange(deadline time.Time) {
+	r.viewMu.Lock()
+	ch := r.viewCh
+	r.viewMu.Unlock()
+	t := time.NewTimer(min(100*time.Millisecond, time.Until(deadline)))
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	case <-r.ctx.Done():
+	}
+}
+
 func (r *Router) holdChan() chan struct{} {
 	r.holdMu.Lock()
 	defer r.holdMu.Unlock()
@@ -490,6 +636,9 @@ func (r *Router) Snapshot() StatsSnapshot {
 		WritesToPrimary:  r.stats.WritesToPrimary.Load(),
 		ServerErrors:     r.stats.ServerErrors.Load(),
 		PoolWaitTimeouts: r.stats.PoolWaitTimeouts.Load(),
+		PoolWaits:        r.stats.PoolWaits.Load(),
+		ServerConnects:   r.stats.ServerConnects.Load(),
+		ConnectErrors:    r.stats.ConnectErrors.Load(),
 	}
 	r.mu.Lock()
 	s.ClientsActive = r.nClient

@@ -46,6 +46,10 @@ func TestRouter(t *testing.T) {
 		})
 	}
 	t.Run("ReadYourWrites", func(t *testing.T) { testReadYourWrites(t, startRouter(t, cl, routerConfig(router.PoolTransaction))) })
+	t.Run("TLS", func(t *testing.T) { testTLS(t, cl) })
+	t.Run("AuthQuery", func(t *testing.T) { testAuthQuery(t, cl) })
+	t.Run("Metrics", func(t *testing.T) { testMetrics(t, cl) })
+	t.Run("Hostile", func(t *testing.T) { testHostile(t, cl) })
 	t.Run("Switch", func(t *testing.T) { testSwitch(t, cl) })
 }
 
@@ -575,22 +579,47 @@ func testBadInput(t *testing.T, tr *testRouter) {
 		}
 		conn.Close()
 	}
-	conn, fe := rawSession(t, tr.rw)
-	fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(5) FROM kv FOR UPDATE"})
-	fe.Flush()
-	pgtest.Eventually(t, 10*time.Second, func() (bool, string) {
-		return activeConns(tr) > 0, "query not started"
-	})
-	conn.Close()
-	waitPoolsIdle(t, tr)
-	// The primary has no session left idle in a transaction.
-	pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
-		var n int
-		tr.cl.primary.Query(ctx, func(pc *pgx.Conn) error {
-			return pc.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgha-router' AND (state <> 'idle' OR xact_start IS NOT NULL)").Scan(&n)
+	// Vanishing mid-query, with a statement that would outlive the test:
+	// the router must stop it on the server. Once as soon as the router
+	// has a server connection for it, once when the server runs it, and
+	// once behind a pipelined short statement: the first cancel request
+	// hits the short one, and a router that cancels only once leaves the
+	// long one running.
+	const sleeper = "SELECT pg_sleep(600) WHERE nextval('seq') > 0" // a write: on the primary
+	const short = "SELECT pg_sleep(0.3) WHERE nextval('seq') > 0"
+	for _, when := range []string{"attached", "running", "pipelined"} {
+		conn, fe := rawSession(t, tr.rw)
+		if when == "pipelined" {
+			fe.Send(&pgproto3.Query{String: short})
+		}
+		fe.Send(&pgproto3.Query{String: sleeper})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		pgtest.Eventually(t, 10*time.Second, func() (bool, string) {
+			switch when {
+			case "attached":
+				return activeConns(tr) > 0, "no server connection attached"
+			case "pipelined":
+				return serverRunning(t, tr, short) > 0, "short statement not running on the server"
+			}
+			return serverRunning(t, tr, sleeper) > 0, "statement not running on the server"
 		})
-		return n == 0, fmt.Sprintf("%d router sessions busy on the primary", n)
-	})
+		conn.Close()
+		waitPoolsIdle(t, tr)
+		// The primary has no session left running the statement or idle
+		// in a transaction, long before pg_sleep would end.
+		pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
+			var n int
+			tr.cl.primary.Query(ctx, func(pc *pgx.Conn) error {
+				return pc.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgha-router' AND (state <> 'idle' OR xact_start IS NOT NULL)").Scan(&n)
+			})
+			return n == 0, fmt.Sprintf("vanished %s: %d router sessions busy on the primary", when, n)
+		})
+		if n := serverRunning(t, tr, sleeper); n > 0 {
+			t.Fatalf("vanished %s: the statement still runs on %d servers", when, n)
+		}
+	}
 	// And the router still serves.
 	c := connect(t, tr.rw, trustUser, "")
 	var one int
@@ -600,6 +629,20 @@ func testBadInput(t *testing.T, tr *testRouter) {
 	if tr.Snapshot().ProtocolErrors == 0 {
 		t.Error("no protocol errors counted")
 	}
+}
+
+// serverRunning counts the sessions running sql on any server.
+func serverRunning(t *testing.T, tr *testRouter, sql string) int {
+	ctx := testContext(t)
+	total := 0
+	for _, inst := range tr.cl.all() {
+		var n int
+		inst.Query(ctx, func(pc *pgx.Conn) error {
+			return pc.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'", sql).Scan(&n)
+		})
+		total += n
+	}
+	return total
 }
 
 func activeConns(tr *testRouter) int {

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/md5"
 	"crypto/pbkdf2"
@@ -21,6 +22,9 @@ import (
 // github.com/xdg-go/scram: the exchange is ~150 lines, PostgreSQL ignores
 // the SCRAM user name and needs no channel binding here (no TLS yet), and
 // the verifier format is PostgreSQL's own, which xdg-go/scram does not parse.
+// The router offers SCRAM-SHA-256 only, not SCRAM-SHA-256-PLUS: clients
+// over TLS then send the "y" flag (channel binding supported, not offered),
+// which is accepted; channel_binding=require clients cannot log in.
 // SASLprep is not applied: passwords are used as their UTF-8 bytes, which is
 // what PostgreSQL does for every password SASLprep leaves unchanged (all
 // ASCII passwords without control characters).
@@ -111,6 +115,19 @@ func nonce() string {
 	return base64.StdEncoding.EncodeToString(b)
 }
 
+// scramKeys let the router answer a server's SCRAM challenge for a user
+// whose password it never saw (pgbouncer's SCRAM pass-through). A client
+// proves its password with ClientProof = ClientKey XOR HMAC(StoredKey,
+// AuthMessage); the router, holding StoredKey, recovers ClientKey from a
+// valid proof. ClientKey is all a SCRAM client derives from the password,
+// so with the verifier's salt and iteration count it computes a valid
+// proof for any server that stores the same verifier (same salt, same
+// iterations, same StoredKey), and ServerKey checks that server's answer.
+type scramKeys struct {
+	v         *scramVerifier
+	clientKey []byte
+}
+
 // scramServer is the server side of one exchange.
 type scramServer struct {
 	v               *scramVerifier
@@ -118,6 +135,7 @@ type scramServer struct {
 	serverFirst     string
 	gs2Header       string
 	nonce           string
+	clientKey       []byte // recovered from a valid proof (see scramKeys)
 }
 
 // first handles client-first-message and returns server-first-message.
@@ -191,13 +209,23 @@ func (s *scramServer) final(msg []byte) (string, bool, error) {
 	if subtle.ConstantTimeCompare(got[:], s.v.storedKey) != 1 {
 		return "", false, nil
 	}
+	s.clientKey = clientKey
 	return "v=" + base64.StdEncoding.EncodeToString(hmacSHA256(s.v.serverKey, authMsg)), true, nil
 }
 
+// keys returns the pass-through keys of a successful exchange.
+func (s *scramServer) keys() *scramKeys {
+	if s.clientKey == nil {
+		return nil
+	}
+	return &scramKeys{v: s.v, clientKey: s.clientKey}
+}
+
 // scramClient is the client side of one exchange (the router logging into
-// PostgreSQL).
+// PostgreSQL), from a password or from pass-through keys.
 type scramClient struct {
 	password        string
+	keys            *scramKeys // instead of password
 	clientNonce     string
 	clientFirstBare string
 	serverSig       []byte
@@ -230,18 +258,35 @@ func (c *scramClient) final(serverFirst []byte) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("SCRAM salt: %w", err)
 	}
-	salted := saltedPassword(c.password, salt, iter)
-	clientKey := hmacSHA256(salted, "Client Key")
-	stored := sha256.Sum256(clientKey)
+	clientKey, storedKey, serverKey, err := c.derive(salt, iter)
+	if err != nil {
+		return "", err
+	}
 	withoutProof := "c=biws,r=" + rnonce
 	authMsg := c.clientFirstBare + "," + sf + "," + withoutProof
-	sig := hmacSHA256(stored[:], authMsg)
+	sig := hmacSHA256(storedKey, authMsg)
 	proof := make([]byte, len(clientKey))
 	for i := range proof {
 		proof[i] = clientKey[i] ^ sig[i]
 	}
-	c.serverSig = hmacSHA256(hmacSHA256(salted, "Server Key"), authMsg)
+	c.serverSig = hmacSHA256(serverKey, authMsg)
 	return withoutProof + ",p=" + base64.StdEncoding.EncodeToString(proof), nil
+}
+
+// derive returns ClientKey, StoredKey and ServerKey for the server's salt
+// and iteration count: from the password, or from pass-through keys, which
+// hold only for the salt and count of their verifier.
+func (c *scramClient) derive(salt []byte, iter int) (clientKey, storedKey, serverKey []byte, err error) {
+	if c.keys != nil {
+		if iter != c.keys.v.iter || !bytes.Equal(salt, c.keys.v.salt) {
+			return nil, nil, nil, errors.New("SCRAM pass-through: the server's verifier differs from the one the client logged in with (salt or iteration count); set ServerPasswords for this user")
+		}
+		return c.keys.clientKey, c.keys.v.storedKey, c.keys.v.serverKey, nil
+	}
+	salted := saltedPassword(c.password, salt, iter)
+	clientKey = hmacSHA256(salted, "Client Key")
+	stored := sha256.Sum256(clientKey)
+	return clientKey, stored[:], hmacSHA256(salted, "Server Key"), nil
 }
 
 func (c *scramClient) verify(serverFinal []byte) error {
