@@ -26,6 +26,7 @@ import (
 
 	"github.com/pgha/pgha/consensus"
 	"github.com/pgha/pgha/postgres"
+	"github.com/pgha/pgha/vip"
 )
 
 // ErrRemoved is returned by Run when this node was removed from the cluster.
@@ -51,6 +52,9 @@ type Agent struct {
 	// wakeLeader makes the leader's loop run now (an agent pushed news).
 	wakeLeader chan struct{}
 	lead       leader
+	front      front                          // the router and the VIP, on the leader (front.go)
+	nodeRef    atomic.Pointer[consensus.Node] // node, for readers outside Run's goroutines (Ready)
+	vip        vip.Manager                    // nil when no VIP is configured
 
 	// pgMu serialises actions on PostgreSQL's lifecycle (start, stop,
 	// promote, rewind) between the reconcile loop and the fence loop.
@@ -97,12 +101,19 @@ func New(cfg *Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
+	var vipm vip.Manager
+	if cfg.VIP.Enabled() {
+		if vipm, err = vip.New(cfg.VIP, log.With("component", "vip")); err != nil {
+			return nil, fmt.Errorf("vip: %w", err)
+		}
+	}
 	return &Agent{
+		vip:  vipm,
 		cfg:  cfg,
 		log:  log,
 		inst: inst,
 		obs:  newObservations(),
-		http: &http.Client{Timeout: 5 * time.Second},
+		http: newAPIClient(cfg, 5*time.Second),
 
 		removalHint: make(chan struct{}, 1),
 		wakeLeader:  make(chan struct{}, 1),
@@ -131,22 +142,33 @@ func (a *Agent) Run(ctx context.Context) error {
 		HeartbeatTimeout:   a.cfg.Raft.HeartbeatTimeout,
 		ElectionTimeout:    a.cfg.Raft.ElectionTimeout,
 		LeaderLeaseTimeout: a.cfg.Raft.LeaderLeaseTimeout,
+		// nil without tls: plain TCP, as the consensus package defaults.
+		ServerTLS: a.cfg.TLS.server,
+		ClientTLS: a.cfg.TLS.client,
 	})
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("raft: %w", err)
 	}
 	a.node = node
+	a.nodeRef.Store(node)
 	defer node.Close()
 
-	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second}
+	srv := a.apiServer()
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if srv.TLSConfig != nil {
+			err = srv.ServeTLS(ln, "", "") // the certificate is in TLSConfig
+		} else {
+			err = srv.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("REST API stopped", "err", err)
 		}
 	}()
 	defer srv.Close()
 	a.log.Info("agent started", "api", a.cfg.API.Advertise, "raft", a.cfg.Raft.Advertise, "pgdata", a.cfg.Postgres.DataDir)
+	a.logAPISecurity()
 
 	if err := a.bootstrapIfNew(ctx); err != nil {
 		return err
@@ -154,7 +176,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){a.reconcileLoop, a.observeLoop, a.leadLoop, a.registerLoop, a.fenceLoop} {
+	for _, loop := range []func(context.Context){a.reconcileLoop, a.observeLoop, a.leadLoop, a.registerLoop, a.fenceLoop, a.frontLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

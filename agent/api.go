@@ -41,6 +41,7 @@ func (a *Agent) routes() http.Handler {
 	}
 	mux.HandleFunc("/liveness", a.handleLiveness)
 	mux.HandleFunc("GET /cluster", a.handleCluster)
+	mux.Handle("GET /metrics", a.metricsHandler())
 	mux.HandleFunc("GET /internal/observation", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.observeSelf(r.Context()))
 	})
@@ -54,21 +55,21 @@ func (a *Agent) routes() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, info)
 	})
-	mux.HandleFunc("POST /internal/removed", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /internal/removed", a.authorized(func(w http.ResponseWriter, r *http.Request) {
 		// A hint only: the register loop checks with the leader before it believes it.
 		select {
 		case a.removalHint <- struct{}{}:
 		default:
 		}
 		writeJSON(w, http.StatusAccepted, map[string]string{"status": "checking"})
-	})
-	mux.HandleFunc("POST /internal/join", a.handleJoin)
+	}))
+	mux.HandleFunc("POST /internal/join", a.authorized(a.handleJoin))
 	a.controlRoutes(mux)
-	mux.HandleFunc("DELETE /members/{name}", a.handleRemove)
+	mux.HandleFunc("DELETE /members/{name}", a.authorized(a.handleRemove))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})
 	})
-	return mux
+	return a.guardInternal(mux) // who may call what: auth.go
 }
 
 // localHealth is what the health endpoints judge: this node's PostgreSQL
@@ -269,7 +270,9 @@ func (a *Agent) forwardTo(w http.ResponseWriter, r *http.Request, base string, b
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Pgha-Forwarded", a.cfg.Name)
 	// Control calls wait for their outcome (a switchover takes seconds).
-	client := &http.Client{Timeout: a.cfg.Timing.SwitchoverTimeout + 10*time.Second}
+	// The agent's own transport carries its certificate and token: the
+	// caller was authorised here (authorized runs before any forwarding).
+	client := &http.Client{Transport: a.http.Transport, CheckRedirect: a.http.CheckRedirect, Timeout: a.cfg.Timing.SwitchoverTimeout + 10*time.Second}
 	resp, err := client.Do(req)
 	if err != nil {
 		writeJSON(w, http.StatusBadGateway, apiError{Error: "forward to " + base + ": " + err.Error()})

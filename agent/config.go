@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/pgha/pgha/vip"
 )
 
 // Config is one node's configuration: one YAML file per node (see examples/).
@@ -31,6 +33,9 @@ type Config struct {
 	Failover FailoverConfig `yaml:"failover"`
 	Postgres PostgresConfig `yaml:"postgres"`
 	Tags     TagsConfig     `yaml:"tags"`
+	Router   RouterConfig   `yaml:"router"`
+	VIP      vip.Config     `yaml:"vip"`
+	TLS      TLSConfig      `yaml:"tls"` // agent-to-agent mutual TLS (config_security.go)
 }
 
 // ClusterConfig says how this node finds its cluster.
@@ -57,6 +62,14 @@ type PeerConfig struct {
 type APIConfig struct {
 	Listen    string `yaml:"listen"`    // host:port to bind, default 0.0.0.0:8008
 	Advertise string `yaml:"advertise"` // URL other agents and the CLI use, e.g. http://10.0.0.11:8008
+	// AuthTokenFile (mode 0600) or AuthTokenEnv holds the bearer token that
+	// state-changing calls (switchover, pause, ..., the agents' own) must
+	// carry, unless the caller has a certificate from the cluster CA. Every
+	// member must have the same token: agents send it to each other.
+	AuthTokenFile string `yaml:"auth_token_file"`
+	AuthTokenEnv  string `yaml:"auth_token_env"`
+
+	token string // resolved by Load
 }
 
 // RaftConfig is the embedded Raft member.
@@ -254,6 +267,7 @@ func (c *Config) applyDefaults() {
 		yes := true
 		p.StopOnShutdown = &yes
 	}
+	c.Router.applyDefaults(c.VIP)
 	if c.API.Advertise == "" {
 		c.API.Advertise = c.memberField(func(m PeerConfig) string { return m.API })
 	}
@@ -376,6 +390,11 @@ func (c *Config) Validate() error {
 	if len(p.AllowedNetworks) == 0 {
 		bad("postgres.allowed_networks", "missing; the CIDRs the other members connect from for replication, e.g. [10.0.0.0/24]")
 	}
+	c.validateSecurity(bad)
+	c.Router.validate(bad)
+	if err := c.VIP.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -410,12 +429,18 @@ func (c *Config) resolveSecrets() error {
 		}
 		x.r.password = pw
 	}
-	return nil
+	if err := c.resolveSecurity(); err != nil {
+		return err
+	}
+	return c.Router.resolveSecrets()
 }
 
 // readSecret reads a password from a file (first line) or an environment variable.
 func readSecret(key, file, env string) (string, error) {
 	if file != "" {
+		if err := checkSecretFile(key+".password_file", file); err != nil {
+			return "", err
+		}
 		b, err := os.ReadFile(file)
 		if err != nil {
 			return "", fmt.Errorf("%s.password_file: %w", key, err)

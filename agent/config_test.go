@@ -63,6 +63,11 @@ func TestParseConfigDefaults(t *testing.T) {
 		{"join defaults to the other members", strings.Join(cfg.Cluster.Join, ","), "http://10.0.0.12:8008,http://10.0.0.13:8008"},
 		{"stop on shutdown", *cfg.Postgres.StopOnShutdown, true},
 		{"initial member", cfg.InitialMember(), true},
+		{"router enabled", cfg.RouterEnabled(), true},
+		{"router listen without a VIP", cfg.Router.Listen, "0.0.0.0"},
+		{"router port", cfg.Router.Port, 9999},
+		{"router read-only port", cfg.Router.ReadOnlyPort, 9998},
+		{"router pool mode", cfg.Router.PoolMode, "transaction"},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -104,6 +109,17 @@ func TestParseConfigErrorsNameTheKey(t *testing.T) {
 		{"loop interval too small", func(s string) string { return s + "timing:\n  loop_interval: 1ms\n" }, "timing.loop_interval"},
 		{"advertise mismatch", func(s string) string { return s + "api:\n  advertise: http://10.9.9.9:8008\n" }, "api.advertise"},
 		{"not yaml", func(string) string { return "name: [unclosed\n" }, "parse YAML"},
+		{"router listen host:port", func(s string) string { return s + "router:\n  listen: 10.0.0.10:9999\n" }, "router.listen"},
+		{"router ports clash", func(s string) string { return s + "router:\n  port: 6432\n  read_only_port: 6432\n" }, "router.read_only_port"},
+		{"router pool mode", func(s string) string { return s + "router:\n  pool_mode: statement\n" }, "PoolMode"},
+		{"router hba", func(s string) string { return s + "router:\n  hba: [\"host all all 10.0.0.0/24 password\"]\n" }, "router.hba"},
+		{"router hostssl without a certificate", func(s string) string {
+			return s + "router:\n  hba: [\"hostssl all all 0.0.0.0/0 scram-sha-256\"]\n"
+		}, "hostssl"},
+		{"router tls key without cert", func(s string) string { return s + "router:\n  tls_key: /etc/pgha/router.key\n" }, "router.tls_cert"},
+		{"router auth file missing", func(s string) string { return s + "router:\n  auth_file: /nonexistent/userlist.txt\n" }, "router.auth_file"},
+		{"vip without interface", func(s string) string { return s + "vip:\n  address: 10.0.0.10/24\n" }, "vip.interface"},
+		{"vip without prefix", func(s string) string { return s + "vip:\n  address: 10.0.0.10\n  interface: eth0\n" }, "vip.address"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -115,6 +131,33 @@ func TestParseConfigErrorsNameTheKey(t *testing.T) {
 				t.Fatalf("error does not name %q: %v", c.wantKey, err)
 			}
 		})
+	}
+}
+
+// A secret readable by others is refused, naming the key and the fix.
+func TestLooseSecretFileRefused(t *testing.T) {
+	raw := validConfig(t)
+	i := strings.Index(raw, "rewind: {password_file: ") + len("rewind: {password_file: ")
+	path := raw[i : i+strings.Index(raw[i:], "}")]
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ParseConfig([]byte(raw))
+	if err == nil || !strings.Contains(err.Error(), "postgres.rewind.password_file") || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("want a refusal naming postgres.rewind.password_file and the fix, got %v", err)
+	}
+	if strings.Contains(err.Error(), "secret-rew") {
+		t.Fatalf("the error shows the secret: %v", err)
+	}
+}
+
+func TestRouterListensOnTheVIP(t *testing.T) {
+	cfg, err := ParseConfig([]byte(validConfig(t) + "vip:\n  address: 10.0.0.10/24\n  interface: eth0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Router.Listen != "10.0.0.10" {
+		t.Fatalf("router.listen %q, want the VIP 10.0.0.10", cfg.Router.Listen)
 	}
 }
 

@@ -39,13 +39,14 @@ type permitRequest struct {
 }
 
 func (a *Agent) controlRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("POST /switchover", a.leaderOnly(a.handleSwitchover))
-	mux.HandleFunc("POST /failover", a.leaderOnly(a.handleFailover))
-	mux.HandleFunc("POST /pause", a.leaderOnly(func(w http.ResponseWriter, r *http.Request, _ []byte) { a.setPaused(w, r, true) }))
-	mux.HandleFunc("POST /resume", a.leaderOnly(func(w http.ResponseWriter, r *http.Request, _ []byte) { a.setPaused(w, r, false) }))
-	mux.HandleFunc("POST /reinit", a.handleReinit)
-	mux.HandleFunc("POST /internal/permit", a.leaderOnly(a.handlePermit))
-	mux.HandleFunc("POST /internal/news", a.handleNews)
+	// Every one changes the cluster: authorized first (auth.go).
+	mux.HandleFunc("POST /switchover", a.authorized(a.leaderOnly(a.handleSwitchover)))
+	mux.HandleFunc("POST /failover", a.authorized(a.leaderOnly(a.handleFailover)))
+	mux.HandleFunc("POST /pause", a.authorized(a.leaderOnly(func(w http.ResponseWriter, r *http.Request, _ []byte) { a.setPaused(w, r, true) })))
+	mux.HandleFunc("POST /resume", a.authorized(a.leaderOnly(func(w http.ResponseWriter, r *http.Request, _ []byte) { a.setPaused(w, r, false) })))
+	mux.HandleFunc("POST /reinit", a.authorized(a.handleReinit))
+	mux.HandleFunc("POST /internal/permit", a.authorized(a.leaderOnly(a.handlePermit)))
+	mux.HandleFunc("POST /internal/news", a.authorized(a.handleNews))
 }
 
 // leaderOnly reads the body and either handles the call (on the leader) or
@@ -131,8 +132,14 @@ func (a *Agent) handleSwitchover(w http.ResponseWriter, r *http.Request, body []
 		return
 	}
 	sw := consensus.Switchover{From: st.Primary, To: cand, Epoch: st.Epoch}
+	// Queue new transactions in the router and let running ones finish
+	// before the old primary is told to stop.
+	if err := a.holdForSwitchover(r.Context()); err != nil {
+		a.log.Warn("switchover: transactions still running on the primary after router.drain_timeout; they will get an error", "err", err)
+	}
 	a.log.Info("decision", "command", "set_switchover", "epoch", st.Epoch, "reason", fmt.Sprintf("operator asked to switch over from %s to %s", sw.From, sw.To))
 	if err := a.node.Apply(r.Context(), consensus.SetSwitchover(sw)); err != nil {
+		a.releaseHold()
 		writeError(w, err)
 		return
 	}

@@ -231,7 +231,8 @@ func TestLoopbackCluster(t *testing.T) {
 		if n := itest.QueryInt(t, pc, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgha_node4'"); n != 1 {
 			t.Fatalf("primary has no slot for node4")
 		}
-		// Remove it through a member that is not necessarily the leader.
+		// Remove it through a member that is not necessarily the leader
+		// (authenticated by PGHA_TOKEN_FILE, which NewCluster sets).
 		out, err := exec.Command(agentBinary, "remove", "node4", "--api", lc.Node("node2").APIURL).CombinedOutput()
 		if err != nil {
 			t.Fatalf("remove node4: %v\n%s", err, out)
@@ -303,9 +304,7 @@ func TestLoopbackCluster(t *testing.T) {
 		if pid := n5.PostmasterPID(); pid != 0 && itest.ProcessAlive(pid) {
 			t.Fatalf("the foreign data directory was started")
 		}
-		if code := httpStatus(t, "DELETE", n5.APIURL+"/members/node5"); code != http.StatusOK {
-			t.Fatalf("remove node5: %d", code)
-		}
+		authorised(t, http.DefaultClient, "DELETE", n5.APIURL+"/members/node5", lc.Token())
 		select {
 		case <-n5.Exited():
 		case <-time.After(30 * time.Second):

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -40,7 +41,8 @@ func TestDemo(t *testing.T) {
 	if psqlLine == "" {
 		t.Fatalf("the demo printed no psql command:\n%s", first)
 	}
-	for _, want := range []string{"http://127.0.0.1:8008", "http://127.0.0.1:8009", "http://127.0.0.1:8010", "streaming", "Primary"} {
+	for _, want := range []string{"http://127.0.0.1:8008", "http://127.0.0.1:8009", "http://127.0.0.1:8010", "streaming", "Primary",
+		"export PGHA_TOKEN_FILE=" + filepath.Join(dir, "secrets", "api.token")} {
 		if !strings.Contains(first, want) {
 			t.Errorf("demo output lacks %q", want)
 		}

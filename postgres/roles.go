@@ -171,6 +171,8 @@ func (i *Instance) ensureRole(ctx context.Context, c *pgx.Conn, r Role, attrs st
 	for _, s := range []string{
 		"SET LOCAL log_statement = 'none'",
 		"SET LOCAL log_min_duration_statement = -1",
+		// A failing CREATE/ALTER ROLE is logged with its text at ERROR by default.
+		"SET LOCAL log_min_error_statement = 'panic'",
 		"SET LOCAL password_encryption = 'scram-sha-256'",
 	} {
 		if _, err := tx.Exec(ctx, s); err != nil {

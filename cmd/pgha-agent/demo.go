@@ -24,6 +24,7 @@ import (
 func demoCmd() *cobra.Command {
 	var dir, pgBin string
 	var timeout time.Duration
+	var withTLS bool
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Run a three-node cluster on this machine (agents on 127.0.0.1:8008-8010); Ctrl-C stops it, running it again resumes it",
@@ -35,16 +36,17 @@ func demoCmd() *cobra.Command {
 					return err
 				}
 			}
-			return runDemo(cmd.OutOrStdout(), dir, pgBin, timeout)
+			return runDemo(cmd.OutOrStdout(), dir, pgBin, timeout, withTLS)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", filepath.Join(os.TempDir(), "pgha-demo"), "directory for the demo's data, configs and logs")
 	cmd.Flags().StringVar(&pgBin, "pg-bin", "", "PostgreSQL binaries (default: pg_config --bindir, else the newest /usr/lib/postgresql/*/bin)")
 	cmd.Flags().DurationVar(&timeout, "ready-timeout", 2*time.Minute, "how long to wait for one primary and two streaming standbys")
+	cmd.Flags().BoolVar(&withTLS, "tls", false, "agent-to-agent mutual TLS: a cluster CA and node certificates in DIR/certs, the REST API on https://")
 	return cmd
 }
 
-func runDemo(out io.Writer, dir, pgBin string, readyTimeout time.Duration) error {
+func runDemo(out io.Writer, dir, pgBin string, readyTimeout time.Duration, withTLS bool) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -54,11 +56,11 @@ func runDemo(out io.Writer, dir, pgBin string, readyTimeout time.Duration) error
 		return err
 	}
 	resume := fileExists(filepath.Join(dir, "node1", "agent", "raft"))
-	lc, err := localcluster.New(localcluster.Options{Dir: dir, Binary: exe, BinDir: pgBin})
+	lc, err := localcluster.New(localcluster.Options{Dir: dir, Binary: exe, BinDir: pgBin, TLS: withTLS})
 	if err != nil {
 		return err
 	}
-	if err := checkPortsFree(lc.Nodes()); err != nil {
+	if err := checkPortsFree(lc); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -174,24 +176,44 @@ func printReady(out io.Writer, v agent.ClusterView, lc *localcluster.Cluster) {
 	for _, n := range lc.Nodes() {
 		fmt.Fprintf(out, "  %s  %s/cluster  %s/primary  %s/replica\n", n.Name, n.APIURL, n.APIURL, n.APIURL)
 	}
+	host, rwPort, _ := net.SplitHostPort(lc.RouterAddr())
+	_, roPort, _ := net.SplitHostPort(lc.RouterReadOnlyAddr())
+	fmt.Fprintf(out, "\nThe router (served by the Raft leader, %s; it follows failovers):\n", v.RaftLeader)
+	fmt.Fprintf(out, "  read/write  psql -h %s -p %s -U postgres   (writes to the primary, reads balanced to standbys)\n", host, rwPort)
+	fmt.Fprintf(out, "  read-only   psql -h %s -p %s -U postgres\n", host, roPort)
+	fmt.Fprintln(out, "  SHOW POOL_NODES; through either shows where queries went.")
 	for _, m := range v.Members {
 		if m.Role == "leader" {
-			fmt.Fprintf(out, "\nConnect to the primary:\n  psql -h %s -p %d -U postgres\n", m.Host, m.Port)
+			fmt.Fprintf(out, "\nThe primary itself:\n  psql -h %s -p %d -U postgres\n", m.Host, m.Port)
 		}
 	}
-	fmt.Fprintln(out, "\nIn another terminal: go run ./cmd/pgha-agent list")
+	fmt.Fprintln(out, "\nIn another terminal (control calls need the API token; list does not):")
+	fmt.Fprintf(out, "  export PGHA_TOKEN_FILE=%s\n", lc.TokenFile())
+	if ca := lc.CA(); ca != "" {
+		var apis []string
+		for _, n := range lc.Nodes() {
+			apis = append(apis, n.APIURL)
+		}
+		fmt.Fprintf(out, "  export PGHA_CA=%s PGHA_API=%s\n", ca, strings.Join(apis, ","))
+	}
+	fmt.Fprintln(out, "  go run ./cmd/pgha-agent list")
+	fmt.Fprintln(out, "  go run ./cmd/pgha-agent switchover")
 	fmt.Fprintln(out, "Press Ctrl-C to stop every process the demo started.")
 }
 
-func checkPortsFree(nodes []*localcluster.Node) error {
-	for _, n := range nodes {
+func checkPortsFree(lc *localcluster.Cluster) error {
+	addrs := []string{lc.RouterAddr(), lc.RouterReadOnlyAddr()}
+	for _, n := range lc.Nodes() {
 		for _, p := range []int{n.APIPort, n.RaftPort, n.PGPort} {
-			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-			if err != nil {
-				return fmt.Errorf("port %d is in use (is another demo or PostgreSQL running?): %w", p, err)
-			}
-			ln.Close()
+			addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", p))
 		}
+	}
+	for _, a := range addrs {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			return fmt.Errorf("%s is in use (is another demo, pgpool-II or PostgreSQL running?): %w", a, err)
+		}
+		ln.Close()
 	}
 	return nil
 }

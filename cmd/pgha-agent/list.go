@@ -21,7 +21,7 @@ import (
 var defaultAPIs = []string{"http://127.0.0.1:8008", "http://127.0.0.1:8009", "http://127.0.0.1:8010"}
 
 func listCmd() *cobra.Command {
-	var apis []string
+	var f apiFlags
 	var format string
 	cmd := &cobra.Command{
 		Use:   "list",
@@ -31,7 +31,11 @@ func listCmd() *cobra.Command {
 			if format != "table" && format != "json" {
 				return fmt.Errorf("--format: %q is not table or json", format)
 			}
-			v, err := fetchView(cmd.Context(), apis)
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			v, err := fetchView(cmd.Context(), c)
 			if err != nil {
 				return err
 			}
@@ -44,18 +48,18 @@ func listCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringSliceVar(&apis, "api", defaultAPIs, "agent REST URLs to ask, first that answers wins")
+	f.register(cmd, false)
 	cmd.Flags().StringVar(&format, "format", "table", "table or json")
 	return cmd
 }
 
-func fetchView(ctx context.Context, apis []string) (agent.ClusterView, error) {
+func fetchView(ctx context.Context, c *apiClient) (agent.ClusterView, error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	var errs []error
-	for _, u := range apis {
-		v, err := localcluster.FetchView(ctx, strings.TrimRight(u, "/"))
+	for _, u := range c.apis {
+		v, err := localcluster.FetchViewWith(ctx, c.http, strings.TrimRight(u, "/"))
 		if err == nil {
 			return v, nil
 		}
@@ -105,44 +109,28 @@ func orDash(s string) string {
 }
 
 func removeCmd() *cobra.Command {
-	var apis []string
+	var f apiFlags
 	cmd := &cobra.Command{
 		Use:   "remove NODE",
 		Short: "Remove a member from the cluster (its slot is dropped, its agent stops its PostgreSQL and exits)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var errs []error
-			for _, u := range apis {
-				err := deleteMember(strings.TrimRight(u, "/"), args[0])
-				if err == nil {
-					fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", args[0])
-					return nil
-				}
-				errs = append(errs, err)
+			c, err := f.client()
+			if err != nil {
+				return err
 			}
-			return errors.Join(errs...)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err = c.each(func(base string) error {
+				return c.call(ctx, http.MethodDelete, base+"/members/"+args[0], nil, nil)
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", args[0])
+			return nil
 		},
 	}
-	cmd.Flags().StringSliceVar(&apis, "api", defaultAPIs, "agent REST URLs to ask")
+	f.register(cmd, true)
 	return cmd
-}
-
-func deleteMember(api, name string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, api+"/members/"+name, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		_ = json.NewDecoder(resp.Body).Decode(&e)
-		return fmt.Errorf("%s: %s: %s", api, resp.Status, e.Error)
-	}
-	return nil
 }

@@ -1,5 +1,6 @@
 // Command pgha-agent runs one member of a pgha cluster, a local three-node
-// demo, and the operator's commands (list, remove).
+// demo, the operator's commands (list, switchover, remove, ...) and certs,
+// which creates the cluster's CA and node certificates.
 package main
 
 import (
@@ -17,7 +18,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(runCmd(), demoCmd(), listCmd(), removeCmd(),
-		switchoverCmd(), failoverCmd(), reinitCmd(), pauseCmd(true), pauseCmd(false))
+		switchoverCmd(), failoverCmd(), reinitCmd(), pauseCmd(true), pauseCmd(false), certsCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgha-agent:", err)
 		os.Exit(1)

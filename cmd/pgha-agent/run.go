@@ -35,6 +35,7 @@ func runCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			go notifySystemd(ctx, a, log)
 			err = a.Run(ctx)
 			if errors.Is(err, agent.ErrRemoved) {
 				log.Warn("exiting: this node is no longer a member; remove its data or re-add it to rejoin")

@@ -3,6 +3,8 @@ package localcluster
 import (
 	"fmt"
 	"strings"
+
+	"github.com/pgha/pgha/pki"
 )
 
 // nodeConfig renders one node's YAML. It is written out readable, with the
@@ -30,6 +32,9 @@ cluster:
 api:
   listen: "127.0.0.1:%d"
   advertise: "%s"
+  # Control calls (switchover, pause, ...) need this token: export
+  # PGHA_TOKEN_FILE=<this file> for pgha-agent's commands.
+  auth_token_file: %s
 
 raft:
   listen: "127.0.0.1:%d"
@@ -55,9 +60,28 @@ postgres:
   hba: ["host all postgres 127.0.0.1/32 trust"]
   parameters:
     shared_buffers: "32MB"
-    max_connections: "50"
-`, n.APIPort, n.APIURL, n.RaftPort, n.RaftPort, c.opts.LoopInterval, c.opts.HealthInterval,
+    max_connections: "100"
+
+router:
+  # Every agent is configured alike; only the Raft leader listens.
+  listen: "127.0.0.1"
+  port: %d
+  read_only_port: %d
+  pool_size: 20
+  # Demo only: loopback clients are trusted (as the postgres role above).
+  hba: ["host all all 127.0.0.1/32 trust"]
+`, n.APIPort, n.APIURL, c.TokenFile(), n.RaftPort, n.RaftPort, c.opts.LoopInterval, c.opts.HealthInterval,
 		c.opts.BinDir, n.PGData, n.PGPort, n.SocketDir,
-		c.secret("replication"), c.secret("monitor"), c.secret("rewind"))
+		c.secret("replication"), c.secret("monitor"), c.secret("rewind"),
+		c.opts.RouterPort, c.opts.RouterReadOnlyPort)
+	if n.TLS != (pki.TLSFiles{}) {
+		fmt.Fprintf(&b, `
+# Agent-to-agent mutual TLS: Raft and the REST API (https:// above).
+tls:
+  ca: %s
+  cert: %s
+  key: %s
+`, n.TLS.CA, n.TLS.Cert, n.TLS.Key)
+	}
 	return b.String()
 }

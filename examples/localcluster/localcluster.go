@@ -9,9 +9,6 @@ package localcluster
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +24,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/agent"
+	"github.com/pgha/pgha/pki"
 )
 
 // Options describe the cluster. Zero values take the demo's defaults.
@@ -39,8 +37,15 @@ type Options struct {
 	// Ports of node i are APIPorts[i], RaftPorts[i], PGPorts[i]; defaults
 	// 8008.., 8300.., 5433.. (5433 so a system PostgreSQL on 5432 is left alone).
 	APIPorts, RaftPorts, PGPorts []int
-	LoopInterval, HealthInterval time.Duration
-	RunAs                        string // OS user for agents when root; default "postgres"
+	// The router's read/write and read-only ports on 127.0.0.1, served by
+	// whichever agent is the Raft leader; defaults 9999 and 9998.
+	RouterPort, RouterReadOnlyPort int
+	LoopInterval, HealthInterval   time.Duration
+	RunAs                          string // OS user for agents when root; default "postgres"
+	// TLS gives the cluster a CA and each node a certificate (in Dir/certs,
+	// see CertDir) and configures the agents' tls section: Raft over mutual
+	// TLS and the REST API on https:// URLs.
+	TLS bool
 }
 
 // Cluster is a set of local nodes.
@@ -48,6 +53,7 @@ type Cluster struct {
 	opts   Options
 	binary string
 	cred   *syscall.Credential
+	client *http.Client // for View: trusts the cluster CA with Options.TLS
 
 	mu    sync.Mutex
 	nodes []*Node
@@ -66,7 +72,8 @@ type Node struct {
 	AgentDir  string // agent data_dir (Raft state)
 	PGData    string
 	SocketDir string
-	Log       string // the agent's log file (PostgreSQL's is in PGData's sibling, see postgres)
+	Log       string       // the agent's log file (PostgreSQL's is in PGData's sibling, see postgres)
+	TLS       pki.TLSFiles // its CA, certificate and key (zero without Options.TLS)
 
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the agent process has exited
@@ -97,6 +104,12 @@ func New(opts Options) (*Cluster, error) {
 	opts.APIPorts = withDefaults(opts.APIPorts, 8008, opts.Nodes)
 	opts.RaftPorts = withDefaults(opts.RaftPorts, 8300, opts.Nodes)
 	opts.PGPorts = withDefaults(opts.PGPorts, 5433, opts.Nodes)
+	if opts.RouterPort == 0 {
+		opts.RouterPort = agent.DefaultRouterPort
+	}
+	if opts.RouterReadOnlyPort == 0 {
+		opts.RouterReadOnlyPort = agent.DefaultRouterReadOnlyPort
+	}
 
 	c := &Cluster{opts: opts}
 	if os.Geteuid() == 0 {
@@ -115,15 +128,26 @@ func New(opts Options) (*Cluster, error) {
 	if err := copyFile(opts.Binary, c.binary, 0o755); err != nil {
 		return nil, fmt.Errorf("copy agent binary: %w", err)
 	}
-	for _, s := range []string{"replication", "monitor", "rewind"} {
-		if err := c.ensureSecret(s); err != nil {
+	if err := c.ensureSecrets(); err != nil {
+		return nil, err
+	}
+	var initial []*Node
+	var names []string
+	for i := 0; i < opts.Nodes; i++ {
+		n := c.newNode(fmt.Sprintf("node%d", i+1), true, opts.APIPorts[i], opts.RaftPorts[i], opts.PGPorts[i])
+		initial = append(initial, n)
+		names = append(names, n.Name)
+	}
+	if opts.TLS {
+		if err := c.issueCerts(names...); err != nil {
 			return nil, err
 		}
 	}
-	var initial []*Node
-	for i := 0; i < opts.Nodes; i++ {
-		initial = append(initial, c.newNode(fmt.Sprintf("node%d", i+1), true, opts.APIPorts[i], opts.RaftPorts[i], opts.PGPorts[i]))
+	client, err := newHTTPClient(c.CA())
+	if err != nil {
+		return nil, err
 	}
+	c.client = client
 	for _, n := range initial {
 		if err := c.writeNode(n, initial); err != nil {
 			return nil, err
@@ -143,10 +167,16 @@ func withDefaults(ports []int, base, n int) []int {
 
 func (c *Cluster) newNode(name string, initial bool, api, raft, pg int) *Node {
 	dir := filepath.Join(c.opts.Dir, name)
+	scheme := "http"
+	var files pki.TLSFiles
+	if c.opts.TLS {
+		scheme, files = "https", pki.Files(c.CertDir(), name)
+	}
 	return &Node{
 		Name: name, Initial: initial,
 		APIPort: api, RaftPort: raft, PGPort: pg,
-		APIURL:    fmt.Sprintf("http://127.0.0.1:%d", api),
+		TLS:       files,
+		APIURL:    fmt.Sprintf("%s://127.0.0.1:%d", scheme, api),
 		Dir:       dir,
 		Config:    filepath.Join(dir, "node.yaml"),
 		AgentDir:  filepath.Join(dir, "agent"),
@@ -164,8 +194,20 @@ func (c *Cluster) writeNode(n *Node, initial []*Node) error {
 }
 
 // AddNode prepares a node that is not an initial member: it joins through
-// the others when started.
+// the others when started. With Options.TLS the cluster CA issues its
+// certificate.
 func (c *Cluster) AddNode(name string, apiPort, raftPort, pgPort int) (*Node, error) {
+	var files pki.TLSFiles
+	if c.opts.TLS {
+		if err := c.issueCerts(name); err != nil {
+			return nil, err
+		}
+		files = pki.Files(c.CertDir(), name)
+	}
+	return c.addNode(name, apiPort, raftPort, pgPort, files)
+}
+
+func (c *Cluster) addNode(name string, apiPort, raftPort, pgPort int, files pki.TLSFiles) (*Node, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var initial []*Node
@@ -175,6 +217,7 @@ func (c *Cluster) AddNode(name string, apiPort, raftPort, pgPort int) (*Node, er
 		}
 	}
 	n := c.newNode(name, false, apiPort, raftPort, pgPort)
+	n.TLS = files
 	if err := c.writeNode(n, initial); err != nil {
 		return nil, err
 	}
@@ -379,7 +422,7 @@ func (c *Cluster) View(ctx context.Context) (agent.ClusterView, error) {
 		if !n.Running() {
 			continue
 		}
-		v, err := FetchView(ctx, n.APIURL)
+		v, err := FetchViewWith(ctx, c.client, n.APIURL)
 		if err == nil {
 			return v, nil
 		}
@@ -391,24 +434,9 @@ func (c *Cluster) View(ctx context.Context) (agent.ClusterView, error) {
 	return agent.ClusterView{}, errors.Join(errs...)
 }
 
-// FetchView GETs one agent's /cluster.
+// FetchView GETs one agent's /cluster over plain HTTP.
 func FetchView(ctx context.Context, apiURL string) (agent.ClusterView, error) {
-	var v agent.ClusterView
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, apiURL+"/cluster", nil)
-	if err != nil {
-		return v, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return v, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return v, fmt.Errorf("GET %s/cluster: %s", apiURL, resp.Status)
-	}
-	return v, json.NewDecoder(resp.Body).Decode(&v)
+	return FetchViewWith(ctx, http.DefaultClient, apiURL)
 }
 
 // Healthy reports whether the view shows `members` members: one running
@@ -432,18 +460,6 @@ func Healthy(v agent.ClusterView, members int) bool {
 // secret is the path of a generated password file.
 func (c *Cluster) secret(name string) string {
 	return filepath.Join(c.opts.Dir, "secrets", name+".password")
-}
-
-func (c *Cluster) ensureSecret(name string) error {
-	path := c.secret(name)
-	if _, err := os.Stat(path); err == nil {
-		return nil
-	}
-	b := make([]byte, 18)
-	if _, err := rand.Read(b); err != nil {
-		return err
-	}
-	return c.writeFile(path, []byte(hex.EncodeToString(b)+"\n"), 0o600)
 }
 
 func (c *Cluster) mkdir(dirs ...string) error {
@@ -501,4 +517,12 @@ func copyFile(src, dst string, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, dst)
+}
+
+// RouterAddr is the router's read/write address (served by the Raft leader).
+func (c *Cluster) RouterAddr() string { return fmt.Sprintf("127.0.0.1:%d", c.opts.RouterPort) }
+
+// RouterReadOnlyAddr is the router's read-only address.
+func (c *Cluster) RouterReadOnlyAddr() string {
+	return fmt.Sprintf("127.0.0.1:%d", c.opts.RouterReadOnlyPort)
 }

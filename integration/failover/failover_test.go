@@ -118,7 +118,8 @@ func cli(t *testing.T, lc *localcluster.Cluster, args ...string) string {
 	return out
 }
 
-// cliErr runs the CLI against every member's API.
+// cliErr runs the CLI against every member's API. Control commands
+// authenticate with PGHA_TOKEN_FILE, which itest.NewCluster sets.
 func cliErr(lc *localcluster.Cluster, args ...string) (string, error) {
 	var apis []string
 	for _, n := range lc.Nodes() {

@@ -97,8 +97,13 @@ func Primary(v agent.ClusterView) string {
 }
 
 // NewCluster prepares a loopback cluster on free ports; every process it
-// starts is stopped when the test ends, also when it fails.
-func NewCluster(t *testing.T, binary string, nodes int) *localcluster.Cluster {
+// starts is stopped when the test ends, also when it fails. opts adjust
+// the options (WithTLS).
+//
+// It sets PGHA_TOKEN_FILE to the cluster's API token for the test, so the
+// pgha-agent commands a test runs authenticate as an operator's would
+// after the demo's `export PGHA_TOKEN_FILE=...`.
+func NewCluster(t *testing.T, binary string, nodes int, opts ...func(*localcluster.Options)) *localcluster.Cluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("integration test; skipped with -short")
@@ -110,14 +115,20 @@ func NewCluster(t *testing.T, binary string, nodes int) *localcluster.Cluster {
 		raft = append(raft, pgtest.FreePort(t))
 		pg = append(pg, pgtest.FreePort(t))
 	}
-	lc, err := localcluster.New(localcluster.Options{
+	o := localcluster.Options{
 		Dir: pgtest.TempDir(t), Binary: binary, BinDir: bin, Name: "itest",
 		Nodes: nodes, APIPorts: api, RaftPorts: raft, PGPorts: pg,
+		RouterPort: pgtest.FreePort(t), RouterReadOnlyPort: pgtest.FreePort(t),
 		LoopInterval: 200 * time.Millisecond,
-	})
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	lc, err := localcluster.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Setenv("PGHA_TOKEN_FILE", lc.TokenFile())
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, n := range lc.Nodes() {
@@ -140,6 +151,9 @@ func NewCluster(t *testing.T, binary string, nodes int) *localcluster.Cluster {
 	})
 	return lc
 }
+
+// WithTLS makes NewCluster's cluster use agent-to-agent mutual TLS.
+func WithTLS(o *localcluster.Options) { o.TLS = true }
 
 // WaitFor polls cond until it returns true or the timeout passes.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {

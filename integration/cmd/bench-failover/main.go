@@ -210,7 +210,7 @@ func switchoverTrial(lc *localcluster.Cluster, w *itest.Writer, bin string) (tim
 	// Right after a failover trial the leader may not yet see the new
 	// primary as healthy and refuses; that is not what is measured here.
 	for attempt := 1; ; attempt++ {
-		out, err := exec.Command(bin, "switchover", "--candidate", cand, "--api", strings.Join(apis, ",")).CombinedOutput()
+		out, err := exec.Command(bin, "switchover", "--candidate", cand, "--api", strings.Join(apis, ","), "--token-file", lc.TokenFile()).CombinedOutput()
 		if err == nil {
 			break
 		}

@@ -1,0 +1,296 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/pgha/pgha/consensus"
+	"github.com/pgha/pgha/router"
+)
+
+// The front is what clients see of the cluster: the VIP and the router's
+// two listeners. The Raft leader, and only the leader, owns it: the same
+// ownership rule for both, so VIP:9999 always reaches a router that
+// follows the committed state. A node that loses leadership (or fences
+// itself, which a leader never is) closes its router, disconnecting its
+// clients, and drops the VIP.
+type front struct {
+	mu      sync.Mutex
+	rt      *router.Router // non-nil while this node serves
+	serving sync.WaitGroup // the Serve goroutines of rt's two listeners
+	topo    *router.StaticTopology
+	// held is set while a switchover holds new transactions; sawSwitchover
+	// once the committed state shows it (the hold starts before the commit).
+	held, sawSwitchover bool
+	heldSince           time.Time
+	// complaint is the last problem logged, so a retry every tick logs once.
+	complaint string
+}
+
+// frontLoop keeps the front on the leader. It reacts to leadership and state
+// changes at once and otherwise refreshes the router's topology every 50ms
+// from the committed state and the latest observations.
+func (a *Agent) frontLoop(ctx context.Context) {
+	changed, unsubscribe := a.node.Watch()
+	defer unsubscribe()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	// A VIP left behind by an earlier run of this agent is not ours until
+	// this node wins an election.
+	a.releaseVIP("agent starting")
+	defer func() {
+		a.stopFront("agent stopping")
+		a.releaseVIP("agent stopping")
+	}()
+	for {
+		if a.node.IsLeader() {
+			a.ensureFront(ctx)
+		} else if a.frontUp() || a.vipHeld() {
+			a.stopFront("lost Raft leadership")
+			a.releaseVIP("lost Raft leadership")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) frontUp() bool {
+	a.front.mu.Lock()
+	defer a.front.mu.Unlock()
+	return a.front.rt != nil
+}
+
+// ensureFront brings the VIP and the router up on the leader, and keeps the
+// router's topology current.
+func (a *Agent) ensureFront(ctx context.Context) {
+	f := &a.front
+	if a.vipConfigured() && !a.vipHeld() {
+		if err := a.vip.Acquire(ctx); err != nil {
+			f.complain(a, "cannot take the VIP: "+err.Error())
+			return // the router listens on the VIP: nothing to bind yet
+		}
+		a.log.Info("took the VIP", "vip", a.cfg.VIP.Address, "interface", a.cfg.VIP.Interface, "reason", "this node is the Raft leader")
+	}
+	if !a.cfg.RouterEnabled() {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rt == nil {
+		if err := a.startRouterLocked(); err != nil {
+			f.complainLocked(a, err.Error())
+			return
+		}
+		f.complaint = ""
+	}
+	a.updateTopologyLocked()
+}
+
+// startRouterLocked creates the router and binds both listeners. Binding
+// can fail for a moment after an election on a shared host (the demo),
+// while the former leader still holds the ports: the caller retries.
+func (a *Agent) startRouterLocked() error {
+	f := &a.front
+	rc := a.cfg.Router
+	rw, err := net.Listen("tcp", net.JoinHostPort(rc.Listen, strconv.Itoa(rc.Port)))
+	if err != nil {
+		return fmt.Errorf("router: cannot listen yet: %w", err)
+	}
+	ro, err := net.Listen("tcp", net.JoinHostPort(rc.Listen, strconv.Itoa(rc.ReadOnlyPort)))
+	if err != nil {
+		rw.Close()
+		return fmt.Errorf("router: cannot listen yet: %w", err)
+	}
+	f.topo = router.NewStaticTopology(a.backends()...)
+	cfg := rc.routerConfig()
+	cfg.Logger = a.log.With("component", "router")
+	rt, err := router.New(cfg, f.topo)
+	if err != nil {
+		rw.Close()
+		ro.Close()
+		return fmt.Errorf("router: %w", err)
+	}
+	f.rt, f.held = rt, false
+	for _, l := range []struct {
+		ln   net.Listener
+		role router.Role
+	}{{rw, router.ReadWrite}, {ro, router.ReadOnly}} {
+		f.serving.Add(1)
+		go func() {
+			defer f.serving.Done()
+			if err := rt.Serve(context.Background(), l.ln, l.role); err != nil {
+				a.log.Error("router listener stopped", "role", l.role.String(), "err", err)
+			}
+		}()
+	}
+	a.log.Info("router serving", "read_write", rw.Addr().String(), "read_only", ro.Addr().String(), "reason", "this node is the Raft leader")
+	return nil
+}
+
+// stopFront closes the router: its listeners, its clients and its server
+// connections, so no transaction keeps running through a node that is no
+// longer the leader.
+func (a *Agent) stopFront(reason string) {
+	f := &a.front
+	f.mu.Lock()
+	rt := f.rt
+	f.rt, f.topo, f.held = nil, nil, false
+	f.mu.Unlock()
+	if rt == nil {
+		return
+	}
+	rt.Close()
+	f.serving.Wait()
+	a.log.Info("router stopped", "reason", reason)
+}
+
+func (a *Agent) vipConfigured() bool { return a.vip != nil }
+
+func (a *Agent) vipHeld() bool { return a.vip != nil && a.vip.Held() }
+
+func (a *Agent) releaseVIP(reason string) {
+	if !a.vipConfigured() {
+		return
+	}
+	held := a.vip.Held()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.vip.Release(ctx); err != nil {
+		a.log.Error("cannot drop the VIP", "vip", a.cfg.VIP.Address, "err", err, "reason", reason)
+		return
+	}
+	if held {
+		a.log.Info("dropped the VIP", "vip", a.cfg.VIP.Address, "reason", reason)
+	}
+}
+
+// updateTopologyLocked gives the router the current backends and ends a
+// switchover's hold once the new primary serves (or the switchover is
+// over some other way).
+func (a *Agent) updateTopologyLocked() {
+	f := &a.front
+	next := a.backends()
+	if !slices.Equal(next, f.topo.Backends()) {
+		f.topo.Set(next...)
+	}
+	if !f.held {
+		return
+	}
+	st := a.node.State()
+	if st.Switchover.Active() {
+		f.sawSwitchover = true
+	}
+	hasPrimary := slices.ContainsFunc(next, func(b router.Backend) bool { return b.Primary && b.Healthy })
+	overdue := time.Since(f.heldSince) > a.cfg.Timing.SwitchoverTimeout+a.cfg.Router.DrainTimeout+5*time.Second
+	if (f.sawSwitchover && !st.Switchover.Active() && hasPrimary) || overdue {
+		f.rt.Resume()
+		f.held = false
+		a.log.Info("router released held transactions", "primary", st.Primary, "held_for", time.Since(f.heldSince).Round(time.Millisecond).String())
+	}
+}
+
+// holdForSwitchover is called on the leader before it commits a switchover:
+// new transactions queue in the router, and those in flight on the primary
+// get up to router.drain_timeout to finish, so the old primary stops with
+// nothing running and clients in transaction mode see a wait, not an error.
+// An error says transactions were still running when the drain timed out.
+func (a *Agent) holdForSwitchover(ctx context.Context) error {
+	f := &a.front
+	f.mu.Lock()
+	rt := f.rt
+	if rt != nil && !f.held {
+		f.held, f.sawSwitchover, f.heldSince = true, false, time.Now()
+	}
+	f.mu.Unlock()
+	if rt == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.Router.DrainTimeout)
+	defer cancel()
+	return rt.Hold(ctx)
+}
+
+// releaseHold undoes holdForSwitchover when the switchover was not committed.
+func (a *Agent) releaseHold() {
+	f := &a.front
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rt != nil && f.held {
+		f.rt.Resume()
+		f.held = false
+	}
+}
+
+func (f *front) complain(a *Agent, msg string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.complainLocked(a, msg)
+}
+
+func (f *front) complainLocked(a *Agent, msg string) {
+	if f.complaint != msg {
+		f.complaint = msg
+		a.log.Warn("front not up", "problem", msg)
+	}
+}
+
+// backends is the router's view of the members, from the committed state
+// and this node's latest observations.
+func (a *Agent) backends() []router.Backend {
+	return backendsOf(a.node.State(), a.obs.snapshot(), time.Now(), a.cfg.Timing.FenceTimeout)
+}
+
+// backendsOf derives the router's backends. The committed state says who is
+// the primary; observations say who is up:
+//   - the primary is healthy while its last observation shows PostgreSQL
+//     running as a primary. An unreachable agent does not change that (agent
+//     death is not database death); the leader's failover does;
+//   - a standby is healthy while it runs in recovery and its agent answered
+//     within stale, so reads leave a lost host quickly.
+func backendsOf(st consensus.State, obs map[string]memberView, now time.Time, stale time.Duration) []router.Backend {
+	names := make([]string, 0, len(st.Members))
+	for n := range st.Members {
+		names = append(names, n)
+	}
+	sort.Strings(names) // stable node ids in SHOW POOL_NODES
+	var primaryLSN uint64
+	replicas := map[string]string{}
+	syncStates := map[string]string{}
+	if p, ok := obs[st.Primary]; ok {
+		primaryLSN = uint64(p.obs.Postgres.CurrentLSN)
+		for _, r := range p.obs.Postgres.Replication {
+			replicas[r.ApplicationName] = r.State
+			syncStates[r.ApplicationName] = r.SyncState
+		}
+	}
+	out := make([]router.Backend, 0, len(names))
+	for _, name := range names {
+		m := st.Members[name]
+		b := router.Backend{Name: name, Host: m.PGHost, Port: m.PGPort, Primary: name == st.Primary}
+		v, seen := obs[name]
+		pg := v.obs.Postgres
+		if b.Primary {
+			b.Healthy = seen && pg.Running && !pg.InRecovery && !v.obs.Fenced
+		} else {
+			b.Healthy = seen && v.reachable && now.Sub(v.lastSeen) <= stale && pg.Running && pg.InRecovery
+			b.ReplayLSN = uint64(pg.ReplayedLSN)
+			if primaryLSN > b.ReplayLSN {
+				b.LagBytes = int64(primaryLSN - b.ReplayLSN)
+			}
+			b.ReplicationState = replicas[name]
+			b.ReplicationSyncState = syncStates[name]
+		}
+		out = append(out, b)
+	}
+	return out
+}

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/pgha/pgha/agent"
+)
+
+// notifySystemd speaks systemd's Type=notify protocol when the agent runs
+// under a unit that asks for it (NOTIFY_SOCKET set; otherwise every call is
+// a no-op): READY=1 once the agent has joined its cluster and PostgreSQL
+// runs, WATCHDOG=1 while its loops turn, STOPPING=1 on the way out.
+func notifySystemd(ctx context.Context, a *agent.Agent, log *slog.Logger) {
+	watchdog, err := daemon.SdWatchdogEnabled(false)
+	if err != nil {
+		log.Warn("systemd watchdog settings unreadable; not feeding it", "err", err)
+	}
+	period := 500 * time.Millisecond
+	if watchdog > 0 && watchdog/3 < period {
+		period = watchdog / 3
+	}
+	t := time.NewTicker(period)
+	defer t.Stop()
+	ready := false
+	for {
+		if !ready && a.Ready() {
+			ready = true
+			if sent, err := daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS=joined the cluster; PostgreSQL is up"); sent {
+				log.Info("told systemd the agent is ready")
+			} else if err != nil {
+				log.Warn("systemd notify failed", "err", err)
+			}
+		}
+		if watchdog > 0 && a.Alive() {
+			_, _ = daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+		}
+		select {
+		case <-ctx.Done():
+			_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+			return
+		case <-t.C:
+		}
+	}
+}
