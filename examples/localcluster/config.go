@@ -8,7 +8,7 @@ import (
 )
 
 // nodeConfig renders one node's YAML. It is written out readable, with the
-// same keys as examples/node1.yaml, so the demo's configs double as examples.
+// same keys as examples/three-vms/node1.yaml, so the demo's configs double as examples.
 func (c *Cluster) nodeConfig(n *Node, initial []*Node) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `# Written by pgha-agent demo / localcluster for a loopback cluster.
