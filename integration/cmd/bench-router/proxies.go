@@ -1,0 +1,348 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgha/pgha/router"
+)
+
+// Target names, in the order the report lists them.
+var allTargets = []string{"direct", "pgbouncer", "pgpool", "router"}
+
+func isTarget(name string) bool { return slices.Contains(allTargets, name) }
+
+// target is what pgbench connects to: the primary itself or a proxy.
+type target struct {
+	name  string
+	port  int
+	proc  *proc  // nil for direct
+	setup string // how it is configured, for the report
+}
+
+// startTargets starts the proxies o.targets names (each stopped by td) and
+// waits until each answers a query.
+func startTargets(ctx context.Context, td *teardown, dir string, t *tools, cl *cluster, o *options) ([]*target, error) {
+	var ts []*target
+	for _, name := range allTargets {
+		if !slices.Contains(o.targets, name) {
+			continue
+		}
+		var tg *target
+		var err error
+		switch name {
+		case "direct":
+			tg = &target{name: name, port: cl.nodes[0].port,
+				setup: "the primary itself: one server process per client connection"}
+		case "pgbouncer":
+			tg, err = startPgbouncer(dir, t, cl, o)
+		case "pgpool":
+			tg, err = startPgpool(dir, t, cl, o)
+		case "router":
+			tg, err = startRouter(dir, cl, o)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if p := tg.proc; p != nil {
+			sig := syscall.SIGTERM // PgBouncer: immediate shutdown; router: close and write the profile
+			if name == "pgpool" {
+				sig = syscall.SIGINT // fast shutdown
+			}
+			td.add("stop "+name, func() error { return p.stop(sig, 15*time.Second) })
+		}
+		ts = append(ts, tg)
+	}
+	for _, tg := range ts {
+		if err := waitReady(ctx, tg, o); err != nil {
+			return nil, err
+		}
+	}
+	return ts, nil
+}
+
+// userList is PgBouncer's auth_file, which the router reads too: the bench
+// user with an md5 hash (-auth md5) or no secret (trust; PgBouncer still
+// wants the user listed).
+func userList(o *options) string {
+	secret := ""
+	if o.auth == "md5" {
+		secret = router.MD5Hash(benchUser, benchPassword)
+	}
+	return fmt.Sprintf("%q %q\n", benchUser, secret)
+}
+
+// startPgbouncer runs PgBouncer in transaction pooling mode in front of the
+// primary.
+func startPgbouncer(dir string, t *tools, cl *cluster, o *options) (*target, error) {
+	d := filepath.Join(dir, "pgbouncer")
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	if err := mkdirs(d); err != nil {
+		return nil, err
+	}
+	users := filepath.Join(d, "userlist.txt")
+	if err := writeFile(users, userList(o)); err != nil {
+		return nil, err
+	}
+	ini := fmt.Sprintf(`[databases]
+%[1]s = host=127.0.0.1 port=%[2]d dbname=%[1]s
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %[3]d
+unix_socket_dir = %[4]s
+pidfile = %[4]s/pgbouncer.pid
+auth_type = %[5]s
+auth_file = %[6]s
+pool_mode = transaction
+default_pool_size = %[7]d
+min_pool_size = 0
+reserve_pool_size = 0
+max_client_conn = %[8]d
+ignore_startup_parameters = extra_float_digits
+log_connections = 0
+log_disconnections = 0
+stats_period = 60
+`, benchDB, cl.nodes[0].port, port, d, o.auth, users, o.poolSize, o.maxClients()+100)
+	conf := filepath.Join(d, "pgbouncer.ini")
+	if err := writeFile(conf, ini); err != nil {
+		return nil, err
+	}
+	p, err := startProc("pgbouncer", filepath.Join(d, "pgbouncer.log"), runAs(), nil, t.pgbouncer, conf)
+	if err != nil {
+		return nil, err
+	}
+	return &target{name: "pgbouncer", port: port, proc: p,
+		setup: fmt.Sprintf("pool_mode=transaction, default_pool_size=%d to the primary, auth_type=%s", o.poolSize, o.auth)}, nil
+}
+
+// pgpoolChildren is pgpool-II's num_init_children: one child serves one
+// client at a time, so the most clients of any cell plus some.
+func pgpoolChildren(o *options) int { return o.maxClients() + 8 }
+
+// startPgpool runs pgpool-II in streaming-replication mode over the three
+// servers with load balancing and connection caching.
+func startPgpool(dir string, t *tools, cl *cluster, o *options) (*target, error) {
+	d := filepath.Join(dir, "pgpool")
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	pcpPort, err := freePort() // names the pcp socket only: pcp does not listen on TCP
+	if err != nil {
+		return nil, err
+	}
+	if err := mkdirs(d); err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `backend_clustering_mode = 'streaming_replication'
+listen_addresses = '127.0.0.1'
+port = %[1]d
+socket_dir = '%[2]s'
+pcp_listen_addresses = ''
+pcp_port = %[3]d
+pcp_socket_dir = '%[2]s'
+wd_ipc_socket_dir = '%[2]s'
+logdir = '%[2]s'
+pid_file_name = '%[2]s/pgpool.pid'
+num_init_children = %[4]d
+max_pool = 1
+child_life_time = 0
+connection_life_time = 0
+connection_cache = on
+reserved_connections = 0
+load_balance_mode = on
+statement_level_load_balance = off
+sr_check_period = 10
+sr_check_user = '%[5]s'
+sr_check_database = 'postgres'
+health_check_period = 0
+failover_on_backend_error = off
+failover_command = ''
+use_watchdog = off
+memory_cache_enabled = off
+ssl = off
+log_destination = 'stderr'
+log_min_messages = warning
+log_connections = off
+log_statement = off
+log_per_node_statement = off
+`, port, d, pcpPort, pgpoolChildren(o), benchUser)
+	if o.auth == "md5" {
+		fmt.Fprintf(&b, "enable_pool_hba = on\npool_passwd = 'pool_passwd'\nsr_check_password = '%s'\n", benchPassword)
+	} else {
+		b.WriteString("enable_pool_hba = off\npool_passwd = ''\nsr_check_password = ''\n")
+	}
+	// Reads go to the standbys only, as with the router (weight 0: the
+	// primary is never the load-balance node).
+	for i, n := range cl.nodes {
+		weight := 1
+		if i == 0 {
+			weight = 0
+		}
+		fmt.Fprintf(&b, "backend_hostname%[1]d = '127.0.0.1'\nbackend_port%[1]d = %[2]d\nbackend_weight%[1]d = %[3]d\nbackend_flag%[1]d = 'DISALLOW_TO_FAILOVER'\nbackend_application_name%[1]d = '%[4]s'\n",
+			i, n.port, weight, n.name)
+	}
+	files := map[string]string{
+		"pgpool.conf":   b.String(),
+		"pcp.conf":      "# no pcp users\n",
+		"pool_hba.conf": "local all all trust\nhost all all 127.0.0.1/32 " + o.auth + "\n",
+		"pool_passwd":   benchUser + ":" + router.MD5Hash(benchUser, benchPassword) + "\n",
+	}
+	for name, content := range files {
+		if err := writeFile(filepath.Join(d, name), content); err != nil {
+			return nil, err
+		}
+	}
+	p, err := startProc("pgpool", filepath.Join(d, "pgpool.log"), runAs(), nil, t.pgpool,
+		"-n", "-D", "-f", filepath.Join(d, "pgpool.conf"), "-F", filepath.Join(d, "pcp.conf"), "-a", filepath.Join(d, "pool_hba.conf"))
+	if err != nil {
+		return nil, err
+	}
+	return &target{name: "pgpool", port: port, proc: p,
+		setup: fmt.Sprintf("streaming_replication mode, num_init_children=%d (one client per child), max_pool=1 connection cache, load_balance_mode=on (per session; weights primary 0, standbys 1), health check off, sr_check every 10s, auth %s",
+			pgpoolChildren(o), o.auth)}, nil
+}
+
+// startRouter runs the router in a process of its own: this binary,
+// re-executed with -serve-router.
+func startRouter(dir string, cl *cluster, o *options) (*target, error) {
+	d := filepath.Join(dir, "router")
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return nil, fmt.Errorf("router dir: %w", err)
+	}
+	users := filepath.Join(d, "userlist.txt")
+	if err := os.WriteFile(users, []byte(userList(o)), 0o600); err != nil {
+		return nil, fmt.Errorf("router auth file: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find this binary to run the router: %w", err)
+	}
+	var backends []string
+	for _, n := range cl.nodes {
+		backends = append(backends, fmt.Sprintf("%s=127.0.0.1:%d", n.name, n.port))
+	}
+	args := []string{serveRouterFlag,
+		"-listen", "127.0.0.1:" + strconv.Itoa(port),
+		"-backends", strings.Join(backends, ","),
+		"-pool-size", strconv.Itoa(o.poolSize),
+		"-auth", o.auth,
+		"-userlist", users,
+		"-monitor-user", benchUser, "-monitor-db", "postgres",
+	}
+	if o.auth == "md5" {
+		args = append(args, "-monitor-password", benchPassword)
+	}
+	if o.cpuProfile != "" {
+		args = append(args, "-cpuprofile", o.cpuProfile)
+	}
+	ryw := "read-your-writes"
+	if !o.readYourWrites {
+		args = append(args, "-read-your-writes=false")
+		ryw = "read-your-writes OFF"
+	}
+	var env []string
+	procs := "GOMAXPROCS default"
+	if o.routerProcs > 0 {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(o.routerProcs))
+		procs = "GOMAXPROCS=" + strconv.Itoa(o.routerProcs)
+	}
+	p, err := startProc("router", filepath.Join(d, "router.log"), "", env, self, args...)
+	if err != nil {
+		return nil, err
+	}
+	return &target{name: "router", port: port, proc: p,
+		setup: fmt.Sprintf("separate process (%s); pool_mode=transaction, pool size %d per server, reads outside transactions to the standbys, %s, max lag 1MB, auth %s",
+			procs, o.poolSize, ryw, o.auth)}, nil
+}
+
+// connString reaches port as the bench user with the simple protocol
+// (which PgBouncer in transaction mode and the router's SHOW commands need).
+func connString(port int, o *options) string {
+	s := fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=%s sslmode=disable connect_timeout=5 default_query_exec_mode=simple_protocol", port, benchUser, benchDB)
+	if o.auth == "md5" {
+		s += " password=" + benchPassword
+	}
+	return s
+}
+
+// waitReady polls until a query through tg succeeds.
+func waitReady(ctx context.Context, tg *target, o *options) error {
+	var last error
+	err := poll(ctx, time.Minute, tg.name+" answers", func() (bool, string) {
+		if tg.proc != nil && tg.proc.exited() {
+			return false, "exited"
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(cctx, connString(tg.port, o))
+		if err == nil {
+			_, err = c.Exec(cctx, "SELECT 1")
+			c.Close(cctx)
+		}
+		last = err
+		if err != nil {
+			return false, err.Error()
+		}
+		return true, ""
+	})
+	if err != nil || (tg.proc != nil && tg.proc.exited()) {
+		msg := fmt.Sprintf("%s on port %d did not come up (last error: %v)", tg.name, tg.port, last)
+		if tg.proc != nil {
+			msg += fmt.Sprintf("; its log %s ends:\n%s", tg.proc.log, tg.proc.logTail(20))
+		}
+		return fmt.Errorf("%s", msg)
+	}
+	return nil
+}
+
+// showRows runs a SHOW command through port and returns the header and rows.
+func showRows(ctx context.Context, port int, o *options, sql string) ([]string, [][]string, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(cctx, connString(port, o))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer c.Close(cctx)
+	rows, err := c.Query(cctx, sql)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	var cols []string
+	for _, f := range rows.FieldDescriptions() {
+		cols = append(cols, f.Name)
+	}
+	var out [][]string
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			return nil, nil, err
+		}
+		row := make([]string, len(vals))
+		for i, v := range vals {
+			row[i] = fmt.Sprint(v)
+		}
+		out = append(out, row)
+	}
+	return cols, out, rows.Err()
+}
