@@ -252,9 +252,10 @@ func (a *Agent) backends() []router.Backend {
 
 // backendsOf derives the router's backends. The committed state says who is
 // the primary; observations say who is up:
-//   - the primary is healthy while its last observation shows PostgreSQL
-//     running as a primary. An unreachable agent does not change that (agent
-//     death is not database death); the leader's failover does;
+//   - the primary is healthy until its last observation shows its
+//     postmaster gone, in recovery or fenced. An unreachable agent does not
+//     change that (agent death is not database death); the leader's
+//     failover does;
 //   - a standby is healthy while it runs in recovery and its agent answered
 //     within stale, so reads leave a lost host quickly.
 func backendsOf(st consensus.State, obs map[string]memberView, now time.Time, stale time.Duration) []router.Backend {
@@ -280,7 +281,11 @@ func backendsOf(st consensus.State, obs map[string]memberView, now time.Time, st
 		v, seen := obs[name]
 		pg := v.obs.Postgres
 		if b.Primary {
-			b.Healthy = seen && pg.Running && !pg.InRecovery && !v.obs.Fenced
+			// Unhealthy only on evidence (no postmaster, in recovery,
+			// fenced): a status query that failed on a loaded server is not
+			// evidence, and marking the primary down retires every
+			// connection to it, transactions in flight included.
+			b.Healthy = seen && !v.obs.Fenced && !pg.InRecovery && (pg.Running || pg.PID != 0)
 		} else {
 			b.Healthy = seen && v.reachable && now.Sub(v.lastSeen) <= stale && pg.Running && pg.InRecovery
 			b.ReplayLSN = uint64(pg.ReplayedLSN)

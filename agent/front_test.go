@@ -64,6 +64,20 @@ func TestBackendsOf(t *testing.T) {
 			"n3": {Healthy: true, ReplayLSN: 5000},
 		},
 	}, {
+		// A status query that failed while the postmaster lives is not a
+		// dead primary; no postmaster is.
+		name: "primary status unknown, then gone",
+		obs: map[string]memberView{
+			"n1": {reachable: true, lastSeen: now, obs: Observation{Postgres: postgres.Status{PID: 42, Error: "timeout"}}},
+			"n2": {reachable: true, lastSeen: now, obs: Observation{Postgres: postgres.Status{PID: 4242, Error: "timeout"}}},
+			"n3": {reachable: true, lastSeen: now, obs: Observation{Postgres: postgres.Status{}}},
+		},
+		want: map[string]router.Backend{
+			"n1": {Healthy: false},
+			"n2": {Healthy: true, Primary: true},
+			"n3": {Healthy: false},
+		},
+	}, {
 		name: "fenced primary",
 		obs: map[string]memberView{
 			"n1": {reachable: true, lastSeen: now, obs: Observation{Postgres: standby(5000)}},

@@ -597,16 +597,21 @@ func (r *Router) holdChan() chan struct{} {
 	return r.holdCh
 }
 
+// primaryActive counts server connections in use on the backend the
+// topology names primary, healthy or not: a primary that looks unhealthy for
+// a moment still runs the transactions a switchover must let finish.
 func (r *Router) primaryActive() int64 {
-	pb, ok := r.view.Load().primaryBackend()
-	if !ok {
-		return 0
+	addrs := map[string]bool{}
+	for _, b := range r.view.Load().backends {
+		if b.Primary {
+			addrs[b.Addr()] = true
+		}
 	}
 	var n int64
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for k, p := range r.pools {
-		if k.addr == pb.Addr() {
+		if addrs[k.addr] {
 			n += p.active.Load()
 		}
 	}

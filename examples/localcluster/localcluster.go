@@ -423,10 +423,18 @@ func (c *Cluster) View(ctx context.Context) (agent.ClusterView, error) {
 			continue
 		}
 		v, err := FetchViewWith(ctx, c.client, n.APIURL)
-		if err == nil {
-			return v, nil
+		if err != nil {
+			errs = append(errs, err)
+			continue
 		}
-		errs = append(errs, err)
+		// A member that just restarted may still be replaying the Raft log:
+		// the leader's view is the committed one.
+		if l := c.Node(v.RaftLeader); l != nil && l != n && l.Running() {
+			if lv, err := FetchViewWith(ctx, c.client, l.APIURL); err == nil {
+				return lv, nil
+			}
+		}
+		return v, nil
 	}
 	if len(errs) == 0 {
 		return agent.ClusterView{}, errors.New("no agent is running")
