@@ -9,7 +9,7 @@ import (
 )
 
 // validConfig writes secrets into dir and returns a YAML config that loads.
-func validConfig(t *testing.T) string {
+func validConfig(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	for _, s := range []string{"repl", "mon", "rew"} {
