@@ -47,6 +47,13 @@ func (a *Agent) guardInternal(next http.Handler) http.Handler {
 			writeJSON(w, http.StatusForbidden, apiError{Error: "internal endpoints are for the agents: a client certificate from the cluster CA is required"})
 			return
 		}
+		// With TLS the cluster's state (members, addresses, roles, LSNs) is
+		// for holders of a cluster certificate or the token, not for anyone
+		// who can reach the port; the health checks stay open.
+		if a.cfg.TLS.Enabled() && (r.URL.Path == "/cluster" || r.URL.Path == "/metrics") {
+			a.authorized(next.ServeHTTP)(w, r)
+			return
+		}
 		next.ServeHTTP(w, r)
 	})
 }

@@ -103,8 +103,11 @@ func TestGuardInternal(t *testing.T) {
 		{true, "/internal/join", "", 403},
 		{true, "/internal/observation", "node2", 200},
 		{true, "/primary", "", 200},
-		{true, "/cluster", "", 200},
-		{true, "/metrics", "", 200},
+		{false, "/cluster", "", 200},
+		{true, "/cluster", "", 401},
+		{true, "/metrics", "", 401},
+		{true, "/cluster", "node2", 200},
+		{true, "/metrics", "node2", 200},
 	} {
 		r := httptest.NewRequest("GET", c.path, nil)
 		if c.peer != "" {

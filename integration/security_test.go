@@ -45,7 +45,7 @@ func leaderView(t *testing.T, lc *localcluster.Cluster) agent.ClusterView {
 		t.Fatal(err)
 	}
 	if n := lc.Node(v.RaftLeader); n != nil {
-		if v, err = localcluster.FetchViewWith(context.Background(), lc.HTTPClient(), n.APIURL); err != nil {
+		if v, err = localcluster.FetchViewWith(context.Background(), lc.ViewClient(), n.APIURL); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -235,7 +235,7 @@ func TestTLSCluster(t *testing.T) {
 			for path, want := range map[string]int{
 				"/primary": pick(isPrimary, 200, 503), "/replica": pick(isPrimary, 503, 200),
 				"/read-only": 200, "/health": 200, "/liveness": 200, "/readiness": 200,
-				"/cluster": 200, "/metrics": 200,
+				"/cluster": 401, "/metrics": 401, // cluster state: certificate or token
 				"/internal/observation": 403, "/internal/raft": 403,
 			} {
 				if code, _, body := call(t, c, "GET", n.APIURL+path, "", ""); code != want {

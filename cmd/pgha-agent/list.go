@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/examples/localcluster"
 )
 
 // defaultAPIs are the demo's agents; any member answers for the cluster.
@@ -48,7 +47,7 @@ func listCmd() *cobra.Command {
 			return nil
 		},
 	}
-	f.register(cmd, false)
+	f.register(cmd, true) // with TLS, /cluster needs a certificate or the token
 	cmd.Flags().StringVar(&format, "format", "table", "table or json")
 	return cmd
 }
@@ -59,7 +58,10 @@ func fetchView(ctx context.Context, c *apiClient) (agent.ClusterView, error) {
 	}
 	var errs []error
 	for _, u := range c.apis {
-		v, err := localcluster.FetchViewWith(ctx, c.http, strings.TrimRight(u, "/"))
+		var v agent.ClusterView
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second) // a dead host must not stall the others
+		err := c.call(cctx, http.MethodGet, strings.TrimRight(u, "/")+"/cluster", nil, &v)
+		cancel()
 		if err == nil {
 			return v, nil
 		}

@@ -50,10 +50,11 @@ type Options struct {
 
 // Cluster is a set of local nodes.
 type Cluster struct {
-	opts   Options
-	binary string
-	cred   *syscall.Credential
-	client *http.Client // for View: trusts the cluster CA with Options.TLS
+	opts       Options
+	binary     string
+	cred       *syscall.Credential
+	client     *http.Client // trusts the cluster CA with Options.TLS, presents nothing
+	viewClient *http.Client // client plus the API token, for View
 
 	mu    sync.Mutex
 	nodes []*Node
@@ -148,6 +149,10 @@ func New(opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	c.client = client
+	c.viewClient = &http.Client{Transport: bearer{token: c.Token, next: client.Transport}}
+	if client.Transport == nil {
+		c.viewClient.Transport = bearer{token: c.Token, next: http.DefaultTransport}
+	}
 	for _, n := range initial {
 		if err := c.writeNode(n, initial); err != nil {
 			return nil, err
@@ -422,7 +427,7 @@ func (c *Cluster) View(ctx context.Context) (agent.ClusterView, error) {
 		if !n.Running() {
 			continue
 		}
-		v, err := FetchViewWith(ctx, c.client, n.APIURL)
+		v, err := FetchViewWith(ctx, c.viewClient, n.APIURL)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -430,7 +435,7 @@ func (c *Cluster) View(ctx context.Context) (agent.ClusterView, error) {
 		// A member that just restarted may still be replaying the Raft log:
 		// the leader's view is the committed one.
 		if l := c.Node(v.RaftLeader); l != nil && l != n && l.Running() {
-			if lv, err := FetchViewWith(ctx, c.client, l.APIURL); err == nil {
+			if lv, err := FetchViewWith(ctx, c.viewClient, l.APIURL); err == nil {
 				return lv, nil
 			}
 		}

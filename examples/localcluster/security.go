@@ -154,6 +154,19 @@ func newHTTPClient(caFile string) (*http.Client, error) {
 	return &http.Client{Transport: tr}, nil
 }
 
+// bearer adds the API token to every request: with TLS, /cluster and
+// /metrics need it (or a cluster certificate).
+type bearer struct {
+	token func() string
+	next  http.RoundTripper
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token())
+	return b.next.RoundTrip(r)
+}
+
 // FetchViewWith GETs one agent's /cluster with client.
 func FetchViewWith(ctx context.Context, client *http.Client, apiURL string) (agent.ClusterView, error) {
 	var v agent.ClusterView
@@ -173,3 +186,7 @@ func FetchViewWith(ctx context.Context, client *http.Client, apiURL string) (age
 	}
 	return v, json.NewDecoder(resp.Body).Decode(&v)
 }
+
+// ViewClient is HTTPClient plus the API token: what reads /cluster and
+// /metrics, which need the token (or a certificate) with Options.TLS.
+func (c *Cluster) ViewClient() *http.Client { return c.viewClient }

@@ -31,7 +31,7 @@ func AssertNoSecretsLeaked(t testing.TB, lc *localcluster.Cluster) {
 		if !n.Running() {
 			continue
 		}
-		resp, err := lc.HTTPClient().Get(n.APIURL + "/cluster")
+		resp, err := lc.ViewClient().Get(n.APIURL + "/cluster")
 		if err != nil {
 			t.Errorf("GET %s/cluster: %v", n.APIURL, err)
 			continue
