@@ -68,12 +68,10 @@ router:
   port: %d
   read_only_port: %d
   pool_size: 20
-  # Demo only: loopback clients are trusted (as the postgres role above).
-  hba: ["host all all 127.0.0.1/32 trust"]
-`, n.APIPort, n.APIURL, c.TokenFile(), n.RaftPort, n.RaftPort, c.opts.LoopInterval, c.opts.HealthInterval,
+%s`, n.APIPort, n.APIURL, c.TokenFile(), n.RaftPort, n.RaftPort, c.opts.LoopInterval, c.opts.HealthInterval,
 		c.opts.BinDir, n.PGData, n.PGPort, n.SocketDir,
 		c.secret("replication"), c.secret("monitor"), c.secret("rewind"),
-		c.opts.RouterPort, c.opts.RouterReadOnlyPort)
+		c.opts.RouterPort, c.opts.RouterReadOnlyPort, c.routerYAML())
 	if n.TLS != (pki.TLSFiles{}) {
 		fmt.Fprintf(&b, `
 # Agent-to-agent mutual TLS: Raft and the REST API (https:// above).

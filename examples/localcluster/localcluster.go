@@ -46,6 +46,8 @@ type Options struct {
 	// see CertDir) and configures the agents' tls section: Raft over mutual
 	// TLS and the REST API on https:// URLs.
 	TLS bool
+	// SecureRouter: the router requires TLS and SCRAM (see router.go).
+	SecureRouter bool
 }
 
 // Cluster is a set of local nodes.
@@ -143,6 +145,9 @@ func New(opts Options) (*Cluster, error) {
 		if err := c.issueCerts(names...); err != nil {
 			return nil, err
 		}
+	}
+	if err := c.prepareSecureRouter(); err != nil {
+		return nil, err
 	}
 	client, err := newHTTPClient(c.CA())
 	if err != nil {

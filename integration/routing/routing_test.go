@@ -7,13 +7,17 @@ package routing
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +25,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgha/pgha/examples/localcluster"
 	"github.com/pgha/pgha/integration/itest"
@@ -426,4 +431,90 @@ func standbySelects(t *testing.T, conn *pgx.Conn) int {
 		}
 	}
 	return total
+}
+
+// TestRouterTLSAndSCRAM: configured as in production (router.tls_cert,
+// router.auth_file, a hostssl scram-sha-256 rule), the leader's router
+// serves psql with sslmode=verify-full and SCRAM end to end, and refuses a
+// clear-text client and a wrong password with PostgreSQL's own errors.
+func TestRouterTLSAndSCRAM(t *testing.T) {
+	lc := itest.NewCluster(t, agentBinary, 3, func(o *localcluster.Options) { o.SecureRouter = true })
+	if err := lc.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+	itest.WaitHealthy(t, lc, 3, 2*time.Minute)
+	pw, err := os.ReadFile(lc.RouterPasswordFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(lc.RouterAddr())
+	psql := func(password, conninfo string) (string, error) {
+		cmd := exec.Command("psql", "-X", "-A", "-t", "-c", "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+			fmt.Sprintf("host=%s port=%s user=postgres dbname=postgres connect_timeout=5 %s", host, port, conninfo))
+		cmd.Env = append(os.Environ(), "PGPASSWORD="+password)
+		out, err := cmd.CombinedOutput()
+		return strings.TrimSpace(string(out)), err
+	}
+	good := strings.TrimSpace(string(pw))
+	itest.WaitFor(t, 30*time.Second, "psql sslmode=verify-full through the router", func() (bool, string) {
+		out, err := psql(good, "sslmode=verify-full sslrootcert="+lc.RouterCA())
+		// The router's TLS ends at the router; its server connection is
+		// plain loopback, so pg_stat_ssl says f: what matters is that
+		// psql verified the router's certificate and logged in.
+		return err == nil && strings.HasPrefix(out, "f|"), fmt.Sprintf("%v: %s", err, out)
+	})
+	if out, err := psql(good, "sslmode=disable"); err == nil || !strings.Contains(out, "no pg_hba.conf entry") {
+		t.Errorf("a clear-text client was not refused by the hostssl rule: %v: %s", err, out)
+	}
+	if out, err := psql("wrong-"+good, "sslmode=require"); err == nil || !strings.Contains(out, `password authentication failed for user "postgres"`) {
+		t.Errorf("a wrong password did not get PostgreSQL's error: %v: %s", err, out)
+	}
+	// The router asks for SCRAM-SHA-256, not a clear-text password.
+	if mechs := authRequest(t, lc.RouterAddr(), lc.RouterCA()); !slices.Contains(mechs, "SCRAM-SHA-256") {
+		t.Errorf("the router's authentication request offers %v, want SCRAM-SHA-256", mechs)
+	}
+}
+
+// authRequest opens a TLS session like libpq (SSLRequest, then the startup
+// message) and returns the SASL mechanisms of the router's authentication
+// request (nil for any other kind of request).
+func authRequest(t *testing.T, addr, caFile string) []string {
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	req, err := (&pgproto3.SSLRequest{}).Encode(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	answer := make([]byte, 1)
+	if _, err := io.ReadFull(conn, answer); err != nil || answer[0] != 'S' {
+		t.Fatalf("SSLRequest answered %q, %v; want 'S'", answer, err)
+	}
+	ca, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	tc := tls.Client(conn, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	fe := pgproto3.NewFrontend(tc, tc)
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "postgres", "database": "postgres"}})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := fe.Receive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sasl, ok := msg.(*pgproto3.AuthenticationSASL); ok {
+		return sasl.AuthMechanisms
+	}
+	t.Logf("the router answered the startup with %T", msg)
+	return nil
 }
