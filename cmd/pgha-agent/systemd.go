@@ -6,15 +6,19 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
-
-	"github.com/pgha/pgha/agent"
 )
+
+// readiness is what systemd is told about (*agent.Agent).
+type readiness interface {
+	Ready() bool // joined the cluster, PostgreSQL up
+	Alive() bool // loops turning: feed the watchdog
+}
 
 // notifySystemd speaks systemd's Type=notify protocol when the agent runs
 // under a unit that asks for it (NOTIFY_SOCKET set; otherwise every call is
 // a no-op): READY=1 once the agent has joined its cluster and PostgreSQL
 // runs, WATCHDOG=1 while its loops turn, STOPPING=1 on the way out.
-func notifySystemd(ctx context.Context, a *agent.Agent, log *slog.Logger) {
+func notifySystemd(ctx context.Context, a readiness, log *slog.Logger) {
 	watchdog, err := daemon.SdWatchdogEnabled(false)
 	if err != nil {
 		log.Warn("systemd watchdog settings unreadable; not feeding it", "err", err)
