@@ -61,6 +61,11 @@ func (r *Router) PoolNodes() []PoolNode {
 // admin answers the router's own SHOW commands; handled is false for any
 // other query.
 func (c *client) admin(sql string) (bool, error) {
+	// Every idle Query passes here: rule out the others before the
+	// normalisation below, which allocates.
+	if t := strings.TrimSpace(sql); len(t) < 4 || !eqFold(t[:4], "show") {
+		return false, nil
+	}
 	cmd := strings.ToLower(strings.Join(strings.Fields(strings.TrimRight(strings.TrimSpace(sql), ";")), " "))
 	var cols []string
 	var rows [][]string

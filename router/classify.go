@@ -63,7 +63,8 @@ func Classify(sql string, writeFuncs map[string]bool) Class {
 	if writeFuncs == nil {
 		writeFuncs = defaultWriteFuncs
 	}
-	toks := tokenize(sql, nil)
+	var buf [64]string // most statements: no allocation for the tokens
+	toks := tokenize(sql, buf[:0])
 	start := true
 	sawStatement := false
 	for i, t := range toks {
@@ -74,20 +75,20 @@ func Classify(sql string, writeFuncs map[string]bool) Class {
 		if start {
 			start = false
 			sawStatement = true
-			if !readStarts[t] {
+			if !foldIn(readStarts, t) {
 				return ClassWrite
 			}
 		}
-		if writeKeywords[t] {
+		if foldIn(writeKeywords, t) {
 			return ClassWrite
 		}
-		if t == "for" && i+1 < len(toks) {
-			switch toks[i+1] {
-			case "update", "share", "no", "key":
+		if i+1 < len(toks) && eqFold(t, "for") {
+			switch next := toks[i+1]; {
+			case eqFold(next, "update"), eqFold(next, "share"), eqFold(next, "no"), eqFold(next, "key"):
 				return ClassWrite
 			}
 		}
-		if i+1 < len(toks) && toks[i+1] == "(" && writeFuncs[t] {
+		if i+1 < len(toks) && toks[i+1] == "(" && foldIn(writeFuncs, t) {
 			return ClassWrite
 		}
 	}
@@ -107,8 +108,91 @@ func funcSet(names []string) map[string]bool {
 	return m
 }
 
-// tokenize returns the lower-cased words and the punctuation ";" and "("
-// of sql, skipping whitespace, comments, string literals (standard, E”,
+// isDiscard: sql (a simple query, one or several statements) drops every
+// server-side prepared statement: DISCARD ALL, DEALLOCATE [PREPARE] ALL.
+// Only the statement keyword counts, not the word in a name or literal
+// (a table called discarded_items): forgetting statements that still
+// exist would make the router prepare them again under the same name,
+// which the server refuses.
+func isDiscard(sql string) bool {
+	var buf [16]string
+	toks := tokenize(sql, buf[:0])
+	start := true
+	for i, t := range toks {
+		if t == ";" {
+			start = true
+			continue
+		}
+		if !start {
+			continue
+		}
+		start = false
+		next := func(k int) string {
+			if i+k < len(toks) {
+				return toks[i+k]
+			}
+			return ""
+		}
+		switch {
+		case eqFold(t, "discard") && eqFold(next(1), "all"),
+			eqFold(t, "deallocate") && eqFold(next(1), "all"),
+			eqFold(t, "deallocate") && eqFold(next(1), "prepare") && eqFold(next(2), "all"):
+			return true
+		}
+	}
+	return false
+}
+
+// eqFold reports whether the word tok is the keyword kw (lower case
+// ASCII) in any case. ASCII words, all keywords are, compare in place;
+// others as strings.ToLower would have it.
+func eqFold(tok, kw string) bool {
+	if !isASCII(tok) {
+		return strings.ToLower(tok) == kw
+	}
+	if len(tok) != len(kw) {
+		return false
+	}
+	for i := 0; i < len(tok); i++ {
+		if lowerASCII(tok[i]) != kw[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// foldIn reports whether m (lower-case keys) holds the word tok in any
+// case, without allocating for ASCII words up to 64 bytes: Classify runs
+// on every query and strings.ToLower copies each upper-case word.
+func foldIn(m map[string]bool, tok string) bool {
+	var buf [64]byte
+	if len(tok) > len(buf) || !isASCII(tok) {
+		return m[strings.ToLower(tok)]
+	}
+	for i := 0; i < len(tok); i++ {
+		buf[i] = lowerASCII(tok[i])
+	}
+	return m[string(buf[:len(tok)])] // no allocation for a map index
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// tokenize returns the words (as written, compare them with eqFold or
+// foldIn) and the punctuation ";" and "(" of sql, skipping whitespace, comments, string literals (standard, E”,
 // dollar-quoted) and the contents of quoted identifiers (a quoted
 // identifier yields the token "\"", so it never matches a keyword). A
 // schema-qualified name yields its last part before "(", e.g.
@@ -175,7 +259,7 @@ func tokenize(sql string, toks []string) []string {
 			for j < len(s) && isIdentChar(s[j]) {
 				j++
 			}
-			toks = append(toks, strings.ToLower(s[i:j]))
+			toks = append(toks, s[i:j])
 			i = j
 		default:
 			i++

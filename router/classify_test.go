@@ -57,3 +57,29 @@ func TestClassify(t *testing.T) {
 		t.Error("a custom write-function list is not honoured")
 	}
 }
+
+func TestIsDiscard(t *testing.T) {
+	for _, tc := range []struct {
+		sql  string
+		want bool
+	}{
+		{"DISCARD ALL", true},
+		{"discard all;", true},
+		{"  /* reset */ Discard All", true},
+		{"DEALLOCATE ALL", true},
+		{"deallocate prepare all", true},
+		{"SELECT 1; DISCARD ALL", true},
+		{"DISCARD PLANS", false},
+		{"DISCARD TEMP", false},
+		{"DEALLOCATE my_stmt", false},
+		{"SELECT * FROM discarded_items", false},
+		{"SELECT * FROM discard", false},
+		{"INSERT INTO log VALUES ('discard all')", false},
+		{`SELECT "deallocate" FROM t`, false},
+		{"", false},
+	} {
+		if got := isDiscard(tc.sql); got != tc.want {
+			t.Errorf("isDiscard(%q) = %v, want %v", tc.sql, got, tc.want)
+		}
+	}
+}

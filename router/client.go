@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,9 +22,13 @@ import (
 // client is one client session.
 //
 // Goroutines: the client goroutine (serveClient) reads the client and is
-// the only writer to the attached server connection; while messages are in
-// flight a pump goroutine reads the server connection and writes to the
-// client. Fields under mu are shared by both; wbuf (to the client) is
+// the only writer to the attached server connection. While messages are in
+// flight exactly one reader relays the server's answers to the client
+// (pumping is true): usually the client goroutine itself, inline, until
+// ReadyForQuery (relay); a pump goroutine when the exchange needs the
+// client goroutine back at the client socket (COPY FROM STDIN, a batch
+// ending in Flush or without Sync, a statement running longer than
+// inlineWait). Fields under mu are shared by both; wbuf (to the client) is
 // guarded by wmu; lock order is mu before wmu. Everything else belongs to
 // the client goroutine.
 type client struct {
@@ -47,11 +53,16 @@ type client struct {
 	// allocates a fresh Query string and OID slice, so keeping the struct
 	// beyond the next Receive is safe.
 	lastUnnamed *pgproto3.Parse
+	pools       []cachedPool // see poolFor
 	pending     []pgproto3.FrontendMessage
 	pendLen     int
 	out         []byte // bytes for the server, written by the client goroutine
 
-	writeLSN atomic.Uint64 // primary WAL insert position after this session's last write
+	// writeLSN is the primary's WAL insert position after this session's
+	// last write transaction (read-your-writes); math.MaxUint64 while it is
+	// being fetched or unknown, which sends reads to the primary. Written
+	// under mu, read by route without it.
+	writeLSN atomic.Uint64
 
 	wmu  sync.Mutex
 	wbuf []byte
@@ -67,6 +78,7 @@ type client struct {
 	unnamedHere bool // the unnamed statement was parsed on this attachment
 	drops       []dropEntry
 	closing     bool
+	lsnGen      uint64 // counts write releases: only the latest one's LSN is stored
 
 	// abandoned: the client left with work in flight; the pump drains the
 	// server's answers without relaying them and then closes the server
@@ -236,28 +248,44 @@ func flushPoint(msg pgproto3.FrontendMessage) bool {
 	return false
 }
 
-// copyMsg returns an owned copy of a flyweight message and its size.
+// copyMsg returns an owned copy of a flyweight message and its size on
+// the wire (near enough: it only bounds a batch). pgproto3's Decode gives
+// every message fresh strings and format-code slices; only Bind's
+// parameter values point into the read buffer, so they are copied, into
+// one allocation.
 func copyMsg(m pgproto3.FrontendMessage) (pgproto3.FrontendMessage, int) {
-	var n pgproto3.FrontendMessage
-	switch m.(type) {
+	switch m := m.(type) {
 	case *pgproto3.Parse:
-		n = &pgproto3.Parse{}
+		n := *m
+		return &n, 5 + len(m.Name) + len(m.Query) + 4 + 4*len(m.ParameterOIDs)
 	case *pgproto3.Bind:
-		n = &pgproto3.Bind{}
+		n := *m
+		size := 0
+		for _, v := range m.Parameters {
+			size += len(v)
+		}
+		if len(m.Parameters) > 0 {
+			buf := make([]byte, 0, size)
+			n.Parameters = make([][]byte, len(m.Parameters))
+			for i, v := range m.Parameters {
+				if v != nil { // NULL stays nil
+					buf = append(buf, v...)
+					n.Parameters[i] = buf[len(buf)-len(v) : len(buf) : len(buf)]
+				}
+			}
+		}
+		return &n, 5 + len(m.DestinationPortal) + len(m.PreparedStatement) + 8 + 2*len(m.ParameterFormatCodes) + 4*len(m.Parameters) + size + 2*len(m.ResultFormatCodes)
 	case *pgproto3.Describe:
-		n = &pgproto3.Describe{}
+		n := *m
+		return &n, 6 + len(m.Name) + 1
 	case *pgproto3.Execute:
-		n = &pgproto3.Execute{}
+		n := *m
+		return &n, 5 + len(m.Portal) + 5
 	case *pgproto3.Close:
-		n = &pgproto3.Close{}
-	default:
-		return nil, 0
+		n := *m
+		return &n, 6 + len(m.Name) + 1
 	}
-	buf, err := m.Encode(nil)
-	if err != nil || len(buf) < 5 || n.Decode(buf[5:]) != nil {
-		return nil, 0
-	}
-	return n, len(buf)
+	return nil, 0
 }
 
 // batchClass is ClassRead when every statement of the pending batch is a
@@ -330,6 +358,9 @@ func (c *client) dispatch() error {
 		}
 		return c.flushClient()
 	}
+	if c.prepareOnly() {
+		return c.answerPrepare()
+	}
 	class := c.batchClass()
 	if !c.txnMode && c.role == ReadWrite {
 		class = ClassWrite // a session stays on the primary
@@ -352,7 +383,50 @@ func (c *client) dispatch() error {
 		c.enqueue(sc, m)
 	}
 	c.mu.Unlock()
-	return c.flushServer(sc)
+	return c.flushAndRelay(sc)
+}
+
+// prepareOnly: the pending batch only prepares named statements (Parse
+// ... Sync, as libpq's PQprepare sends) and the client, in transaction
+// mode, holds no server connection. The router answers such a batch
+// itself (answerPrepare).
+func (c *client) prepareOnly() bool {
+	if !c.txnMode || len(c.pending) < 2 {
+		return false
+	}
+	if _, ok := c.pending[len(c.pending)-1].(*pgproto3.Sync); !ok {
+		return false
+	}
+	for _, m := range c.pending[:len(c.pending)-1] {
+		if p, ok := m.(*pgproto3.Parse); !ok || p.Name == "" {
+			return false
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sc == nil && !c.pumping && c.txStatus == 'I'
+}
+
+// answerPrepare records the pending Parses and answers ParseComplete for
+// each and ReadyForQuery, without a server connection: the router prepares
+// a statement on whichever server connection first runs it (enqueue,
+// ensurePrepared). Waiting for a connection here could deadlock: pgbench
+// -M prepared prepares with a synchronous PQprepare that blocks its whole
+// thread, while other clients of that thread hold every connection of the
+// pool idle in a transaction, waiting for that thread to go on.
+//
+// The price: a statement PostgreSQL refuses (a syntax error, an unknown
+// table) is reported at its first Bind or Describe, not here. That
+// ErrorResponse reaches the client in its place in the batch, and popSync
+// forgets the failed Parse on that server connection, so every later use
+// tries again and reports the error again.
+func (c *client) answerPrepare() error {
+	for _, m := range c.pending[:len(c.pending)-1] {
+		c.register(m.(*pgproto3.Parse))
+		c.send(&pgproto3.ParseComplete{})
+	}
+	c.send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return c.flushClient()
 }
 
 // connect routes a batch and gets a server connection for it. A server
@@ -369,14 +443,15 @@ func (c *client) connect(class Class) (Backend, bool, *serverConn, error) {
 		if err != nil {
 			return Backend{}, false, nil, err
 		}
-		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.QueryWaitTimeout)
-		sc, err := r.pool(target.Addr(), c.db, c.user).acquire(ctx)
-		cancel()
+		p, cached := c.poolFor(target)
+		sc, err := p.get(r.ctx, r.cfg.QueryWaitTimeout)
 		if err == nil {
 			return target, primary, sc, nil
 		}
 		var down *serverDownError
 		switch {
+		case errors.Is(err, errRetired) && cached:
+			c.pools = nil // a topology change replaced it: look it up again
 		case errors.Is(err, errPoolTimeout):
 			r.stats.PoolWaitTimeouts.Add(1)
 			return Backend{}, false, nil, &authError{code: "08P01", msg: fmt.Sprintf("query_wait_timeout: no server connection to %s free within %v (pool_size %d)", target.Name, r.cfg.QueryWaitTimeout, r.cfg.PoolSize)}
@@ -390,6 +465,31 @@ func (c *client) connect(class Class) (Backend, bool, *serverConn, error) {
 			r.waitViewChange(deadline)
 		}
 	}
+}
+
+// cachedPool is a pool the session used, by backend host and port.
+type cachedPool struct {
+	host string
+	port int
+	p    *pool
+}
+
+// poolFor returns the pool of target for the session's database and user,
+// and whether it came from the session's cache of the pools it used (a
+// cached pool may have been retired since). The cache saves a transaction
+// the router-wide lock of Router.pool and the allocation of Addr.
+func (c *client) poolFor(target Backend) (*pool, bool) {
+	for _, e := range c.pools {
+		if e.host == target.Host && e.port == target.Port {
+			return e.p, true
+		}
+	}
+	p := c.r.pool(target.Addr(), c.db, c.user)
+	if len(c.pools) >= 4 { // a primary and a few standbys
+		c.pools = c.pools[1:]
+	}
+	c.pools = append(c.pools, cachedPool{target.Host, target.Port, p})
+	return p, false
 }
 
 // route picks the backend for a batch of the given class.
@@ -450,13 +550,55 @@ func (c *client) forwardAttached(msg pgproto3.FrontendMessage) (bool, error) {
 	c.enqueue(sc, msg)
 	c.mu.Unlock()
 	if flushPoint(msg) || len(c.out) > 32<<10 {
-		return true, c.flushServer(sc)
+		return true, c.flushAndRelay(sc)
 	}
 	switch msg.(type) {
 	case *pgproto3.CopyDone, *pgproto3.CopyFail:
-		return true, c.flushServer(sc)
+		return true, c.flushAndRelay(sc)
 	}
 	return true, nil
+}
+
+// inlineWait bounds how long the client goroutine relays a response
+// itself. A statement that runs longer is handed to a pump goroutine, so
+// that the client goroutine reads the client again and notices a client
+// that vanished (cleanup, abandon) while the statement still runs.
+const inlineWait = 20 * time.Millisecond
+
+// flushAndRelay writes c.out to sc and makes sure someone relays the
+// answers: nothing to do while a reader runs; else the client goroutine
+// relays inline when the server will answer everything sent without more
+// input from the client (outstanding Sync/Query/FunctionCall, no unsynced
+// extended-protocol messages), and a pump goroutine does otherwise or
+// when relay hands over. Relaying inline saves a goroutine start and two
+// thread wake-ups per transaction, the router's main cost.
+func (c *client) flushAndRelay(sc *serverConn) error {
+	if err := c.flushServer(sc); err != nil {
+		c.mu.Lock()
+		pumping := c.pumping
+		c.mu.Unlock()
+		if !pumping {
+			c.serverLost(sc, err) // else the reader sees the failure and reports it
+		}
+		return err
+	}
+	c.mu.Lock()
+	if c.pumping || c.sc != sc {
+		c.mu.Unlock()
+		return nil
+	}
+	c.pumping = true
+	inline := c.outstanding > 0 && !c.unsynced
+	c.mu.Unlock()
+	if inline && !c.relay(sc, true) {
+		return nil
+	}
+	c.r.wg.Add(1)
+	go func() {
+		defer c.r.wg.Done()
+		c.relay(sc, false)
+	}()
+	return nil
 }
 
 func (c *client) flushServer(sc *serverConn) error {
@@ -484,7 +626,7 @@ func (c *client) flushServer(sc *serverConn) error {
 }
 
 // enqueue appends msg (rewritten for server-side prepared statements in
-// transaction mode) to c.out and starts the pump. Called with mu held.
+// transaction mode) to c.out; flushAndRelay sends it. Called with mu held.
 func (c *client) enqueue(sc *serverConn, msg pgproto3.FrontendMessage) {
 	emit := func(m pgproto3.FrontendMessage) { c.out, _ = m.Encode(c.out) }
 	switch m := msg.(type) {
@@ -572,14 +714,6 @@ func (c *client) enqueue(sc *serverConn, msg pgproto3.FrontendMessage) {
 		c.unsynced = true
 		emit(m)
 	}
-	if !c.pumping {
-		c.pumping = true
-		c.r.wg.Add(1)
-		go func() {
-			defer c.r.wg.Done()
-			c.pump(sc)
-		}()
-	}
 }
 
 func (c *client) stmtFor(name string) *stmt {
@@ -654,16 +788,38 @@ func (c *client) popSync(sc *serverConn) {
 	}
 }
 
-// pump relays the server's responses to the client until everything sent
+// relay relays the server's responses to the client until everything sent
 // has been answered; in transaction mode it then returns the connection to
-// the pool when the server is outside a transaction.
-func (c *client) pump(sc *serverConn) {
+// the pool when the server is outside a transaction. It runs as the pump
+// goroutine (inline false) or on the client goroutine (inline true); then
+// it reads the server for at most inlineWait and returns true, without
+// having released anything, when the rest must be relayed by a pump
+// goroutine: the deadline passed, or the server asks for COPY data, which
+// only the client goroutine can forward.
+func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 	r := c.r
+	if inline {
+		sc.conn.SetReadDeadline(time.Now().Add(inlineWait))
+	}
+	// endInline clears the deadline; it must happen before sc can reach
+	// another owner (release) or another reader (handoff).
+	endInline := func() {
+		if inline {
+			sc.conn.SetReadDeadline(time.Time{})
+			inline = false
+		}
+	}
 	for {
 		msg, err := sc.fe.Receive()
 		if err != nil {
+			if inline && errors.Is(err, os.ErrDeadlineExceeded) {
+				// Nothing lost: pgproto3 resumes a partly read message.
+				endInline()
+				return true
+			}
+			endInline()
 			c.serverLost(sc, err)
-			return
+			return false
 		}
 		switch m := msg.(type) {
 		case *pgproto3.ParseComplete:
@@ -684,6 +840,18 @@ func (c *client) pump(sc *serverConn) {
 					continue
 				}
 			}
+		case *pgproto3.CopyInResponse, *pgproto3.CopyBothResponse:
+			if inline {
+				// The client now sends COPY data: the client goroutine
+				// must go back to reading it.
+				endInline()
+				c.send(msg)
+				if err := c.flushClient(); err != nil {
+					c.clientLost(sc)
+					return false
+				}
+				return true
+			}
 		case *pgproto3.ReadyForQuery:
 			c.mu.Lock()
 			c.outstanding--
@@ -692,6 +860,9 @@ func (c *client) pump(sc *serverConn) {
 				c.popSync(sc)
 			}
 			done := c.outstanding <= 0 && !c.unsynced
+			if done {
+				endInline()
+			}
 			if c.abandoned.Load() {
 				if done {
 					c.sc = nil
@@ -700,42 +871,44 @@ func (c *client) pump(sc *serverConn) {
 				c.mu.Unlock()
 				if done {
 					sc.pool.release(sc, false) // also ends abandon's cancel loop
-					return
+					return false
 				}
 				continue
 			}
 			release := done && c.txnMode && m.TxStatus == 'I' && c.sc == sc
-			reusable := true
+			var lsnGen uint64 // read-your-writes: fetch the LSN for this write release
 			if done {
 				c.pumping = false
 			}
 			if release {
 				c.sc = nil
 				if c.wrote && !r.cfg.DisableReadYourWrites && !r.cfg.DisableLoadBalance && c.role == ReadWrite {
-					// Read-your-writes: every standby that replayed past
-					// the primary's insert position now has this write.
-					s, err := sc.simpleQuery("SELECT pg_current_wal_insert_lsn()")
-					lsn, perr := parseLSN(s)
-					if err != nil || perr != nil {
-						reusable = false
-						c.writeLSN.Store(math.MaxUint64) // unknown: read from the primary until the next write
-					} else {
-						c.writeLSN.Store(lsn)
-					}
+					// Until the LSN is known (below, before sc returns to
+					// the pool) the session's reads go to the primary.
+					c.lsnGen++
+					lsnGen = c.lsnGen
+					c.writeLSN.Store(math.MaxUint64)
 				}
 			}
 			c.send(m) // before unlocking: the client's next batch must not overtake it
 			c.mu.Unlock()
 			werr := c.flushClient()
+			reusable := true
+			if lsnGen != 0 {
+				// After ReadyForQuery, off the client's latency path: every
+				// standby that replayed past the primary's insert position
+				// now has this session's writes.
+				reusable = c.fetchWriteLSN(sc, lsnGen)
+			}
 			if release {
 				sc.pool.release(sc, reusable)
 			}
 			if werr != nil && !release && !c.abandoned.Load() {
 				c.clientLost(sc)
-				return
+				return false
 			}
 			if done {
-				return
+				return false
 			}
 			continue
 		}
@@ -745,11 +918,31 @@ func (c *client) pump(sc *serverConn) {
 		c.send(msg)
 		if sc.fe.ReadBufferLen() == 0 || c.bufLen() > 32<<10 {
 			if err := c.flushClient(); err != nil && !c.abandoned.Load() {
+				endInline()
 				c.clientLost(sc)
-				return
+				return false
 			}
 		}
 	}
+}
+
+// fetchWriteLSN asks the primary sc (idle, just released by the session)
+// for its WAL insert position and stores it as writeLSN unless a later
+// write release of the session superseded gen; on failure writeLSN stays
+// MaxUint64 (reads from the primary until the next write) and sc is not
+// reusable.
+func (c *client) fetchWriteLSN(sc *serverConn, gen uint64) bool {
+	s, err := sc.simpleQuery("SELECT pg_current_wal_insert_lsn()")
+	lsn, perr := parseLSN(s)
+	ok := err == nil && perr == nil
+	if ok {
+		c.mu.Lock()
+		if c.lsnGen == gen {
+			c.writeLSN.Store(lsn)
+		}
+		c.mu.Unlock()
+	}
+	return ok
 }
 
 // serverLost handles a failed server connection: if it is still attached
@@ -943,11 +1136,12 @@ func parseLSN(s string) (uint64, error) {
 	if !ok {
 		return 0, fmt.Errorf("parse LSN %q", s)
 	}
-	var h, l uint64
-	if _, err := fmt.Sscanf(hi, "%x", &h); err != nil {
+	h, err := strconv.ParseUint(hi, 16, 32)
+	if err != nil {
 		return 0, fmt.Errorf("parse LSN %q: %w", s, err)
 	}
-	if _, err := fmt.Sscanf(lo, "%x", &l); err != nil {
+	l, err := strconv.ParseUint(lo, 16, 32)
+	if err != nil {
 		return 0, fmt.Errorf("parse LSN %q: %w", s, err)
 	}
 	return h<<32 | l, nil

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -128,16 +127,7 @@ func (p *pool) acquire(ctx context.Context) (_ *serverConn, err error) {
 			p.mu.Unlock()
 			return nil, errRetired
 		}
-		for len(p.idle) > 0 {
-			sc := p.idle[len(p.idle)-1]
-			p.idle = p.idle[:len(p.idle)-1]
-			if p.expired(sc, time.Now()) {
-				delete(p.all, sc)
-				p.mu.Unlock()
-				sc.close()
-				p.mu.Lock()
-				continue
-			}
+		if sc := p.popIdle(); sc != nil {
 			p.mu.Unlock()
 			p.active.Add(1)
 			return sc, nil
@@ -192,6 +182,47 @@ func (p *pool) acquire(ctx context.Context) (_ *serverConn, err error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// get returns a server connection: an idle one at once, else one from
+// acquire, waiting at most timeout. The context for the wait is made only
+// when the pool has no idle connection: it costs allocations and a timer,
+// per transaction on the hot path.
+func (p *pool) get(parent context.Context, timeout time.Duration) (*serverConn, error) {
+	p.mu.Lock()
+	var sc *serverConn
+	if !p.retired {
+		sc = p.popIdle()
+	}
+	p.mu.Unlock()
+	if sc != nil {
+		p.active.Add(1)
+		p.r.poolWait.observe(0)
+		return sc, nil
+	}
+	ctx, cancel := context.WithTimeout(parent, timeout)
+	defer cancel()
+	return p.acquire(ctx)
+}
+
+// popIdle takes the most recently used idle connection that has not
+// expired, closing the expired ones it meets; nil when there is none.
+// Called with mu held; it releases mu while it closes a connection.
+func (p *pool) popIdle() *serverConn {
+	for len(p.idle) > 0 {
+		sc := p.idle[len(p.idle)-1]
+		p.idle[len(p.idle)-1] = nil
+		p.idle = p.idle[:len(p.idle)-1]
+		if p.expired(sc, time.Now()) {
+			delete(p.all, sc)
+			p.mu.Unlock()
+			sc.close()
+			p.mu.Lock()
+			continue
+		}
+		return sc
+	}
+	return nil
 }
 
 // wakeOne lets the first waiter retry. Called with mu held.
@@ -489,10 +520,4 @@ func copyError(m *pgproto3.ErrorResponse) pgproto3.ErrorResponse {
 	e := *m
 	e.UnknownFields = nil
 	return e
-}
-
-// isDiscard: a simple query that drops server-side prepared statements.
-func isDiscard(sql string) bool {
-	u := strings.ToLower(sql)
-	return strings.Contains(u, "discard") || strings.Contains(u, "deallocate")
 }
