@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -123,7 +122,9 @@ func New(cfg *Config, log *slog.Logger) (*Agent, error) {
 // Run starts the agent and blocks until ctx ends or the node is removed.
 func (a *Agent) Run(ctx context.Context) error {
 	a.started = time.Now()
-	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
+	// Owned by postgres.run_as when the agent runs as root: the passfile in
+	// it must be readable by PostgreSQL's tools (pg_basebackup, pg_rewind).
+	if err := postgres.MkdirAs(a.cfg.DataDir, 0o700, a.cfg.Postgres.RunAs); err != nil {
 		return fmt.Errorf("create data_dir: %w", err)
 	}
 	if err := a.writePassfile(); err != nil {

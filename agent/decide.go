@@ -153,6 +153,13 @@ func fresh(in Inputs, name string) (memberView, bool) {
 func primaryFailed(in Inputs) (bool, string) {
 	st := in.State
 	p := st.Primary
+	// A permit granted within the grace (under the leader's lock, like this
+	// decision) means p's agent is alive and starting PostgreSQL as the
+	// primary of this epoch, whatever the observations, which may predate
+	// it: failing over now would make two writers.
+	if in.Permits[p].After(in.Now.Add(-startGrace(in.Policy))) {
+		return false, fmt.Sprintf("primary %s is starting PostgreSQL", p)
+	}
 	o, ok := fresh(in, p)
 	if ok {
 		pg := o.obs.Postgres
@@ -333,6 +340,22 @@ func syncDecisions(in Inputs) Plan {
 			}}}
 		}
 		return Plan{Waiting: fmt.Sprintf("no synchronous standby is streaming (%s): commits wait until one is back", strings.Join(S, ","))}
+	}
+	// 2b. S[0] does not stream but another member B of S does: put B first.
+	// The primary names the first member of S that streams in its own
+	// pg_stat_replication, where a standby cut off from it stays
+	// "streaming" until wal_sender_timeout (60s by default), and every
+	// commit waits for it meanwhile. The set is the same: the invariant holds.
+	if len(S) > 1 && !streaming(S[0]) {
+		for _, b := range S[1:] {
+			if streaming(b) {
+				next := append([]string{b}, slices.DeleteFunc(slices.Clone(S), func(s string) bool { return s == b })...)
+				return Plan{Decisions: []Decision{{
+					Command: consensus.SetSyncStandbys(next, st.Epoch),
+					Reason:  fmt.Sprintf("synchronous standby %s is not streaming but %s is; name %s first so the primary's writes do not wait for %s", S[0], b, b, S[0]),
+				}}}
+			}
+		}
 	}
 	if len(S) > 1 {
 		m := in.SyncMark

@@ -101,6 +101,17 @@ func TestDecideFailover(t *testing.T) {
 			wantInWait: "starting",
 		},
 		{
+			// The permit was granted after the last observation of n1:
+			// its agent lives and is starting PostgreSQL, however stale
+			// the observations look (a host back from a reboot).
+			name:       "agent silent but a fresh permit: wait",
+			state:      state3("n2"),
+			obs:        map[string]memberView{"n1": silentSince(now.Add(-5 * time.Second)), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			answers:    &no,
+			permits:    map[string]time.Time{"n1": now.Add(-time.Second)},
+			wantInWait: "starting PostgreSQL",
+		},
+		{
 			name:      "old permit expired: promote",
 			state:     state3("n2"),
 			obs:       map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
@@ -190,6 +201,8 @@ func TestDecideSyncSet(t *testing.T) {
 			map[string]memberView{"n1": obsAt(now, primaryUp), "n3": obsAt(now, standbyAt(1000))}, syncMark{Epoch: 4, Names: `ANY 1 ("n3")`, LSN: 990}, sync("n3")},
 		{"do not narrow before it has", state3("n3", "n2"),
 			map[string]memberView{"n1": obsAt(now, primaryUp), "n3": obsAt(now, standbyAt(900))}, syncMark{Epoch: 4, Names: `ANY 1 ("n3")`, LSN: 990}, nil},
+		{"first of two not streaming, the second streams: put the second first", state3("n3", "n2"),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": obsAt(now, standbyAt(1000)), "n3": silentSince(now.Add(-5 * time.Second))}, syncMark{}, sync("n2", "n3")},
 		{"do not narrow while the primary still names both", state3("n3", "n2"),
 			map[string]memberView{"n1": obsAt(now, primaryUp), "n3": obsAt(now, standbyAt(1000))}, syncMark{Epoch: 4, Names: `ANY 1 ("n3","n2")`, LSN: 990}, nil},
 	}

@@ -52,8 +52,11 @@ func (a *Agent) frontLoop(ctx context.Context) {
 		if a.node.IsLeader() {
 			a.ensureFront(ctx)
 		} else if a.frontUp() || a.vipHeld() {
-			a.stopFront("lost Raft leadership")
+			// The VIP first: closing the router can take seconds (its
+			// connections to a host it cannot reach), and a new leader
+			// may take the VIP meanwhile ("VIP on one host").
 			a.releaseVIP("lost Raft leadership")
+			a.stopFront("lost Raft leadership")
 		}
 		select {
 		case <-ctx.Done():

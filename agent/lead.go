@@ -108,6 +108,11 @@ func (a *Agent) leadOnce(ctx context.Context) {
 		if _, ok := fresh(in, st.Primary); !ok {
 			answers := a.directCheck(ctx, p)
 			in.PrimaryAnswers = &answers
+			// The check may have taken seconds (a host that drops packets
+			// makes it wait out its timeouts): judge the others on what
+			// they reported meanwhile, not on a snapshot from before it.
+			obs = a.obs.snapshot()
+			in.Observations = obs
 		}
 	}
 
