@@ -1,0 +1,402 @@
+package netcluster_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/pgha/pgha/agent"
+	"github.com/pgha/pgha/integration/netcluster"
+)
+
+// Generous bounds for a shared, loaded machine; every wait is a poll that
+// returns as soon as its condition holds. resumeTimeout bounds a write
+// outage, counted from the fault: failover takes seconds by design, and an
+// outage of PostgreSQL's 60s wal_sender_timeout is a bug, not slowness.
+const (
+	healthyTimeout = 2 * time.Minute
+	resumeTimeout  = 45 * time.Second
+)
+
+// scenario is one fault with a writer through the VIP and a prober running.
+type scenario struct {
+	t      *testing.T
+	c      *netcluster.Cluster
+	w      *netcluster.Writer
+	p      *netcluster.Prober
+	before agent.ClusterView
+}
+
+func start(t *testing.T, c *netcluster.Cluster, table string) *scenario {
+	t.Helper()
+	v := awaitHealthy(t, c)
+	p := c.StartProber(100 * time.Millisecond)
+	t.Cleanup(p.Stop)
+	w, err := c.StartWriter(context.Background(), netcluster.WriterOptions{Table: table, Conns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	waitFor(t, 30*time.Second, "the writer's first acknowledgements through the VIP", func() (bool, string) {
+		return len(w.Acks()) >= 10, w.Status()
+	})
+	return &scenario{t: t, c: c, w: w, p: p, before: v}
+}
+
+// resumed waits for an insert sent after t to be acknowledged by a host
+// not in notOn, at most resumeTimeout after t.
+func (s *scenario) resumed(after time.Time, notOn ...string) netcluster.Ack {
+	s.t.Helper()
+	ack, err := s.w.AwaitAckSentAfter(context.Background(), after, time.Until(after.Add(resumeTimeout)), notOn...)
+	if err != nil {
+		v, _ := s.c.View(context.Background())
+		s.t.Fatalf("writes through the VIP did not resume within %s: %v; cluster: %s", resumeTimeout, err, netcluster.Describe(v))
+	}
+	return ack
+}
+
+// finish checks what every scenario must leave: writes flowing, then one
+// primary and two streaming standbys; every acknowledged row on every
+// member; all members with the same rows; never two writable primaries
+// and never two VIP holders while it ran.
+func (s *scenario) finish() agent.ClusterView {
+	s.t.Helper()
+	began := time.Now()
+	s.resumed(began)
+	s.w.Stop()
+	s.p.Stop()
+	v := awaitHealthy(s.t, s.c)
+	s.t.Logf("healthy %.1fs after the fault was over", time.Since(began).Seconds())
+	acks := s.w.Acks()
+	primary := s.c.Host(netcluster.Primary(v))
+	want, err := s.c.IDs(context.Background(), primary, s.w.Table())
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	missing, err := s.w.Missing(context.Background(), primary)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if len(missing) > 0 {
+		s.t.Errorf("%d of %d acknowledged rows are missing on the primary %s, e.g. %v", len(missing), len(acks), primary.Name, head(missing))
+	}
+	for _, h := range s.c.Hosts {
+		if h == primary {
+			continue
+		}
+		waitFor(s.t, 30*time.Second, h.Name+" to hold the primary's rows", func() (bool, string) {
+			got, err := s.c.IDs(context.Background(), h, s.w.Table())
+			if err != nil {
+				return false, err.Error()
+			}
+			return sameIDs(got, want), fmt.Sprintf("%d rows, the primary has %d", len(got), len(want))
+		})
+	}
+	if d := s.p.DoublePrimaries(); len(d) > 0 {
+		s.t.Errorf("two writable primaries: %v", d)
+	}
+	if d := s.p.DoubleVIPs(); len(d) > 0 {
+		s.t.Errorf("two VIP holders: %v", d)
+	}
+	errs, _ := s.w.Errors()
+	s.t.Logf("%d acknowledged inserts, %d failed attempts, %d rows; probes: %s; now %s", len(acks), errs, len(want), s.p.Summary(), netcluster.Describe(v))
+	return v
+}
+
+func sameIDs(a, b map[int64]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for id := range a {
+		if !b[id] {
+			return false
+		}
+	}
+	return true
+}
+
+func head(ids []int64) []int64 {
+	if len(ids) > 5 {
+		return ids[:5]
+	}
+	return ids
+}
+
+func awaitHealthy(t *testing.T, c *netcluster.Cluster) agent.ClusterView {
+	t.Helper()
+	v, err := c.AwaitHealthy(context.Background(), healthyTimeout)
+	if err != nil {
+		t.Fatalf("cluster not healthy: %v", err)
+	}
+	return v
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	if err := netcluster.Poll(context.Background(), timeout, cond); err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
+	}
+}
+
+// awaitLeaderOtherThan waits until the majority has a Raft leader that is
+// not old and exactly that leader holds the VIP; it returns the leader.
+func awaitLeaderOtherThan(t *testing.T, c *netcluster.Cluster, old string) *netcluster.Host {
+	t.Helper()
+	var leader string
+	waitFor(t, 30*time.Second, "a new Raft leader holding the VIP", func() (bool, string) {
+		v, err := c.View(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		holders, err := c.VIPHolders()
+		if err != nil {
+			return false, err.Error()
+		}
+		leader = v.RaftLeader
+		return leader != "" && leader != old && slices.Equal(holders, []string{leader}),
+			fmt.Sprintf("leader %q, VIP on %v", leader, holders)
+	})
+	return c.Host(leader)
+}
+
+// awaitNeighbour waits until the client sends VIP traffic to h's MAC.
+func awaitNeighbour(t *testing.T, c *netcluster.Cluster, h *netcluster.Host) {
+	t.Helper()
+	waitFor(t, 30*time.Second, "the client's neighbour entry for the VIP to be "+h.Name+"'s MAC "+h.MAC, func() (bool, string) {
+		mac, state, err := c.ClientNeighbourMAC()
+		if err != nil {
+			return false, err.Error()
+		}
+		return mac == h.MAC, fmt.Sprintf("%s %s (%v)", mac, state, c.HostByMAC(mac))
+	})
+}
+
+// stable asserts that for d the majority keeps primary and epoch.
+func stable(t *testing.T, c *netcluster.Cluster, d time.Duration, primary string, epoch uint64) {
+	t.Helper()
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		v, err := c.View(context.Background())
+		if err == nil && (v.Epoch != epoch || netcluster.Primary(v) != primary) {
+			t.Fatalf("failover happened: %s (before: primary %s, epoch %d)", netcluster.Describe(v), primary, epoch)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// must runs a scenario and stops at the first failing one: the next starts
+// from a healthy cluster, which a failure may not leave.
+func must(t *testing.T, name string, f func(t *testing.T)) {
+	t.Helper()
+	if !t.Run(name, f) {
+		t.FailNow()
+	}
+}
+
+// TestNetCluster runs the network scenarios on one cluster of three hosts
+// and a client, in order.
+func TestNetCluster(t *testing.T) {
+	c := netcluster.New(t, options())
+	if err := c.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+
+	must(t, "VIP on the Raft leader only, the client's ARP entry points at it", func(t *testing.T) {
+		v := awaitHealthy(t, c)
+		leader := c.Host(v.RaftLeader)
+		holders, err := c.VIPHolders()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(holders, []string{leader.Name}) {
+			t.Fatalf("VIP on %v, want exactly the Raft leader %s", holders, leader.Name)
+		}
+		// With arp_accept=1 the gratuitous ARP alone may have created the
+		// entry; if there is one before any traffic, it must be right.
+		if mac, state, err := c.ClientNeighbourMAC(); err != nil {
+			t.Fatal(err)
+		} else if mac != "" && mac != leader.MAC {
+			t.Fatalf("before any traffic, the client maps the VIP to %s (%s), not the leader %s's %s", mac, state, leader.Name, leader.MAC)
+		} else {
+			t.Logf("before any traffic the client's entry for the VIP is %q %s (learnt from the gratuitous ARP if set)", mac, state)
+		}
+		s := start(t, c, "w_vip")
+		awaitNeighbour(t, c, leader)
+		ack := s.resumed(time.Now())
+		if ack.Host != netcluster.Primary(v) {
+			t.Errorf("a write through the VIP was acknowledged by %s, not the primary %s", ack.Host, netcluster.Primary(v))
+		}
+		s.finish()
+	})
+
+	must(t, "kill the leader host: the VIP and the client's ARP entry move, writes resume", func(t *testing.T) {
+		s := start(t, c, "w_kill_leader")
+		old := c.Host(s.before.RaftLeader)
+		primary := netcluster.Primary(s.before)
+		awaitNeighbour(t, c, old)
+		killed := time.Now()
+		if err := c.KillHost(old); err != nil {
+			t.Fatal(err)
+		}
+		leader := awaitLeaderOtherThan(t, c, old.Name)
+		t.Logf("%s leads and holds the VIP %.2fs after %s was lost", leader.Name, time.Since(killed).Seconds(), old.Name)
+		awaitNeighbour(t, c, leader)
+		t.Logf("the client sends VIP traffic to %s %.2fs after the loss", leader.Name, time.Since(killed).Seconds())
+		var notOn []string
+		if primary == old.Name {
+			notOn = []string{old.Name}
+		}
+		ack := s.resumed(killed, notOn...)
+		t.Logf("writes resumed on %s %.2fs after the loss", ack.Host, ack.At.Sub(killed).Seconds())
+		if err := c.StartHost(old); err != nil {
+			t.Fatal(err)
+		}
+		s.finish()
+	})
+
+	must(t, "cut the primary off: it fences itself, the majority fails over, it rejoins by rewind", func(t *testing.T) {
+		s := start(t, c, "w_cut_primary")
+		old := c.Host(netcluster.Primary(s.before))
+		cut := time.Now()
+		if err := c.Cut(old); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 30*time.Second, old.Name+"'s PostgreSQL to stop accepting writes (asked inside its namespace)", func() (bool, string) {
+			ok, err := c.IsPrimary(context.Background(), old)
+			return !ok, fmt.Sprintf("primary=%v err=%v", ok, err)
+		})
+		fenced := time.Now()
+		waitFor(t, 10*time.Second, old.Name+" to drop the VIP", func() (bool, string) {
+			held, err := c.HoldsVIP(old)
+			return err == nil && !held, fmt.Sprintf("held=%v err=%v", held, err)
+		})
+		ack := s.resumed(cut, old.Name)
+		t.Logf("%s stopped accepting writes %.2fs after the cut; writes resumed on %s %.2fs after it", old.Name, fenced.Sub(cut).Seconds(), ack.Host, ack.At.Sub(cut).Seconds())
+		last, first := s.p.LastPrimary(old.Name), s.p.PrimarySince(ack.Host, cut)
+		if first.IsZero() || !last.Before(first) {
+			t.Errorf("%s was last seen writable at %s, %s first seen writable at %s: the old primary was not fenced before the promotion",
+				old.Name, last.Format("15:04:05.000"), ack.Host, first.Format("15:04:05.000"))
+		} else {
+			t.Logf("%s last writable %s, %s writable from %s: %s apart", old.Name, last.Format("15:04:05.000"), ack.Host, first.Format("15:04:05.000"), first.Sub(last).Round(time.Millisecond))
+		}
+		if lines := c.GrepLog(old, "fencing"); len(lines) == 0 {
+			t.Errorf("%s's agent log has no fencing line", old.Name)
+		}
+		if err := c.Heal(old); err != nil {
+			t.Fatal(err)
+		}
+		v := s.finish()
+		m := netcluster.Member(v, old.Name)
+		if m.Role == "leader" || m.State != "streaming" {
+			t.Errorf("the old primary is %s/%s, want a streaming standby", m.Role, m.State)
+		}
+		if m.RejoinedBy != "rewind" {
+			t.Errorf("the old primary rejoined by %q, want rewind; its log: %v", m.RejoinedBy, c.GrepLog(old, "rewind"))
+		}
+		if v.Epoch <= s.before.Epoch {
+			t.Errorf("epoch %d did not increase from %d", v.Epoch, s.before.Epoch)
+		}
+	})
+
+	must(t, "cut the Raft leader off while it is not the primary: only the VIP moves", func(t *testing.T) {
+		v := awaitHealthy(t, c)
+		if v.RaftLeader == netcluster.Primary(v) {
+			var cand string
+			for _, m := range v.Members {
+				if m.Name != v.RaftLeader {
+					cand = m.Name
+					break
+				}
+			}
+			res, err := c.Switchover(context.Background(), cand)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("switchover so that the leader is not the primary: %s", res.Message)
+		}
+		s := start(t, c, "w_cut_leader")
+		leader, primary := c.Host(s.before.RaftLeader), netcluster.Primary(s.before)
+		if leader.Name == primary {
+			t.Fatalf("the Raft leader %s is still the primary after a switchover", primary)
+		}
+		cut := time.Now()
+		if err := c.Cut(leader); err != nil {
+			t.Fatal(err)
+		}
+		next := awaitLeaderOtherThan(t, c, leader.Name)
+		awaitNeighbour(t, c, next)
+		t.Logf("%s leads and the client reaches it %.2fs after the cut", next.Name, time.Since(cut).Seconds())
+		ack := s.resumed(cut)
+		t.Logf("writes resumed on %s %.2fs after the cut (%s)", ack.Host, ack.At.Sub(cut).Seconds(), s.w.Status())
+		if ack.Host != primary {
+			t.Errorf("a write after the cut was acknowledged by %s, not the primary %s", ack.Host, primary)
+		}
+		// Well past the fence deadline (fence_timeout + health interval +
+		// margin, under 2s): still no failover.
+		stable(t, c, 4*time.Second, primary, s.before.Epoch)
+		if err := c.Heal(leader); err != nil {
+			t.Fatal(err)
+		}
+		v = s.finish()
+		if v.Epoch != s.before.Epoch || netcluster.Primary(v) != primary {
+			t.Errorf("primary/epoch changed: %s, before: %s epoch %d", netcluster.Describe(v), primary, s.before.Epoch)
+		}
+	})
+
+	must(t, "isolate each host in turn: never two primaries nor two VIP holders", func(t *testing.T) {
+		s := start(t, c, "w_isolate")
+		for _, h := range c.Hosts {
+			v := awaitHealthy(t, c)
+			wasPrimary := netcluster.Primary(v) == h.Name
+			cut := time.Now()
+			if err := c.Cut(h); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 30*time.Second, "the majority to lose "+h.Name, func() (bool, string) {
+				v, err := c.View(context.Background())
+				if err != nil {
+					return false, err.Error()
+				}
+				m := netcluster.Member(v, h.Name)
+				return !m.Reachable && v.RaftLeader != "" && v.RaftLeader != h.Name, netcluster.Describe(v)
+			})
+			var notOn []string
+			if wasPrimary {
+				notOn = []string{h.Name}
+				waitFor(t, 30*time.Second, h.Name+" to fence its PostgreSQL", func() (bool, string) {
+					ok, err := c.IsPrimary(context.Background(), h)
+					return !ok, fmt.Sprintf("primary=%v err=%v", ok, err)
+				})
+			}
+			ack := s.resumed(cut, notOn...)
+			t.Logf("%s cut off (primary: %v): writes on %s %.2fs after the cut", h.Name, wasPrimary, ack.Host, ack.At.Sub(cut).Seconds())
+			if err := c.Heal(h); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.finish()
+	})
+
+	must(t, "a flapping link: never two primaries nor two VIP holders", func(t *testing.T) {
+		s := start(t, c, "w_flap")
+		h := c.Host(netcluster.Primary(s.before))
+		// Around fence_timeout (1s) and the fence deadline (~1.5s), where
+		// a decision half-taken meets a node coming back.
+		cuts := []time.Duration{300, 1200, 700, 1600, 400, 1000, 2000, 500}
+		heals := []time.Duration{400, 300, 900, 200, 1200, 300, 600, 300}
+		for i := range cuts {
+			if err := c.Cut(h); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(cuts[i] * time.Millisecond) // the fault's shape, not a synchronisation
+			if err := c.Heal(h); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(heals[i] * time.Millisecond)
+		}
+		t.Logf("flapped %s's link %d times", h.Name, len(cuts))
+		s.finish()
+	})
+}

@@ -1,0 +1,209 @@
+package netcluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/pgha/pgha/agent"
+)
+
+// View is GET /cluster as the majority sees it: asked from the client
+// namespace (a host cut off from the others is unreachable from there too),
+// of the Raft leader if the first agent that answers names a reachable one.
+func (c *Cluster) View(ctx context.Context) (agent.ClusterView, error) {
+	var errs []error
+	for _, h := range c.Hosts {
+		v, err := fetchView(ctx, c.clientHTTP, h.APIURL)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", h.Name, err))
+			continue
+		}
+		if l := c.Host(v.RaftLeader); l != nil && l != h {
+			if lv, err := fetchView(ctx, c.clientHTTP, l.APIURL); err == nil {
+				return lv, nil
+			}
+		}
+		return v, nil
+	}
+	return agent.ClusterView{}, fmt.Errorf("no agent answers /cluster from the client namespace: %w", errors.Join(errs...))
+}
+
+// ViewFrom is GET /cluster of h's agent, asked from inside h's namespace:
+// what that host believes, even while it is cut off.
+func (c *Cluster) ViewFrom(ctx context.Context, h *Host) (agent.ClusterView, error) {
+	return fetchView(ctx, c.hostsHTTP[h.Name], h.APIURL)
+}
+
+func fetchView(ctx context.Context, client *http.Client, apiURL string) (agent.ClusterView, error) {
+	var v agent.ClusterView
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, apiURL+"/cluster", nil)
+	if err != nil {
+		return v, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return v, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return v, fmt.Errorf("GET %s/cluster: %s", apiURL, resp.Status)
+	}
+	return v, json.NewDecoder(resp.Body).Decode(&v)
+}
+
+// Switchover asks the cluster (any reachable agent, from the client
+// namespace; it forwards to the Raft leader) to make candidate the primary,
+// authenticating with the API token, and waits for the answer.
+func (c *Cluster) Switchover(ctx context.Context, candidate string) (agent.ControlResult, error) {
+	var res agent.ControlResult
+	body, _ := json.Marshal(agent.ControlRequest{Candidate: candidate})
+	client := &http.Client{Transport: c.clientHTTP.Transport, Timeout: 45 * time.Second}
+	var errs []error
+	for _, h := range c.Hosts {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.APIURL+"/switchover", bytes.NewReader(body))
+		if err != nil {
+			return res, err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		resp, err := client.Do(req)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", h.Name, err))
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return res, fmt.Errorf("POST %s/switchover: %s: %s", h.APIURL, resp.Status, bytes.TrimSpace(b))
+		}
+		if err := json.Unmarshal(b, &res); err != nil {
+			return res, fmt.Errorf("POST %s/switchover: %w: %s", h.APIURL, err, b)
+		}
+		return res, nil
+	}
+	return res, fmt.Errorf("switchover: no agent answered: %w", errors.Join(errs...))
+}
+
+// Healthy reports whether v shows every one of members members: one running
+// primary, every other member streaming on the primary's timeline (a
+// standby that cannot follow the primary's new timeline reconnects and
+// shows "streaming" between its failed attempts), and a Raft leader.
+func Healthy(v agent.ClusterView, members int) bool {
+	if len(v.Members) != members || v.RaftLeader == "" {
+		return false
+	}
+	var timeline uint32
+	for _, m := range v.Members {
+		if m.Role == "leader" {
+			timeline = m.Timeline
+		}
+	}
+	primaries, streaming := 0, 0
+	for _, m := range v.Members {
+		switch {
+		case m.Role == "leader" && m.State == "running":
+			primaries++
+		case m.Role != "leader" && m.State == "streaming" && m.Timeline == timeline:
+			streaming++
+		}
+	}
+	return primaries == 1 && streaming == members-1
+}
+
+// Primary is the member v names primary ("" if none).
+func Primary(v agent.ClusterView) string {
+	for _, m := range v.Members {
+		if m.Role == "leader" {
+			return m.Name
+		}
+	}
+	return ""
+}
+
+// Member is v's entry for name (zero if absent).
+func Member(v agent.ClusterView, name string) agent.MemberStatus {
+	for _, m := range v.Members {
+		if m.Name == name {
+			return m
+		}
+	}
+	return agent.MemberStatus{}
+}
+
+// Describe is a one-line summary of a view for logs and failure messages.
+func Describe(v agent.ClusterView) string {
+	var parts []string
+	for _, m := range v.Members {
+		s := fmt.Sprintf("%s=%s/%s", m.Name, m.Role, m.State)
+		if m.Timeline != 0 {
+			s += fmt.Sprintf("@tl%d", m.Timeline)
+		}
+		if m.Problem != "" {
+			s += "(" + m.Problem + ")"
+		}
+		parts = append(parts, s)
+	}
+	s := fmt.Sprintf("epoch %d leader %s [%s]", v.Epoch, v.RaftLeader, strings.Join(parts, " "))
+	if v.Waiting != "" {
+		s += " waiting: " + v.Waiting
+	}
+	return s
+}
+
+// AwaitHealthy polls until the majority's view shows one running primary
+// and every other member streaming, every host's PostgreSQL agrees (exactly
+// that primary accepts writes) and exactly the Raft leader holds the VIP.
+func (c *Cluster) AwaitHealthy(ctx context.Context, timeout time.Duration) (agent.ClusterView, error) {
+	var v agent.ClusterView
+	err := Poll(ctx, timeout, func() (bool, string) {
+		var err error
+		v, err = c.View(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		if !Healthy(v, len(c.Hosts)) {
+			return false, Describe(v)
+		}
+		if ps := c.WritablePrimaries(ctx); len(ps) != 1 || ps[0] != Primary(v) {
+			return false, fmt.Sprintf("%s; writable PostgreSQL: %v", Describe(v), ps)
+		}
+		if hs, err := c.VIPHolders(); err != nil || len(hs) != 1 || hs[0] != v.RaftLeader {
+			return false, fmt.Sprintf("%s; VIP on %v (%v)", Describe(v), hs, err)
+		}
+		return true, ""
+	})
+	return v, err
+}
+
+// Poll calls cond every 100ms until it returns true, ctx ends or timeout
+// passes; the error carries cond's last description of what it saw.
+func Poll(ctx context.Context, timeout time.Duration, cond func() (bool, string)) error {
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for {
+		ok, seen := cond()
+		if ok {
+			return nil
+		}
+		if seen != "" {
+			last = seen
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %s; last seen: %s", timeout, last)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w; last seen: %s", ctx.Err(), last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
