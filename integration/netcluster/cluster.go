@@ -38,7 +38,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -47,6 +46,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/pgha/pgha/integration/itest"
 	"github.com/pgha/pgha/integration/netns"
 	"github.com/pgha/pgha/postgres"
 )
@@ -411,20 +411,5 @@ func randomHex(n int) string {
 }
 
 // BuildAgent builds cmd/pgha-agent into a fresh directory and returns the
-// binary and a function removing it.
-func BuildAgent() (string, func(), error) {
-	dir, err := os.MkdirTemp("", "pgha-nc-bin-")
-	if err != nil {
-		return "", nil, err
-	}
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..")
-	bin := filepath.Join(dir, "pgha-agent")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/pgha-agent")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("build pgha-agent: %w\n%s", err, out)
-	}
-	return bin, func() { os.RemoveAll(dir) }, nil
-}
+// binary and a function removing it (itest.BuildAgent).
+func BuildAgent() (string, func(), error) { return itest.BuildAgent() }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/agent"
+	"github.com/pgha/pgha/examples/localcluster"
 )
 
 // View is GET /cluster as the majority sees it: asked from the client
@@ -20,13 +21,13 @@ import (
 func (c *Cluster) View(ctx context.Context) (agent.ClusterView, error) {
 	var errs []error
 	for _, h := range c.Hosts {
-		v, err := fetchView(ctx, c.clientHTTP, h.APIURL)
+		v, err := localcluster.FetchViewWith(ctx, c.clientHTTP, h.APIURL)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", h.Name, err))
 			continue
 		}
 		if l := c.Host(v.RaftLeader); l != nil && l != h {
-			if lv, err := fetchView(ctx, c.clientHTTP, l.APIURL); err == nil {
+			if lv, err := localcluster.FetchViewWith(ctx, c.clientHTTP, l.APIURL); err == nil {
 				return lv, nil
 			}
 		}
@@ -38,26 +39,7 @@ func (c *Cluster) View(ctx context.Context) (agent.ClusterView, error) {
 // ViewFrom is GET /cluster of h's agent, asked from inside h's namespace:
 // what that host believes, even while it is cut off.
 func (c *Cluster) ViewFrom(ctx context.Context, h *Host) (agent.ClusterView, error) {
-	return fetchView(ctx, c.hostsHTTP[h.Name], h.APIURL)
-}
-
-func fetchView(ctx context.Context, client *http.Client, apiURL string) (agent.ClusterView, error) {
-	var v agent.ClusterView
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, apiURL+"/cluster", nil)
-	if err != nil {
-		return v, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return v, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return v, fmt.Errorf("GET %s/cluster: %s", apiURL, resp.Status)
-	}
-	return v, json.NewDecoder(resp.Body).Decode(&v)
+	return localcluster.FetchViewWith(ctx, c.hostsHTTP[h.Name], h.APIURL)
 }
 
 // Switchover asks the cluster (any reachable agent, from the client
