@@ -3,6 +3,7 @@ package netcluster_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -91,7 +92,7 @@ func (s *scenario) finish() agent.ClusterView {
 			if err != nil {
 				return false, err.Error()
 			}
-			return sameIDs(got, want), fmt.Sprintf("%d rows, the primary has %d", len(got), len(want))
+			return maps.Equal(got, want), fmt.Sprintf("%d rows, the primary has %d", len(got), len(want))
 		})
 	}
 	if d := s.p.DoublePrimaries(); len(d) > 0 {
@@ -103,18 +104,6 @@ func (s *scenario) finish() agent.ClusterView {
 	errs, _ := s.w.Errors()
 	s.t.Logf("%d acknowledged inserts, %d failed attempts, %d rows; probes: %s; now %s", len(acks), errs, len(want), s.p.Summary(), netcluster.Describe(v))
 	return v
-}
-
-func sameIDs(a, b map[int64]bool) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for id := range a {
-		if !b[id] {
-			return false
-		}
-	}
-	return true
 }
 
 func head(ids []int64) []int64 {

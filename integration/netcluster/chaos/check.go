@@ -3,6 +3,7 @@ package chaos
 import (
 	"context"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/pgha/pgha/integration/netcluster"
@@ -68,25 +69,13 @@ func (s *scheduler) check(ctx context.Context, r *Report, p *netcluster.Prober) 
 			if got, err = c.IDs(ctx, h, s.w.Table()); err != nil {
 				return false, err.Error()
 			}
-			return sameIDs(got, want), diff(got, want)
+			return maps.Equal(got, want), diff(got, want)
 		})
 		if err != nil {
 			r.Divergent = append(r.Divergent, fmt.Sprintf("%s: %v", h.Name, err))
 			r.problem("%s does not hold the primary's rows: %v", h.Name, err)
 		}
 	}
-}
-
-func sameIDs(a, b map[int64]bool) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for id := range a {
-		if !b[id] {
-			return false
-		}
-	}
-	return true
 }
 
 // diff says how got differs from want.
