@@ -68,6 +68,12 @@ type Agent struct {
 	syncedAt       time.Time    // when the FSM last had all the leader had committed (reconcile loop only)
 	reinit         atomic.Bool  // an operator asked to re-clone this standby
 	lastRejoin     atomic.Value // "rewind" or "clone": how this node last rejoined as a standby
+	// forked says why this standby's WAL went past the fork of the
+	// primary's timeline, from when the reconcile loop saw it until it is
+	// rewound or re-cloned; "" otherwise (reconcile.go).
+	forked atomic.Value
+	// history caches this primary's timeline history (observe.go).
+	history timelineHistory
 
 	mu       sync.Mutex
 	activity string // what the reconcile loop is busy with (initdb, cloning)

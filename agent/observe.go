@@ -30,6 +30,10 @@ type Observation struct {
 	// shutdown checkpoint); zero when running or not cleanly stopped.
 	StoppedLSN postgres.LSN `json:"stopped_lsn,omitempty"`
 	LastRejoin string       `json:"last_rejoin,omitempty"` // rewind or clone
+	// TimelineHistory is, on a running primary, the history of its
+	// timeline (Postgres.Timeline): where each ancestor timeline ended.
+	// Standbys check against it that their WAL did not go past the fork.
+	TimelineHistory []postgres.TimelineSwitch `json:"timeline_history,omitempty"`
 	// LeaderWaiting is, on the Raft leader, why its last pass committed
 	// nothing (no safe candidate, paused...), so any member can show it.
 	LeaderWaiting string          `json:"leader_waiting,omitempty"`
@@ -141,6 +145,17 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 		Fenced:    a.fenced(),
 		Postgres:  a.pgStatus(ctx),
 	}
+	if o.Postgres.Running && !o.Postgres.InRecovery {
+		o.TimelineHistory = a.history.get(a, o.Postgres.Timeline)
+	}
+	if why, _ := a.forked.Load().(string); why != "" {
+		// PostgreSQL may show its WAL receiver as streaming while it
+		// retries a timeline it can never follow: not a healthy standby.
+		o.Postgres.Streaming = false
+		if o.Problem == "" {
+			o.Problem = "diverged from the primary's timeline: " + why
+		}
+	}
 	if a.node.IsLeader() {
 		a.lead.mu.Lock()
 		o.LeaderWaiting = a.lead.waiting
@@ -155,6 +170,32 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 		}
 	}
 	return o
+}
+
+// timelineHistory caches the history of this primary's timeline: observeSelf
+// publishes it every health interval, and a history file never changes.
+type timelineHistory struct {
+	mu       sync.Mutex
+	timeline uint32
+	switches []postgres.TimelineSwitch
+	err      string // the last read error, logged once
+}
+
+func (h *timelineHistory) get(a *Agent, tli uint32) []postgres.TimelineSwitch {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.timeline != tli {
+		s, err := a.inst.TimelineHistory(tli)
+		if err != nil {
+			if err.Error() != h.err {
+				a.log.Warn("cannot publish this primary's timeline history: a standby that went past its fork is not noticed", "err", err)
+			}
+			h.err = err.Error()
+			return nil
+		}
+		h.timeline, h.switches, h.err = tli, s, ""
+	}
+	return h.switches
 }
 
 func (a *Agent) pollMember(ctx context.Context, name, apiURL string) {

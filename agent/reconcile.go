@@ -149,6 +149,7 @@ func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds pos
 	if sw := st.Switchover; sw.Active() && sw.From == a.cfg.Name {
 		return a.stepDown(ctx, st)
 	}
+	a.forked.Store("") // a timeline it could not follow is its own now
 	pg := a.pgStatus(ctx)
 	if !pg.Running || pg.InRecovery {
 		if err := a.becomeWritable(ctx, st, pg); err != nil {
@@ -341,14 +342,14 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 		pg = a.pgStatus(ctx)
 	}
 	if !pg.Running {
-		wasStandby, err := a.wasStandby(ctx)
+		why, err := a.rewindReason(ctx, st)
 		if err != nil {
 			return err
 		}
-		if !wasStandby {
+		if why != "" {
 			// Rewind before rejoin: a former primary never serves or streams
 			// before it is on the new primary's timeline. (DESIGN)
-			if err := a.rewindFrom(ctx, st, p); err != nil {
+			if err := a.rewindFrom(ctx, st, p, why); err != nil {
 				return err
 			}
 		}
@@ -377,13 +378,94 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 			return err
 		}
 	}
+	if pg.Running {
+		return a.rewindIfForked(ctx, st, p, pg)
+	}
 	return nil
+}
+
+// rewindReason says why a stopped data directory must be rewound before it
+// starts as a standby, or "" if it need not.
+func (a *Agent) rewindReason(ctx context.Context, st consensus.State) (string, error) {
+	wasStandby, err := a.wasStandby(ctx)
+	if err != nil {
+		return "", err
+	}
+	if !wasStandby {
+		return "this data directory was last a primary; it must join the new primary's timeline", nil
+	}
+	// A standby stopped after its WAL went past the fork (stopped by
+	// rewindIfForked, say, before a pg_rewind that failed): PostgreSQL
+	// would refuse to start it on the new timeline, or retry forever.
+	tli, hist, ok := a.primaryTimeline(st)
+	if !ok {
+		return "", nil
+	}
+	ends, err := a.inst.StoppedWALEnds(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, pos := range ends {
+		if why := postgres.ForkedOff(tli, hist, pos); why != "" {
+			a.forked.Store(why)
+			return forkedReason + why, nil
+		}
+	}
+	return "", nil
+}
+
+// rewindIfForked rewinds a running standby whose WAL went past the point
+// where the primary's timeline forked off its own: it received WAL the
+// promoted standby never had (it was ahead of it, or lagged less). Such a
+// standby can never stream from the new primary, and PostgreSQL retries
+// forever, so it is stopped (a clean shutdown in recovery, which pg_rewind
+// accepts) and rewound like a former primary. A standby that is merely
+// behind, or briefly disconnected, is left alone: its WAL stops at or before
+// the fork.
+func (a *Agent) rewindIfForked(ctx context.Context, st consensus.State, p consensus.Member, pg postgres.Status) error {
+	tli, hist, ok := a.primaryTimeline(st)
+	// pg.Timeline (the WAL receiver's, else the last restartpoint's) reaches
+	// the primary's once this standby follows it: then nothing to check.
+	if !ok || !pg.InRecovery || pg.Timeline == tli {
+		return nil
+	}
+	pos, err := a.inst.StandbyWALEnd(ctx)
+	if err != nil {
+		return fmt.Errorf("check that this standby can follow timeline %d of %s: %w", tli, st.Primary, err)
+	}
+	why := postgres.ForkedOff(tli, hist, pos)
+	if why == "" {
+		return nil
+	}
+	a.forked.Store(why)
+	why = forkedReason + why
+	a.log.Warn("stopping PostgreSQL", "reason", why, "primary", st.Primary)
+	a.pgMu.Lock()
+	a.inst.Close()
+	err = a.inst.Stop(ctx, postgres.StopFast)
+	a.pgMu.Unlock()
+	if err != nil {
+		return err
+	}
+	return a.rewindFrom(ctx, st, p, why)
+}
+
+const forkedReason = "this standby's WAL went past the fork of the primary's timeline: "
+
+// primaryTimeline is the committed primary's timeline and its history, as
+// its agent last published them while running as the primary of this epoch.
+func (a *Agent) primaryTimeline(st consensus.State) (uint32, []postgres.TimelineSwitch, bool) {
+	o, ok := a.obs.snapshot()[st.Primary]
+	if !ok || !o.reachable || o.obs.Epoch != st.Epoch || !o.obs.Postgres.Running || o.obs.Postgres.InRecovery || o.obs.Postgres.Timeline == 0 {
+		return 0, nil, false
+	}
+	return o.obs.Postgres.Timeline, o.obs.TimelineHistory, true
 }
 
 // rewindFrom runs pg_rewind against the primary; if rewinding is impossible
 // it re-clones, keeping the old data directory until the clone is in place.
-func (a *Agent) rewindFrom(ctx context.Context, st consensus.State, p consensus.Member) error {
-	a.log.Info("rewinding", "from", st.Primary, "epoch", st.Epoch, "reason", "this data directory was last a primary; it must join the new primary's timeline")
+func (a *Agent) rewindFrom(ctx context.Context, st consensus.State, p consensus.Member, why string) error {
+	a.log.Info("rewinding", "from", st.Primary, "epoch", st.Epoch, "reason", why)
 	if o, ok := a.obs.snapshot()[st.Primary]; !ok || !o.reachable || !o.obs.Postgres.Running || o.obs.Postgres.InRecovery {
 		// Let the new primary finish its promotion first: the checkpoint
 		// below would otherwise be a restartpoint that slows it down.
@@ -417,6 +499,7 @@ func (a *Agent) rewindFrom(ctx context.Context, st consensus.State, p consensus.
 	case err == nil:
 		a.rewindFailures = 0
 		a.lastRejoin.Store("rewind")
+		a.forked.Store("")
 		a.log.Info("rewind finished", "from", st.Primary)
 		return nil
 	case errors.Is(err, recovery.ErrRewindImpossible):
@@ -467,6 +550,7 @@ func (a *Agent) reinitFrom(ctx context.Context, st consensus.State, p consensus.
 		return fmt.Errorf("re-clone from %s: %w", st.Primary, err)
 	}
 	a.lastRejoin.Store("clone")
+	a.forked.Store("")
 	a.log.Info("re-clone finished", "from", st.Primary)
 	return nil
 }

@@ -248,7 +248,12 @@ func replaceManagedBlock(content string, block []string) (string, error) {
 // hbaBlock is the managed part of pg_hba.conf.
 func (i *Instance) hbaBlock() []string {
 	c := i.cfg
-	lines := []string{fmt.Sprintf("local all %s peer map=%s", c.Superuser, identMap)}
+	lines := []string{
+		fmt.Sprintf("local all %s peer map=%s", c.Superuser, identMap),
+		// "all" does not match replication connections: StandbyWALEnd
+		// asks the local standby IDENTIFY_SYSTEM over one.
+		fmt.Sprintf("local replication %s peer map=%s", c.Superuser, identMap),
+	}
 	for _, n := range c.AllowedNetworks {
 		if c.Replication.Name != "" {
 			lines = append(lines, fmt.Sprintf("host replication %s %s scram-sha-256", c.Replication.Name, n))

@@ -177,6 +177,7 @@ func TestConfigureFiles(t *testing.T) {
 	for _, want := range []string{
 		beginMarker,
 		"local all postgres peer map=pgha\n",
+		"local replication postgres peer map=pgha\n",
 		"host replication replicator 127.0.0.1/32 scram-sha-256\n",
 		"host replication replicator 10.0.0.0/24 scram-sha-256\n",
 		"host all pgha_monitor 10.0.0.0/24 scram-sha-256\n",
