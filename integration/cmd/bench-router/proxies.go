@@ -259,6 +259,11 @@ func startRouter(dir string, cl *cluster, o *options) (*target, error) {
 		args = append(args, "-read-your-writes=false")
 		ryw = "read-your-writes OFF"
 	}
+	reads := "reads outside transactions to the standbys"
+	if !o.loadBalance {
+		args = append(args, "-load-balance=false")
+		reads = "load balancing OFF (everything to the primary)"
+	}
 	var env []string
 	procs := "GOMAXPROCS default"
 	if o.routerProcs > 0 {
@@ -270,8 +275,8 @@ func startRouter(dir string, cl *cluster, o *options) (*target, error) {
 		return nil, err
 	}
 	return &target{name: "router", port: port, proc: p,
-		setup: fmt.Sprintf("separate process (%s); pool_mode=transaction, pool size %d per server, reads outside transactions to the standbys, %s, max lag 1MB, auth %s",
-			procs, o.poolSize, ryw, o.auth)}, nil
+		setup: fmt.Sprintf("separate process (%s); pool_mode=transaction, pool size %d per server, %s, %s, max lag 1MB, auth %s",
+			procs, o.poolSize, reads, ryw, o.auth)}, nil
 }
 
 // connString reaches port as the bench user with the simple protocol

@@ -38,6 +38,7 @@ func serveRouter(args []string) error {
 	monDB := fs.String("monitor-db", "postgres", "database it connects to")
 	monPass := fs.String("monitor-password", "", "its password (md5 servers)")
 	ryw := fs.Bool("read-your-writes", true, "read-your-writes (the agent's default)")
+	lb := fs.Bool("load-balance", true, "reads outside transactions to the standbys (the agent's default)")
 	refresh := fs.Duration("refresh", time.Second, "how often replay positions are read (0: never)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process here at exit")
 	if err := fs.Parse(args); err != nil {
@@ -52,6 +53,7 @@ func serveRouter(args []string) error {
 		PoolSize:              *poolSize,
 		MaxLag:                1 << 20, // the agent's default router.max_lag
 		DisableReadYourWrites: !*ryw,
+		DisableLoadBalance:    !*lb,
 		HBA:                   []router.HBARule{{Address: "127.0.0.0/8", Method: router.AuthMethod(*auth)}},
 	}
 	if *userList != "" {
