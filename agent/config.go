@@ -423,7 +423,7 @@ func (c *Config) resolveSecrets() error {
 		r   *RoleConfig
 	}{{"postgres.replication", &c.Postgres.Replication}, {"postgres.monitor", &c.Postgres.Monitor}, {"postgres.rewind", &c.Postgres.Rewind}}
 	for _, x := range roles {
-		pw, err := readSecret(x.key, x.r.PasswordFile, x.r.PasswordEnv)
+		pw, err := readSecret(x.key+".password_file", x.key+".password_env", x.r.PasswordFile, x.r.PasswordEnv)
 		if err != nil {
 			return err
 		}
@@ -435,25 +435,26 @@ func (c *Config) resolveSecrets() error {
 	return c.Router.resolveSecrets()
 }
 
-// readSecret reads a password from a file (first line) or an environment variable.
-func readSecret(key, file, env string) (string, error) {
+// readSecret reads a password from a file (first line) or an environment
+// variable; fileKey and envKey name the settings in errors.
+func readSecret(fileKey, envKey, file, env string) (string, error) {
 	if file != "" {
-		if err := checkSecretFile(key+".password_file", file); err != nil {
+		if err := checkSecretFile(fileKey, file); err != nil {
 			return "", err
 		}
 		b, err := os.ReadFile(file)
 		if err != nil {
-			return "", fmt.Errorf("%s.password_file: %w", key, err)
+			return "", fmt.Errorf("%s: %w", fileKey, err)
 		}
 		pw := strings.TrimRight(strings.SplitN(string(b), "\n", 2)[0], "\r")
 		if pw == "" {
-			return "", fmt.Errorf("%s.password_file: %s is empty", key, file)
+			return "", fmt.Errorf("%s: %s is empty", fileKey, file)
 		}
 		return pw, nil
 	}
 	pw := os.Getenv(env)
 	if pw == "" {
-		return "", fmt.Errorf("%s.password_env: environment variable %s is empty or unset", key, env)
+		return "", fmt.Errorf("%s: environment variable %s is empty or unset", envKey, env)
 	}
 	return pw, nil
 }

@@ -157,7 +157,7 @@ func (r *RouterConfig) resolveSecrets() error {
 		r.users = users
 	}
 	if r.AuthPasswordFile != "" {
-		pw, err := readSecret("router.auth", r.AuthPasswordFile, "")
+		pw, err := readSecret("router.auth_password_file", "", r.AuthPasswordFile, "")
 		if err != nil {
 			return err
 		}

@@ -117,6 +117,9 @@ func TestParseConfigErrorsNameTheKey(t *testing.T) {
 			return s + "router:\n  hba: [\"hostssl all all 0.0.0.0/0 scram-sha-256\"]\n"
 		}, "hostssl"},
 		{"router tls key without cert", func(s string) string { return s + "router:\n  tls_key: /etc/pgha/router.key\n" }, "router.tls_cert"},
+		{"router auth password file missing", func(s string) string {
+			return s + "router:\n  auth_user: pgha_auth\n  auth_password_file: /nonexistent/auth\n"
+		}, "router.auth_password_file:"},
 		{"router auth file missing", func(s string) string { return s + "router:\n  auth_file: /nonexistent/userlist.txt\n" }, "router.auth_file"},
 		{"vip without interface", func(s string) string { return s + "vip:\n  address: 10.0.0.10/24\n" }, "vip.interface"},
 		{"vip without prefix", func(s string) string { return s + "vip:\n  address: 10.0.0.10\n  interface: eth0\n" }, "vip.address"},
