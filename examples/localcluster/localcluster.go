@@ -362,19 +362,15 @@ func (c *Cluster) KillPostgres(n *Node) error {
 }
 
 // KillHost kills the agent and its PostgreSQL together, as losing the
-// machine would: the postmaster's whole process group (pg_ctl starts it as a
-// session leader), so no backend lives on to acknowledge a write.
+// machine would: the postmaster and every one of its children, so no
+// backend lives on to acknowledge a write.
 func (c *Cluster) KillHost(n *Node) {
 	pid := n.PostmasterPID()
 	if n.Running() {
 		_ = n.cmd.Process.Kill()
 	}
 	if pid != 0 && alive(pid) {
-		if pgid, err := syscall.Getpgid(pid); err == nil && pgid == pid {
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		} else {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
+		killTree(pid)
 	}
 	if n.done != nil {
 		<-n.done
@@ -424,6 +420,47 @@ func (c *Cluster) stopOrphanPostgres(ctx context.Context, n *Node) error {
 }
 
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+// killTree kills pid and its children with SIGKILL. Killing the process
+// group is not enough: pg_ctl does not always leave the postmaster a group
+// leader, and a backend outliving its postmaster may still finish a commit.
+// The postmaster is stopped first so it forks nothing meanwhile.
+func killTree(pid int) {
+	_ = syscall.Kill(pid, syscall.SIGSTOP)
+	for _, child := range childPIDs(pid) {
+		_ = syscall.Kill(child, syscall.SIGKILL)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// childPIDs lists the processes whose parent is pid, from /proc.
+func childPIDs(pid int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, child)
+		}
+	}
+	return out
+}
 
 // View fetches GET /cluster from the first node whose agent answers.
 func (c *Cluster) View(ctx context.Context) (agent.ClusterView, error) {
