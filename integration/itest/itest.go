@@ -7,7 +7,6 @@ package itest
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,15 +56,9 @@ func Main(m *testing.M, binary *string) {
 	os.Exit(code)
 }
 
-// FreePort is a TCP port on 127.0.0.1 that nothing listens on right now.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+// FreePort is a TCP port on 127.0.0.1 that nothing listens on right now,
+// never the same one twice in a process (pgtest.PickPort).
+func FreePort() (int, error) { return pgtest.PickPort() }
 
 // AwaitHealthy polls until the cluster has one running primary and
 // members-1 streaming standbys, or the timeout passes.
