@@ -216,6 +216,10 @@ func fenceDeadline(p Policy) time.Duration {
 //     primary's last known position.
 //  4. Among candidates: most WAL received, then most replayed, then the
 //     highest priority, then the name.
+//
+// A standby whose agent reports it diverged (its WAL went past the fork of
+// the primary's timeline) is never a candidate: its LSN is on the old
+// timeline and would compare as more WAL than it really holds.
 func chooseCandidate(in Inputs, exclude string) (string, string) {
 	st := in.State
 	var cands []string
@@ -224,7 +228,7 @@ func chooseCandidate(in Inputs, exclude string) (string, string) {
 			continue
 		}
 		o, ok := fresh(in, name)
-		if !ok || !o.obs.Postgres.Running || !o.obs.Postgres.InRecovery {
+		if !ok || !o.obs.Postgres.Running || !o.obs.Postgres.InRecovery || o.obs.Diverged {
 			continue
 		}
 		cands = append(cands, name)
@@ -241,7 +245,13 @@ func chooseCandidate(in Inputs, exclude string) (string, string) {
 		// The synchronous standby with the most WAL holds every acknowledged
 		// commit; promote it, or nothing (one tagged nofailover or down
 		// could be the only one holding them).
-		best := slices.Clone(st.SyncStandbys)
+		// A diverged one holds none of the current timeline's WAL, so none
+		// of its acknowledged commits, however far its LSN on the old
+		// timeline goes.
+		best := slices.DeleteFunc(slices.Clone(st.SyncStandbys), func(s string) bool { return in.Observations[s].obs.Diverged })
+		if len(best) == 0 {
+			return "", "every synchronous standby diverged from the primary's timeline and waits for its rewind"
+		}
 		sortByWAL(in, best)
 		if !slices.Contains(cands, best[0]) {
 			return "", fmt.Sprintf("synchronous standby %s holds the most WAL but cannot be promoted (not running as a standby, or nofailover)", best[0])

@@ -19,6 +19,15 @@ var (
 	silentSince = func(at time.Time) memberView { return memberView{reachable: false, lastSeen: at} }
 )
 
+// divergedAt is a standby whose WAL went past the primary's fork point, at
+// lsn on the old timeline.
+func divergedAt(at time.Time, lsn postgres.LSN) memberView {
+	v := obsAt(at, standbyAt(lsn))
+	v.obs.Postgres.Streaming = false
+	v.obs.Diverged = true
+	return v
+}
+
 func obsAt(at time.Time, pg postgres.Status) memberView {
 	return memberView{reachable: true, lastSeen: at, obs: Observation{DataDir: "valid", Postgres: pg}}
 }
@@ -68,6 +77,18 @@ func TestDecideFailover(t *testing.T) {
 			state:     state3("n2", "n3"),
 			obs:       map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(900)), "n3": obsAt(now, standbyAt(1000))},
 			wantPromo: "n3",
+		},
+		{
+			name:      "sync set of two: a diverged one is not chosen, however much WAL its old timeline has",
+			state:     state3("n2", "n3"),
+			obs:       map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(900)), "n3": divergedAt(now, 5000)},
+			wantPromo: "n2",
+		},
+		{
+			name:       "the only synchronous standby diverged: nobody",
+			state:      state3("n3"),
+			obs:        map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(900)), "n3": divergedAt(now, 5000)},
+			wantInWait: "diverged",
 		},
 		{
 			name:       "no sync set recorded: nobody",
@@ -145,6 +166,13 @@ func TestDecideFailover(t *testing.T) {
 			obs:       map[string]memberView{"n1": obsAt(now, postgres.Status{CurrentLSN: 5000}), "n2": obsAt(now, standbyAt(4000)), "n3": obsAt(now, standbyAt(4500))},
 			policy:    func(p *Policy) { p.Synchronous = false },
 			wantPromo: "n3",
+		},
+		{
+			name:      "async: a diverged standby is skipped",
+			state:     state3(),
+			obs:       map[string]memberView{"n1": obsAt(now, postgres.Status{CurrentLSN: 5000}), "n2": obsAt(now, standbyAt(4000)), "n3": divergedAt(now, 4900)},
+			policy:    func(p *Policy) { p.Synchronous = false },
+			wantPromo: "n2",
 		},
 		{
 			name:       "async: every standby too far behind",

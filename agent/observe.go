@@ -34,6 +34,11 @@ type Observation struct {
 	// timeline (Postgres.Timeline): where each ancestor timeline ended.
 	// Standbys check against it that their WAL did not go past the fork.
 	TimelineHistory []postgres.TimelineSwitch `json:"timeline_history,omitempty"`
+	// Diverged: this standby's WAL went past the point where the primary's
+	// timeline forked off its own (rewindIfForked), so it holds none of the
+	// WAL written since the fork, whatever its LSN says. Never a failover
+	// candidate until it is rewound.
+	Diverged bool `json:"diverged,omitempty"`
 	// LeaderWaiting is, on the Raft leader, why its last pass committed
 	// nothing (no safe candidate, paused...), so any member can show it.
 	LeaderWaiting string          `json:"leader_waiting,omitempty"`
@@ -152,6 +157,7 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 		// PostgreSQL may show its WAL receiver as streaming while it
 		// retries a timeline it can never follow: not a healthy standby.
 		o.Postgres.Streaming = false
+		o.Diverged = true
 		if o.Problem == "" {
 			o.Problem = "diverged from the primary's timeline: " + why
 		}
