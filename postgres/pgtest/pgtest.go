@@ -117,25 +117,38 @@ var handedOut struct {
 // back a port that was just closed, so a cluster whose ports were picked
 // one after another could otherwise get the same one twice (two agents on
 // one Raft address).
-func PickPort() (int, error) {
+func PickPort() (int, error) { return pickPort(listenPort) }
+
+// pickPort is PickPort with the kernel's choice of port (listen) as a
+// parameter, so a test can make it repeat one.
+func pickPort(listen func() (int, error)) (int, error) {
 	handedOut.Lock()
 	defer handedOut.Unlock()
 	if handedOut.ports == nil {
 		handedOut.ports = map[int]bool{}
 	}
 	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		port, err := listen()
 		if err != nil {
 			return 0, err
 		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
 		if !handedOut.ports[port] {
 			handedOut.ports[port] = true
 			return port, nil
 		}
 	}
 	return 0, errors.New("no new free port in 100 tries")
+}
+
+// listenPort is a port on 127.0.0.1 the kernel says is free; the listener
+// is closed again, so the kernel may give the same port out next time.
+func listenPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Config returns the configuration of a test instance called name: data

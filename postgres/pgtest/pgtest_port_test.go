@@ -2,8 +2,27 @@ package pgtest
 
 import "testing"
 
-// TestPickPortNeverRepeats: ports picked one after another are all
-// different, though each listener is closed before the next is opened.
+// TestPickPortSkipsRepeats: when the kernel offers a port PickPort has
+// already handed out (it does reuse a just-closed port), the next one is
+// taken instead.
+func TestPickPortSkipsRepeats(t *testing.T) {
+	offers := []int{40001, 40001, 40001, 40002}
+	listen := func() (int, error) {
+		p := offers[0]
+		offers = offers[1:]
+		return p, nil
+	}
+	first, err := pickPort(listen)
+	if err != nil || first != 40001 {
+		t.Fatalf("first pick %d, %v; want 40001", first, err)
+	}
+	second, err := pickPort(listen)
+	if err != nil || second != 40002 {
+		t.Fatalf("second pick %d, %v; want 40002, not the repeated 40001", second, err)
+	}
+}
+
+// TestPickPortNeverRepeats: real picks one after another are all different.
 func TestPickPortNeverRepeats(t *testing.T) {
 	seen := map[int]bool{}
 	for range 200 {
