@@ -39,7 +39,15 @@ type client struct {
 	encrypted     bool     // TLS negotiated
 	loginDeadline time.Time
 	be            *pgproto3.Backend
+	mr            *msgReader // be's reader
 	txnMode       bool
+
+	// fast is the session's fast path (fast.go): nil in session mode, with
+	// TLS or with Config.DisableFastPath. fastOK: the last batch the
+	// general path served was one a fast path serves (a lone read-only
+	// Query), so entering it is likely worth the hand-over.
+	fast   *fastPath
+	fastOK bool
 
 	user, db string
 	pid      uint32
@@ -169,6 +177,11 @@ func (r *Router) cancelRequest(pid uint32, secret []byte) {
 // loop relays the session until the client leaves or fails.
 func (c *client) loop() error {
 	for {
+		if c.fastEligible() {
+			if err := c.serveFast(); err != nil {
+				return err
+			}
+		}
 		msg, err := c.be.Receive()
 		if err != nil {
 			if clientIOError(err) {
@@ -362,6 +375,12 @@ func (c *client) dispatch() error {
 		return c.answerPrepare()
 	}
 	class := c.batchClass()
+	if len(c.pending) == 1 {
+		_, q := c.pending[0].(*pgproto3.Query)
+		c.fastOK = q && class == ClassRead
+	} else {
+		c.fastOK = false
+	}
 	if !c.txnMode && c.role == ReadWrite {
 		class = ClassWrite // a session stays on the primary
 	}
@@ -916,7 +935,7 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 			continue // draining for abandon
 		}
 		c.send(msg)
-		if sc.fe.ReadBufferLen() == 0 || c.bufLen() > 32<<10 {
+		if sc.mr.buffered() == 0 || c.bufLen() > 32<<10 {
 			if err := c.flushClient(); err != nil && !c.abandoned.Load() {
 				endInline()
 				c.clientLost(sc)

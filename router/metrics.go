@@ -35,6 +35,10 @@ var (
 		"Server connections opened and logged in.", nil, nil)
 	descConnectErrors = prometheus.NewDesc("pgha_router_server_connect_errors_total",
 		"Server connections that failed to open or log in.", nil, nil)
+	descFastPath = prometheus.NewDesc("pgha_router_fast_path_transactions_total",
+		"Transactions served on the router's event loop (lone read-only simple queries).", nil, nil)
+	descFastHandBacks = prometheus.NewDesc("pgha_router_fast_path_handbacks_total",
+		"Times the event loop handed a session back to the general path.", nil, nil)
 	descServerConns = prometheus.NewDesc("pgha_router_server_connections",
 		"Server connections now, by backend and state (active: lent to a client; idle: pooled).", []string{"backend", "state"}, nil)
 	descPoolWait = prometheus.NewDesc("pgha_router_pool_wait_seconds",
@@ -88,7 +92,7 @@ type collector struct{ r *Router }
 func (collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descClientsActive, descClientsWaiting, descClientsAccepted, descClientsRejected,
 		descProtocolErrors, descQueries, descPoolWaits, descPoolWaitTimeouts, descServerErrors, descServerConnects,
-		descConnectErrors, descServerConns, descPoolWait} {
+		descConnectErrors, descFastPath, descFastHandBacks, descServerConns, descPoolWait} {
 		ch <- d
 	}
 }
@@ -113,6 +117,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descServerErrors, s.ServerErrors)
 	counter(descServerConnects, s.ServerConnects)
 	counter(descConnectErrors, s.ConnectErrors)
+	counter(descFastPath, s.FastPath)
+	counter(descFastHandBacks, s.FastHandBacks)
 	ch <- c.r.poolWait.metric()
 
 	// Server connections by backend name; every backend of the topology

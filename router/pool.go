@@ -31,8 +31,8 @@ type pool struct {
 	mu      sync.Mutex
 	idle    []*serverConn // LIFO
 	all     map[*serverConn]bool
-	opening int             // dials in progress (count towards the size)
-	waiters []chan struct{} // FIFO; a receive means "try again"
+	opening int      // dials in progress (count towards the size)
+	waiters []waiter // FIFO; woken means "try again"
 	params  map[string]string
 	retired bool // backend gone or changed role: no new connections
 
@@ -52,7 +52,8 @@ type pool struct {
 // attached, that client's pump goroutine is the only one that reads.
 type serverConn struct {
 	pool     *pool
-	conn     net.Conn
+	conn     net.Conn // a *poller.Conn unless Config.DisableFastPath
+	mr       *msgReader
 	fe       *pgproto3.Frontend
 	wbuf     []byte
 	pid      uint32
@@ -109,16 +110,7 @@ func (p *pool) acquire(ctx context.Context) (_ *serverConn, err error) {
 			p.r.poolWait.observe(time.Since(start))
 		}
 		if waited {
-			d := time.Since(start).Nanoseconds()
-			p.r.stats.PoolWaits.Add(1)
-			p.waitsTotal.Add(1)
-			p.waitNanos.Add(d)
-			for {
-				m := p.maxWait.Load()
-				if d <= m || p.maxWait.CompareAndSwap(m, d) {
-					break
-				}
-			}
+			p.countWait(time.Since(start))
 		}
 	}()
 	for {
@@ -154,7 +146,7 @@ func (p *pool) acquire(ctx context.Context) (_ *serverConn, err error) {
 			return sc, nil
 		}
 		ch := make(chan struct{}, 1)
-		p.waiters = append(p.waiters, ch)
+		p.waiters = append(p.waiters, waiter{ch: ch})
 		p.mu.Unlock()
 		waited = true
 		p.waiting.Add(1)
@@ -165,7 +157,7 @@ func (p *pool) acquire(ctx context.Context) (_ *serverConn, err error) {
 			p.waiting.Add(-1)
 			p.mu.Lock()
 			for i, w := range p.waiters {
-				if w == ch {
+				if w.ch == ch {
 					p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
 					break
 				}
@@ -225,13 +217,83 @@ func (p *pool) popIdle() *serverConn {
 	return nil
 }
 
+// waiter is a client queued for a connection: a goroutine blocked on ch,
+// or a fast-path session (fast.go), which is kicked on the poller.
+type waiter struct {
+	ch   chan struct{}
+	fast *fastPath
+}
+
+func (w waiter) wake() {
+	if w.fast != nil {
+		w.fast.granted = true
+		w.fast.cc.Kick()
+		return
+	}
+	w.ch <- struct{}{}
+}
+
 // wakeOne lets the first waiter retry. Called with mu held.
 func (p *pool) wakeOne() {
 	if len(p.waiters) > 0 {
-		ch := p.waiters[0]
+		w := p.waiters[0]
+		p.waiters[0] = waiter{}
 		p.waiters = p.waiters[1:]
-		ch <- struct{}{}
+		w.wake()
 	}
+}
+
+// dropWaiter takes f out of the queue. Called with mu held.
+func (p *pool) dropWaiter(f *fastPath) {
+	for i, w := range p.waiters {
+		if w.fast == f {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			return
+		}
+	}
+}
+
+// countWait records an acquisition that waited d.
+func (p *pool) countWait(d time.Duration) {
+	ns := d.Nanoseconds()
+	p.r.stats.PoolWaits.Add(1)
+	p.waitsTotal.Add(1)
+	p.waitNanos.Add(ns)
+	for {
+		m := p.maxWait.Load()
+		if ns <= m || p.maxWait.CompareAndSwap(m, ns) {
+			break
+		}
+	}
+}
+
+// tryGet is get for the fast path, which never blocks: an idle connection,
+// or (when the pool is full, or others wait and f's turn has not come:
+// first) f joins the queue and wait is true; wakeOne kicks f's client
+// later. nil and false: the general path must dial, or the pool retired.
+func (p *pool) tryGet(f *fastPath, first bool) (sc *serverConn, wait bool) {
+	p.mu.Lock()
+	if p.retired {
+		p.mu.Unlock()
+		return nil, false
+	}
+	if first || len(p.waiters) == 0 {
+		if sc := p.popIdle(); sc != nil {
+			p.mu.Unlock()
+			p.active.Add(1)
+			p.r.poolWait.observe(0)
+			return sc, false
+		}
+		if len(p.all)+p.opening < p.r.cfg.PoolSize {
+			p.mu.Unlock()
+			return nil, false
+		}
+	}
+	f.granted, f.timedOut = false, false
+	p.waiters = append(p.waiters, waiter{fast: f})
+	p.waiting.Add(1)
+	p.mu.Unlock()
+	return nil, true
 }
 
 func (p *pool) expired(sc *serverConn, now time.Time) bool {
@@ -276,7 +338,7 @@ func (p *pool) retire() {
 	}
 	p.idle = nil
 	for _, w := range p.waiters {
-		w <- struct{}{}
+		w.wake()
 	}
 	p.waiters = nil
 	p.mu.Unlock()
@@ -335,11 +397,20 @@ func (p *pool) dial(ctx context.Context) (*serverConn, error) {
 		p.r.stats.ConnectErrors.Add(1)
 		return nil, &serverDownError{fmt.Errorf("connect to %s: %w", p.key.addr, err)}
 	}
+	if p.r.poller != nil {
+		pc, err := p.r.poller.Wrap(conn)
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("connect to %s: %w", p.key.addr, err)
+		}
+		conn = pc
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
 	now := time.Now()
-	sc := &serverConn{pool: p, conn: conn, fe: pgproto3.NewFrontend(conn, conn), created: now, lastUsed: now,
+	mr := newMsgReader(conn)
+	sc := &serverConn{pool: p, conn: conn, mr: mr, fe: pgproto3.NewFrontend(mr, conn), created: now, lastUsed: now,
 		prepared: map[string]bool{}, closed: make(chan struct{})}
 	sc.fe.SetMaxBodyLen(cfg.MaxMessageSize)
 	params, err := sc.login(p.r, p.key.db, p.key.user)

@@ -28,6 +28,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pgha/pgha/router/poller"
 )
 
 // PoolMode says when a server connection returns to the pool.
@@ -96,6 +98,10 @@ type Config struct {
 	// DisableLoadBalance sends every statement of the read/write listener to
 	// the primary.
 	DisableLoadBalance bool
+	// DisableFastPath keeps every socket in the Go runtime's poller and
+	// every transaction on a client goroutine (see fast.go and package
+	// poller); for comparison and as a way out.
+	DisableFastPath bool
 	// MaxLag: standbys whose replay lag (Backend.LagBytes) exceeds it get no
 	// reads; 0 means no limit.
 	MaxLag int64
@@ -278,6 +284,7 @@ type Router struct {
 	poolWait  waitHistogram // every server-connection acquisition (metrics)
 	learned   learnedSecrets
 
+	poller *poller.Poller // nil with DisableFastPath
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -296,6 +303,8 @@ type Stats struct {
 	PoolWaits        atomic.Int64 // acquisitions that queued because their pool was full
 	ServerConnects   atomic.Int64 // server connections opened and logged in
 	ConnectErrors    atomic.Int64 // server connections that failed to open or log in
+	FastPath         atomic.Int64 // transactions served on the poller (fast.go)
+	FastHandBacks    atomic.Int64 // sessions the fast path handed back to their goroutine
 }
 
 // StatsSnapshot is a copy of Stats plus per-pool figures.
@@ -312,6 +321,8 @@ type StatsSnapshot struct {
 	PoolWaits        int64
 	ServerConnects   int64
 	ConnectErrors    int64
+	FastPath         int64
+	FastHandBacks    int64
 	Pools            []PoolStats
 }
 
@@ -345,6 +356,13 @@ func New(cfg Config, topo Topology) (*Router, error) {
 		nextPID:    uint32(time.Now().UnixNano()&0xffff) << 8,
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
+	if !cfg.DisableFastPath {
+		p, err := poller.New()
+		if err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+		r.poller = p
+	}
 	r.applyTopology()
 	r.wg.Add(1)
 	go r.watch()
@@ -515,6 +533,9 @@ func (r *Router) Close() error {
 	}
 	r.Resume()
 	r.wg.Wait()
+	if r.poller != nil {
+		r.poller.Close() // last: closing a fast-path session's socket needs it
+	}
 	return nil
 }
 
@@ -644,6 +665,8 @@ func (r *Router) Snapshot() StatsSnapshot {
 		PoolWaits:        r.stats.PoolWaits.Load(),
 		ServerConnects:   r.stats.ServerConnects.Load(),
 		ConnectErrors:    r.stats.ConnectErrors.Load(),
+		FastPath:         r.stats.FastPath.Load(),
+		FastHandBacks:    r.stats.FastHandBacks.Load(),
 	}
 	r.mu.Lock()
 	s.ClientsActive = r.nClient

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgha/pgha/router/poller"
 )
 
 // The startup phase of a client connection, up to its first
@@ -47,6 +48,13 @@ func (r *Router) serveClient(conn net.Conn, role Role) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
+	if r.poller != nil {
+		if pc, err := r.poller.Wrap(conn); err == nil {
+			conn = pc
+		} else {
+			r.log.Warn("router: client socket stays on the Go poller", "err", err)
+		}
+	}
 	// Close ends every session, also one still logging in (Close closes
 	// only the clients it has registered).
 	stop := context.AfterFunc(r.ctx, func() { conn.Close() })
@@ -68,6 +76,10 @@ func (r *Router) serveClient(conn net.Conn, role Role) {
 	c.conn.SetDeadline(time.Time{})
 	c.be.SetMaxBodyLen(r.cfg.MaxMessageSize)
 	r.stats.ClientsAccepted.Add(1)
+	if pc, ok := c.conn.(*poller.Conn); ok && c.txnMode {
+		c.fast = &fastPath{c: c, cc: pc, back: make(chan fastResult, 1)}
+		c.fastOK = true
+	}
 	err = c.loop()
 	c.cleanup()
 	if err != nil && !clientIOError(err) {
@@ -82,7 +94,8 @@ func (c *client) startup() (bool, error) {
 	if err != nil || sm == nil {
 		return false, err
 	}
-	c.be = pgproto3.NewBackend(c.conn, c.conn)
+	c.mr = newMsgReader(c.conn)
+	c.be = pgproto3.NewBackend(c.mr, c.conn)
 	c.be.SetMaxBodyLen(8192) // until authenticated
 	c.user = sm.Parameters["user"]
 	c.db = sm.Parameters["database"]

@@ -1,0 +1,552 @@
+package router
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/pgha/pgha/router/poller"
+	"golang.org/x/sys/unix"
+)
+
+// The fast path serves the commonest transaction of a pooled session, a
+// read-only simple Query outside a transaction, on the poller goroutine,
+// as PgBouncer's event loop does: per transaction one epoll wake-up, a
+// read and a write on each side, no goroutine switch (see package poller
+// for why that matters). Everything else stays on the general path, the
+// client goroutine (client.loop), which the fast path hands the session
+// back to whenever it meets something it does not serve: another message
+// type, a pipelined batch, a write, an admin command, a switchover hold, a
+// pool with no idle connection that would need a dial, COPY, a message too
+// large for its buffer. Handing back loses nothing: unserved client bytes
+// stay in the client's msgReader, unserved server bytes in the server
+// connection's, unsent client bytes move to the client's write buffer,
+// and a query in flight goes on under a pump goroutine (relay).
+//
+// State: the client goroutine enters (serveFast) only with the session
+// idle; from then until the hand-back every field of the session is used
+// by the poller goroutine alone. f.back carries the hand-back.
+type fastPath struct {
+	c  *client
+	cc *poller.Conn // the client's socket
+
+	// A query in flight: the attached server connection.
+	sc     *serverConn
+	scc    *poller.Conn
+	status byte // ReadyForQuery's status once seen, else 0
+
+	// Waiting in a pool's queue for a connection (the query stays unread
+	// in the client's msgReader meanwhile).
+	waitPool      *pool
+	waitTarget    Backend
+	waitToStandby bool
+	waitStart     time.Time
+	waitTimer     *time.Timer
+	granted       bool // the pool's turn came (set under the pool's mu)
+	timedOut      bool // waited fastPoolWait: the general path waits the rest
+
+	out           []byte // bytes for the client its socket did not take yet
+	serverPending bool   // the server may have more while out is full
+
+	back chan fastResult
+}
+
+// fastResult is a hand-back: lost is a server connection that failed under
+// the fast path, for the goroutine to report (serverLost).
+type fastResult struct {
+	lost   error
+	lostSC *serverConn
+}
+
+// fastPoolWait: a fast-path session waits this long in a pool's queue, then
+// goes to the general path, which waits up to QueryWaitTimeout and reports
+// query_wait_timeout.
+const fastPoolWait = 250 * time.Millisecond
+
+// fastEligible: the session can enter the fast path now.
+func (c *client) fastEligible() bool {
+	if c.fast == nil || !c.fastOK || len(c.pending) > 0 || c.mr.buffered() > 0 || !c.mr.atBoundary() {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sc == nil && !c.pumping
+}
+
+// serveFast runs the session on the fast path until it hands it back.
+func (c *client) serveFast() error {
+	f := c.fast
+	f.cc.SetHandler(f)
+	f.cc.Kick() // what the client sent before SetHandler
+	res := <-f.back
+	if res.lost != nil {
+		c.serverLost(res.lostSC, res.lost)
+		return res.lost
+	}
+	return c.flushClient() // what the fast path could not send
+}
+
+// Ready implements poller.Handler.
+func (f *fastPath) Ready(conn *poller.Conn, ev uint32) {
+	switch {
+	case conn == f.cc && f.waitPool != nil:
+		f.poolTurn(ev)
+	case conn == f.cc && f.sc == nil:
+		f.readClient()
+	case conn == f.cc:
+		// A query runs. The client hung up or was closed: the general
+		// path finds out and abandons the query. The client sent more:
+		// that waits in the socket until the query is answered. A kick
+		// now is a stale one (a pool's turn or timer).
+		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 || isClosed(f.cc) {
+			f.handBackInFlight(nil)
+			return
+		}
+		if ev&unix.EPOLLOUT != 0 && len(f.out) > 0 {
+			f.flushOut()
+		}
+	case conn == f.scc:
+		f.readServer()
+	}
+}
+
+// readClient reads the idle client and serves a lone read-only Query.
+func (f *fastPath) readClient() {
+	c := f.c
+	mr := c.mr
+	if !mr.atBoundary() {
+		f.handBack(fastResult{})
+		return
+	}
+	for {
+		sp := mr.spare()
+		if len(sp) == 0 {
+			break
+		}
+		n, err := f.cc.TryRead(sp)
+		if errors.Is(err, poller.ErrWouldBlock) {
+			break
+		}
+		if err != nil {
+			f.handBack(fastResult{}) // Receive meets the EOF or error again
+			return
+		}
+		mr.fill(n)
+		if n < len(sp) {
+			break
+		}
+	}
+	if mr.buffered() > 0 {
+		f.startQuery()
+	}
+}
+
+// startQuery serves the buffered client bytes if they are one whole
+// read-only Query, else hands the session back.
+func (f *fastPath) startQuery() {
+	c := f.c
+	r := c.r
+	buf := c.mr.peek()
+	if len(buf) < 6 || buf[0] != 'Q' || int(binary.BigEndian.Uint32(buf[1:5]))+1 != len(buf) || buf[len(buf)-1] != 0 {
+		f.handBack(fastResult{})
+		return
+	}
+	sql := string(buf[5 : len(buf)-1])
+	if isShow(sql) || Classify(sql, r.writeFuncs) != ClassRead {
+		f.handBack(fastResult{}) // admin commands and writes: the general path
+		return
+	}
+	// Route as client.route does for a read, but never wait.
+	v := r.view.Load()
+	var target Backend
+	ok := false
+	if c.role == ReadOnly || !r.cfg.DisableLoadBalance {
+		var minLSN uint64
+		if c.role == ReadWrite && !r.cfg.DisableReadYourWrites {
+			minLSN = c.writeLSN.Load()
+		}
+		target, ok = v.pickStandby(r.cfg.MaxLag, minLSN)
+	}
+	toStandby := ok
+	if !ok {
+		if r.holdChan() != nil {
+			f.handBack(fastResult{})
+			return
+		}
+		if target, ok = v.primaryBackend(); !ok {
+			f.handBack(fastResult{})
+			return
+		}
+	}
+	p, _ := c.poolFor(target)
+	f.acquire(p, target, toStandby, false)
+}
+
+// acquire gets a connection of p for the buffered Query and sends it, or
+// queues the session (first: its turn came), or hands the session back.
+func (f *fastPath) acquire(p *pool, target Backend, toStandby, first bool) {
+	sc, wait := p.tryGet(f, first)
+	if wait {
+		f.waitPool = p
+		f.waitTarget, f.waitToStandby = target, toStandby
+		f.waitStart = time.Now()
+		f.waitTimer = time.AfterFunc(fastPoolWait, func() {
+			p.mu.Lock()
+			f.timedOut = true
+			p.mu.Unlock()
+			f.cc.Kick()
+		})
+		return
+	}
+	if sc == nil {
+		f.handBack(fastResult{}) // the pool must dial, or was retired
+		return
+	}
+	f.attach(sc, target, toStandby, f.c.mr.peek())
+}
+
+// attach sends the client's Query (buf, still in the client's msgReader)
+// on sc.
+func (f *fastPath) attach(sc *serverConn, target Backend, toStandby bool, buf []byte) {
+	c := f.c
+	r := c.r
+	scc, ok := sc.conn.(*poller.Conn)
+	if !ok || sc.mr.buffered() > 0 || !sc.mr.atBoundary() {
+		// Not one of ours, or the server said something while idle.
+		sc.pool.release(sc, ok && sc.mr.buffered() == 0)
+		f.handBack(fastResult{})
+		return
+	}
+	r.countSelect(target.Name)
+	if toStandby {
+		r.stats.ReadsToStandby.Add(1)
+	} else {
+		r.stats.ReadsToPrimary.Add(1)
+	}
+	sc.pool.queries.Add(1)
+	c.mu.Lock()
+	c.sc = sc // for cancel requests
+	c.target = target
+	c.wrote = false
+	c.txStatus = 'I'
+	c.mu.Unlock()
+	f.sc, f.scc, f.status = sc, scc, 0
+	c.mr.consume(len(buf)) // buf stays intact until the next read into it
+	scc.SetHandler(f)
+	n, err := scc.TryWrite(buf)
+	if errors.Is(err, poller.ErrWouldBlock) {
+		n, err = 0, nil
+	}
+	if err != nil {
+		f.lost(fmt.Errorf("write to server %s: %w", sc.pool.key.addr, err))
+		return
+	}
+	if n < len(buf) {
+		f.handBackInFlight(append([]byte(nil), buf[n:]...))
+	}
+}
+
+// poolTurn: the session waits in a pool's queue, and its client socket
+// had an event: its turn came (wakeOne), the wait ran out, the client hung
+// up or was closed; anything else (the client sent more) changes nothing.
+func (f *fastPath) poolTurn(ev uint32) {
+	p := f.waitPool
+	hangup := isClosed(f.cc) || ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	p.mu.Lock()
+	granted, timedOut := f.granted, f.timedOut
+	if !granted && !timedOut && !hangup {
+		p.mu.Unlock()
+		return
+	}
+	if !granted {
+		p.dropWaiter(f)
+	}
+	p.mu.Unlock()
+	f.waitTimer.Stop()
+	f.waitPool = nil
+	p.waiting.Add(-1)
+	if granted {
+		p.countWait(time.Since(f.waitStart))
+	}
+	if granted && !hangup {
+		// The same pool: the turn is for it (routing again could pick
+		// another standby and leave this pool's queue stuck).
+		f.acquire(p, f.waitTarget, f.waitToStandby, true) // attaches, queues again, or hands back
+		if f.sc == nil && f.waitPool == nil {
+			p.mu.Lock()
+			p.wakeOne() // the turn may be unused: pass it on
+			p.mu.Unlock()
+		}
+		return
+	}
+	if granted {
+		p.mu.Lock()
+		p.wakeOne()
+		p.mu.Unlock()
+	}
+	f.handBack(fastResult{})
+}
+
+// readServer relays the server's answer; ReadyForQuery ends it.
+func (f *fastPath) readServer() {
+	if f.sc == nil {
+		return // an event from before the release
+	}
+	if len(f.out) > 0 {
+		f.serverPending = true // the client must take what it has first
+		return
+	}
+	mr := f.sc.mr
+	for {
+		sp := mr.spare()
+		if len(sp) == 0 {
+			// One message larger than the buffer: the general path
+			// streams it.
+			f.handBackInFlight(nil)
+			return
+		}
+		n, err := f.scc.TryRead(sp)
+		if errors.Is(err, poller.ErrWouldBlock) {
+			return
+		}
+		if err != nil {
+			f.lost(err)
+			return
+		}
+		mr.fill(n)
+		if !f.relayBuffered() {
+			return
+		}
+		if n < len(sp) {
+			return
+		}
+	}
+}
+
+// relayBuffered passes the whole messages in the server connection's
+// buffer on to the client; false when the exchange ended or was handed
+// back.
+func (f *fastPath) relayBuffered() bool {
+	mr := f.sc.mr
+	buf := mr.peek()
+	i := 0
+	done := false
+	for len(buf)-i >= 5 {
+		l := int(binary.BigEndian.Uint32(buf[i+1 : i+5]))
+		if l < 4 || l > f.c.r.cfg.MaxMessageSize+4 {
+			// Let pgproto3 refuse it and the general path end the session.
+			f.sendOut(buf[:i])
+			mr.consume(i)
+			f.handBackInFlight(nil)
+			return false
+		}
+		if len(buf)-i < 1+l {
+			break
+		}
+		switch buf[i] {
+		case 'G', 'W':
+			// The server wants COPY data: only the general path reads the
+			// client during a query.
+			f.sendOut(buf[:i])
+			mr.consume(i)
+			f.handBackInFlight(nil)
+			return false
+		case 'Z':
+			if l == 5 {
+				f.status = buf[i+5]
+			}
+			done = true
+		}
+		i += 1 + l
+		if done {
+			break
+		}
+	}
+	if i == 0 {
+		return true
+	}
+	ok := f.sendOut(buf[:i])
+	mr.consume(i)
+	if !ok {
+		return false
+	}
+	if done && len(f.out) == 0 {
+		f.finish()
+		return false
+	}
+	return !done
+}
+
+// sendOut writes b to the client, keeping what its socket does not take.
+// false: the client is gone (the session was handed back).
+func (f *fastPath) sendOut(b []byte) bool {
+	if len(b) == 0 {
+		return true
+	}
+	if len(f.out) > 0 {
+		f.out = append(f.out, b...)
+		return true
+	}
+	n, err := f.cc.TryWrite(b)
+	if errors.Is(err, poller.ErrWouldBlock) {
+		n, err = 0, nil
+	}
+	if err != nil {
+		f.clientGone()
+		return false
+	}
+	if n < len(b) {
+		f.out = append(f.out, b[n:]...)
+	}
+	return true
+}
+
+// flushOut: the client's socket has room again.
+func (f *fastPath) flushOut() {
+	n, err := f.cc.TryWrite(f.out)
+	if errors.Is(err, poller.ErrWouldBlock) {
+		return
+	}
+	if err != nil {
+		f.clientGone()
+		return
+	}
+	f.out = f.out[:copy(f.out, f.out[n:])]
+	if len(f.out) > 0 {
+		return
+	}
+	if f.status != 0 {
+		f.finish()
+		return
+	}
+	if f.serverPending {
+		f.serverPending = false
+		f.readServer()
+	}
+}
+
+// finish: ReadyForQuery reached the client.
+func (f *fastPath) finish() {
+	c := f.c
+	sc := f.sc
+	f.scc.SetHandler(nil)
+	f.sc, f.scc = nil, nil
+	c.mu.Lock()
+	c.txStatus = f.status
+	if f.status != 'I' {
+		// The statement left a transaction open (it cannot, being a
+		// read, but the server decides): the general path carries on
+		// with sc attached.
+		c.outstanding, c.pumping, c.unsynced = 0, false, false
+		c.drops = c.drops[:0]
+		c.mu.Unlock()
+		f.handBack(fastResult{})
+		return
+	}
+	c.sc = nil
+	c.mu.Unlock()
+	sc.pool.release(sc, sc.mr.buffered() == 0)
+	c.r.stats.FastPath.Add(1)
+	if c.mr.buffered() > 0 {
+		f.startQuery()
+		return
+	}
+	f.readClient() // the client may have sent its next query meanwhile
+}
+
+// lost: the server connection failed; the goroutine reports it to the
+// client (serverLost) and ends the session.
+func (f *fastPath) lost(err error) {
+	sc := f.sc
+	f.scc.SetHandler(nil)
+	f.sc, f.scc = nil, nil
+	f.handBack(fastResult{lost: err, lostSC: sc})
+}
+
+// clientGone: the client's socket failed while a query ran; as
+// client.clientLost.
+func (f *fastPath) clientGone() {
+	c := f.c
+	sc := f.sc
+	f.scc.SetHandler(nil)
+	f.sc, f.scc = nil, nil
+	f.out = f.out[:0]
+	c.mu.Lock()
+	c.sc = nil
+	c.mu.Unlock()
+	sc.pool.release(sc, false)
+	f.cc.SetHandler(nil)
+	f.cc.Close()
+	f.handBack(fastResult{})
+}
+
+// handBackInFlight hands back a session whose query is still running:
+// a pump goroutine relays the rest (after writing rest, the part of the
+// query the server's socket did not take), as if the general path had
+// sent it.
+func (f *fastPath) handBackInFlight(rest []byte) {
+	c := f.c
+	sc := f.sc
+	f.scc.SetHandler(nil)
+	f.sc, f.scc = nil, nil
+	f.moveOut()
+	c.mu.Lock()
+	c.outstanding, c.unsynced, c.pumping = 1, false, true
+	c.drops = append(c.drops[:0], dropEntry{typ: 'Z'})
+	c.mu.Unlock()
+	c.r.wg.Add(1)
+	go func() {
+		defer c.r.wg.Done()
+		if len(rest) > 0 {
+			if _, err := sc.conn.Write(rest); err != nil {
+				sc.close() // the relay fails and reports it
+			}
+		}
+		c.relay(sc, false)
+	}()
+	f.handBack(fastResult{})
+}
+
+// moveOut gives the bytes the client's socket did not take to the general
+// path's write buffer, ahead of anything it sends.
+func (f *fastPath) moveOut() {
+	if len(f.out) == 0 {
+		return
+	}
+	c := f.c
+	c.wmu.Lock()
+	c.wbuf = append(append([]byte(nil), f.out...), c.wbuf...)
+	c.wmu.Unlock()
+	f.out = f.out[:0]
+}
+
+// handBack returns the session to the client goroutine.
+func (f *fastPath) handBack(res fastResult) {
+	f.c.r.stats.FastHandBacks.Add(1)
+	f.cc.SetHandler(nil)
+	f.moveOut()
+	f.serverPending = false
+	f.back <- res
+}
+
+func isClosed(c *poller.Conn) bool {
+	select {
+	case <-c.Closed():
+		return true
+	default:
+		return false
+	}
+}
+
+// isShow: sql starts with SHOW, which may be an admin command (admin.go).
+func isShow(sql string) bool {
+	for i := 0; i < len(sql); i++ {
+		switch sql[i] {
+		case ' ', '\t', '\n', '\r', '\f', '\v':
+			continue
+		}
+		return len(sql)-i >= 4 && eqFold(sql[i:i+4], "show")
+	}
+	return false
+}
