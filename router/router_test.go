@@ -30,9 +30,23 @@ func TestRouter(t *testing.T) {
 	}
 	cl := startCluster(t)
 	pgbenchInit(t, cl)
-	for _, mode := range []router.PoolMode{router.PoolTransaction, router.PoolSession} {
-		t.Run(string(mode), func(t *testing.T) {
-			tr := startRouter(t, cl, routerConfig(mode))
+	// Transaction mode twice: with the fast path (the default), which
+	// serves lone read-only simple queries on the poller, and without, so
+	// that the general path keeps its own proof of those.
+	for _, v := range []struct {
+		name   string
+		mode   router.PoolMode
+		noFast bool
+	}{
+		{"transaction", router.PoolTransaction, false},
+		{"transaction-nofast", router.PoolTransaction, true},
+		{"session", router.PoolSession, false},
+	} {
+		mode := v.mode
+		t.Run(v.name, func(t *testing.T) {
+			cfg := routerConfig(mode)
+			cfg.DisableFastPath = v.noFast
+			tr := startRouter(t, cl, cfg)
 			t.Run("SimpleExtendedPrepared", func(t *testing.T) { testQueries(t, tr) })
 			t.Run("Batch", func(t *testing.T) { testBatch(t, tr) })
 			t.Run("Copy", func(t *testing.T) { testCopy(t, tr) })
@@ -52,6 +66,7 @@ func TestRouter(t *testing.T) {
 	t.Run("Hostile", func(t *testing.T) { testHostile(t, cl) })
 	t.Run("Switch", func(t *testing.T) { testSwitch(t, cl) })
 	t.Run("PrepareWhilePoolBusy", func(t *testing.T) { testPrepareWhilePoolBusy(t, cl) })
+	t.Run("FastPath", func(t *testing.T) { testFastPath(t, cl) })
 }
 
 func testQueries(t *testing.T, tr *testRouter) {
@@ -175,7 +190,7 @@ func testBatch(t *testing.T, tr *testRouter) {
 func testCopy(t *testing.T, tr *testRouter) {
 	ctx := testContext(t)
 	c := connect(t, tr.rw, trustUser, "")
-	table := "copy_" + strings.ReplaceAll(strings.ToLower(t.Name()), "/", "_")
+	table := "copy_" + strings.NewReplacer("/", "_", "-", "_").Replace(strings.ToLower(t.Name()))
 	if _, err := c.Exec(ctx, "DROP TABLE IF EXISTS "+table+"; CREATE TABLE "+table+" (id int, s text)"); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,345 @@
+package router_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgha/pgha/postgres/pgtest"
+	"github.com/pgha/pgha/router"
+)
+
+// testFastPath covers the poller's fast path (fast.go): what it serves
+// itself, and every way it hands a session back to the general path.
+func testFastPath(t *testing.T, cl *cluster) {
+	cfg := routerConfig(router.PoolTransaction)
+	cfg.PoolSize = 2 // small, so that sessions queue
+	tr := startRouter(t, cl, cfg)
+	simple := pgx.QueryExecModeSimpleProtocol
+
+	t.Run("Serves", func(t *testing.T) {
+		ctx := testContext(t)
+		c := connect(t, tr.rw, trustUser, "")
+		// The first read on each standby pool dials, which the fast path
+		// leaves to the general path; warm both pools so that what is
+		// measured below is the steady state.
+		for range 20 {
+			if _, err := c.Exec(ctx, "SELECT 1", simple); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := tr.Snapshot()
+		seen := map[string]int{}
+		for i := range 200 {
+			var n, port int
+			if err := c.QueryRow(ctx, "SELECT $1::int * 3, inet_server_port()", simple, i).Scan(&n, &port); err != nil || n != 3*i {
+				t.Fatalf("query %d: %d %v", i, n, err)
+			}
+			seen[tr.cl.portName(port)]++
+		}
+		after := tr.Snapshot()
+		// A message split across two reads is also handed back, so allow
+		// a couple; a fast path that stopped serving would fall far short.
+		if d := after.FastPath - before.FastPath; d < 198 {
+			t.Errorf("fast path served %d of 200 simple reads", d)
+		}
+		if seen["primary"] > 0 || seen["standby1"] == 0 || seen["standby2"] == 0 {
+			t.Errorf("fast-path reads went to %v, want both standbys only", seen)
+		}
+		if d := after.ReadsToStandby - before.ReadsToStandby; d < 200 {
+			t.Errorf("reads_standby grew by %d for 200 reads", d)
+		}
+		// An error from the server is an answer like any other.
+		_, err := c.Exec(ctx, "SELECT 1/0", simple)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "22012" {
+			t.Fatalf("SELECT 1/0: want 22012, got %v", err)
+		}
+		var one int
+		if err := c.QueryRow(ctx, "SELECT 1", simple).Scan(&one); err != nil || one != 1 {
+			t.Fatalf("after an error: %d %v", one, err)
+		}
+	})
+
+	t.Run("WritesAndTransactionsHandBack", func(t *testing.T) {
+		ctx := testContext(t)
+		c := connect(t, tr.rw, trustUser, "")
+		for i := range 20 {
+			key := fmt.Sprintf("fast-%d", i)
+			if w := tr.serverOf(t, c, "INSERT INTO kv VALUES ($1, 'w') ON CONFLICT (k) DO UPDATE SET v = 'w' RETURNING inet_server_port()", key); w != "primary" {
+				t.Fatalf("write ran on %s", w)
+			}
+			// Read-your-writes holds on the fast path too.
+			var v string
+			if err := c.QueryRow(ctx, "SELECT v FROM kv WHERE k = $1", simple, key).Scan(&v); err != nil || v != "w" {
+				t.Fatalf("read after write %d: %q %v", i, v, err)
+			}
+		}
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var inTx, port int
+		if err := tx.QueryRow(ctx, "SELECT txid_current(), inet_server_port()", simple).Scan(&inTx, &port); err != nil {
+			t.Fatal(err)
+		}
+		if name := tr.cl.portName(port); name != "primary" {
+			t.Errorf("a read inside a transaction ran on %s", name)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("PipelinedQueries", func(t *testing.T) {
+		conn, fe := rawSession(t, tr.rw)
+		before := tr.Snapshot()
+		// Two Query messages in one write: the fast path hands them to
+		// the general path, which answers both, in order.
+		fe.Send(&pgproto3.Query{String: "SELECT 'first'"})
+		fe.Send(&pgproto3.Query{String: "SELECT 'second'; SELECT 'third'"})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for ready := 0; ready < 2; {
+			m, err := fe.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch m := m.(type) {
+			case *pgproto3.DataRow:
+				got = append(got, string(m.Values[0])) // copied before the next Receive
+			case *pgproto3.ReadyForQuery:
+				ready++
+			}
+		}
+		if strings.Join(got, ",") != "first,second,third" {
+			t.Errorf("pipelined answers: %v", got)
+		}
+		if tr.Snapshot().FastHandBacks == before.FastHandBacks {
+			t.Error("the pipelined batch was not handed back")
+		}
+		conn.Close()
+	})
+
+	t.Run("LargeAnswers", func(t *testing.T) {
+		ctx := testContext(t)
+		c := connect(t, tr.rw, trustUser, "")
+		// One row larger than the fast path's buffer: handed back in
+		// flight, relayed by a pump.
+		var s string
+		if err := c.QueryRow(ctx, "SELECT repeat('x', 200000)", simple).Scan(&s); err != nil || len(s) != 200000 {
+			t.Fatalf("large row: %d bytes, %v", len(s), err)
+		}
+		// Many small rows, over many reads.
+		var n, sum int64
+		rows, err := c.Query(ctx, "SELECT g FROM generate_series(1, 50000) g", simple)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var g int64
+			if err := rows.Scan(&g); err != nil {
+				t.Fatal(err)
+			}
+			n++
+			sum += g
+		}
+		if err := rows.Err(); err != nil || n != 50000 || sum != 50000*50001/2 {
+			t.Fatalf("generate_series: %d rows, sum %d, %v", n, sum, err)
+		}
+	})
+
+	t.Run("SlowClient", func(t *testing.T) {
+		// The client does not read: the server must block on it
+		// (ClientWrite), not the router buffer the whole answer.
+		conn, fe := rawSession(t, tr.rw)
+		const sql = "SELECT g, repeat('y', 100) FROM generate_series(1, 200000) g /* slow client */"
+		fe.Send(&pgproto3.Query{String: sql})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		ctx := testContext(t)
+		pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
+			for _, inst := range tr.cl.all() {
+				var n int
+				inst.Query(ctx, func(pc *pgx.Conn) error {
+					return pc.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND wait_event = 'ClientWrite'", sql).Scan(&n)
+				})
+				if n > 0 {
+					return true, ""
+				}
+			}
+			return false, "the server is not blocked writing to the router"
+		})
+		rows := 0
+		for _, m := range readUntilReady(t, fe) {
+			if _, ok := m.(*pgproto3.DataRow); ok {
+				rows++
+			}
+		}
+		if rows != 200000 {
+			t.Errorf("slow client got %d rows", rows)
+		}
+		conn.Close()
+	})
+
+	t.Run("Cancel", func(t *testing.T) {
+		ctx := testContext(t)
+		c := connect(t, tr.rw, trustUser, "")
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Exec(ctx, "SELECT pg_sleep(60) /* fast cancel */", simple)
+			done <- err
+		}()
+		waitActive(t, tr, "SELECT pg_sleep(60) /* fast cancel */", true)
+		if err := c.PgConn().CancelRequest(ctx); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+				t.Fatalf("want 57014 query_canceled, got %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("cancel did not reach the server")
+		}
+		var one int
+		if err := c.QueryRow(ctx, "SELECT 1", simple).Scan(&one); err != nil || one != 1 {
+			t.Fatalf("session after cancel: %v", err)
+		}
+	})
+
+	t.Run("ClientVanishes", func(t *testing.T) {
+		conn, fe := rawSession(t, tr.rw)
+		const sql = "SELECT pg_sleep(60) /* fast vanish */"
+		fe.Send(&pgproto3.Query{String: sql})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		waitActive(t, tr, sql, true)
+		conn.Close()
+		// The router cancels what the client left running and the
+		// connection goes back to the pool.
+		waitActive(t, tr, sql, false)
+		waitPoolsIdle(t, tr)
+	})
+
+	t.Run("ServerLost", func(t *testing.T) {
+		ctx := testContext(t)
+		c := connect(t, tr.rw, trustUser, "")
+		const sql = "SELECT pg_sleep(60) /* fast lost */"
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Exec(ctx, sql, simple)
+			done <- err
+		}()
+		waitActive(t, tr, sql, true)
+		for _, inst := range tr.cl.all() {
+			inst.Query(ctx, func(pc *pgx.Conn) error {
+				_, err := pc.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1", sql)
+				return err
+			})
+		}
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Fatal("a query whose server connection died succeeded")
+			}
+			t.Logf("client saw: %v", err)
+		case <-time.After(20 * time.Second):
+			t.Fatal("the client hangs after its server connection died")
+		}
+		c2 := connect(t, tr.rw, trustUser, "")
+		var one int
+		if err := c2.QueryRow(ctx, "SELECT 1", simple).Scan(&one); err != nil || one != 1 {
+			t.Fatalf("new session after a lost server: %v", err)
+		}
+	})
+
+	t.Run("QueueForFullPool", func(t *testing.T) {
+		// Six sessions, two connections per pool: fast-path sessions
+		// wait their turn in the pool's queue, in order, and all finish.
+		before := tr.Snapshot()
+		var wg sync.WaitGroup
+		errs := make(chan error, 6)
+		for i := range 6 {
+			c := connect(t, tr.ro, trustUser, "")
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx := testContext(t)
+				for j := range 15 {
+					var n int
+					if err := c.QueryRow(ctx, "SELECT $1::int FROM pg_sleep(0.01)", simple, i*100+j).Scan(&n); err != nil || n != i*100+j {
+						errs <- fmt.Errorf("session %d query %d: %d %v", i, j, n, err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		after := tr.Snapshot()
+		if after.PoolWaits == before.PoolWaits {
+			t.Error("no session queued for a connection")
+		}
+		if after.FastPath-before.FastPath < 45 {
+			t.Errorf("fast path served %d of 90 queued reads", after.FastPath-before.FastPath)
+		}
+		for _, p := range after.Pools {
+			if p.Total > cfg.PoolSize {
+				t.Errorf("pool %s has %d connections, more than pool_size %d", p.Backend, p.Total, cfg.PoolSize)
+			}
+		}
+		waitPoolsIdle(t, tr)
+	})
+
+	t.Run("Disabled", func(t *testing.T) {
+		cfg := routerConfig(router.PoolTransaction)
+		cfg.DisableFastPath = true
+		tr := startRouter(t, cl, cfg)
+		ctx := testContext(t)
+		c := connect(t, tr.rw, trustUser, "")
+		for range 20 {
+			var one int
+			if err := c.QueryRow(ctx, "SELECT 1", simple).Scan(&one); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if s := tr.Snapshot(); s.FastPath != 0 || s.FastHandBacks != 0 {
+			t.Errorf("DisableFastPath: fast path served %d, handed back %d", s.FastPath, s.FastHandBacks)
+		}
+	})
+	waitPoolsIdle(t, tr)
+}
+
+// waitActive waits until sql is running (active) on some server, or until
+// it runs nowhere.
+func waitActive(t *testing.T, tr *testRouter, sql string, want bool) {
+	t.Helper()
+	ctx := testContext(t)
+	pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
+		running := false
+		for _, inst := range tr.cl.all() {
+			var n int
+			inst.Query(ctx, func(pc *pgx.Conn) error {
+				return pc.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'", sql).Scan(&n)
+			})
+			running = running || n > 0
+		}
+		return running == want, fmt.Sprintf("%q running: %v, want %v", sql, running, want)
+	})
+}
