@@ -58,6 +58,7 @@ type options struct {
 	routerProcs    int    // GOMAXPROCS of the router process; 0: Go's default (the cores)
 	readYourWrites bool   // the router's read-your-writes (the agent's default: on)
 	loadBalance    bool   // the router sends reads to the standbys (the agent's default: on)
+	fastPath       bool   // the router's event-loop fast path (the agent's default: on)
 }
 
 func (o *options) validate() error {
@@ -140,6 +141,7 @@ func main() {
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the router process to this file (go tool pprof FILE)")
 	flag.IntVar(&o.routerProcs, "router-gomaxprocs", 0, "GOMAXPROCS of the router process (0: Go's default, one per core)")
 	flag.BoolVar(&o.readYourWrites, "router-read-your-writes", true, "the router's read-your-writes (on by default, as in the agent)")
+	flag.BoolVar(&o.fastPath, "router-fast-path", true, "the router serves lone read-only simple queries on its event loop (on by default, as in the agent); off: every transaction on a goroutine")
 	flag.BoolVar(&o.loadBalance, "router-load-balance", true, "the router sends reads outside transactions to the standbys (on by default, as in the agent); off: everything to the primary, as PgBouncer")
 	quick := flag.Bool("quick", false, "smoke run: -duration 2s -warmup 1s -scale 1 -rounds 1 unless given")
 	flag.Parse()

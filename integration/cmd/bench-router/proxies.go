@@ -260,6 +260,9 @@ func startRouter(dir string, cl *cluster, o *options) (*target, error) {
 		ryw = "read-your-writes OFF"
 	}
 	reads := "reads outside transactions to the standbys"
+	if !o.fastPath {
+		args = append(args, "-fast-path=false")
+	}
 	if !o.loadBalance {
 		args = append(args, "-load-balance=false")
 		reads = "load balancing OFF (everything to the primary)"

@@ -350,5 +350,12 @@ func printProxyCounters(ctx context.Context, ts []*target, o *options) {
 			fmt.Fprintln(tw)
 		}
 		tw.Flush()
+		if tg.name != "router" {
+			continue
+		}
+		// The router's own totals: the last row of SHOW STATS.
+		if _, rows, err := showRows(ctx, tg.port, o, "SHOW STATS"); err == nil && len(rows) > 0 {
+			fmt.Printf("router SHOW STATS totals: %s\n", strings.Join(rows[len(rows)-1][3:], " | "))
+		}
 	}
 }

@@ -39,6 +39,7 @@ func serveRouter(args []string) error {
 	monPass := fs.String("monitor-password", "", "its password (md5 servers)")
 	ryw := fs.Bool("read-your-writes", true, "read-your-writes (the agent's default)")
 	lb := fs.Bool("load-balance", true, "reads outside transactions to the standbys (the agent's default)")
+	fast := fs.Bool("fast-path", true, "serve lone read-only simple queries on the router's event loop (the agent's default)")
 	refresh := fs.Duration("refresh", time.Second, "how often replay positions are read (0: never)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process here at exit")
 	if err := fs.Parse(args); err != nil {
@@ -54,6 +55,7 @@ func serveRouter(args []string) error {
 		MaxLag:                1 << 20, // the agent's default router.max_lag
 		DisableReadYourWrites: !*ryw,
 		DisableLoadBalance:    !*lb,
+		DisableFastPath:       !*fast,
 		HBA:                   []router.HBARule{{Address: "127.0.0.0/8", Method: router.AuthMethod(*auth)}},
 	}
 	if *userList != "" {
