@@ -42,6 +42,9 @@ type Poller struct {
 	conns map[int32]*Conn
 	kicks []*Conn
 	done  bool
+	// sleeping: the loop found no kicks and is in, or about to enter,
+	// epoll_wait without a timeout; a Kick must wake it through wakefd.
+	sleeping bool
 
 	stopped chan struct{}
 }
@@ -96,7 +99,10 @@ func (p *Poller) Kick(c *Conn) {
 		return
 	}
 	p.kicks = append(p.kicks, c)
-	p.wake()
+	if p.sleeping {
+		p.sleeping = false // one wake-up per sleep is enough
+		p.wake()
+	}
 }
 
 func (p *Poller) wake() {
@@ -109,18 +115,45 @@ func (p *Poller) loop() {
 	events := make([]unix.EpollEvent, 128)
 	var kicks []*Conn
 	for {
-		n, err := unix.EpollWait(p.epfd, events, -1)
+		// Kicks made while the loop was busy, most of them by the
+		// handlers it just ran (a pool handing a connection to a queued
+		// session), are served here without a round trip through the
+		// eventfd: Kick writes it only while the loop sleeps.
+		p.mu.Lock()
+		if p.done {
+			p.mu.Unlock()
+			return
+		}
+		timeout := -1
+		if len(p.kicks) > 0 {
+			kicks, p.kicks = p.kicks, kicks[:0]
+			timeout = 0
+		}
+		p.sleeping = timeout < 0
+		p.mu.Unlock()
+		for i, c := range kicks {
+			c.ready(EvKick)
+			kicks[i] = nil
+		}
+		kicks = kicks[:0]
+
+		n, err := unix.EpollWait(p.epfd, events, timeout)
+		if timeout < 0 {
+			p.mu.Lock()
+			p.sleeping = false
+			p.mu.Unlock()
+		}
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
 			panic(fmt.Sprintf("poller: epoll_wait: %v", err)) // EBADF, EINVAL: a bug here
 		}
-		woken := false
 		for i := 0; i < n; i++ {
 			fd := events[i].Fd
 			if int(fd) == p.wakefd {
-				woken = true
+				var buf [8]byte
+				unix.Read(p.wakefd, buf[:])
 				continue
 			}
 			p.mu.Lock()
@@ -129,22 +162,6 @@ func (p *Poller) loop() {
 			if c != nil {
 				c.ready(events[i].Events)
 			}
-		}
-		if !woken {
-			continue
-		}
-		var buf [8]byte
-		unix.Read(p.wakefd, buf[:])
-		p.mu.Lock()
-		done := p.done
-		kicks, p.kicks = p.kicks, kicks[:0]
-		p.mu.Unlock()
-		if done {
-			return
-		}
-		for i, c := range kicks {
-			c.ready(EvKick)
-			kicks[i] = nil
 		}
 	}
 }
