@@ -375,12 +375,7 @@ func (c *client) dispatch() error {
 		return c.answerPrepare()
 	}
 	class := c.batchClass()
-	if len(c.pending) == 1 {
-		_, q := c.pending[0].(*pgproto3.Query)
-		c.fastOK = q && class == ClassRead
-	} else {
-		c.fastOK = false
-	}
+	c.fastOK = class == ClassRead && fastShaped(c.pending)
 	if !c.txnMode && c.role == ReadWrite {
 		class = ClassWrite // a session stays on the primary
 	}

@@ -1,17 +1,21 @@
 package router
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgha/pgha/router/poller"
 	"golang.org/x/sys/unix"
 )
 
-// The fast path serves the commonest transaction of a pooled session, a
-// read-only simple Query outside a transaction, on the poller goroutine,
+// The fast path serves the commonest transactions of a pooled session, a
+// read-only simple Query outside a transaction or a run of a read-only
+// prepared statement (Bind, Describe, Execute, Sync: libpq's
+// PQsendQueryPrepared, pgx's statement cache), on the poller goroutine,
 // as PgBouncer's event loop does: per transaction one epoll wake-up, a
 // read and a write on each side, no goroutine switch (see package poller
 // for why that matters). Everything else stays on the general path, the
@@ -45,6 +49,12 @@ type fastPath struct {
 	waitTimer     *time.Timer
 	granted       bool // the pool's turn came (set under the pool's mu)
 	timedOut      bool // waited fastPoolWait: the general path waits the rest
+
+	// injected: the Parses the fast path put before the client's batch
+	// (the server connection lacked the statement), in order; their
+	// ParseCompletes are not the client's.
+	injected []string
+	wbuf     []byte // the batch as rewritten for the server
 
 	out           []byte // bytes for the client its socket did not take yet
 	serverPending bool   // the server may have more while out is full
@@ -148,13 +158,16 @@ func (f *fastPath) startQuery() {
 	c := f.c
 	r := c.r
 	buf := c.mr.peek()
-	if len(buf) < 6 || buf[0] != 'Q' || int(binary.BigEndian.Uint32(buf[1:5]))+1 != len(buf) || buf[len(buf)-1] != 0 {
+	switch {
+	case len(buf) >= 6 && buf[0] == 'Q' && int(binary.BigEndian.Uint32(buf[1:5]))+1 == len(buf) && buf[len(buf)-1] == 0:
+		sql := string(buf[5 : len(buf)-1])
+		if isShow(sql) || Classify(sql, r.writeFuncs) != ClassRead {
+			f.handBack(fastResult{}) // admin commands and writes: the general path
+			return
+		}
+	case c.extendedRead(buf):
+	default:
 		f.handBack(fastResult{})
-		return
-	}
-	sql := string(buf[5 : len(buf)-1])
-	if isShow(sql) || Classify(sql, r.writeFuncs) != ClassRead {
-		f.handBack(fastResult{}) // admin commands and writes: the general path
 		return
 	}
 	// Route as client.route does for a read, but never wait.
@@ -232,9 +245,14 @@ func (f *fastPath) attach(sc *serverConn, target Backend, toStandby bool, buf []
 	c.txStatus = 'I'
 	c.mu.Unlock()
 	f.sc, f.scc, f.status = sc, scc, 0
+	f.injected = f.injected[:0]
+	send := buf
+	if buf[0] != 'Q' {
+		send = f.rewriteExtended(sc, buf)
+	}
 	c.mr.consume(len(buf)) // buf stays intact until the next read into it
 	scc.SetHandler(f)
-	n, err := scc.TryWrite(buf)
+	n, err := scc.TryWrite(send)
 	if errors.Is(err, poller.ErrWouldBlock) {
 		n, err = 0, nil
 	}
@@ -242,9 +260,143 @@ func (f *fastPath) attach(sc *serverConn, target Backend, toStandby bool, buf []
 		f.lost(fmt.Errorf("write to server %s: %w", sc.pool.key.addr, err))
 		return
 	}
-	if n < len(buf) {
-		f.handBackInFlight(append([]byte(nil), buf[n:]...))
+	if n < len(send) {
+		f.handBackInFlight(append([]byte(nil), send[n:]...))
 	}
+}
+
+// extendedRead: buf is exactly one extended-protocol batch that only runs
+// named statements the session prepared as reads: Bind, Describe and
+// Execute, then Sync. A Parse, Close, Flush or unnamed statement is for
+// the general path, which keeps the bookkeeping of those (enqueue).
+func (c *client) extendedRead(buf []byte) bool {
+	binds := 0
+	for i := 0; len(buf)-i >= 5; {
+		l := int(binary.BigEndian.Uint32(buf[i+1 : i+5]))
+		if l < 4 || len(buf)-i < 1+l {
+			return false
+		}
+		body := buf[i+5 : i+1+l]
+		switch buf[i] {
+		case 'B':
+			_, name, _, ok := splitBind(body)
+			if !ok || !c.readStmt(name) {
+				return false
+			}
+			binds++
+		case 'D':
+			if len(body) < 2 || (body[0] != 'P' && body[0] != 'S') || body[len(body)-1] != 0 {
+				return false
+			}
+			if body[0] == 'S' && !c.readStmt(body[1:len(body)-1]) {
+				return false
+			}
+		case 'E':
+			if bytes.IndexByte(body, 0) != len(body)-5 {
+				return false // let pgproto3 refuse it
+			}
+		case 'S':
+			return l == 4 && i+1+l == len(buf) && binds > 0
+		default:
+			return false
+		}
+		i += 1 + l
+	}
+	return false
+}
+
+// fastShaped: a batch the general path served is one the fast path would
+// serve next time, given that it is a read: a lone Query, or named
+// statements only (the Parses are then cached, and the next runs are
+// Bind, Describe, Execute, Sync). Entering the fast path for a session
+// that keeps handing back would cost a hand-over per transaction.
+func fastShaped(batch []pgproto3.FrontendMessage) bool {
+	if len(batch) == 1 {
+		if _, ok := batch[0].(*pgproto3.Query); ok {
+			return true
+		}
+	}
+	for _, m := range batch {
+		switch m := m.(type) {
+		case *pgproto3.Parse:
+			if m.Name == "" {
+				return false
+			}
+		case *pgproto3.Bind:
+			if m.PreparedStatement == "" {
+				return false
+			}
+		case *pgproto3.Describe, *pgproto3.Execute, *pgproto3.Sync:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// readStmt: name is a statement the client prepared, and a read.
+func (c *client) readStmt(name []byte) bool {
+	if len(name) == 0 {
+		return false
+	}
+	st := c.stmts[string(name)]
+	return st != nil && st.class == ClassRead
+}
+
+// splitBind splits a Bind body at its statement name: the portal name
+// with its NUL, the statement name, and what follows the name's NUL.
+func splitBind(body []byte) (portal, name, rest []byte, ok bool) {
+	p := bytes.IndexByte(body, 0)
+	if p < 0 {
+		return nil, nil, nil, false
+	}
+	n := bytes.IndexByte(body[p+1:], 0)
+	if n < 0 {
+		return nil, nil, nil, false
+	}
+	return body[:p+1], body[p+1 : p+1+n], body[p+1+n+1:], true
+}
+
+// rewriteExtended returns the batch extendedRead accepted as sc must get
+// it: each statement under its server name (register), and a Parse first
+// where sc has not prepared it yet, as client.enqueue does.
+func (f *fastPath) rewriteExtended(sc *serverConn, buf []byte) []byte {
+	c := f.c
+	out := f.wbuf[:0]
+	prepare := func(st *stmt) {
+		if !sc.prepared[st.serverName] {
+			out, _ = st.parse.Encode(out)
+			f.injected = append(f.injected, st.serverName)
+			sc.prepared[st.serverName] = true
+		}
+	}
+	for i := 0; i < len(buf); {
+		l := int(binary.BigEndian.Uint32(buf[i+1 : i+5]))
+		msg := buf[i : i+1+l]
+		i += 1 + l
+		var st *stmt
+		var head, rest []byte // around the statement name
+		switch {
+		case msg[0] == 'B':
+			portal, name, after, _ := splitBind(msg[5:])
+			st, head, rest = c.stmts[string(name)], portal, after
+		case msg[0] == 'D' && msg[5] == 'S':
+			st, head, rest = c.stmts[string(msg[6:len(msg)-1])], msg[5:6], nil
+		default:
+			out = append(out, msg...)
+			continue
+		}
+		prepare(st)
+		start := len(out)
+		out = append(out, msg[0], 0, 0, 0, 0)
+		out = append(out, head...)
+		out = append(out, st.serverName...)
+		out = append(out, 0)
+		out = append(out, rest...)
+		binary.BigEndian.PutUint32(out[start+1:], uint32(len(out)-start-1))
+	}
+	f.wbuf = out
+	return out
 }
 
 // poolTurn: the session waits in a pool's queue, and its client socket
@@ -330,13 +482,13 @@ func (f *fastPath) readServer() {
 func (f *fastPath) relayBuffered() bool {
 	mr := f.sc.mr
 	buf := mr.peek()
-	i := 0
+	i, from := 0, 0 // buf[from:i] is still to send
 	done := false
 	for len(buf)-i >= 5 {
 		l := int(binary.BigEndian.Uint32(buf[i+1 : i+5]))
 		if l < 4 || l > f.c.r.cfg.MaxMessageSize+4 {
 			// Let pgproto3 refuse it and the general path end the session.
-			f.sendOut(buf[:i])
+			f.sendOut(buf[from:i])
 			mr.consume(i)
 			f.handBackInFlight(nil)
 			return false
@@ -348,14 +500,29 @@ func (f *fastPath) relayBuffered() bool {
 		case 'G', 'W':
 			// The server wants COPY data: only the general path reads the
 			// client during a query.
-			f.sendOut(buf[:i])
+			f.sendOut(buf[from:i])
 			mr.consume(i)
 			f.handBackInFlight(nil)
 			return false
+		case '1':
+			if len(f.injected) > 0 {
+				// An injected Parse completed: not the client's answer.
+				f.injected = f.injected[1:]
+				if !f.sendOut(buf[from:i]) {
+					mr.consume(i)
+					return false
+				}
+				from = i + 1 + l
+			}
 		case 'Z':
 			if l == 5 {
 				f.status = buf[i+5]
 			}
+			// Injected Parses an error skipped prepared nothing.
+			for _, name := range f.injected {
+				delete(f.sc.prepared, name)
+			}
+			f.injected = f.injected[:0]
 			done = true
 		}
 		i += 1 + l
@@ -366,7 +533,7 @@ func (f *fastPath) relayBuffered() bool {
 	if i == 0 {
 		return true
 	}
-	ok := f.sendOut(buf[:i])
+	ok := f.sendOut(buf[from:i])
 	mr.consume(i)
 	if !ok {
 		return false
@@ -493,8 +660,13 @@ func (f *fastPath) handBackInFlight(rest []byte) {
 	f.moveOut()
 	c.mu.Lock()
 	c.outstanding, c.unsynced, c.pumping = 1, false, true
-	c.drops = append(c.drops[:0], dropEntry{typ: 'Z'})
+	c.drops = c.drops[:0]
+	for _, name := range f.injected {
+		c.drops = append(c.drops, dropEntry{typ: '1', drop: true, name: name})
+	}
+	c.drops = append(c.drops, dropEntry{typ: 'Z'})
 	c.mu.Unlock()
+	f.injected = f.injected[:0]
 	c.r.wg.Add(1)
 	go func() {
 		defer c.r.wg.Done()

@@ -68,6 +68,89 @@ func testFastPath(t *testing.T, cl *cluster) {
 		}
 	})
 
+	t.Run("PreparedStatements", func(t *testing.T) {
+		ctx := testContext(t)
+		// pgx's default mode: each statement is prepared once (a named
+		// Parse), then run as Bind, Execute, Sync.
+		c := connect(t, tr.rw, trustUser, "")
+		run := func(i int) string {
+			var n, port int
+			if err := c.QueryRow(ctx, "SELECT $1::int * 5, inet_server_port()", i).Scan(&n, &port); err != nil || n != 5*i {
+				t.Fatalf("prepared run %d: %d %v", i, n, err)
+			}
+			return tr.cl.portName(port)
+		}
+		for i := range 20 { // prepares, and warms both standby pools
+			run(i)
+		}
+		before := tr.Snapshot()
+		seen := map[string]int{}
+		for i := range 200 {
+			seen[run(i)]++
+		}
+		after := tr.Snapshot()
+		if d := after.FastPath - before.FastPath; d < 198 {
+			t.Errorf("fast path served %d of 200 prepared reads", d)
+		}
+		if seen["primary"] > 0 || seen["standby1"] == 0 || seen["standby2"] == 0 {
+			t.Errorf("prepared reads went to %v, want both standbys only", seen)
+		}
+
+		// The raw protocol: no ParseComplete of a Parse the router put
+		// before the client's Bind may reach the client.
+		conn, fe := rawSession(t, tr.rw)
+		defer conn.Close()
+		kinds := func(msgs []pgproto3.BackendMessage) string {
+			var k []string
+			for _, m := range msgs {
+				k = append(k, strings.TrimPrefix(fmt.Sprintf("%T", m), "*pgproto3."))
+			}
+			return strings.Join(k, ",")
+		}
+		fe.Send(&pgproto3.Parse{Name: "s42", Query: "SELECT 42"})
+		fe.Send(&pgproto3.Parse{Name: "missing", Query: "SELECT * FROM no_such_table_fast"})
+		fe.Send(&pgproto3.Sync{})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if got := kinds(readUntilReady(t, fe)); got != "ParseComplete,ParseComplete,ReadyForQuery" {
+			t.Fatalf("prepare: %s", got)
+		}
+		before = tr.Snapshot()
+		const runs = 10 // on both standbys' connections, new and reused
+		for range runs {
+			fe.Send(&pgproto3.Bind{PreparedStatement: "s42"})
+			fe.Send(&pgproto3.Describe{ObjectType: 'P'})
+			fe.Send(&pgproto3.Execute{})
+			fe.Send(&pgproto3.Sync{})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := kinds(readUntilReady(t, fe)), "BindComplete,RowDescription,DataRow,CommandComplete,ReadyForQuery"; got != want {
+				t.Fatalf("Bind s42: %s, want %s", got, want)
+			}
+			// A statement PostgreSQL refuses fails where the client uses
+			// it, every time: a failed injected Parse is not recorded as
+			// prepared on that connection (else: 26000, no such statement).
+			fe.Send(&pgproto3.Bind{PreparedStatement: "missing"})
+			fe.Send(&pgproto3.Execute{})
+			fe.Send(&pgproto3.Sync{})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			msgs := readUntilReady(t, fe)
+			if len(msgs) != 2 {
+				t.Fatalf("Bind missing: %s", kinds(msgs))
+			}
+			if e, ok := msgs[0].(*pgproto3.ErrorResponse); !ok || e.Code != "42P01" {
+				t.Fatalf("Bind missing: %s %+v, want ErrorResponse 42P01", kinds(msgs), msgs[0])
+			}
+		}
+		if d := tr.Snapshot().FastPath - before.FastPath; d < 2*runs-2 {
+			t.Errorf("fast path served %d of %d raw prepared runs", d, 2*runs)
+		}
+	})
+
 	t.Run("WritesAndTransactionsHandBack", func(t *testing.T) {
 		ctx := testContext(t)
 		c := connect(t, tr.rw, trustUser, "")
