@@ -73,8 +73,14 @@ func testMetrics(t *testing.T, cl *cluster) {
 	}
 
 	c := connect(t, tr.rw, trustUser, "")
-	for range 5 {
-		tr.serverOf(t, c, "SELECT inet_server_port()") // standbys
+	// Reads until both standbys served one (the choice is random by
+	// weight), so that each pool has dialled.
+	standbys := map[string]bool{}
+	for reads := 0; reads < 5 || len(standbys) < 2; reads++ {
+		if reads == 200 {
+			t.Fatalf("200 reads reached only %v", standbys)
+		}
+		standbys[tr.serverOf(t, c, "SELECT inet_server_port()")] = true
 	}
 	tr.serverOf(t, c, "INSERT INTO kv VALUES ('metrics', 'm') ON CONFLICT (k) DO UPDATE SET v = 'm' RETURNING inet_server_port()")
 	tr.serverOf(t, c, "SELECT inet_server_port()") // read-your-writes: the primary
