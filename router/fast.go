@@ -57,6 +57,7 @@ type fastPath struct {
 	wbuf     []byte // the batch as rewritten for the server
 
 	out           []byte // bytes for the client its socket did not take yet
+	clientSent    bool   // the client's socket turned readable while a query ran
 	serverPending bool   // the server may have more while out is full
 
 	back chan fastResult
@@ -113,6 +114,10 @@ func (f *fastPath) Ready(conn *poller.Conn, ev uint32) {
 			f.handBackInFlight(nil)
 			return
 		}
+		if ev&unix.EPOLLIN != 0 {
+			// Edge-triggered: no second event for these bytes.
+			f.clientSent = true
+		}
 		if ev&unix.EPOLLOUT != 0 && len(f.out) > 0 {
 			f.flushOut()
 		}
@@ -125,6 +130,7 @@ func (f *fastPath) Ready(conn *poller.Conn, ev uint32) {
 func (f *fastPath) readClient() {
 	c := f.c
 	mr := c.mr
+	f.clientSent = false
 	if !mr.atBoundary() {
 		f.handBack(fastResult{})
 		return
@@ -405,6 +411,9 @@ func (f *fastPath) rewriteExtended(sc *serverConn, buf []byte) []byte {
 func (f *fastPath) poolTurn(ev uint32) {
 	p := f.waitPool
 	hangup := isClosed(f.cc) || ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	if ev&unix.EPOLLIN != 0 {
+		f.clientSent = true // read once the query is answered
+	}
 	p.mu.Lock()
 	granted, timedOut := f.granted, f.timedOut
 	if !granted && !timedOut && !hangup {
@@ -619,7 +628,11 @@ func (f *fastPath) finish() {
 		f.startQuery()
 		return
 	}
-	f.readClient() // the client may have sent its next query meanwhile
+	if f.clientSent {
+		// The client sent its next query meanwhile (pipelining).
+		f.clientSent = false
+		f.readClient()
+	}
 }
 
 // lost: the server connection failed; the goroutine reports it to the

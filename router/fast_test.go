@@ -213,6 +213,41 @@ func testFastPath(t *testing.T, cl *cluster) {
 		conn.Close()
 	})
 
+	t.Run("QuerySentWhileOneRuns", func(t *testing.T) {
+		conn, fe := rawSession(t, tr.rw)
+		defer conn.Close()
+		const slow = "SELECT 'a' FROM pg_sleep(0.2) /* fast sent while running */"
+		fe.Send(&pgproto3.Query{String: slow})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		// The router read the first query and the server runs it: the
+		// second arrives on its own, while the fast path waits for the
+		// server. The client socket is edge-triggered, so the router
+		// must remember to read it afterwards.
+		waitActive(t, tr, slow, true)
+		fe.Send(&pgproto3.Query{String: "SELECT 'b'"})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for ready := 0; ready < 2; {
+			m, err := fe.Receive()
+			if err != nil {
+				t.Fatalf("after %v: %v", got, err)
+			}
+			switch m := m.(type) {
+			case *pgproto3.DataRow:
+				got = append(got, string(m.Values[0]))
+			case *pgproto3.ReadyForQuery:
+				ready++
+			}
+		}
+		if strings.Join(got, ",") != "a,b" {
+			t.Errorf("answers %v, want a,b", got)
+		}
+	})
+
 	t.Run("LargeAnswers", func(t *testing.T) {
 		ctx := testContext(t)
 		c := connect(t, tr.rw, trustUser, "")
