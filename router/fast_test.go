@@ -191,19 +191,7 @@ func testFastPath(t *testing.T, cl *cluster) {
 		if err := fe.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		var got []string
-		for ready := 0; ready < 2; {
-			m, err := fe.Receive()
-			if err != nil {
-				t.Fatal(err)
-			}
-			switch m := m.(type) {
-			case *pgproto3.DataRow:
-				got = append(got, string(m.Values[0])) // copied before the next Receive
-			case *pgproto3.ReadyForQuery:
-				ready++
-			}
-		}
+		got := firstColumns(t, fe, 2)
 		if strings.Join(got, ",") != "first,second,third" {
 			t.Errorf("pipelined answers: %v", got)
 		}
@@ -230,19 +218,7 @@ func testFastPath(t *testing.T, cl *cluster) {
 		if err := fe.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		var got []string
-		for ready := 0; ready < 2; {
-			m, err := fe.Receive()
-			if err != nil {
-				t.Fatalf("after %v: %v", got, err)
-			}
-			switch m := m.(type) {
-			case *pgproto3.DataRow:
-				got = append(got, string(m.Values[0]))
-			case *pgproto3.ReadyForQuery:
-				ready++
-			}
-		}
+		got := firstColumns(t, fe, 2)
 		if strings.Join(got, ",") != "a,b" {
 			t.Errorf("answers %v, want a,b", got)
 		}
@@ -460,4 +436,24 @@ func waitActive(t *testing.T, tr *testRouter, sql string, want bool) {
 		}
 		return running == want, fmt.Sprintf("%q running: %v, want %v", sql, running, want)
 	})
+}
+
+// firstColumns reads answers up to the readies-th ReadyForQuery and
+// returns the first column of every row.
+func firstColumns(t *testing.T, fe *pgproto3.Frontend, readies int) []string {
+	t.Helper()
+	var got []string
+	for ready := 0; ready < readies; {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatalf("after %v: %v", got, err)
+		}
+		switch m := m.(type) {
+		case *pgproto3.DataRow:
+			got = append(got, string(m.Values[0])) // copied before the next Receive
+		case *pgproto3.ReadyForQuery:
+			ready++
+		}
+	}
+	return got
 }
