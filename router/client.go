@@ -375,7 +375,7 @@ func (c *client) dispatch() error {
 		return c.answerPrepare()
 	}
 	class := c.batchClass()
-	c.fastOK = class == ClassRead && fastShaped(c.pending)
+	c.fastOK = fastShaped(c.pending)
 	if !c.txnMode && c.role == ReadWrite {
 		class = ClassWrite // a session stays on the primary
 	}

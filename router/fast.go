@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -12,18 +13,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The fast path serves the commonest transactions of a pooled session, a
-// read-only simple Query outside a transaction or a run of a read-only
-// prepared statement (Bind, Describe, Execute, Sync: libpq's
-// PQsendQueryPrepared, pgx's statement cache), on the poller goroutine,
-// as PgBouncer's event loop does: per transaction one epoll wake-up, a
-// read and a write on each side, no goroutine switch (see package poller
-// for why that matters). Everything else stays on the general path, the
-// client goroutine (client.loop), which the fast path hands the session
-// back to whenever it meets something it does not serve: another message
-// type, a pipelined batch, a write, an admin command, a switchover hold, a
-// pool with no idle connection that would need a dial, COPY, a message too
-// large for its buffer. Handing back loses nothing: unserved client bytes
+// The fast path serves the commonest traffic of a pooled session, simple
+// Queries and runs of prepared statements (Bind, Describe, Execute, Sync:
+// libpq's PQsendQueryPrepared, pgx's statement cache), one batch at a
+// time, inside transactions too, on the poller goroutine, as PgBouncer's
+// event loop does: per batch one epoll wake-up, a read and a write on each
+// side, no goroutine switch (see package poller for why that matters).
+// Everything else stays on the general path, the client goroutine
+// (client.loop), which the fast path hands the session back to whenever
+// it meets something it does not serve: another message type (Parse,
+// Close, COPY data), a pipelined batch, an admin command, DISCARD, a
+// switchover hold, no primary, a pool with no idle connection that would
+// need a dial, COPY, a message too large for its buffer. Handing back loses nothing: unserved client bytes
 // stay in the client's msgReader, unserved server bytes in the server
 // connection's, unsent client bytes move to the client's write buffer,
 // and a query in flight goes on under a pump goroutine (relay).
@@ -35,16 +36,19 @@ type fastPath struct {
 	c  *client
 	cc *poller.Conn // the client's socket
 
-	// A query in flight: the attached server connection.
-	sc     *serverConn
-	scc    *poller.Conn
-	status byte // ReadyForQuery's status once seen, else 0
+	// The attached server connection: a batch in flight (inFlight), or
+	// a transaction open between batches.
+	sc       *serverConn
+	scc      *poller.Conn
+	inFlight bool
+	status   byte // ReadyForQuery's status once seen, else 0
 
 	// Waiting in a pool's queue for a connection (the query stays unread
 	// in the client's msgReader meanwhile).
 	waitPool      *pool
 	waitTarget    Backend
 	waitToStandby bool
+	waitClass     Class
 	waitStart     time.Time
 	waitTimer     *time.Timer
 	granted       bool // the pool's turn came (set under the pool's mu)
@@ -103,7 +107,11 @@ func (f *fastPath) Ready(conn *poller.Conn, ev uint32) {
 	switch {
 	case conn == f.cc && f.waitPool != nil:
 		f.poolTurn(ev)
-	case conn == f.cc && f.sc == nil:
+	case conn == f.cc && !f.inFlight:
+		// Idle, or idle in a transaction.
+		if ev&unix.EPOLLOUT != 0 && len(f.out) > 0 {
+			f.flushOut() // notices the server sent meanwhile
+		}
 		f.readClient()
 	case conn == f.cc:
 		// A query runs. The client hung up or was closed: the general
@@ -159,28 +167,40 @@ func (f *fastPath) readClient() {
 }
 
 // startQuery serves the buffered client bytes if they are one whole
-// read-only Query, else hands the session back.
+// Query or one extended-protocol batch of prepared statements, else hands
+// the session back. Inside a transaction the batch goes to the attached
+// server connection; else it is routed as client.route does, but without
+// ever waiting: a switchover hold or a missing primary hand back.
 func (f *fastPath) startQuery() {
 	c := f.c
 	r := c.r
 	buf := c.mr.peek()
+	var class Class
 	switch {
 	case len(buf) >= 6 && buf[0] == 'Q' && int(binary.BigEndian.Uint32(buf[1:5]))+1 == len(buf) && buf[len(buf)-1] == 0:
 		sql := string(buf[5 : len(buf)-1])
-		if isShow(sql) || Classify(sql, r.writeFuncs) != ClassRead {
-			f.handBack(fastResult{}) // admin commands and writes: the general path
+		class = Classify(sql, r.writeFuncs)
+		if (f.sc == nil && isShow(sql)) || (class != ClassRead && isDiscard(sql)) {
+			// Admin commands, and DISCARD (it drops the server-side
+			// statements the general path keeps track of).
+			f.handBack(fastResult{})
 			return
 		}
-	case c.extendedRead(buf):
 	default:
-		f.handBack(fastResult{})
+		var ok bool
+		if class, ok = c.extendedBatch(buf); !ok {
+			f.handBack(fastResult{})
+			return
+		}
+	}
+	if f.sc != nil {
+		f.send(buf)
 		return
 	}
-	// Route as client.route does for a read, but never wait.
 	v := r.view.Load()
 	var target Backend
 	ok := false
-	if c.role == ReadOnly || !r.cfg.DisableLoadBalance {
+	if c.role == ReadOnly || (class == ClassRead && !r.cfg.DisableLoadBalance) {
 		var minLSN uint64
 		if c.role == ReadWrite && !r.cfg.DisableReadYourWrites {
 			minLSN = c.writeLSN.Load()
@@ -199,16 +219,16 @@ func (f *fastPath) startQuery() {
 		}
 	}
 	p, _ := c.poolFor(target)
-	f.acquire(p, target, toStandby, false)
+	f.acquire(p, target, toStandby, class, false)
 }
 
 // acquire gets a connection of p for the buffered Query and sends it, or
 // queues the session (first: its turn came), or hands the session back.
-func (f *fastPath) acquire(p *pool, target Backend, toStandby, first bool) {
+func (f *fastPath) acquire(p *pool, target Backend, toStandby bool, class Class, first bool) {
 	sc, wait := p.tryGet(f, first)
 	if wait {
 		f.waitPool = p
-		f.waitTarget, f.waitToStandby = target, toStandby
+		f.waitTarget, f.waitToStandby, f.waitClass = target, toStandby, class
 		f.waitStart = time.Now()
 		f.waitTimer = time.AfterFunc(fastPoolWait, func() {
 			p.mu.Lock()
@@ -222,12 +242,12 @@ func (f *fastPath) acquire(p *pool, target Backend, toStandby, first bool) {
 		f.handBack(fastResult{}) // the pool must dial, or was retired
 		return
 	}
-	f.attach(sc, target, toStandby, f.c.mr.peek())
+	f.attach(sc, target, toStandby, class)
 }
 
-// attach sends the client's Query (buf, still in the client's msgReader)
-// on sc.
-func (f *fastPath) attach(sc *serverConn, target Backend, toStandby bool, buf []byte) {
+// attach attaches sc to the session, counted as client.route counts a
+// transaction, and sends it the client's batch.
+func (f *fastPath) attach(sc *serverConn, target Backend, toStandby bool, class Class) {
 	c := f.c
 	r := c.r
 	scc, ok := sc.conn.(*poller.Conn)
@@ -237,28 +257,44 @@ func (f *fastPath) attach(sc *serverConn, target Backend, toStandby bool, buf []
 		f.handBack(fastResult{})
 		return
 	}
-	r.countSelect(target.Name)
-	if toStandby {
-		r.stats.ReadsToStandby.Add(1)
-	} else {
-		r.stats.ReadsToPrimary.Add(1)
+	switch {
+	case class == ClassRead:
+		r.countSelect(target.Name)
+		if toStandby {
+			r.stats.ReadsToStandby.Add(1)
+		} else {
+			r.stats.ReadsToPrimary.Add(1)
+		}
+	case toStandby:
+		r.stats.ReadsToStandby.Add(1) // the read-only port: PostgreSQL refuses the write
+	default:
+		r.stats.WritesToPrimary.Add(1)
 	}
-	sc.pool.queries.Add(1)
 	c.mu.Lock()
 	c.sc = sc // for cancel requests
 	c.target = target
-	c.wrote = false
+	c.wrote = !toStandby && class != ClassRead
 	c.txStatus = 'I'
 	c.mu.Unlock()
-	f.sc, f.scc, f.status = sc, scc, 0
+	f.sc, f.scc = sc, scc
+	scc.SetHandler(f)
+	f.send(c.mr.peek())
+}
+
+// send sends the client's batch (buf, still in the client's msgReader) on
+// the attached server connection.
+func (f *fastPath) send(buf []byte) {
+	c := f.c
+	sc := f.sc
+	f.inFlight, f.status = true, 0
 	f.injected = f.injected[:0]
+	sc.pool.queries.Add(1)
 	send := buf
 	if buf[0] != 'Q' {
 		send = f.rewriteExtended(sc, buf)
 	}
 	c.mr.consume(len(buf)) // buf stays intact until the next read into it
-	scc.SetHandler(f)
-	n, err := scc.TryWrite(send)
+	n, err := f.scc.TryWrite(send)
 	if errors.Is(err, poller.ErrWouldBlock) {
 		n, err = 0, nil
 	}
@@ -271,44 +307,56 @@ func (f *fastPath) attach(sc *serverConn, target Backend, toStandby bool, buf []
 	}
 }
 
-// extendedRead: buf is exactly one extended-protocol batch that only runs
-// named statements the session prepared as reads: Bind, Describe and
-// Execute, then Sync. A Parse, Close, Flush or unnamed statement is for
-// the general path, which keeps the bookkeeping of those (enqueue).
-func (c *client) extendedRead(buf []byte) bool {
+// extendedBatch: buf is exactly one extended-protocol batch that only
+// runs named statements the session prepared: Bind, Describe and Execute,
+// then Sync; class is ClassWrite unless every statement is a read. A
+// Parse, Close, Flush or unnamed statement is for the general path, which
+// keeps the bookkeeping of those (enqueue).
+func (c *client) extendedBatch(buf []byte) (class Class, ok bool) {
+	class = ClassRead
 	binds := 0
+	known := func(name []byte) bool {
+		if len(name) == 0 {
+			return false
+		}
+		st := c.stmts[string(name)]
+		if st != nil && st.class != ClassRead {
+			class = ClassWrite
+		}
+		return st != nil
+	}
 	for i := 0; len(buf)-i >= 5; {
 		l := int(binary.BigEndian.Uint32(buf[i+1 : i+5]))
 		if l < 4 || len(buf)-i < 1+l {
-			return false
+			return 0, false
 		}
 		body := buf[i+5 : i+1+l]
 		switch buf[i] {
 		case 'B':
 			_, name, _, ok := splitBind(body)
-			if !ok || !c.readStmt(name) {
-				return false
+			if !ok || !known(name) {
+				return 0, false
 			}
 			binds++
 		case 'D':
 			if len(body) < 2 || (body[0] != 'P' && body[0] != 'S') || body[len(body)-1] != 0 {
-				return false
+				return 0, false
 			}
-			if body[0] == 'S' && !c.readStmt(body[1:len(body)-1]) {
-				return false
+			if body[0] == 'S' && !known(body[1:len(body)-1]) {
+				return 0, false
 			}
 		case 'E':
 			if bytes.IndexByte(body, 0) != len(body)-5 {
-				return false // let pgproto3 refuse it
+				return 0, false // let pgproto3 refuse it
 			}
 		case 'S':
-			return l == 4 && i+1+l == len(buf) && binds > 0
+			return class, l == 4 && i+1+l == len(buf) && binds > 0
 		default:
-			return false
+			return 0, false
 		}
 		i += 1 + l
 	}
-	return false
+	return 0, false
 }
 
 // fastShaped: a batch the general path served is one the fast path would
@@ -338,15 +386,6 @@ func fastShaped(batch []pgproto3.FrontendMessage) bool {
 		}
 	}
 	return true
-}
-
-// readStmt: name is a statement the client prepared, and a read.
-func (c *client) readStmt(name []byte) bool {
-	if len(name) == 0 {
-		return false
-	}
-	st := c.stmts[string(name)]
-	return st != nil && st.class == ClassRead
 }
 
 // splitBind splits a Bind body at its statement name: the portal name
@@ -433,7 +472,7 @@ func (f *fastPath) poolTurn(ev uint32) {
 	if granted && !hangup {
 		// The same pool: the turn is for it (routing again could pick
 		// another standby and leave this pool's queue stuck).
-		f.acquire(p, f.waitTarget, f.waitToStandby, true) // attaches, queues again, or hands back
+		f.acquire(p, f.waitTarget, f.waitToStandby, f.waitClass, true) // attaches, queues again, or hands back
 		if f.sc == nil && f.waitPool == nil {
 			p.mu.Lock()
 			p.wakeOne() // the turn may be unused: pass it on
@@ -527,6 +566,10 @@ func (f *fastPath) relayBuffered() bool {
 			if l == 5 {
 				f.status = buf[i+5]
 			}
+			if f.status == 'I' {
+				// Counted before the client can see the end of it.
+				f.c.r.stats.FastPath.Add(1)
+			}
 			// Injected Parses an error skipped prepared nothing.
 			for _, name := range f.injected {
 				delete(f.sc.prepared, name)
@@ -592,7 +635,7 @@ func (f *fastPath) flushOut() {
 	if len(f.out) > 0 {
 		return
 	}
-	if f.status != 0 {
+	if f.inFlight && f.status != 0 {
 		f.finish()
 		return
 	}
@@ -602,34 +645,52 @@ func (f *fastPath) flushOut() {
 	}
 }
 
-// finish: ReadyForQuery reached the client.
+// finish: ReadyForQuery reached the client. Inside a transaction sc
+// stays attached for the next batch; else it goes back to its pool, after
+// the read-your-writes position is fetched for a write (as client.relay
+// does, on a goroutine: that waits for the primary).
 func (f *fastPath) finish() {
 	c := f.c
+	r := c.r
 	sc := f.sc
-	f.scc.SetHandler(nil)
-	f.sc, f.scc = nil, nil
+	f.inFlight = false
 	c.mu.Lock()
 	c.txStatus = f.status
 	if f.status != 'I' {
-		// The statement left a transaction open (it cannot, being a
-		// read, but the server decides): the general path carries on
-		// with sc attached.
-		c.outstanding, c.pumping, c.unsynced = 0, false, false
-		c.drops = c.drops[:0]
 		c.mu.Unlock()
-		f.handBack(fastResult{})
+		f.next()
 		return
 	}
+	f.scc.SetHandler(nil)
+	f.sc, f.scc = nil, nil
 	c.sc = nil
+	var lsnGen uint64
+	if c.wrote && !r.cfg.DisableReadYourWrites && !r.cfg.DisableLoadBalance && c.role == ReadWrite {
+		// Until the position is known the session reads from the primary.
+		c.lsnGen++
+		lsnGen = c.lsnGen
+		c.writeLSN.Store(math.MaxUint64)
+	}
 	c.mu.Unlock()
-	sc.pool.release(sc, sc.mr.buffered() == 0)
-	c.r.stats.FastPath.Add(1)
-	if c.mr.buffered() > 0 {
+	if lsnGen != 0 {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			sc.pool.release(sc, c.fetchWriteLSN(sc, lsnGen))
+		}()
+	} else {
+		sc.pool.release(sc, sc.mr.buffered() == 0)
+	}
+	f.next()
+}
+
+// next serves what the client sent while its last batch ran.
+func (f *fastPath) next() {
+	if f.c.mr.buffered() > 0 {
 		f.startQuery()
 		return
 	}
 	if f.clientSent {
-		// The client sent its next query meanwhile (pipelining).
 		f.clientSent = false
 		f.readClient()
 	}
@@ -640,7 +701,7 @@ func (f *fastPath) finish() {
 func (f *fastPath) lost(err error) {
 	sc := f.sc
 	f.scc.SetHandler(nil)
-	f.sc, f.scc = nil, nil
+	f.sc, f.scc, f.inFlight = nil, nil, false
 	f.handBack(fastResult{lost: err, lostSC: sc})
 }
 
@@ -650,7 +711,7 @@ func (f *fastPath) clientGone() {
 	c := f.c
 	sc := f.sc
 	f.scc.SetHandler(nil)
-	f.sc, f.scc = nil, nil
+	f.sc, f.scc, f.inFlight = nil, nil, false
 	f.out = f.out[:0]
 	c.mu.Lock()
 	c.sc = nil
@@ -669,7 +730,7 @@ func (f *fastPath) handBackInFlight(rest []byte) {
 	c := f.c
 	sc := f.sc
 	f.scc.SetHandler(nil)
-	f.sc, f.scc = nil, nil
+	f.sc, f.scc, f.inFlight = nil, nil, false
 	f.moveOut()
 	c.mu.Lock()
 	c.outstanding, c.unsynced, c.pumping = 1, false, true
@@ -708,6 +769,17 @@ func (f *fastPath) moveOut() {
 
 // handBack returns the session to the client goroutine.
 func (f *fastPath) handBack(res fastResult) {
+	if f.sc != nil {
+		// Idle in a transaction: the general path carries on with the
+		// server connection attached (c.sc), nothing in flight.
+		f.scc.SetHandler(nil)
+		f.sc, f.scc = nil, nil
+		c := f.c
+		c.mu.Lock()
+		c.outstanding, c.pumping, c.unsynced = 0, false, false
+		c.drops = c.drops[:0]
+		c.mu.Unlock()
+	}
 	f.c.r.stats.FastHandBacks.Add(1)
 	f.cc.SetHandler(nil)
 	f.moveOut()

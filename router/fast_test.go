@@ -3,6 +3,7 @@ package router_test
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -151,7 +152,7 @@ func testFastPath(t *testing.T, cl *cluster) {
 		}
 	})
 
-	t.Run("WritesAndTransactionsHandBack", func(t *testing.T) {
+	t.Run("WritesAndTransactions", func(t *testing.T) {
 		ctx := testContext(t)
 		c := connect(t, tr.rw, trustUser, "")
 		for i := range 20 {
@@ -178,6 +179,126 @@ func testFastPath(t *testing.T, cl *cluster) {
 		}
 		if err := tx.Commit(ctx); err != nil {
 			t.Fatal(err)
+		}
+	})
+
+	t.Run("TransactionBlocks", func(t *testing.T) {
+		conn, fe := rawSession(t, tr.rw)
+		defer conn.Close()
+		query := func(sql string, wantStatus byte) []string {
+			t.Helper()
+			fe.Send(&pgproto3.Query{String: sql})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			var rows []string
+			for {
+				m, err := fe.Receive()
+				if err != nil {
+					t.Fatalf("%s: %v", sql, err)
+				}
+				switch m := m.(type) {
+				case *pgproto3.DataRow:
+					rows = append(rows, string(m.Values[0]))
+				case *pgproto3.ErrorResponse:
+					rows = append(rows, "error "+m.Code)
+				case *pgproto3.ReadyForQuery:
+					if m.TxStatus != wantStatus {
+						t.Fatalf("%s: ReadyForQuery %c, want %c", sql, m.TxStatus, wantStatus)
+					}
+					return rows
+				}
+			}
+		}
+		// A whole transaction, statement by statement, on the loop: one
+		// transaction counted, on the primary, nothing handed back.
+		// Warm-up: the primary's pool has a connection, so the next
+		// transaction needs no dial (which the general path does).
+		query("BEGIN", 'T')
+		query("COMMIT", 'I')
+		before := tr.Snapshot()
+		query("BEGIN", 'T')
+		query("INSERT INTO kv VALUES ('fast-tx', 'one') ON CONFLICT (k) DO UPDATE SET v = 'one'", 'T')
+		if got := query("SELECT v FROM kv WHERE k = 'fast-tx'", 'T'); len(got) != 1 || got[0] != "one" {
+			t.Fatalf("own write inside the transaction: %v", got)
+		}
+		ports := query("SELECT inet_server_port()", 'T')
+		if got := query("SELECT 1/0", 'E'); len(got) != 1 || got[0] != "error 22012" {
+			t.Fatalf("error in a transaction: %v", got)
+		}
+		query("ROLLBACK", 'I')
+		after := tr.Snapshot()
+		if len(ports) != 1 || tr.cl.portName(atoi(t, ports[0])) != "primary" {
+			t.Errorf("the transaction ran on port %v, want the primary", ports)
+		}
+		if d := after.FastPath - before.FastPath; d != 1 {
+			t.Errorf("fast path counted %d transactions for one", d)
+		}
+		if after.FastHandBacks != before.FastHandBacks {
+			t.Errorf("%d hand-backs during a simple transaction", after.FastHandBacks-before.FastHandBacks)
+		}
+		if d := after.WritesToPrimary - before.WritesToPrimary; d != 1 {
+			t.Errorf("writes counted %d for one transaction", d)
+		}
+		if got := query("SELECT count(*) FROM kv WHERE k = 'fast-tx'", 'I'); len(got) != 1 || got[0] != "0" {
+			t.Errorf("rolled-back insert visible: %v", got)
+		}
+
+		// A Parse inside the transaction hands the session back with the
+		// server connection attached: the general path finishes the
+		// transaction on it.
+		query("BEGIN", 'T')
+		query("INSERT INTO kv VALUES ('fast-tx', 'two') ON CONFLICT (k) DO UPDATE SET v = 'two'", 'T')
+		fe.Send(&pgproto3.Parse{Name: "in_tx", Query: "SELECT v FROM kv WHERE k = 'fast-tx'"})
+		fe.Send(&pgproto3.Bind{PreparedStatement: "in_tx"})
+		fe.Send(&pgproto3.Execute{})
+		fe.Send(&pgproto3.Sync{})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if got := firstColumns(t, fe, 1); len(got) != 1 || got[0] != "two" {
+			t.Fatalf("prepared read inside the transaction: %v", got)
+		}
+		query("COMMIT", 'I')
+		if n := primaryCount(t, tr, "SELECT count(*) FROM kv WHERE k = 'fast-tx' AND v = 'two'"); n != 1 {
+			t.Fatalf("after COMMIT the primary has %d rows of the transaction's update, want 1", n)
+		}
+		waitPoolsIdle(t, tr)
+	})
+
+	t.Run("ClientVanishesInTransaction", func(t *testing.T) {
+		ctx := testContext(t)
+		conn, fe := rawSession(t, tr.rw)
+		for _, sql := range []string{"SELECT 1", "BEGIN", "INSERT INTO kv VALUES ('fast-vanish', 'x')"} {
+			fe.Send(&pgproto3.Query{String: sql})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			readUntilReady(t, fe)
+		}
+		conn.Close()
+		// The server connection, in a transaction, never goes back to the
+		// pool as it is: the insert is never committed, and every
+		// connection is free again.
+		waitPoolsIdle(t, tr)
+		for range 4 { // more than the primary's pool holds
+			// Inside a transaction, on the primary's pool: a connection
+			// still in the vanished client's transaction would see its
+			// uncommitted row.
+			c := connect(t, tr.rw, trustUser, "")
+			tx, err := c.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if err := tx.QueryRow(ctx, "SELECT count(*) FROM kv WHERE k = 'fast-vanish'", pgx.QueryExecModeSimpleProtocol).Scan(&n); err != nil || n != 0 {
+				t.Fatalf("after the client vanished in a transaction: %d rows, %v", n, err)
+			}
+			tx.Rollback(ctx)
+			c.Close(ctx)
+		}
+		if n := primaryCount(t, tr, "SELECT count(*) FROM kv WHERE k = 'fast-vanish'"); n != 0 {
+			t.Fatalf("the vanished client's insert: %d rows", n)
 		}
 	})
 
@@ -456,4 +577,24 @@ func firstColumns(t *testing.T, fe *pgproto3.Frontend, readies int) []string {
 		}
 	}
 	return got
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// primaryCount runs a count on the primary directly.
+func primaryCount(t *testing.T, tr *testRouter, sql string) int {
+	t.Helper()
+	ctx := testContext(t)
+	var n int
+	if err := tr.cl.primary.Query(ctx, func(pc *pgx.Conn) error { return pc.QueryRow(ctx, sql).Scan(&n) }); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
