@@ -62,6 +62,8 @@ type fastPath struct {
 
 	out           []byte // bytes for the client its socket did not take yet
 	clientSent    bool   // the client's socket turned readable while a query ran
+	serverHup     bool   // the attached server's socket reported its end: read up to it
+	handedBack    bool   // since the last serveFast
 	serverPending bool   // the server may have more while out is full
 
 	back chan fastResult
@@ -92,6 +94,7 @@ func (c *client) fastEligible() bool {
 // serveFast runs the session on the fast path until it hands it back.
 func (c *client) serveFast() error {
 	f := c.fast
+	f.handedBack = false
 	f.cc.SetHandler(f)
 	f.cc.Kick() // what the client sent before SetHandler
 	res := <-f.back
@@ -109,16 +112,28 @@ func (f *fastPath) Ready(conn *poller.Conn, ev uint32) {
 		f.poolTurn(ev)
 	case conn == f.cc && !f.inFlight:
 		// Idle, or idle in a transaction.
+		if ev&hangup != 0 {
+			// The client hung up, maybe right behind a last query: no
+			// later event would tell once that query runs. The general
+			// path serves what it sent, meets the end and cleans up.
+			f.handBack(fastResult{})
+			return
+		}
 		if ev&unix.EPOLLOUT != 0 && len(f.out) > 0 {
 			f.flushOut() // notices the server sent meanwhile
+			if f.handedBack {
+				return // the client went away
+			}
 		}
-		f.readClient()
+		// A kick (serveFast) reads to the end: what the socket reported
+		// before the handler was set, a hang-up too, is no event here.
+		f.readClient(ev&poller.EvKick != 0)
 	case conn == f.cc:
 		// A query runs. The client hung up or was closed: the general
 		// path finds out and abandons the query. The client sent more:
 		// that waits in the socket until the query is answered. A kick
 		// now is a stale one (a pool's turn or timer).
-		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 || isClosed(f.cc) {
+		if ev&hangup != 0 || isClosed(f.cc) {
 			f.handBackInFlight(nil)
 			return
 		}
@@ -130,12 +145,15 @@ func (f *fastPath) Ready(conn *poller.Conn, ev uint32) {
 			f.flushOut()
 		}
 	case conn == f.scc:
+		if ev&hangup != 0 {
+			f.serverHup = true
+		}
 		f.readServer()
 	}
 }
 
 // readClient reads the idle client and serves a lone read-only Query.
-func (f *fastPath) readClient() {
+func (f *fastPath) readClient(drain bool) {
 	c := f.c
 	mr := c.mr
 	f.clientSent = false
@@ -157,7 +175,7 @@ func (f *fastPath) readClient() {
 			return
 		}
 		mr.fill(n)
-		if n < len(sp) {
+		if n < len(sp) && !drain {
 			break
 		}
 	}
@@ -276,7 +294,7 @@ func (f *fastPath) attach(sc *serverConn, target Backend, toStandby bool, class 
 	c.wrote = !toStandby && class != ClassRead
 	c.txStatus = 'I'
 	c.mu.Unlock()
-	f.sc, f.scc = sc, scc
+	f.sc, f.scc, f.serverHup = sc, scc, false
 	scc.SetHandler(f)
 	f.send(c.mr.peek())
 }
@@ -449,13 +467,13 @@ func (f *fastPath) rewriteExtended(sc *serverConn, buf []byte) []byte {
 // up or was closed; anything else (the client sent more) changes nothing.
 func (f *fastPath) poolTurn(ev uint32) {
 	p := f.waitPool
-	hangup := isClosed(f.cc) || ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	gone := isClosed(f.cc) || ev&hangup != 0
 	if ev&unix.EPOLLIN != 0 {
 		f.clientSent = true // read once the query is answered
 	}
 	p.mu.Lock()
 	granted, timedOut := f.granted, f.timedOut
-	if !granted && !timedOut && !hangup {
+	if !granted && !timedOut && !gone {
 		p.mu.Unlock()
 		return
 	}
@@ -469,7 +487,7 @@ func (f *fastPath) poolTurn(ev uint32) {
 	if granted {
 		p.countWait(time.Since(f.waitStart))
 	}
-	if granted && !hangup {
+	if granted && !gone {
 		// The same pool: the turn is for it (routing again could pick
 		// another standby and leave this pool's queue stuck).
 		f.acquire(p, f.waitTarget, f.waitToStandby, f.waitClass, true) // attaches, queues again, or hands back
@@ -518,8 +536,8 @@ func (f *fastPath) readServer() {
 		if !f.relayBuffered() {
 			return
 		}
-		if n < len(sp) {
-			return
+		if n < len(sp) && !f.serverHup {
+			return // a short read emptied the socket (when no end follows)
 		}
 	}
 }
@@ -647,8 +665,7 @@ func (f *fastPath) flushOut() {
 
 // finish: ReadyForQuery reached the client. Inside a transaction sc
 // stays attached for the next batch; else it goes back to its pool, after
-// the read-your-writes position is fetched for a write (as client.relay
-// does, on a goroutine: that waits for the primary).
+// the read-your-writes position is fetched for a write (fetchLSN).
 func (f *fastPath) finish() {
 	c := f.c
 	r := c.r
@@ -661,7 +678,8 @@ func (f *fastPath) finish() {
 		f.next()
 		return
 	}
-	f.scc.SetHandler(nil)
+	scc := f.scc
+	scc.SetHandler(nil)
 	f.sc, f.scc = nil, nil
 	c.sc = nil
 	var lsnGen uint64
@@ -673,11 +691,7 @@ func (f *fastPath) finish() {
 	}
 	c.mu.Unlock()
 	if lsnGen != 0 {
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			sc.pool.release(sc, c.fetchWriteLSN(sc, lsnGen))
-		}()
+		fetchLSN(c, sc, scc, lsnGen) // releases sc
 	} else {
 		sc.pool.release(sc, sc.mr.buffered() == 0)
 	}
@@ -692,7 +706,7 @@ func (f *fastPath) next() {
 	}
 	if f.clientSent {
 		f.clientSent = false
-		f.readClient()
+		f.readClient(false)
 	}
 }
 
@@ -780,12 +794,18 @@ func (f *fastPath) handBack(res fastResult) {
 		c.drops = c.drops[:0]
 		c.mu.Unlock()
 	}
+	f.handedBack = true
 	f.c.r.stats.FastHandBacks.Add(1)
 	f.cc.SetHandler(nil)
 	f.moveOut()
 	f.serverPending = false
 	f.back <- res
 }
+
+// hangup: the events that report a socket's end. Edge-triggered, they
+// come once, often with the last data: a reader that stops at a short
+// read must remember them.
+const hangup = unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
 
 func isClosed(c *poller.Conn) bool {
 	select {

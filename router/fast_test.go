@@ -3,6 +3,8 @@ package router_test
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -179,6 +181,58 @@ func testFastPath(t *testing.T, cl *cluster) {
 		}
 		if err := tx.Commit(ctx); err != nil {
 			t.Fatal(err)
+		}
+	})
+
+	t.Run("ReadYourWritesPosition", func(t *testing.T) {
+		ctx := testContext(t)
+		c := connect(t, tr.rw, trustUser, "")
+		write := func(v int) {
+			t.Helper()
+			if _, err := c.Exec(ctx, fmt.Sprintf("INSERT INTO kv VALUES ('fast-ryw', '%d') ON CONFLICT (k) DO UPDATE SET v = '%d'", v, v), simple); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Fill the primary's pool (two connections): a read right after a
+		// write may need the second while the first answers the position
+		// question, and dialling is the general path's.
+		var txs []pgx.Tx
+		for range 2 {
+			tx, err := connect(t, tr.rw, trustUser, "").Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			txs = append(txs, tx)
+		}
+		for _, tx := range txs {
+			tx.Commit(ctx)
+		}
+		write(0)
+		before := tr.Snapshot()
+		for i := 1; i <= 10; i++ {
+			write(i)
+			var v string
+			if err := c.QueryRow(ctx, "SELECT v FROM kv WHERE k = 'fast-ryw'", simple).Scan(&v); err != nil || v != strconv.Itoa(i) {
+				t.Fatalf("read after write %d: %q %v", i, v, err)
+			}
+		}
+		after := tr.Snapshot()
+		if after.FastHandBacks != before.FastHandBacks {
+			t.Errorf("%d hand-backs for simple writes and reads", after.FastHandBacks-before.FastHandBacks)
+		}
+		// The position was fetched (on the loop, after each write): once
+		// the standbys replayed it, the session's reads go back to them.
+		pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
+			tr.refreshLSN(t)
+			var port int
+			if err := c.QueryRow(ctx, "SELECT inet_server_port()", simple).Scan(&port); err != nil {
+				t.Fatal(err)
+			}
+			return tr.cl.portName(port) != "primary", "reads still on the primary"
+		})
+		// ... and each connection that answered went back to the pool.
+		if d := primaryConnects(tr.Snapshot()) - primaryConnects(before); d != 0 {
+			t.Errorf("%d new connections to the primary for 10 writes", d)
 		}
 	})
 
@@ -377,7 +431,9 @@ func testFastPath(t *testing.T, cl *cluster) {
 		// The client does not read: the server must block on it
 		// (ClientWrite), not the router buffer the whole answer.
 		conn, fe := rawSession(t, tr.rw)
-		const sql = "SELECT g, repeat('y', 100) FROM generate_series(1, 200000) g /* slow client */"
+		// About 110 MB: more than every socket buffer on the way can hold
+		// (the receive buffer's autotuning goes up to 32 MB here).
+		const sql = "SELECT g, repeat('y', 100) FROM generate_series(1, 1000000) g /* slow client */"
 		fe.Send(&pgproto3.Query{String: sql})
 		if err := fe.Flush(); err != nil {
 			t.Fatal(err)
@@ -393,7 +449,16 @@ func testFastPath(t *testing.T, cl *cluster) {
 					return true, ""
 				}
 			}
-			return false, "the server is not blocked writing to the router"
+			var seen []string
+			for _, inst := range tr.cl.all() {
+				inst.Query(ctx, func(pc *pgx.Conn) error {
+					rows, _ := pc.Query(ctx, "SELECT coalesce(state, '') || ' ' || coalesce(wait_event, '') FROM pg_stat_activity WHERE query = $1", sql)
+					more, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+					seen = append(seen, more...)
+					return nil
+				})
+			}
+			return false, fmt.Sprintf("the server is not blocked writing to the router: %q", seen)
 		})
 		rows := 0
 		for _, m := range readUntilReady(t, fe) {
@@ -401,7 +466,7 @@ func testFastPath(t *testing.T, cl *cluster) {
 				rows++
 			}
 		}
-		if rows != 200000 {
+		if rows != 1000000 {
 			t.Errorf("slow client got %d rows", rows)
 		}
 		conn.Close()
@@ -447,6 +512,29 @@ func testFastPath(t *testing.T, cl *cluster) {
 		// connection goes back to the pool.
 		waitActive(t, tr, sql, false)
 		waitPoolsIdle(t, tr)
+	})
+
+	t.Run("ClientHangsUpBehindItsQuery", func(t *testing.T) {
+		// The query and the end of the stream in one go: the router sees
+		// them in one edge-triggered event, or two. Either way it must
+		// not wait for a hang-up it was already told about.
+		const sql = "SELECT pg_sleep(60) /* fast hang-up */"
+		msg, err := (&pgproto3.Query{String: sql}).Encode(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 10 {
+			conn, _ := rawSession(t, tr.rw)
+			conn.Write(msg)
+			conn.(*net.TCPConn).CloseWrite()
+			io.Copy(io.Discard, conn) // until the router closes it
+			conn.Close()
+		}
+		waitActive(t, tr, sql, false)
+		waitPoolsIdle(t, tr)
+		if n := tr.Snapshot().ClientsActive; n != 0 {
+			t.Errorf("%d client sessions left", n)
+		}
 	})
 
 	t.Run("ServerLost", func(t *testing.T) {
@@ -595,6 +683,16 @@ func primaryCount(t *testing.T, tr *testRouter, sql string) int {
 	var n int
 	if err := tr.cl.primary.Query(ctx, func(pc *pgx.Conn) error { return pc.QueryRow(ctx, sql).Scan(&n) }); err != nil {
 		t.Fatal(err)
+	}
+	return n
+}
+
+func primaryConnects(s router.StatsSnapshot) int64 {
+	var n int64
+	for _, p := range s.Pools {
+		if p.Backend == "primary" {
+			n += p.Connects
+		}
 	}
 	return n
 }

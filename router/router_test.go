@@ -626,11 +626,13 @@ func testBadInput(t *testing.T, tr *testRouter) {
 		// The primary has no session left running the statement or idle
 		// in a transaction, long before pg_sleep would end.
 		pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
-			var n int
+			var busy []string
 			tr.cl.primary.Query(ctx, func(pc *pgx.Conn) error {
-				return pc.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgha-router' AND (state <> 'idle' OR xact_start IS NOT NULL)").Scan(&n)
+				rows, _ := pc.Query(ctx, "SELECT state || ': ' || query FROM pg_stat_activity WHERE application_name = 'pgha-router' AND (state <> 'idle' OR xact_start IS NOT NULL)")
+				busy, _ = pgx.CollectRows(rows, pgx.RowTo[string])
+				return nil
 			})
-			return n == 0, fmt.Sprintf("vanished %s: %d router sessions busy on the primary", when, n)
+			return len(busy) == 0, fmt.Sprintf("vanished %s: router sessions busy on the primary: %q", when, busy)
 		})
 		if n := serverRunning(t, tr, sleeper); n > 0 {
 			t.Fatalf("vanished %s: the statement still runs on %d servers", when, n)
