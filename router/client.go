@@ -44,8 +44,8 @@ type client struct {
 
 	// fast is the session's fast path (fast.go): nil in session mode, with
 	// TLS or with Config.DisableFastPath. fastOK: the last batch the
-	// general path served was one a fast path serves (a lone read-only
-	// Query), so entering it is likely worth the hand-over.
+	// general path served was one a fast path serves (fastShaped), so
+	// entering it is likely worth the hand-over.
 	fast   *fastPath
 	fastOK bool
 

@@ -152,7 +152,8 @@ func (f *fastPath) Ready(conn *poller.Conn, ev uint32) {
 	}
 }
 
-// readClient reads the idle client and serves a lone read-only Query.
+// readClient reads the idle client (drain: up to EAGAIN or the end) and
+// serves what it sent.
 func (f *fastPath) readClient(drain bool) {
 	c := f.c
 	mr := c.mr
@@ -378,8 +379,7 @@ func (c *client) extendedBatch(buf []byte) (class Class, ok bool) {
 }
 
 // fastShaped: a batch the general path served is one the fast path would
-// serve next time, given that it is a read: a lone Query, or named
-// statements only (the Parses are then cached, and the next runs are
+// serve next time: a lone Query, or named statements only (the Parses are then cached, and the next runs are
 // Bind, Describe, Execute, Sync). Entering the fast path for a session
 // that keeps handing back would cost a hand-over per transaction.
 func fastShaped(batch []pgproto3.FrontendMessage) bool {

@@ -633,16 +633,8 @@ func testFastPath(t *testing.T, cl *cluster) {
 // it runs nowhere.
 func waitActive(t *testing.T, tr *testRouter, sql string, want bool) {
 	t.Helper()
-	ctx := testContext(t)
 	pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
-		running := false
-		for _, inst := range tr.cl.all() {
-			var n int
-			inst.Query(ctx, func(pc *pgx.Conn) error {
-				return pc.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'", sql).Scan(&n)
-			})
-			running = running || n > 0
-		}
+		running := serverRunning(t, tr, sql) > 0
 		return running == want, fmt.Sprintf("%q running: %v, want %v", sql, running, want)
 	})
 }
