@@ -154,7 +154,7 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 	}
 	defer c.decref()
 	for {
-		n, err := unix.Read(c.fd, b)
+		n, err := rawRead(c.fd, b)
 		switch {
 		case err == nil && n == 0 && len(b) > 0:
 			return 0, io.EOF
@@ -177,7 +177,7 @@ func (c *Conn) TryWrite(b []byte) (int, error) {
 	}
 	defer c.decref()
 	for {
-		n, err := unix.Write(c.fd, b)
+		n, err := rawWrite(c.fd, b)
 		switch {
 		case err == nil:
 			return n, nil
