@@ -47,7 +47,7 @@ type options struct {
 	clients        []int
 	workloads      []string // "select", "tpcb"
 	protocols      []string // "simple", "prepared"
-	targets        []string // "direct", "pgbouncer", "pgpool", "router"
+	targets        []string // "direct", "direct-standbys", "pgbouncer", "pgpool", "router-nolb", "router"
 	connectClients int      // clients of the -C cell; 0 skips it
 	poolSize       int      // pgbouncer default_pool_size and router PoolSize
 	auth           string   // "trust" or "md5", for every proxy and the servers

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -19,9 +20,17 @@ type cell struct {
 	protocol string // pgbench -M
 	clients  int
 	connect  bool // -C: a new connection per transaction
+	// threadsOverride: pgbench -j of one of several pgbench processes
+	// that share the cell (splitCell); 0: threads().
+	threadsOverride int
 }
 
-func (c cell) threads() int { return min(c.clients, 2) }
+func (c cell) threads() int {
+	if c.threadsOverride > 0 {
+		return c.threadsOverride
+	}
+	return min(c.clients, 2)
+}
 
 // label is the cell's pgbench options in short.
 func (c cell) label() string {
@@ -140,32 +149,30 @@ const stallGrace = 30 * time.Second
 
 // runPgbench runs cell c against tg for d and reads pgbench's summary and
 // each server's share of the statements. Errors of pgbench itself make
-// an invalid result, not an error: the matrix goes on.
+// an invalid result, not an error: the matrix goes on. A target with
+// several ports (direct-standbys) gets one pgbench per port, the clients
+// and threads split between them, run at the same time and added up.
 func runPgbench(ctx context.Context, t *tools, cl *cluster, tg *target, c cell, d time.Duration, o *options) (result, error) {
-	args := append(connArgs(tg.port), c.args(d)...)
-	args = append(args, benchDB)
-	if o.verbose {
-		fmt.Printf("  + pgbench %s\n", strings.Join(args, " "))
-	}
 	before, err := cl.statements(ctx)
 	if err != nil {
 		return result{}, err
 	}
-	// pgbench stops at -T; a run still going well after that is stuck
-	// (see stallGrace) and is ended.
-	rctx, cancel := context.WithTimeout(ctx, d+stallGrace)
-	defer cancel()
-	cmd := exec.CommandContext(rctx, t.pgbench, args...)
-	cmd.Env = pgbenchEnv(o)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C is the benchmark's to handle
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	parts := splitCell(c, len(tg.ports()))
 	var cpu0 time.Duration
 	if tg.proc != nil {
 		cpu0 = groupCPU(tg.proc.cmd.Process.Pid)
 	}
 	busy0, total0 := machineCPU()
-	runErr := cmd.Run()
+	rs := make([]result, len(parts))
+	var wg sync.WaitGroup
+	for i, part := range parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rs[i] = pgbenchOnce(ctx, t, tg.ports()[i], part, d, o)
+		}()
+	}
+	wg.Wait()
 	busy1, total1 := machineCPU()
 	var cpu1 time.Duration
 	if tg.proc != nil {
@@ -174,15 +181,7 @@ func runPgbench(ctx context.Context, t *tools, cl *cluster, tg *target, c cell, 
 	if ctx.Err() != nil {
 		return result{}, ctx.Err()
 	}
-	r, perr := parsePgbench(stdout.String())
-	switch {
-	case rctx.Err() != nil:
-		r.err = fmt.Sprintf("stalled: pgbench still running %v after its -T ended; killed (%s)", stallGrace, firstError(stderr.String()))
-	case runErr != nil:
-		r.err = fmt.Sprintf("pgbench: %v: %s", runErr, firstError(stderr.String()))
-	case perr != nil:
-		r.err = perr.Error()
-	}
+	r := addUp(rs)
 	r.proxyCPU = cpu1 - cpu0
 	if total1 > total0 {
 		r.busy = float64(busy1-busy0) / float64(total1-total0)
@@ -203,6 +202,79 @@ func runPgbench(ctx context.Context, t *tools, cl *cluster, tg *target, c cell, 
 		r.shares = append(r.shares, share)
 	}
 	return r, nil
+}
+
+// pgbenchOnce runs one pgbench process against port.
+func pgbenchOnce(ctx context.Context, t *tools, port int, c cell, d time.Duration, o *options) result {
+	args := append(connArgs(port), c.args(d)...)
+	args = append(args, benchDB)
+	if o.verbose {
+		fmt.Printf("  + pgbench %s\n", strings.Join(args, " "))
+	}
+	// pgbench stops at -T; a run still going well after that is stuck
+	// (see stallGrace) and is ended.
+	rctx, cancel := context.WithTimeout(ctx, d+stallGrace)
+	defer cancel()
+	cmd := exec.CommandContext(rctx, t.pgbench, args...)
+	cmd.Env = pgbenchEnv(o)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C is the benchmark's to handle
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	runErr := cmd.Run()
+	r, perr := parsePgbench(stdout.String())
+	switch {
+	case rctx.Err() != nil && ctx.Err() == nil:
+		r.err = fmt.Sprintf("stalled: pgbench still running %v after its -T ended; killed (%s)", stallGrace, firstError(stderr.String()))
+	case runErr != nil:
+		r.err = fmt.Sprintf("pgbench: %v: %s", runErr, firstError(stderr.String()))
+	case perr != nil:
+		r.err = perr.Error()
+	}
+	return r
+}
+
+// splitCell shares c's clients and threads between n pgbench processes;
+// fewer than n when c has fewer clients.
+func splitCell(c cell, n int) []cell {
+	n = max(1, min(n, c.clients))
+	parts := make([]cell, n)
+	for i := range parts {
+		parts[i] = c
+		parts[i].clients = c.clients / n
+		if i < c.clients%n {
+			parts[i].clients++
+		}
+		parts[i].threadsOverride = max(1, c.threads()/n)
+	}
+	if n == 1 {
+		parts[0].threadsOverride = 0
+	}
+	return parts
+}
+
+// addUp combines the results of pgbench processes that ran side by side:
+// throughputs and counts add up, latencies and connection times are
+// averaged over the transactions.
+func addUp(rs []result) result {
+	if len(rs) == 1 {
+		return rs[0]
+	}
+	var out result
+	var lat, conn float64
+	for _, r := range rs {
+		if !r.ok() && out.err == "" {
+			out.err = r.err
+		}
+		out.tps += r.tps
+		out.xacts += r.xacts
+		out.failed += r.failed
+		lat += r.latencyMs * float64(r.xacts)
+		conn += r.connMs * float64(r.xacts)
+	}
+	if out.xacts > 0 {
+		out.latencyMs, out.connMs = lat/float64(out.xacts), conn/float64(out.xacts)
+	}
+	return out
 }
 
 // firstError picks the most telling line of pgbench's stderr.
@@ -239,6 +311,9 @@ func runMatrix(ctx context.Context, ts []*target, cl *cluster, t *tools, o *opti
 		fmt.Printf("\nwarm-up: %v of -S and of the default mix at %d clients per target (fills the pools and caches)\n", o.warmup, o.maxClients())
 		for _, tg := range ts {
 			for _, w := range []string{"select", "tpcb"} {
+				if !tg.runs(cell{workload: w}) {
+					continue
+				}
 				r, err := runPgbench(ctx, t, cl, tg, cell{workload: w, protocol: "simple", clients: o.maxClients()}, o.warmup, o)
 				if err != nil {
 					return nil, err
@@ -260,6 +335,9 @@ func runMatrix(ctx context.Context, ts []*target, cl *cluster, t *tools, o *opti
 			order := rotate(ts, ci+round)
 			load := loadAvg()
 			for _, tg := range order {
+				if !tg.runs(c) {
+					continue
+				}
 				r, err := runPgbench(ctx, t, cl, tg, c, o.duration, o)
 				if err != nil {
 					return nil, err

@@ -58,3 +58,48 @@ func TestMedian(t *testing.T) {
 		}
 	}
 }
+
+func TestSplitCell(t *testing.T) {
+	tests := []struct {
+		clients, n int
+		want       []int // clients of each part
+		threads    []int
+	}{
+		{16, 2, []int{8, 8}, []int{1, 1}},
+		{1, 2, []int{1}, []int{1}},
+		{5, 2, []int{3, 2}, []int{1, 1}},
+		{64, 1, []int{64}, []int{2}},
+	}
+	for _, tt := range tests {
+		parts := splitCell(cell{workload: "select", clients: tt.clients}, tt.n)
+		if len(parts) != len(tt.want) {
+			t.Fatalf("%d clients over %d: %d parts, want %d", tt.clients, tt.n, len(parts), len(tt.want))
+		}
+		total := 0
+		for i, p := range parts {
+			total += p.clients
+			if p.clients != tt.want[i] || p.threads() != tt.threads[i] {
+				t.Errorf("%d clients over %d, part %d: -c %d -j %d, want -c %d -j %d", tt.clients, tt.n, i, p.clients, p.threads(), tt.want[i], tt.threads[i])
+			}
+		}
+		if total != tt.clients {
+			t.Errorf("%d clients over %d: parts add up to %d", tt.clients, tt.n, total)
+		}
+	}
+}
+
+func TestAddUp(t *testing.T) {
+	r := addUp([]result{
+		{tps: 100, latencyMs: 1, xacts: 1000, connMs: 2},
+		{tps: 300, latencyMs: 3, xacts: 3000, connMs: 4, failed: 2},
+	})
+	if r.tps != 400 || r.xacts != 4000 || r.failed != 2 {
+		t.Errorf("sums: tps %v xacts %d failed %d", r.tps, r.xacts, r.failed)
+	}
+	if r.latencyMs != 2.5 || r.connMs != 3.5 {
+		t.Errorf("averages over the transactions: latency %v conn %v, want 2.5 and 3.5", r.latencyMs, r.connMs)
+	}
+	if bad := addUp([]result{{tps: 1, xacts: 1}, {err: "boom"}}); bad.ok() {
+		t.Error("a failed part must fail the whole run")
+	}
+}

@@ -16,18 +16,39 @@ import (
 	"github.com/pgha/pgha/router"
 )
 
-// Target names, in the order the report lists them.
-var allTargets = []string{"direct", "pgbouncer", "pgpool", "router"}
+// Target names, in the order the report lists them. Two are there to
+// explain the others on this one machine, where the standbys add no CPU:
+// direct-standbys is what reading from both standbys costs without a proxy,
+// router-nolb the router with load balancing off, everything to the
+// primary as PgBouncer does.
+var allTargets = []string{"direct", "direct-standbys", "pgbouncer", "pgpool", "router-nolb", "router"}
 
 func isTarget(name string) bool { return slices.Contains(allTargets, name) }
+
+// isDirect: pgbench reaches the servers with no proxy in between.
+func isDirect(name string) bool { return strings.HasPrefix(name, "direct") }
 
 // target is what pgbench connects to: the primary itself or a proxy.
 type target struct {
 	name  string
 	port  int
-	proc  *proc  // nil for direct
-	setup string // how it is configured, for the report
+	split []int // direct-standbys: the ports the clients are split over
+	// readOnly: only the select-only cells run (standbys refuse writes).
+	readOnly bool
+	proc     *proc  // nil for direct
+	setup    string // how it is configured, for the report
 }
+
+// ports are where pgbench connects: one pgbench per port.
+func (tg *target) ports() []int {
+	if len(tg.split) > 0 {
+		return tg.split
+	}
+	return []int{tg.port}
+}
+
+// runs says whether tg takes part in cell c.
+func (tg *target) runs(c cell) bool { return !tg.readOnly || c.workload == "select" }
 
 // startTargets starts the proxies o.targets names (each stopped by td) and
 // waits until each answers a query.
@@ -43,12 +64,17 @@ func startTargets(ctx context.Context, td *teardown, dir string, t *tools, cl *c
 		case "direct":
 			tg = &target{name: name, port: cl.nodes[0].port,
 				setup: "the primary itself: one server process per client connection"}
+		case "direct-standbys":
+			tg = &target{name: name, port: cl.nodes[1].port, split: []int{cl.nodes[1].port, cl.nodes[2].port}, readOnly: true,
+				setup: "the two standbys themselves, half the clients each (one pgbench per standby, side by side); select-only cells only"}
 		case "pgbouncer":
 			tg, err = startPgbouncer(dir, t, cl, o)
 		case "pgpool":
 			tg, err = startPgpool(dir, t, cl, o)
 		case "router":
-			tg, err = startRouter(dir, cl, o)
+			tg, err = startRouter(dir, cl, o, name, o.loadBalance)
+		case "router-nolb":
+			tg, err = startRouter(dir, cl, o, name, false)
 		}
 		if err != nil {
 			return nil, err
@@ -219,8 +245,8 @@ log_per_node_statement = off
 
 // startRouter runs the router in a process of its own: this binary,
 // re-executed with -serve-router.
-func startRouter(dir string, cl *cluster, o *options) (*target, error) {
-	d := filepath.Join(dir, "router")
+func startRouter(dir string, cl *cluster, o *options, name string, loadBalance bool) (*target, error) {
+	d := filepath.Join(dir, name)
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -251,7 +277,7 @@ func startRouter(dir string, cl *cluster, o *options) (*target, error) {
 	if o.auth == "md5" {
 		args = append(args, "-monitor-password", benchPassword)
 	}
-	if o.cpuProfile != "" {
+	if o.cpuProfile != "" && name == "router" {
 		args = append(args, "-cpuprofile", o.cpuProfile)
 	}
 	ryw := "read-your-writes"
@@ -263,7 +289,7 @@ func startRouter(dir string, cl *cluster, o *options) (*target, error) {
 	if !o.fastPath {
 		args = append(args, "-fast-path=false")
 	}
-	if !o.loadBalance {
+	if !loadBalance {
 		args = append(args, "-load-balance=false")
 		reads = "load balancing OFF (everything to the primary)"
 	}
@@ -273,11 +299,11 @@ func startRouter(dir string, cl *cluster, o *options) (*target, error) {
 		env = append(env, "GOMAXPROCS="+strconv.Itoa(o.routerProcs))
 		procs = "GOMAXPROCS=" + strconv.Itoa(o.routerProcs)
 	}
-	p, err := startProc("router", filepath.Join(d, "router.log"), "", env, self, args...)
+	p, err := startProc(name, filepath.Join(d, "router.log"), "", env, self, args...)
 	if err != nil {
 		return nil, err
 	}
-	return &target{name: "router", port: port, proc: p,
+	return &target{name: name, port: port, proc: p,
 		setup: fmt.Sprintf("separate process (%s); pool_mode=transaction, pool size %d per server, %s, %s, max lag 1MB, auth %s",
 			procs, o.poolSize, reads, ryw, o.auth)}, nil
 }

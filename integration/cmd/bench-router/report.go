@@ -22,7 +22,7 @@ func printSetup(ts []*target, cl *cluster, o *options) {
 	fmt.Println()
 	fmt.Println("targets (everything on 127.0.0.1 of this machine, pgbench too):")
 	for _, tg := range ts {
-		fmt.Printf("  %-9s :%-5d %s\n", tg.name, tg.port, tg.setup)
+		fmt.Printf("  %-15s :%-5d %s\n", tg.name, tg.port, tg.setup)
 	}
 	fmt.Printf("servers: %s :%d, %s :%d, %s :%d; asynchronous streaming replication; pgbench -s %d; client auth %s everywhere\n",
 		cl.nodes[0].name, cl.nodes[0].port, cl.nodes[1].name, cl.nodes[1].port, cl.nodes[2].name, cl.nodes[2].port, o.scale, o.auth)
@@ -60,7 +60,7 @@ func printCell(c cell, round int, order []*target, runs map[string][]result, cl 
 			conn = fmt.Sprintf("%.3f\t", x.connMs)
 		}
 		tps, lat, failed, cpu := fmt.Sprintf("%.1f", x.tps), fmt.Sprintf("%.3f", x.latencyMs), fmt.Sprint(x.failed), "-"
-		if name != "direct" {
+		if !isDirect(name) {
 			cpu = fmt.Sprintf("%.1f", x.cpuPerXact())
 		}
 		if !x.ok() {
@@ -83,17 +83,24 @@ func printCell(c cell, round int, order []*target, runs map[string][]result, cl 
 		}
 		return rs[len(rs)-1], true
 	}
-	if rt, ok := last("router"); ok {
-		var parts []string
-		for _, other := range []string{"pgbouncer", "pgpool", "direct"} {
-			if x, ok := last(other); ok {
-				parts = append(parts, fmt.Sprintf("router/%s %s", other, ratio(rt, x)))
-			}
-		}
-		if len(parts) > 0 {
-			fmt.Println("   tps " + strings.Join(parts, "   "))
+	var parts []string
+	for _, q := range ratioPairs {
+		a, okA := last(q[0])
+		b, okB := last(q[1])
+		if okA && okB {
+			parts = append(parts, fmt.Sprintf("%s/%s %s", q[0], q[1], ratio(a, b)))
 		}
 	}
+	if len(parts) > 0 {
+		fmt.Println("   tps " + strings.Join(parts, "   "))
+	}
+}
+
+// ratioPairs are the quotients the report prints, where both targets ran:
+// the router against each other target, and the like-for-like pairs.
+var ratioPairs = [][2]string{
+	{"router", "pgbouncer"}, {"router", "pgpool"}, {"router", "direct"},
+	{"router", "direct-standbys"}, {"router-nolb", "pgbouncer"}, {"router-nolb", "direct"},
 }
 
 // shares names the servers that ran at least 1% of the statements.
@@ -174,11 +181,10 @@ func printReport(m *matrix, ts []*target, o *options) {
 	if o.rounds > 1 {
 		med = fmt.Sprintf(", medians of %d rounds", o.rounds)
 	}
-	hasRouter := slices.Contains(names, "router")
-	var others []string
-	for _, n := range []string{"pgbouncer", "pgpool", "direct"} {
-		if hasRouter && slices.Contains(names, n) {
-			others = append(others, n)
+	var pairs [][2]string
+	for _, q := range ratioPairs {
+		if slices.Contains(names, q[0]) && slices.Contains(names, q[1]) {
+			pairs = append(pairs, q)
 		}
 	}
 
@@ -191,7 +197,7 @@ func printReport(m *matrix, ts []*target, o *options) {
 		{fmt.Sprintf("TPS (%v per run%s)", o.duration, med), "%.0f", func(s summary) float64 { return s.tps }, nil},
 		{"average latency, ms", "%.3f", func(s summary) float64 { return s.latencyMs }, nil},
 		{"proxy CPU per transaction, µs (user+system of the proxy's processes)", "%.1f",
-			func(s summary) float64 { return s.cpuPerXact }, func(n string) bool { return n != "direct" }},
+			func(s summary) float64 { return s.cpuPerXact }, func(n string) bool { return !isDirect(n) }},
 	}
 	for _, t := range tables {
 		fmt.Printf("\n== summary: %s\n", t.title)
@@ -200,9 +206,9 @@ func printReport(m *matrix, ts []*target, o *options) {
 		for _, n := range names {
 			fmt.Fprintf(tw, "%s\t", n)
 		}
-		for _, n := range others {
-			if t.only == nil || t.only(n) {
-				fmt.Fprintf(tw, "router/%s\t", n)
+		for _, q := range pairs {
+			if t.only == nil || (t.only(q[0]) && t.only(q[1])) {
+				fmt.Fprintf(tw, "%s/%s\t", q[0], q[1])
 			}
 		}
 		fmt.Fprintln(tw)
@@ -215,9 +221,9 @@ func printReport(m *matrix, ts []*target, o *options) {
 				}
 				fmt.Fprintf(tw, "%s\t", cell)
 			}
-			for _, n := range others {
-				if t.only == nil || t.only(n) {
-					fmt.Fprintf(tw, "%s\t", quotient(sum[i]["router"], sum[i][n], t.value))
+			for _, q := range pairs {
+				if t.only == nil || (t.only(q[0]) && t.only(q[1])) {
+					fmt.Fprintf(tw, "%s\t", quotient(sum[i][q[0]], sum[i][q[1]], t.value))
 				}
 			}
 			fmt.Fprintln(tw)
@@ -318,6 +324,75 @@ func printTargets(m *matrix, sum []map[string]summary) {
 		}
 	}
 	fmt.Printf("targets met: %d of %d judged\n", met, judged)
+	printLikeForLike(m, sum)
+}
+
+// printLikeForLike compares the proxies where they do the same work, which
+// the targets do not: PgBouncer sends everything to the primary,
+// the router reads from the two standbys, and on this one machine the
+// standbys add no cores, only a second server's caches to keep warm (see
+// direct-standbys against direct). Not the targets: they explain
+// them.
+func printLikeForLike(m *matrix, sum []map[string]summary) {
+	type check struct {
+		what       string
+		a, b, c, d string // a/b >= c/d; c, d empty: a/b >= 1
+		info       bool   // only print a/b
+	}
+	checks := []check{
+		{"router-nolb tps >= 1.0x pgbouncer (both: all to the primary)", "router-nolb", "pgbouncer", "", "", false},
+		{"router/direct-standbys >= pgbouncer/direct (share of the servers' own tps)", "router", "direct-standbys", "pgbouncer", "direct", false},
+		{"direct-standbys tps vs direct (what spreading reads costs here)", "direct-standbys", "direct", "", "", true},
+	}
+	var lines []string
+	met, judged := 0, 0
+	for i, c := range m.cells {
+		if c.workload != "select" || c.connect || c.clients < targetBusyClients {
+			continue
+		}
+		s := sum[i]
+		for _, ch := range checks {
+			names := []string{ch.a, ch.b, ch.c, ch.d}
+			okAll := true
+			for _, n := range names {
+				if n != "" && !s[n].ok {
+					okAll = false
+				}
+			}
+			if !okAll {
+				continue
+			}
+			q := s[ch.a].tps / s[ch.b].tps
+			if ch.c == "" {
+				if ch.info {
+					lines = append(lines, fmt.Sprintf("  %-72s %-28s       %.2fx (%.0f vs %.0f tps)", ch.what, c.label(), q, s[ch.a].tps, s[ch.b].tps))
+					continue
+				}
+				v := "FAIL"
+				if q >= 1 {
+					v, met = "PASS", met+1
+				}
+				judged++
+				lines = append(lines, fmt.Sprintf("  %-72s %-28s %s  %.2fx (%.0f vs %.0f tps)", ch.what, c.label(), v, q, s[ch.a].tps, s[ch.b].tps))
+				continue
+			}
+			r := s[ch.c].tps / s[ch.d].tps
+			v := "FAIL"
+			if q >= r {
+				v, met = "PASS", met+1
+			}
+			judged++
+			lines = append(lines, fmt.Sprintf("  %-72s %-28s %s  %.2f vs %.2f", ch.what, c.label(), v, q, r))
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Println("\n== like for like (explains the targets above; not the issue's targets)")
+	for _, l := range lines {
+		fmt.Println(l)
+	}
+	fmt.Printf("like-for-like checks met: %d of %d\n", met, judged)
 }
 
 // printProxyCounters shows what the router and pgpool-II counted: the
