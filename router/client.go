@@ -459,6 +459,9 @@ func (c *client) connect(class Class) (Backend, bool, *serverConn, error) {
 		}
 		p, cached := c.poolFor(target)
 		sc, err := p.get(r.ctx, r.cfg.QueryWaitTimeout)
+		if primary {
+			r.toPrimary.Add(-1)
+		}
 		if err == nil {
 			return target, primary, sc, nil
 		}
@@ -506,7 +509,9 @@ func (c *client) poolFor(target Backend) (*pool, bool) {
 	return p, false
 }
 
-// route picks the backend for a batch of the given class.
+// route picks the backend for a batch of the given class. For the
+// primary it returns counted in r.toPrimary: the caller subtracts once it
+// holds a server connection or gives up.
 func (c *client) route(class Class) (Backend, bool, error) {
 	r := c.r
 	v := r.view.Load()
@@ -523,25 +528,30 @@ func (c *client) route(class Class) (Backend, bool, error) {
 			return b, false, nil
 		}
 	}
-	if ch := r.holdChan(); ch != nil {
-		t := time.NewTimer(r.cfg.QueryWaitTimeout)
-		select {
-		case <-ch:
-			t.Stop()
-		case <-t.C:
-			return Backend{}, false, &authError{code: "57P03", msg: "the router held new transactions for a switchover longer than query_wait_timeout"}
-		case <-r.ctx.Done():
-			t.Stop()
-			return Backend{}, false, &authError{code: "57P01", msg: "the router is shutting down"}
+	// Counted in toPrimary before the hold check, so that Hold either
+	// sees this transaction or this check sees the hold.
+	var b Backend
+	deadline := time.Now().Add(r.cfg.QueryWaitTimeout)
+	waitedPrimary := false
+	for {
+		r.toPrimary.Add(1)
+		if ch := r.holdChan(); ch != nil {
+			r.toPrimary.Add(-1)
+			if err := r.waitResume(ch, deadline); err != nil {
+				return Backend{}, false, err
+			}
+			continue
 		}
-		v = r.view.Load()
-	}
-	b, ok := v.primaryBackend()
-	if !ok && r.cfg.PrimaryWait > 0 {
-		b, ok = r.waitPrimary()
-	}
-	if !ok {
-		return Backend{}, false, &authError{code: "57P03", msg: "no primary available: the cluster has no healthy primary right now"}
+		var ok bool
+		if b, ok = r.view.Load().primaryBackend(); ok {
+			break
+		}
+		r.toPrimary.Add(-1)
+		if waitedPrimary || r.cfg.PrimaryWait <= 0 {
+			return Backend{}, false, &authError{code: "57P03", msg: "no primary available: the cluster has no healthy primary right now"}
+		}
+		r.waitPrimary()
+		waitedPrimary = true
 	}
 	if class == ClassRead {
 		r.countSelect(b.Name)

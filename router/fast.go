@@ -228,11 +228,16 @@ func (f *fastPath) startQuery() {
 	}
 	toStandby := ok
 	if !ok {
+		// Counted before the hold check (see Router.toPrimary); acquire
+		// and poolTurn subtract.
+		r.toPrimary.Add(1)
 		if r.holdChan() != nil {
+			r.toPrimary.Add(-1)
 			f.handBack(fastResult{})
 			return
 		}
 		if target, ok = v.primaryBackend(); !ok {
+			r.toPrimary.Add(-1)
 			f.handBack(fastResult{})
 			return
 		}
@@ -245,6 +250,9 @@ func (f *fastPath) startQuery() {
 // queues the session (first: its turn came), or hands the session back.
 func (f *fastPath) acquire(p *pool, target Backend, toStandby bool, class Class, first bool) {
 	sc, wait := p.tryGet(f, first)
+	if !toStandby && !wait {
+		f.c.r.toPrimary.Add(-1) // a connection counted in active, or none
+	}
 	if wait {
 		f.waitPool = p
 		f.waitTarget, f.waitToStandby, f.waitClass = target, toStandby, class
@@ -502,6 +510,9 @@ func (f *fastPath) poolTurn(ev uint32) {
 		p.mu.Lock()
 		p.wakeOne()
 		p.mu.Unlock()
+	}
+	if !f.waitToStandby {
+		f.c.r.toPrimary.Add(-1) // the general path routes it again
 	}
 	f.handBack(fastResult{})
 }

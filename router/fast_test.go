@@ -1,6 +1,7 @@
 package router_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -607,6 +608,47 @@ func testFastPath(t *testing.T, cl *cluster) {
 				t.Errorf("pool %s has %d connections, more than pool_size %d", p.Backend, p.Total, cfg.PoolSize)
 			}
 		}
+		waitPoolsIdle(t, tr)
+	})
+
+	t.Run("QueueForPrimaryThenHold", func(t *testing.T) {
+		// Writes queue for the primary's two connections on the fast
+		// path; each one is counted on its way to the primary until it
+		// holds a connection (Router.Hold waits for those), and none is
+		// left counted afterwards: Hold returns at once.
+		before := tr.Snapshot()
+		var wg sync.WaitGroup
+		errs := make(chan error, 6)
+		for i := range 6 {
+			c := connect(t, tr.rw, trustUser, "")
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx := testContext(t)
+				for j := range 10 {
+					var n int
+					err := c.QueryRow(ctx, "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) SELECT 1, 1, $1::int, 0, now() FROM pg_sleep(0.01) RETURNING aid", simple, i*100+j).Scan(&n)
+					if err != nil || n != i*100+j {
+						errs <- fmt.Errorf("session %d write %d: %d %v", i, j, n, err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		if after := tr.Snapshot(); after.PoolWaits == before.PoolWaits {
+			t.Error("no write queued for a connection to the primary")
+		}
+		ctx, cancel := context.WithTimeout(testContext(t), 5*time.Second)
+		defer cancel()
+		if err := tr.Hold(ctx); err != nil {
+			t.Errorf("Hold after the writes: %v", err)
+		}
+		tr.Resume()
 		waitPoolsIdle(t, tr)
 	})
 

@@ -278,6 +278,12 @@ type Router struct {
 
 	holdMu sync.Mutex
 	holdCh chan struct{} // non-nil while held; closed by Resume
+	// toPrimary counts transactions on their way to the primary: past the
+	// hold check, not yet holding a server connection (queued in the
+	// pool included). Hold waits for them too: a transaction that passed
+	// the check a moment before Hold would otherwise start on the old
+	// primary after Hold returned.
+	toPrimary atomic.Int64
 
 	selectCnt sync.Map // backend name -> *atomic.Int64
 	stats     Stats
@@ -553,12 +559,15 @@ func (r *Router) Hold(ctx context.Context) error {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if r.primaryActive() == 0 {
+		// toPrimary first: a transaction leaves it only once it holds a
+		// connection that primaryActive counts.
+		if r.toPrimary.Load() == 0 && r.primaryActive() == 0 {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("hold: %d server connections to the primary still in use: %w", r.primaryActive(), ctx.Err())
+			return fmt.Errorf("hold: %d server connections to the primary still in use, %d transactions on their way to it: %w",
+				r.primaryActive(), r.toPrimary.Load(), ctx.Err())
 		case <-tick.C:
 		}
 	}
@@ -609,6 +618,20 @@ func (r *Router) waitViewChange(deadline time.Time) {
 	case <-ch:
 	case <-t.C:
 	case <-r.ctx.Done():
+	}
+}
+
+// waitResume waits until the hold ch ends (Resume), at most until deadline.
+func (r *Router) waitResume(ch chan struct{}, deadline time.Time) error {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-ch:
+		return nil
+	case <-t.C:
+		return &authError{code: "57P03", msg: "the router held new transactions for a switchover longer than query_wait_timeout"}
+	case <-r.ctx.Done():
+		return &authError{code: "57P01", msg: "the router is shutting down"}
 	}
 }
 
