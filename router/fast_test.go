@@ -574,28 +574,7 @@ func testFastPath(t *testing.T, cl *cluster) {
 		// Six sessions, two connections per pool: fast-path sessions
 		// wait their turn in the pool's queue, in order, and all finish.
 		before := tr.Snapshot()
-		var wg sync.WaitGroup
-		errs := make(chan error, 6)
-		for i := range 6 {
-			c := connect(t, tr.ro, trustUser, "")
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				ctx := testContext(t)
-				for j := range 15 {
-					var n int
-					if err := c.QueryRow(ctx, "SELECT $1::int FROM pg_sleep(0.01)", simple, i*100+j).Scan(&n); err != nil || n != i*100+j {
-						errs <- fmt.Errorf("session %d query %d: %d %v", i, j, n, err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
+		concurrentSessions(t, tr.ro, 6, 15, "SELECT $1::int FROM pg_sleep(0.01)")
 		after := tr.Snapshot()
 		if after.PoolWaits == before.PoolWaits {
 			t.Error("no session queued for a connection")
@@ -617,29 +596,7 @@ func testFastPath(t *testing.T, cl *cluster) {
 		// holds a connection (Router.Hold waits for those), and none is
 		// left counted afterwards: Hold returns at once.
 		before := tr.Snapshot()
-		var wg sync.WaitGroup
-		errs := make(chan error, 6)
-		for i := range 6 {
-			c := connect(t, tr.rw, trustUser, "")
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				ctx := testContext(t)
-				for j := range 10 {
-					var n int
-					err := c.QueryRow(ctx, "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) SELECT 1, 1, $1::int, 0, now() FROM pg_sleep(0.01) RETURNING aid", simple, i*100+j).Scan(&n)
-					if err != nil || n != i*100+j {
-						errs <- fmt.Errorf("session %d write %d: %d %v", i, j, n, err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
+		concurrentSessions(t, tr.rw, 6, 10, "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) SELECT 1, 1, $1::int, 0, now() FROM pg_sleep(0.01) RETURNING aid")
 		if after := tr.Snapshot(); after.PoolWaits == before.PoolWaits {
 			t.Error("no write queued for a connection to the primary")
 		}
@@ -729,4 +686,33 @@ func primaryConnects(s router.StatsSnapshot) int64 {
 		}
 	}
 	return n
+}
+
+// concurrentSessions runs sql, which takes an int and returns it, count
+// times in each of n sessions at once through addr (simple protocol), and
+// checks every answer.
+func concurrentSessions(t *testing.T, addr string, n, count int, sql string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		c := connect(t, addr, trustUser, "")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := testContext(t)
+			for j := range count {
+				var got int
+				if err := c.QueryRow(ctx, sql, pgx.QueryExecModeSimpleProtocol, i*100+j).Scan(&got); err != nil || got != i*100+j {
+					errs <- fmt.Errorf("session %d statement %d: %d %v", i, j, got, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 }

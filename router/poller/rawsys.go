@@ -14,28 +14,15 @@ import (
 // 20 µs polling rate and sometimes hand the P to another thread: measured
 // on the -S benchmark, about one extra thread sleep and wake-up in ten
 // transactions.
-func rawRead(fd int, b []byte) (int, error) {
-	var p unsafe.Pointer
-	if len(b) > 0 {
-		p = unsafe.Pointer(&b[0])
-	} else {
-		p = unsafe.Pointer(&zero)
-	}
-	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(p), uintptr(len(b)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
+func rawRead(fd int, b []byte) (int, error)  { return rawIO(unix.SYS_READ, fd, b) }
+func rawWrite(fd int, b []byte) (int, error) { return rawIO(unix.SYS_WRITE, fd, b) }
 
-func rawWrite(fd int, b []byte) (int, error) {
-	var p unsafe.Pointer
+func rawIO(trap uintptr, fd int, b []byte) (int, error) {
+	p := unsafe.Pointer(&zero)
 	if len(b) > 0 {
 		p = unsafe.Pointer(&b[0])
-	} else {
-		p = unsafe.Pointer(&zero)
 	}
-	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(p), uintptr(len(b)))
+	n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(p), uintptr(len(b)))
 	if e != 0 {
 		return 0, e
 	}
