@@ -47,7 +47,7 @@ type options struct {
 	clients        []int
 	workloads      []string // "select", "tpcb"
 	protocols      []string // "simple", "prepared"
-	targets        []string // "direct", "direct-standbys", "pgbouncer", "pgpool", "router-nolb", "router"
+	targets        []string // allTargets, or some of them
 	connectClients int      // clients of the -C cell; 0 skips it
 	poolSize       int      // pgbouncer default_pool_size and router PoolSize
 	auth           string   // "trust" or "md5", for every proxy and the servers
@@ -100,7 +100,7 @@ func (o *options) validate() error {
 	}
 	for _, t := range o.targets {
 		if !isTarget(t) {
-			return fmt.Errorf("-targets %q: want direct, pgbouncer, pgpool or router", t)
+			return fmt.Errorf("-targets %q: want some of %s", t, strings.Join(allTargets, ", "))
 		}
 	}
 	return nil

@@ -16,12 +16,13 @@ import (
 	"github.com/pgha/pgha/router"
 )
 
-// Target names, in the order the report lists them. Two are there to
+// Target names, in the order the report lists them. Three are there to
 // explain the others on this one machine, where the standbys add no CPU:
-// direct-standbys is what reading from both standbys costs without a proxy,
-// router-nolb the router with load balancing off, everything to the
-// primary as PgBouncer does.
-var allTargets = []string{"direct", "direct-standbys", "pgbouncer", "pgpool", "router-nolb", "router"}
+// direct-standbys against direct-standby1 is what spreading reads over two
+// servers costs without a proxy (the same clients and pgbench processes,
+// two servers instead of one), router-nolb the router with load balancing
+// off, everything to the primary as PgBouncer does.
+var allTargets = []string{"direct", "direct-standby1", "direct-standbys", "pgbouncer", "pgpool", "router-nolb", "router"}
 
 func isTarget(name string) bool { return slices.Contains(allTargets, name) }
 
@@ -32,7 +33,7 @@ func isDirect(name string) bool { return strings.HasPrefix(name, "direct") }
 type target struct {
 	name  string
 	port  int
-	split []int // direct-standbys: the ports the clients are split over
+	split []int // direct-standby1, direct-standbys: the ports the clients are split over
 	// readOnly: only the select-only cells run (standbys refuse writes).
 	readOnly bool
 	proc     *proc  // nil for direct
@@ -64,6 +65,9 @@ func startTargets(ctx context.Context, td *teardown, dir string, t *tools, cl *c
 		case "direct":
 			tg = &target{name: name, port: cl.nodes[0].port,
 				setup: "the primary itself: one server process per client connection"}
+		case "direct-standby1":
+			tg = &target{name: name, port: cl.nodes[1].port, split: []int{cl.nodes[1].port, cl.nodes[1].port}, readOnly: true,
+				setup: "standby1 itself, the clients split as for direct-standbys (two pgbench side by side, both to standby1); select-only cells only"}
 		case "direct-standbys":
 			tg = &target{name: name, port: cl.nodes[1].port, split: []int{cl.nodes[1].port, cl.nodes[2].port}, readOnly: true,
 				setup: "the two standbys themselves, half the clients each (one pgbench per standby, side by side); select-only cells only"}
