@@ -663,7 +663,12 @@ func (r *Router) primaryActive() int64 {
 }
 
 func (r *Router) countSelect(name string) {
-	v, _ := r.selectCnt.LoadOrStore(name, new(atomic.Int64))
+	v, ok := r.selectCnt.Load(name)
+	if !ok {
+		// Only the first count of a backend allocates: LoadOrStore would
+		// box name and allocate a counter on every call.
+		v, _ = r.selectCnt.LoadOrStore(name, new(atomic.Int64))
+	}
 	v.(*atomic.Int64).Add(1)
 }
 
