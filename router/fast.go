@@ -526,29 +526,41 @@ func (f *fastPath) readServer() {
 		f.serverPending = true // the client must take what it has first
 		return
 	}
-	mr := f.sc.mr
+	switch err := readAvailable(f.scc, f.sc.mr, f.serverHup, f.relayBuffered); {
+	case errors.Is(err, errBufferFull):
+		f.handBackInFlight(nil) // one message larger than the buffer: the general path streams it
+	case err != nil:
+		f.lost(err)
+	}
+}
+
+// errBufferFull: readAvailable found no room left in the msgReader.
+var errBufferFull = errors.New("message larger than the read buffer")
+
+// readAvailable reads what conn's socket holds into mr, calling parse
+// after each read, until the socket is empty (EAGAIN, or a short read when
+// no end was reported: hup) or parse returns false (it finished, or gave
+// the connection away). The serving event loop's one read loop, for the
+// fast path and lsnFetch.
+func readAvailable(conn *poller.Conn, mr *msgReader, hup bool, parse func() bool) error {
 	for {
 		sp := mr.spare()
 		if len(sp) == 0 {
-			// One message larger than the buffer: the general path
-			// streams it.
-			f.handBackInFlight(nil)
-			return
+			return errBufferFull
 		}
-		n, err := f.scc.TryRead(sp)
+		n, err := conn.TryRead(sp)
 		if errors.Is(err, poller.ErrWouldBlock) {
-			return
+			return nil
 		}
 		if err != nil {
-			f.lost(err)
-			return
+			return err
 		}
 		mr.fill(n)
-		if !f.relayBuffered() {
-			return
+		if !parse() {
+			return nil
 		}
-		if n < len(sp) && !f.serverHup {
-			return // a short read emptied the socket (when no end follows)
+		if n < len(sp) && !hup {
+			return nil // a short read emptied the socket (when no end follows)
 		}
 	}
 }

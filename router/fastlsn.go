@@ -2,7 +2,6 @@ package router
 
 import (
 	"encoding/binary"
-	"errors"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgha/pgha/router/poller"
@@ -46,32 +45,13 @@ func (l *lsnFetch) Ready(_ *poller.Conn, ev uint32) {
 	if ev&hangup != 0 {
 		l.hup = true
 	}
-	mr := l.sc.mr
-	for {
-		sp := mr.spare()
-		if len(sp) == 0 {
-			l.done(false) // an answer larger than the buffer is no LSN
-			return
-		}
-		n, err := l.scc.TryRead(sp)
-		if errors.Is(err, poller.ErrWouldBlock) {
-			return
-		}
-		if err != nil {
-			l.done(false)
-			return
-		}
-		mr.fill(n)
-		if l.parse() {
-			return
-		}
-		if n < len(sp) && !l.hup {
-			return
-		}
+	// A read error, or an answer larger than the buffer, is no LSN.
+	if err := readAvailable(l.scc, l.sc.mr, l.hup, l.parse); err != nil {
+		l.done(false)
 	}
 }
 
-// parse consumes the whole messages buffered; true once it has finished
+// parse consumes the whole messages buffered; false once it has finished
 // (done was called).
 func (l *lsnFetch) parse() bool {
 	mr := l.sc.mr
@@ -81,7 +61,7 @@ func (l *lsnFetch) parse() bool {
 		size := int(binary.BigEndian.Uint32(buf[i+1 : i+5]))
 		if size < 4 {
 			l.done(false)
-			return true
+			return false
 		}
 		if len(buf)-i < 1+size {
 			break
@@ -102,12 +82,12 @@ func (l *lsnFetch) parse() bool {
 			idle := size == 5 && body[0] == 'I'
 			mr.consume(i + 1 + size)
 			l.done(idle && l.gotLSN && !l.failed && mr.buffered() == 0)
-			return true
+			return false
 		}
 		i += 1 + size
 	}
 	mr.consume(i)
-	return false
+	return true
 }
 
 // done stores the position (unless a later write of the session asked
