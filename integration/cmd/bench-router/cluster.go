@@ -129,9 +129,9 @@ func startCluster(ctx context.Context, td *teardown, dir, binDir string, o *opti
 func instanceConfig(dir, name string, port int, binDir string, o *options, logger *slog.Logger) postgres.Config {
 	base := filepath.Join(dir, name)
 	// Every proxy keeps its server connections: pgpool-II one per child and
-	// server, PgBouncer and the router up to pool-size each, plus the direct
-	// clients.
-	maxConn := pgpoolChildren(o) + 2*o.poolSize + o.maxClients() + 30
+	// server, PgBouncer and each of the three router processes (router,
+	// router-nolb, router-standby1) up to pool-size, plus the direct clients.
+	maxConn := pgpoolChildren(o) + 4*o.poolSize + o.maxClients() + 30
 	params := map[string]string{
 		"max_connections":    strconv.Itoa(max(100, maxConn)),
 		"shared_buffers":     "128MB",

@@ -16,13 +16,15 @@ import (
 	"github.com/pgha/pgha/router"
 )
 
-// Target names, in the order the report lists them. Three are there to
+// Target names, in the order the report lists them. Four are there to
 // explain the others on this one machine, where the standbys add no CPU:
 // direct-standbys against direct-standby1 is what spreading reads over two
 // servers costs without a proxy (the same clients and pgbench processes,
-// two servers instead of one), router-nolb the router with load balancing
-// off, everything to the primary as PgBouncer does.
-var allTargets = []string{"direct", "direct-standby1", "direct-standbys", "pgbouncer", "pgpool", "router-nolb", "router"}
+// two servers instead of one), router against router-standby1 (a router
+// that knows only the primary and standby1) what it costs through the
+// router, and router-nolb is the router with load balancing off,
+// everything to the primary as PgBouncer does.
+var allTargets = []string{"direct", "direct-standby1", "direct-standbys", "pgbouncer", "pgpool", "router-nolb", "router-standby1", "router"}
 
 func isTarget(name string) bool { return slices.Contains(allTargets, name) }
 
@@ -76,9 +78,11 @@ func startTargets(ctx context.Context, td *teardown, dir string, t *tools, cl *c
 		case "pgpool":
 			tg, err = startPgpool(dir, t, cl, o)
 		case "router":
-			tg, err = startRouter(dir, cl, o, name, o.loadBalance)
+			tg, err = startRouter(dir, cl.nodes, o, name, o.loadBalance)
+		case "router-standby1":
+			tg, err = startRouter(dir, cl.nodes[:2], o, name, o.loadBalance)
 		case "router-nolb":
-			tg, err = startRouter(dir, cl, o, name, false)
+			tg, err = startRouter(dir, cl.nodes, o, name, false)
 		}
 		if err != nil {
 			return nil, err
@@ -248,8 +252,8 @@ log_per_node_statement = off
 }
 
 // startRouter runs the router in a process of its own: this binary,
-// re-executed with -serve-router.
-func startRouter(dir string, cl *cluster, o *options, name string, loadBalance bool) (*target, error) {
+// re-executed with -serve-router, in front of nodes.
+func startRouter(dir string, nodes []*node, o *options, name string, loadBalance bool) (*target, error) {
 	d := filepath.Join(dir, name)
 	port, err := freePort()
 	if err != nil {
@@ -267,7 +271,7 @@ func startRouter(dir string, cl *cluster, o *options, name string, loadBalance b
 		return nil, fmt.Errorf("find this binary to run the router: %w", err)
 	}
 	var backends []string
-	for _, n := range cl.nodes {
+	for _, n := range nodes {
 		backends = append(backends, fmt.Sprintf("%s=127.0.0.1:%d", n.name, n.port))
 	}
 	args := []string{serveRouterFlag,
@@ -290,6 +294,9 @@ func startRouter(dir string, cl *cluster, o *options, name string, loadBalance b
 		ryw = "read-your-writes OFF"
 	}
 	reads := "reads outside transactions to the standbys"
+	if len(nodes) == 2 {
+		reads = "reads outside transactions to standby1 (the only standby it knows)"
+	}
 	if !o.fastPath {
 		args = append(args, "-fast-path=false")
 	}

@@ -343,6 +343,7 @@ func printLikeForLike(m *matrix, sum []map[string]summary) {
 		{"router-nolb tps >= 1.0x pgbouncer (both: all to the primary)", "router-nolb", "pgbouncer", "", "", false},
 		{"router/direct-standbys >= pgbouncer/direct (share of the servers' own tps)", "router", "direct-standbys", "pgbouncer", "direct", false},
 		{"direct-standbys tps vs direct-standby1 (spreading reads over 2 servers)", "direct-standbys", "direct-standby1", "", "", true},
+		{"router tps vs router-standby1 (the same, through the router)", "router", "router-standby1", "", "", true},
 	}
 	var lines []string
 	met, judged := 0, 0
