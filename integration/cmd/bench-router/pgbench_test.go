@@ -1,6 +1,9 @@
 package main
 
-import "testing"
+import (
+	"math"
+	"testing"
+)
 
 func TestParsePgbench(t *testing.T) {
 	tests := []struct {
@@ -101,5 +104,27 @@ func TestAddUp(t *testing.T) {
 	}
 	if bad := addUp([]result{{tps: 1, xacts: 1}, {err: "boom"}}); bad.ok() {
 		t.Error("a failed part must fail the whole run")
+	}
+}
+
+func TestPairedRatio(t *testing.T) {
+	// The machine slowed down in round 2 for b and in round 3 for a: the
+	// quotient of the medians (220/200) says 1.10, every round but one
+	// says 0.91.
+	as := []result{{tps: 100}, {tps: 220}, {tps: 300}}
+	bs := []result{{tps: 110}, {tps: 200}, {tps: 330}}
+	got, ok := pairedRatio(as, bs)
+	if !ok || math.Abs(got-100.0/110) > 1e-9 {
+		t.Errorf("pairedRatio = %v, %v; want %v, true", got, ok, 100.0/110)
+	}
+	if _, ok := pairedRatio(as, bs[:2]); ok {
+		t.Error("rounds of different counts paired")
+	}
+	failed := []result{{tps: 110}, {err: "pgbench: exit status 2"}, {tps: 330}}
+	if _, ok := pairedRatio(as, failed); ok {
+		t.Error("a failed round paired")
+	}
+	if _, ok := pairedRatio(nil, nil); ok {
+		t.Error("no rounds paired")
 	}
 }

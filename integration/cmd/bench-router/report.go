@@ -153,6 +153,25 @@ func summarize(rs []result) summary {
 	return s
 }
 
+// pairedRatio is the median over rounds of a's tps over b's in the same
+// round. The two ran within a minute of each other, so drift of the machine
+// over a long run (it may be shared) cancels out of each quotient, which it
+// does not from a quotient of the two medians. ok is false unless every
+// round of both worked.
+func pairedRatio(as, bs []result) (float64, bool) {
+	if len(as) == 0 || len(as) != len(bs) {
+		return 0, false
+	}
+	q := make([]float64, 0, len(as))
+	for k := range as {
+		if !as[k].ok() || !bs[k].ok() || bs[k].tps == 0 {
+			return 0, false
+		}
+		q = append(q, as[k].tps/bs[k].tps)
+	}
+	return median(q), true
+}
+
 func median(v []float64) float64 {
 	v = slices.Clone(v)
 	sort.Float64s(v)
@@ -365,8 +384,12 @@ func printLikeForLike(m *matrix, sum []map[string]summary) {
 			}
 			q := s[ch.a].tps / s[ch.b].tps
 			if ch.c == "" {
+				paired := ""
+				if p, ok := pairedRatio(m.runs[i][ch.a], m.runs[i][ch.b]); ok && len(m.runs[i][ch.a]) > 1 {
+					paired = fmt.Sprintf("; per-round median %.2fx", p)
+				}
 				if ch.info {
-					lines = append(lines, fmt.Sprintf("  %-72s %-28s       %.2fx (%.0f vs %.0f tps)", ch.what, c.label(), q, s[ch.a].tps, s[ch.b].tps))
+					lines = append(lines, fmt.Sprintf("  %-72s %-28s       %.2fx (%.0f vs %.0f tps%s)", ch.what, c.label(), q, s[ch.a].tps, s[ch.b].tps, paired))
 					continue
 				}
 				v := "FAIL"
@@ -374,7 +397,7 @@ func printLikeForLike(m *matrix, sum []map[string]summary) {
 					v, met = "PASS", met+1
 				}
 				judged++
-				lines = append(lines, fmt.Sprintf("  %-72s %-28s %s  %.2fx (%.0f vs %.0f tps)", ch.what, c.label(), v, q, s[ch.a].tps, s[ch.b].tps))
+				lines = append(lines, fmt.Sprintf("  %-72s %-28s %s  %.2fx (%.0f vs %.0f tps%s)", ch.what, c.label(), v, q, s[ch.a].tps, s[ch.b].tps, paired))
 				continue
 			}
 			r := s[ch.c].tps / s[ch.d].tps
