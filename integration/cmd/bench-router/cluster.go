@@ -129,9 +129,15 @@ func startCluster(ctx context.Context, td *teardown, dir, binDir string, o *opti
 func instanceConfig(dir, name string, port int, binDir string, o *options, logger *slog.Logger) postgres.Config {
 	base := filepath.Join(dir, name)
 	// Every proxy keeps its server connections: pgpool-II one per child and
-	// server, PgBouncer and each of the three router processes (router,
-	// router-nolb, router-standby1) up to pool-size, plus the direct clients.
-	maxConn := pgpoolChildren(o) + 4*o.poolSize + o.maxClients() + 30
+	// server, PgBouncer and each router process up to pool-size, plus the
+	// direct clients.
+	pools := 0
+	for _, t := range o.targets {
+		if t == "pgbouncer" || strings.HasPrefix(t, "router") {
+			pools++
+		}
+	}
+	maxConn := pgpoolChildren(o) + pools*o.poolSize + o.maxClients() + 30
 	params := map[string]string{
 		"max_connections":    strconv.Itoa(max(100, maxConn)),
 		"shared_buffers":     "128MB",

@@ -293,10 +293,11 @@ func startRouter(dir string, nodes []*node, o *options, name string, loadBalance
 		args = append(args, "-read-your-writes=false")
 		ryw = "read-your-writes OFF"
 	}
-	reads := "reads outside transactions to the standbys"
-	if len(nodes) == 2 {
-		reads = "reads outside transactions to standby1 (the only standby it knows)"
+	var standbys []string
+	for _, n := range nodes[1:] {
+		standbys = append(standbys, n.name)
 	}
+	reads := "reads outside transactions to " + strings.Join(standbys, " and ")
 	if !o.fastPath {
 		args = append(args, "-fast-path=false")
 	}
