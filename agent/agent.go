@@ -61,8 +61,11 @@ type Agent struct {
 	// writableEpoch is the epoch in which this agent last had its PostgreSQL
 	// running as the primary; if it is down in that same epoch, it crashed
 	// or was fenced, and starting it again is a restart the leader may refuse.
-	writableEpoch  atomic.Uint64
-	started        time.Time    // when Run began (the fence clock starts here)
+	writableEpoch atomic.Uint64
+	started       time.Time // when Run began (the fence clock starts here)
+	// acted: the reconcile loop has caught up with the Raft log and taken
+	// its first step on PostgreSQL since Run began (Observation.StartingUp).
+	acted          atomic.Bool
 	rolesPID       int          // the postmaster whose roles were last ensured (reconcile loop only)
 	rewindFailures int          // consecutive failed pg_rewind runs (reconcile loop only)
 	syncedAt       time.Time    // when the FSM last had all the leader had committed (reconcile loop only)

@@ -49,6 +49,11 @@ type Inputs struct {
 	// EpochSince is when the leader first saw the current epoch: a primary
 	// just named is given time to be promoted before it is judged.
 	EpochSince time.Time
+	// StartingUpSince is when this leader first saw the primary's agent
+	// report that it is starting up (Observation.StartingUp) in this epoch;
+	// zero if it has not. It bounds how long a starting agent holds back a
+	// failover, so one that restarts over and over cannot hold it forever.
+	StartingUpSince time.Time
 }
 
 // syncMark: since At, the primary's synchronous_standby_names has named only
@@ -172,6 +177,11 @@ func primaryFailed(in Inputs) (bool, string) {
 			return false, fmt.Sprintf("primary %s is starting PostgreSQL", p)
 		case !in.EpochSince.IsZero() && in.Now.Sub(in.EpochSince) < startGrace(in.Policy):
 			return false, fmt.Sprintf("primary %s was named for epoch %d moments ago and is being promoted", p, st.Epoch)
+		case o.obs.StartingUp && !in.StartingUpSince.IsZero() && in.Now.Sub(in.StartingUpSince) < startGrace(in.Policy):
+			// A restart of every agent: the primary's agent waits for a
+			// Raft leader before it may ask to start its PostgreSQL, and
+			// the leader it waits for must not fail it over meanwhile.
+			return false, fmt.Sprintf("primary %s's agent has just started: it starts PostgreSQL once it has caught up with the Raft log", p)
 		}
 		if pg.Running {
 			return true, fmt.Sprintf("PostgreSQL on %s runs in recovery but %s is the committed primary", p, p)

@@ -32,6 +32,13 @@ func obsAt(at time.Time, pg postgres.Status) memberView {
 	return memberView{reachable: true, lastSeen: at, obs: Observation{DataDir: "valid", Postgres: pg}}
 }
 
+// startingUp is a member whose agent has just started and not yet acted.
+func startingUp(at time.Time, pg postgres.Status) memberView {
+	v := obsAt(at, pg)
+	v.obs.StartingUp = true
+	return v
+}
+
 func state3(sync ...string) consensus.State {
 	return consensus.State{ClusterID: "c", SystemID: 7, Members: members("n1", "n2", "n3"), Primary: "n1", Epoch: 4, SyncStandbys: sync}
 }
@@ -45,6 +52,7 @@ func TestDecideFailover(t *testing.T) {
 		obs        map[string]memberView
 		answers    *bool
 		permits    map[string]time.Time
+		startingUp time.Time // Inputs.StartingUpSince
 		policy     func(*Policy)
 		wantPromo  string // "" = no promotion
 		wantInWait string // substring of Plan.Waiting when nothing is promoted
@@ -133,6 +141,30 @@ func TestDecideFailover(t *testing.T) {
 			wantInWait: "starting PostgreSQL",
 		},
 		{
+			// Every agent restarted: the primary's agent answers but
+			// cannot ask for its permit until a Raft leader has caught it
+			// up, and that leader is the one deciding now.
+			name:       "primary's agent has just started, its PostgreSQL not yet: wait",
+			state:      state3("n2"),
+			obs:        map[string]memberView{"n1": startingUp(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			startingUp: now.Add(-2 * time.Second),
+			wantInWait: "has just started",
+		},
+		{
+			name:       "primary's agent starting up for longer than the grace: promote",
+			state:      state3("n2"),
+			obs:        map[string]memberView{"n1": startingUp(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			startingUp: now.Add(-time.Minute),
+			wantPromo:  "n2",
+		},
+		{
+			name:       "a start-up seen earlier does not cover a crash after it: promote",
+			state:      state3("n2"),
+			obs:        map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			startingUp: now.Add(-2 * time.Second),
+			wantPromo:  "n2",
+		},
+		{
 			name:      "old permit expired: promote",
 			state:     state3("n2"),
 			obs:       map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
@@ -188,7 +220,7 @@ func TestDecideFailover(t *testing.T) {
 			if c.policy != nil {
 				c.policy(&p)
 			}
-			plan := decide(Inputs{State: c.state, Observations: c.obs, Now: now, Self: "n2", Policy: p, PrimaryAnswers: c.answers, Permits: c.permits, LeaderSince: now.Add(-time.Hour)})
+			plan := decide(Inputs{State: c.state, Observations: c.obs, Now: now, Self: "n2", Policy: p, PrimaryAnswers: c.answers, Permits: c.permits, StartingUpSince: c.startingUp, LeaderSince: now.Add(-time.Hour)})
 			var promoted string
 			for _, d := range plan.Decisions {
 				if d.Command.Type == consensus.CmdPromote {

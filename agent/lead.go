@@ -26,7 +26,8 @@ type leader struct {
 	switchoverOf    consensus.Switchover
 	epochSeen       uint64
 	epochSince      time.Time
-	waiting         string // why the last pass committed nothing, if it waited
+	startingUpSince time.Time // when the primary's agent was first seen starting up in epochSeen
+	waiting         string    // why the last pass committed nothing, if it waited
 }
 
 // leadLoop runs the leader's policy every health_interval, and at once when
@@ -125,10 +126,11 @@ func (a *Agent) leadOnce(ctx context.Context) {
 	if l.permitEpoch != st.Epoch {
 		l.permits, l.permitEpoch = map[string]time.Time{}, st.Epoch
 	}
-	// A permit covers one start: once the primary runs, it no longer holds
-	// back a failover.
+	// A permit covers one start, and so does a start-up of the agent: once
+	// the primary runs, neither holds back a failover.
 	if p, ok := obs[st.Primary]; ok && p.reachable && p.obs.Postgres.Running && !p.obs.Postgres.InRecovery {
 		delete(l.permits, st.Primary)
+		l.startingUpSince = time.Time{}
 	}
 	in.Permits = l.permits
 	a.updateSyncMark(st, obs)
@@ -145,8 +147,13 @@ func (a *Agent) leadOnce(ctx context.Context) {
 			since = time.Time{}
 		}
 		l.epochSeen, l.epochSince = st.Epoch, since
+		l.startingUpSince = time.Time{}
 	}
 	in.EpochSince = l.epochSince
+	if p, ok := obs[st.Primary]; ok && p.reachable && p.obs.StartingUp && l.startingUpSince.IsZero() {
+		l.startingUpSince = time.Now()
+	}
+	in.StartingUpSince = l.startingUpSince
 
 	plan := decide(in)
 	if plan.Waiting != l.waiting {

@@ -26,6 +26,11 @@ type Observation struct {
 	Activity  string    `json:"activity,omitempty"`
 	Problem   string    `json:"problem,omitempty"` // what stops the agent converging, in words
 	Fenced    bool      `json:"fenced,omitempty"`
+	// StartingUp: this agent has started but has not yet acted on its
+	// PostgreSQL. Until it has caught up with the Raft log it cannot ask
+	// for a start permit, so a PostgreSQL that is not running says nothing
+	// about a crash (a restart of every agent stops every PostgreSQL).
+	StartingUp bool `json:"starting_up,omitempty"`
 	// StoppedLSN is where the WAL of a cleanly stopped PostgreSQL ends (its
 	// shutdown checkpoint); zero when running or not cleanly stopped.
 	StoppedLSN postgres.LSN `json:"stopped_lsn,omitempty"`
@@ -140,15 +145,16 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 	}
 	activity, problem := a.status()
 	o := Observation{
-		Name:      a.cfg.Name,
-		At:        time.Now(),
-		RaftState: a.node.RaftState(),
-		Epoch:     a.node.State().Epoch,
-		DataDir:   dir,
-		Activity:  activity,
-		Problem:   problem,
-		Fenced:    a.fenced(),
-		Postgres:  a.pgStatus(ctx),
+		Name:       a.cfg.Name,
+		At:         time.Now(),
+		RaftState:  a.node.RaftState(),
+		Epoch:      a.node.State().Epoch,
+		DataDir:    dir,
+		Activity:   activity,
+		Problem:    problem,
+		Fenced:     a.fenced(),
+		StartingUp: !a.acted.Load(),
+		Postgres:   a.pgStatus(ctx),
 	}
 	if o.Postgres.Running && !o.Postgres.InRecovery {
 		o.TimelineHistory = a.history.get(a, o.Postgres.Timeline)

@@ -89,6 +89,10 @@ func (a *Agent) reconcileOnce(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("inspect postgres.data_dir: %w", err)
 	}
+	// Whatever this first step does, asking for a start permit included,
+	// it is done when it returns: from then on a stopped PostgreSQL on the
+	// committed primary is the leader's to judge.
+	defer a.acted.Store(true)
 	if dds == postgres.DataDirInvalid {
 		return fmt.Errorf("postgres.data_dir %s is not empty and not a PostgreSQL data directory; pgha never touches it: move it away or fix postgres.data_dir", a.cfg.Postgres.DataDir)
 	}
