@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -387,5 +388,66 @@ func TestNetCluster(t *testing.T) {
 		}
 		t.Logf("flapped %s's link %d times", h.Name, len(cuts))
 		s.finish()
+	})
+
+	// Every agent restarts, and the primary's agent comes up answering its
+	// own REST API but unable to reach the others' (nor their Raft ports,
+	// so it cannot lead): it follows the Raft log but can neither check
+	// that it has caught up nor ask for its start permit, the moment after
+	// a cluster-wide restart stretched until the test lifts the block. The
+	// new leader sees it answer with its PostgreSQL stopped: it must wait
+	// for it, not fail over a primary that is starting.
+	must(t, "restart of every agent while the primary's agent cannot reach the others yet: no failover", func(t *testing.T) {
+		v := awaitHealthy(t, c)
+		p := c.Host(netcluster.Primary(v))
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		for _, h := range c.Hosts {
+			if err := c.StopAgent(ctx, h); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Policy routing by destination port, for what p sends only: the
+		// answers of p's own API and Raft listeners still go out.
+		block := func(verb string) error {
+			for _, port := range []int{netcluster.APIPort, netcluster.RaftPort} {
+				if _, err := p.Node.Run("ip", "rule", verb, "ipproto", "tcp", "dport", fmt.Sprint(port), "prohibit"); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if err := block("add"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = block("del") })
+		if err := c.StartAll(); err != nil {
+			t.Fatal(err)
+		}
+		var w agent.ClusterView
+		waitFor(t, 60*time.Second, "the new leader to wait for "+p.Name+"'s agent (or to fail it over)", func() (bool, string) {
+			var err error
+			if w, err = c.View(ctx); err != nil {
+				return false, err.Error()
+			}
+			// An agent that has not replayed the Raft log yet knows no
+			// leader and shows epoch 0: only a leader's view counts.
+			if w.RaftLeader == "" {
+				return false, netcluster.Describe(w)
+			}
+			waits := w.RaftLeader != p.Name && strings.Contains(w.Waiting, "has just started")
+			return waits || w.Epoch > v.Epoch, fmt.Sprintf("%s; leader waiting: %q", netcluster.Describe(w), w.Waiting)
+		})
+		if w.Epoch > v.Epoch {
+			t.Fatalf("the new leader failed over %s while its agent was starting: %s", p.Name, netcluster.Describe(w))
+		}
+		t.Logf("leader %s: %s", w.RaftLeader, w.Waiting)
+		if err := block("del"); err != nil {
+			t.Fatal(err)
+		}
+		after := awaitHealthy(t, c)
+		if netcluster.Primary(after) != p.Name || after.Epoch != v.Epoch {
+			t.Fatalf("after the restart: %s; before: primary %s, epoch %d", netcluster.Describe(after), p.Name, v.Epoch)
+		}
 	})
 }
