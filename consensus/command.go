@@ -55,9 +55,24 @@ type (
 	RemoveMemberData struct {
 		Name string `json:"name"`
 	}
+	// PromoteData is version 2 of the promote payload. Version 1 had only
+	// Primary and Epoch; it decodes into this type with the rest zero.
 	PromoteData struct {
 		Primary string `json:"primary"`
 		Epoch   uint64 `json:"epoch"`
+		// SyncStandbys is the synchronous set of the new epoch, committed
+		// with the promotion: the new primary writes it into
+		// synchronous_standby_names before it is promoted, so it never
+		// acknowledges a commit that no member of a recorded set holds, and
+		// a survivor of the set can be promoted if it fails at once.
+		// nil (version 1): the old set minus the new primary.
+		SyncStandbys []string `json:"sync_standbys"`
+		// Timeline is the PostgreSQL timeline the new primary must take:
+		// one above every timeline any earlier promotion took (State.Timeline),
+		// so two primaries never share a timeline ID even when the history
+		// file of a short-lived timeline never reached the next candidate.
+		// 0 (version 1): not reserved.
+		Timeline uint32 `json:"timeline,omitempty"`
 	}
 	SetPausedData struct {
 		Paused bool `json:"paused"`
@@ -93,7 +108,16 @@ func RemoveMember(name string) Command {
 
 // Promote makes name the primary at epoch, which must be the current Epoch+1.
 func Promote(name string, epoch uint64) Command {
-	return Command{CmdPromote, CurrentVersion, PromoteData{Primary: name, Epoch: epoch}}
+	return PromoteWith(name, epoch, nil, 0)
+}
+
+// PromoteVersion is the payload version of PromoteWith's commands.
+const PromoteVersion = 2
+
+// PromoteWith promotes name for epoch with the synchronous set of the new
+// epoch and the timeline it reserves (see PromoteData).
+func PromoteWith(name string, epoch uint64, syncStandbys []string, timeline uint32) Command {
+	return Command{CmdPromote, PromoteVersion, PromoteData{Primary: name, Epoch: epoch, SyncStandbys: syncStandbys, Timeline: timeline}}
 }
 
 // SetPaused turns automatic failover off (true) or on (false).

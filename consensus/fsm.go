@@ -37,7 +37,7 @@ var commands = map[CommandType]commandSpec{
 	CmdSetSystemID:     v1(applySetSystemID),
 	CmdUpsertMember:    v1(applyUpsertMember),
 	CmdRemoveMember:    v1(applyRemoveMember),
-	CmdPromote:         v1(applyPromote),
+	CmdPromote:         promoteSpec(),
 	CmdSetPaused:       v1(applySetPaused),
 	CmdSetSyncStandbys: v1(applySetSyncStandbys),
 	CmdSetSwitchover:   v1(applySetSwitchover),
@@ -64,6 +64,31 @@ func v1[T any](apply func(*State, T) error) commandSpec {
 			return apply(s, d)
 		},
 	}
+}
+
+// promoteSpec accepts version 1 (primary and epoch) and version 2 (with the
+// new epoch's synchronous set and reserved timeline); both decode into
+// PromoteData.
+func promoteSpec() commandSpec {
+	spec := v1(applyPromote)
+	spec.decoders[2] = func(raw json.RawMessage) (any, error) {
+		var d PromoteData
+		if err := strictUnmarshal(raw, &d); err != nil {
+			return nil, err
+		}
+		return d, nil
+	}
+	spec.decoders[1] = func(raw json.RawMessage) (any, error) {
+		var d struct {
+			Primary string `json:"primary"`
+			Epoch   uint64 `json:"epoch"`
+		}
+		if err := strictUnmarshal(raw, &d); err != nil {
+			return nil, err
+		}
+		return PromoteData{Primary: d.Primary, Epoch: d.Epoch}, nil
+	}
+	return spec
 }
 
 // applyCommand applies c to s in place. On error s may be partly modified:
@@ -155,9 +180,24 @@ func applyPromote(s *State, d PromoteData) error {
 	if _, ok := s.Members[d.Primary]; !ok {
 		return refuse("promote %s: not a member", d.Primary)
 	}
+	if d.SyncStandbys != nil {
+		if err := checkSyncSet(s, d.Primary, d.SyncStandbys); err != nil {
+			return refuse("promote %s: %v", d.Primary, err)
+		}
+	}
+	if d.Timeline != 0 && d.Timeline <= s.Timeline {
+		return refuse("promote %s onto timeline %d: timelines up to %d are taken", d.Primary, d.Timeline, s.Timeline)
+	}
 	s.Primary = d.Primary
 	s.Epoch = d.Epoch
 	s.Switchover = Switchover{} // a promotion ends any switchover
+	if d.Timeline != 0 {
+		s.Timeline = d.Timeline
+	}
+	if d.SyncStandbys != nil {
+		s.SyncStandbys = slices.Clone(d.SyncStandbys)
+		return nil
+	}
 	// The new primary cannot be its own synchronous standby; the rest of the
 	// set stays until the leader commits a set for the new epoch.
 	s.SyncStandbys = slices.DeleteFunc(s.SyncStandbys, func(n string) bool { return n == d.Primary })
@@ -201,20 +241,28 @@ func applySetSyncStandbys(s *State, d SetSyncStandbysData) error {
 	if d.Epoch != s.Epoch {
 		return refuse("set sync standbys for epoch %d: current epoch is %d", d.Epoch, s.Epoch)
 	}
-	seen := make(map[string]bool, len(d.Names))
-	for _, n := range d.Names {
+	if err := checkSyncSet(s, s.Primary, d.Names); err != nil {
+		return refuse("%v", err)
+	}
+	s.SyncStandbys = slices.Clone(d.Names)
+	return nil
+}
+
+// checkSyncSet: every name a member other than the primary, none twice.
+func checkSyncSet(s *State, primary string, names []string) error {
+	seen := make(map[string]bool, len(names))
+	for _, n := range names {
 		switch {
-		case n == s.Primary:
-			return refuse("sync standby %s is the primary", n)
+		case n == primary:
+			return fmt.Errorf("sync standby %s is the primary", n)
 		case seen[n]:
-			return refuse("sync standby %s listed twice", n)
+			return fmt.Errorf("sync standby %s listed twice", n)
 		}
 		if _, ok := s.Members[n]; !ok {
-			return refuse("sync standby %s is not a member", n)
+			return fmt.Errorf("sync standby %s is not a member", n)
 		}
 		seen[n] = true
 	}
-	s.SyncStandbys = slices.Clone(d.Names)
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -270,7 +271,7 @@ func TestFSMUnknownCommands(t *testing.T) {
 		data string
 	}{
 		{"unknown type", `{"type":"frobnicate","version":1,"data":{}}`},
-		{"unknown version", `{"type":"promote","version":2,"data":{"primary":"b","epoch":2}}`},
+		{"unknown version", `{"type":"promote","version":9,"data":{"primary":"b","epoch":2}}`},
 		{"version zero", `{"type":"set_paused","version":0,"data":{"paused":true}}`},
 		{"missing type", `{"version":1,"data":{"paused":true}}`},
 		{"unknown payload field", `{"type":"set_paused","version":1,"data":{"paused":true,"force":true}}`},
@@ -318,6 +319,8 @@ func TestCommandEncodeDecodeRoundTrip(t *testing.T) {
 		UpsertMember(Member{Name: "a", RaftAddr: "r:1", APIURL: "http://a:8008", PGHost: "a", PGPort: 5432, NoFailover: true, Priority: 3}),
 		RemoveMember("a"),
 		Promote("b", 9),
+		PromoteWith("b", 9, []string{"c"}, 4),
+		PromoteWith("b", 9, []string{}, 4),
 		SetPaused(true),
 		SetSyncStandbys([]string{"b", "c"}, 4),
 		SetSyncStandbys(nil, 4),
@@ -327,7 +330,7 @@ func TestCommandEncodeDecodeRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("encode %s: %v", c.Type, err)
 		}
-		if !bytes.Contains(b, []byte(`"type":"`+string(c.Type)+`","version":1,"data":{`)) {
+		if !bytes.Contains(b, []byte(`"type":"`+string(c.Type)+`","version":`+strconv.Itoa(c.Version)+`,"data":{`)) {
 			t.Errorf("wire form of %s = %s, want the envelope", c.Type, b)
 		}
 		got, err := DecodeCommand(b)
@@ -346,7 +349,7 @@ func TestCommandEncodeRejects(t *testing.T) {
 		cmd  Command
 	}{
 		{"unknown type", Command{Type: "frobnicate", Version: 1, Data: struct{}{}}},
-		{"unknown version", Command{Type: CmdPromote, Version: 2, Data: PromoteData{Primary: "a", Epoch: 2}}},
+		{"unknown version", Command{Type: CmdPromote, Version: 9, Data: PromoteData{Primary: "a", Epoch: 2}}},
 		{"zero version", Command{Type: CmdPromote, Data: PromoteData{Primary: "a", Epoch: 2}}},
 		{"payload of another type", Command{Type: CmdSetPaused, Version: 1, Data: PromoteData{Primary: "a"}}},
 		{"nil payload", Command{Type: CmdSetPaused, Version: 1}},
@@ -566,4 +569,51 @@ func TestFSMSwitchover(t *testing.T) {
 	}
 	// A zero switchover cancels (and is harmless when none is active).
 	tf.mustApply(SetSwitchover(Switchover{}))
+}
+
+// A version-2 promotion commits the new epoch's synchronous set and reserves
+// a timeline above every earlier one; version 1 keeps the old behaviour.
+func TestFSMPromoteWithSyncSetAndTimeline(t *testing.T) {
+	tf := newTestFSM(t)
+	tf.mustApply(initialised...)
+	tf.mustApply(SetSyncStandbys([]string{"b"}, 1))
+	tf.mustApply(PromoteWith("b", 2, []string{"c"}, 2))
+	st := tf.f.state()
+	if st.Primary != "b" || st.Epoch != 2 || !reflect.DeepEqual(st.SyncStandbys, []string{"c"}) || st.Timeline != 2 {
+		t.Fatalf("after promote v2: %+v", st)
+	}
+	for _, r := range []struct {
+		name string
+		cmd  Command
+	}{
+		{"a timeline already taken", PromoteWith("c", 3, []string{"a"}, 2)},
+		{"the new primary in its own set", PromoteWith("c", 3, []string{"c"}, 3)},
+		{"a non-member in the set", PromoteWith("c", 3, []string{"z"}, 3)},
+		{"a name twice", PromoteWith("c", 3, []string{"a", "a"}, 3)},
+	} {
+		if err := tf.apply(r.cmd); !errors.Is(err, ErrRefused) {
+			t.Errorf("%s: err = %v, want ErrRefused", r.name, err)
+		}
+	}
+	if st := tf.f.state(); st.Epoch != 2 {
+		t.Fatalf("a refused promotion changed the state: %+v", st)
+	}
+	// An empty set is a set, not version 1's "keep the old one".
+	tf.mustApply(SetSyncStandbys([]string{"a"}, 2))
+	tf.mustApply(PromoteWith("c", 3, []string{}, 5))
+	if st := tf.f.state(); len(st.SyncStandbys) != 0 || st.Timeline != 5 {
+		t.Fatalf("after promote with an empty set: %+v", st)
+	}
+	// Version 1: the old set minus the new primary, the timeline untouched.
+	tf.mustApply(SetSyncStandbys([]string{"a", "b"}, 3))
+	if err := tf.applyRaw([]byte(`{"type":"promote","version":1,"data":{"primary":"a","epoch":4}}`)); err != nil {
+		t.Fatalf("promote v1: %v", err)
+	}
+	if st := tf.f.state(); !reflect.DeepEqual(st.SyncStandbys, []string{"b"}) || st.Timeline != 5 {
+		t.Fatalf("after promote v1: %+v", st)
+	}
+	// Version 1 payloads with version 2's fields are malformed.
+	if err := tf.applyRaw([]byte(`{"type":"promote","version":1,"data":{"primary":"b","epoch":5,"timeline":9}}`)); !errors.Is(err, ErrUnknownCommand) {
+		t.Errorf("v1 with a timeline: err = %v, want ErrUnknownCommand", err)
+	}
 }

@@ -26,6 +26,9 @@ type State struct {
 	Epoch        uint64            `json:"epoch"`   // bumped by every promotion; 1 after InitCluster
 	Paused       bool              `json:"paused"`
 	SyncStandbys []string          `json:"sync_standbys"`
+	// Timeline is the highest PostgreSQL timeline a promotion has reserved
+	// (PromoteData.Timeline); 0 before the first such promotion.
+	Timeline uint32 `json:"timeline,omitempty"`
 	// Switchover is a planned hand-over in progress (zero when none): the
 	// primary From stops writes cleanly, then the leader promotes To.
 	Switchover Switchover `json:"switchover,omitempty"`
