@@ -63,6 +63,7 @@ type Agent struct {
 	// or was fenced, and starting it again is a restart the leader may refuse.
 	writableEpoch atomic.Uint64
 	started       time.Time // when Run began (the fence clock starts here)
+	lease         lease     // the primary's right to be writable (lease.go)
 	// acted: the reconcile loop has caught up with the Raft log and taken
 	// its first step on PostgreSQL since Run began (Observation.StartingUp).
 	acted          atomic.Bool
@@ -186,7 +187,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){a.reconcileLoop, a.observeLoop, a.leadLoop, a.registerLoop, a.fenceLoop, a.frontLoop} {
+	for _, loop := range []func(context.Context){a.reconcileLoop, a.observeLoop, a.leadLoop, a.registerLoop, a.leaseLoop, a.fenceLoop, a.frontLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -75,32 +75,58 @@ func (a *Agent) routes() http.Handler {
 // localHealth is what the health endpoints judge: this node's PostgreSQL
 // right now and its view of the committed state.
 type localHealth struct {
-	name   string
-	pg     postgres.Status
-	st     consensus.State
-	fenced bool
+	name        string
+	pg          postgres.Status
+	st          consensus.State
+	fenced      bool
+	synchronous bool   // failover.synchronous_mode
+	diverged    string // why this standby's WAL left the primary's history ("" if it did not)
 }
 
 // primaryOK is stricter than Patroni: 200 only while this node is the
-// committed primary of the current epoch, not fenced, and its PostgreSQL
-// runs out of recovery. (Patroni answers 200 from a leader whose postmaster
-// is dead; a load balancer would then send writes nowhere.)
+// committed primary of the current epoch, holds its lease (not fenced), its
+// PostgreSQL runs out of recovery, and in synchronous mode its
+// synchronous_standby_names names only members of the committed set (DESIGN
+// "No acknowledgement without the synchronous set"). (Patroni answers 200
+// from a leader whose postmaster is dead; a load balancer would then send
+// writes nowhere.)
 func (h localHealth) primaryOK() bool {
-	return h.st.Primary == h.name && !h.fenced && h.pg.Running && !h.pg.InRecovery
+	if h.st.Primary != h.name || h.fenced || !h.pg.Running || h.pg.InRecovery {
+		return false
+	}
+	ok, _ := syncSafe(h.synchronous, h.st, h.name, h.pg.SyncStandbyNames)
+	return ok
 }
 
+// replicaOK: a running standby that replays the committed primary's WAL:
+// streaming from it, and not diverged from its timeline (DESIGN "Rewind
+// before rejoin": a standby that is not replaying the current primary's WAL
+// gets no 200 and no reads).
 func (h localHealth) replicaOK() bool {
-	return h.st.Primary != h.name && h.pg.Running && h.pg.InRecovery
+	if h.st.Primary == h.name || !h.pg.Running || !h.pg.InRecovery || h.diverged != "" {
+		return false
+	}
+	return streamsFrom(h.pg, h.st)
+}
+
+// streamsFrom reports whether a standby's WAL receiver streams from the
+// committed primary.
+func streamsFrom(pg postgres.Status, st consensus.State) bool {
+	p, ok := st.Members[st.Primary]
+	return ok && pg.Streaming && pg.UpstreamHost == p.PGHost && pg.UpstreamPort == p.PGPort
 }
 
 func (a *Agent) localHealth(ctx context.Context) localHealth {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
+	diverged, _ := a.forked.Load().(string)
 	return localHealth{
-		name:   a.cfg.Name,
-		pg:     a.pgStatus(ctx),
-		st:     a.node.State(),
-		fenced: a.fenced(),
+		name:        a.cfg.Name,
+		pg:          a.pgStatus(ctx),
+		st:          a.node.State(),
+		fenced:      a.fenced(),
+		synchronous: a.cfg.Failover.Synchronous(),
+		diverged:    diverged,
 	}
 }
 

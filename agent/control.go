@@ -23,6 +23,9 @@ type ControlRequest struct {
 	Leader    string `json:"leader,omitempty"`    // switchover: the current primary, if the caller wants to check it
 	Candidate string `json:"candidate,omitempty"` // switchover/failover: who to promote
 	Member    string `json:"member,omitempty"`    // reinit: who to re-clone
+	// Force: failover even though the old primary may still be writable,
+	// or to a candidate not known to hold every acknowledged commit.
+	Force bool `json:"force,omitempty"`
 }
 
 // ControlResult is what the control calls answer.
@@ -46,6 +49,7 @@ func (a *Agent) controlRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /resume", a.authorized(a.leaderOnly(func(w http.ResponseWriter, r *http.Request, _ []byte) { a.setPaused(w, r, false) })))
 	mux.HandleFunc("POST /reinit", a.authorized(a.handleReinit))
 	mux.HandleFunc("POST /internal/permit", a.authorized(a.leaderOnly(a.handlePermit)))
+	mux.HandleFunc("POST /internal/lease", a.authorized(a.leaderOnly(a.handleLease)))
 	mux.HandleFunc("POST /internal/news", a.authorized(a.handleNews))
 }
 
@@ -86,7 +90,7 @@ func (a *Agent) refresh(ctx context.Context, st consensus.State, names ...string
 	for _, n := range names {
 		switch m, ok := st.Members[n]; {
 		case n == a.cfg.Name:
-			a.obs.set(n, memberView{obs: a.observeSelf(ctx), reachable: true, lastSeen: time.Now()})
+			a.obs.set(n, a.selfView(ctx))
 		case ok:
 			a.pollMember(ctx, n, m.APIURL)
 		}
@@ -187,33 +191,87 @@ func (a *Agent) switchoverCandidateProblem(in Inputs, name string) string {
 
 // handleFailover forces a promotion when the primary is gone: the operator's
 // override for a cluster that cannot (or, paused, may not) fail over itself.
+// It takes the leader's lock and judges the old primary as the leader's own
+// decisions do (lease, fence deadline, direct check): a forced failover
+// while the old primary may still be writable, or to a candidate that may
+// lack acknowledged commits, needs "force", which says what it risks.
 func (a *Agent) handleFailover(w http.ResponseWriter, r *http.Request, body []byte) {
 	req, ok := decodeControl(w, body)
 	if !ok {
 		return
 	}
+	if cand, ok := a.commitFailover(w, r, req); ok {
+		a.awaitPrimary(w, r, cand, 30*time.Second)
+	}
+}
+
+// commitFailover commits the promotion of handleFailover, or answers why
+// not (false).
+func (a *Agent) commitFailover(w http.ResponseWriter, r *http.Request, req ControlRequest) (string, bool) {
+	refuse := func(format string, args ...any) {
+		writeJSON(w, http.StatusConflict, apiError{Error: "failover refused: " + fmt.Sprintf(format, args...)})
+	}
+	a.lead.mu.Lock()
+	defer a.lead.mu.Unlock()
 	st := a.node.State()
 	a.refresh(r.Context(), st, st.Primary, req.Candidate)
-	in := Inputs{State: st, Observations: a.obs.snapshot(), Now: time.Now(), Policy: a.policy()}
-	if p, ok := fresh(in, st.Primary); ok && p.obs.Postgres.Running && !p.obs.Postgres.InRecovery {
-		writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("failover refused: the primary %s is healthy; use switchover", st.Primary)})
-		return
+	in := Inputs{State: st, Observations: a.obs.snapshot(), Now: time.Now(), Policy: a.policy(), LeaderSince: a.lead.since,
+		PrimaryLease: a.lead.lastLease(st.Primary, st.Epoch), Permits: a.lead.permitsOf(st.Epoch)}
+	if p, ok := st.Members[st.Primary]; ok {
+		if _, fresh := fresh(in, st.Primary); !fresh && !in.Now.Before(leaseDeadline(in, true)) {
+			answers := a.directCheck(r.Context(), p)
+			in.PrimaryAnswers = &answers
+		}
+	}
+	if p, ok := fresh(in, st.Primary); ok && p.obs.Postgres.Running && !p.obs.Postgres.InRecovery && !req.Force {
+		refuse("the primary %s is healthy; use switchover", st.Primary)
+		return "", false
+	}
+	if failed, why := primaryFailed(in); !failed && !req.Force {
+		if why == "" {
+			why = "it is running"
+		}
+		refuse("the primary %s may still be writable (%s); promoting another now could leave two primaries and lose acknowledged commits: wait, or use --force to accept that", st.Primary, why)
+		return "", false
 	}
 	cand := req.Candidate
+	best, reason := chooseCandidate(in, st.Primary)
 	if cand == "" {
-		cand, _ = chooseCandidate(in, st.Primary)
+		cand = best
+	}
+	if cand == "" {
+		refuse("no member can be promoted safely: %s", reason)
+		return "", false
 	}
 	o, ok := fresh(in, cand)
-	if cand == "" || !ok || !o.obs.Postgres.Running || !o.obs.Postgres.InRecovery {
-		writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("failover refused: %q is not a running standby", cand)})
-		return
+	if !ok || !o.obs.Postgres.Running || !o.obs.Postgres.InRecovery {
+		refuse("%q is not a running standby", cand)
+		return "", false
 	}
-	a.log.Info("decision", "command", "promote", "epoch", st.Epoch, "reason", "operator forced a failover to "+cand)
-	if err := a.node.Apply(r.Context(), consensus.Promote(cand, st.Epoch+1)); err != nil {
+	if cand != best && !req.Force {
+		switch {
+		case st.Members[cand].NoFailover:
+			refuse("%s is tagged nofailover; use --force to promote it anyway", cand)
+		case o.obs.Diverged:
+			refuse("%s diverged from the primary's timeline and holds none of its recent WAL; use --force to promote it anyway", cand)
+		case best == "":
+			refuse("%s may lack acknowledged commits (%s); use --force to accept losing them", cand, reason)
+		default:
+			refuse("%s may lack acknowledged commits that %s holds (%s); use --force to accept losing them", cand, best, reason)
+		}
+		return "", false
+	}
+	why := "operator forced a failover to " + cand
+	if req.Force {
+		why += " (--force: the old primary may still be writable and commits only it held may be lost)"
+	}
+	d := promotion(in, cand, false, why)
+	a.log.Info("decision", "command", "promote", "epoch", st.Epoch, "reason", d.Reason)
+	if err := a.node.Apply(r.Context(), d.Command); err != nil {
 		writeError(w, err)
-		return
+		return "", false
 	}
-	a.awaitPrimary(w, r, cand, 30*time.Second)
+	return cand, true
 }
 
 // awaitPrimary answers once name runs as the writable primary, or gives up.
@@ -295,27 +353,49 @@ func (a *Agent) handlePermit(w http.ResponseWriter, r *http.Request, body []byte
 		writeJSON(w, http.StatusBadRequest, apiError{Error: "body must be {\"member\", \"epoch\", \"restart\"}"})
 		return
 	}
-	if err := a.grantPermit(r.Context(), req.Member, req.Epoch, req.Restart); err != nil {
+	left, err := a.grantPermit(r.Context(), req.Member, req.Epoch, req.Restart)
+	if err != nil {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, ControlResult{Message: "granted"})
+	writeJSON(w, http.StatusOK, permitResult{Message: "granted", Grace: left})
+}
+
+// permitResult answers a granted permit: how long its start grace has left.
+type permitResult struct {
+	Message string        `json:"message"`
+	Grace   time.Duration `json:"grace_ns"`
 }
 
 // requestPermit asks the leader for permission to start or promote this
-// node's PostgreSQL as the primary of epoch (see grantPermit).
-func (a *Agent) requestPermit(ctx context.Context, epoch uint64, restart bool) error {
+// node's PostgreSQL as the primary of epoch (see grantPermit). The grant
+// renews the lease; the answer is the time by which the start must be done
+// (the end of the start grace, on this node's clock, counted from when the
+// request was sent).
+func (a *Agent) requestPermit(ctx context.Context, epoch uint64, restart bool) (time.Time, error) {
+	sent := time.Now()
+	var left time.Duration
 	if a.node.IsLeader() {
-		return a.grantPermit(ctx, a.cfg.Name, epoch, restart)
+		var err error
+		if left, err = a.grantPermit(ctx, a.cfg.Name, epoch, restart); err != nil {
+			return time.Time{}, err
+		}
+	} else {
+		base, err := a.leaderAPI()
+		if err != nil {
+			return time.Time{}, err
+		}
+		body, _ := json.Marshal(permitRequest{Member: a.cfg.Name, Epoch: epoch, Restart: restart})
+		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		var res permitResult
+		if err := postJSON(ctx, a.http, base+"/internal/permit", body, &res); err != nil {
+			return time.Time{}, err
+		}
+		left = res.Grace
 	}
-	base, err := a.leaderAPI()
-	if err != nil {
-		return err
-	}
-	body, _ := json.Marshal(permitRequest{Member: a.cfg.Name, Epoch: epoch, Restart: restart})
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	return postJSON(ctx, a.http, base+"/internal/permit", body, nil)
+	a.lease.renewed(epoch, sent, a.cfg.Timing.FenceTimeout)
+	return sent.Add(left), nil
 }
 
 // handleNews takes an observation an agent pushed (after a step it took that

@@ -35,8 +35,8 @@ type Inputs struct {
 	// LeaderSince is when this node became leader (the fence deadline of a
 	// primary it has never heard from counts from then).
 	LeaderSince time.Time
-	// Permits holds when the primary's agent was last allowed to start or
-	// promote its PostgreSQL in the current epoch.
+	// Permits holds when the primary's agent was first allowed to start or
+	// promote its PostgreSQL in the current epoch, since it last ran.
 	Permits map[string]time.Time
 	// PrimaryAnswers is the leader's direct check of the primary's
 	// PostgreSQL when its agent does not answer: nil when not checked.
@@ -49,6 +49,9 @@ type Inputs struct {
 	// EpochSince is when the leader first saw the current epoch: a primary
 	// just named is given time to be promoted before it is judged.
 	EpochSince time.Time
+	// PrimaryLease is when this leader last granted the primary a lease
+	// renewal in the current epoch (zero if it has not).
+	PrimaryLease time.Time
 	// StartingUpSince is when this leader first saw the primary's agent
 	// report that it is starting up (Observation.StartingUp) in this epoch;
 	// zero if it has not. It bounds how long a starting agent holds back a
@@ -129,10 +132,7 @@ func decide(in Inputs) Plan {
 		if name == "" {
 			return Plan{Waiting: "the primary has failed (" + why + ") but no member can be promoted safely: " + reason}
 		}
-		return Plan{Decisions: []Decision{{
-			Command: consensus.Promote(name, st.Epoch+1),
-			Reason:  fmt.Sprintf("failover: %s; %s", why, reason),
-		}}}
+		return Plan{Decisions: []Decision{promotion(in, name, false, fmt.Sprintf("failover: %s; %s", why, reason))}}
 	}
 	if why != "" {
 		return Plan{Waiting: why}
@@ -149,20 +149,31 @@ func fresh(in Inputs, name string) (memberView, bool) {
 // primaryFailed decides whether the committed primary has failed. The second
 // result explains a failure, or why the leader is still waiting.
 //
-// Safety (DESIGN "One writer"): a primary whose agent does not answer is
-// declared failed only after the fence deadline (fence_timeout plus one
-// health interval and a margin) has passed since the agent last answered:
-// by then that agent has fenced its PostgreSQL. And if the leader can still
-// reach that PostgreSQL directly, it is alive: agent death is not database
-// death, there is no failover.
+// Safety (DESIGN "One writer", "Dead means gone"):
+//   - A primary whose agent does not answer is declared failed only after
+//     the fence deadline has passed since the last sign of its lease (its
+//     last renewal this leader granted, or its last answer): by then its
+//     lease has run out and its agent has fenced its PostgreSQL. And if the
+//     leader can still reach that PostgreSQL directly, it is alive: agent
+//     death is not database death, there is no failover.
+//   - A primary whose agent answers that its postmaster is gone has failed,
+//     unless a start permit of this epoch is outstanding: then its agent may
+//     be starting it, and the leader waits for the start grace, counted from
+//     the first permit of the epoch (so retries cannot extend it), and after
+//     it for the lease to run out (renewals are refused past the grace).
+//   - A postmaster that lives but does not answer its agent's queries is a
+//     live server: no failover.
 func primaryFailed(in Inputs) (bool, string) {
 	st := in.State
 	p := st.Primary
-	// A permit granted within the grace (under the leader's lock, like this
-	// decision) means p's agent is alive and starting PostgreSQL as the
-	// primary of this epoch, whatever the observations, which may predate
-	// it: failing over now would make two writers.
-	if in.Permits[p].After(in.Now.Add(-startGrace(in.Policy))) {
+	grace := startGrace(in.Policy)
+	permit, permitted := in.Permits[p]
+	starting := permitted && in.Now.Sub(permit) < grace
+	if starting {
+		// A permit within the grace (granted under the leader's lock, like
+		// this decision) means p's agent is alive and starting PostgreSQL as
+		// the primary of this epoch, whatever the observations, which may
+		// predate it: failing over now would make two writers.
 		return false, fmt.Sprintf("primary %s is starting PostgreSQL", p)
 	}
 	o, ok := fresh(in, p)
@@ -171,13 +182,19 @@ func primaryFailed(in Inputs) (bool, string) {
 		switch {
 		case pg.Running && !pg.InRecovery:
 			return false, ""
+		case pg.Unresponsive:
+			return false, fmt.Sprintf("primary %s's PostgreSQL runs (pid %d) but does not answer its agent (%s): a live server is not failed over", p, pg.PID, pg.Error)
+		case permitted:
+			// Past the grace: renewals are refused, so its lease runs out.
+			if d := leaseDeadline(in, false); in.Now.Before(d) {
+				return false, fmt.Sprintf("primary %s did not start PostgreSQL within %s of its first permit; waiting for its lease to run out (%s)", p, grace, d.Sub(in.Now).Round(time.Millisecond))
+			}
+			return true, fmt.Sprintf("PostgreSQL on %s did not start within %s of its first start permit", p, grace)
 		case o.obs.Activity != "":
 			return false, fmt.Sprintf("primary %s is %s", p, o.obs.Activity)
-		case in.Permits[p].After(in.Now.Add(-startGrace(in.Policy))):
-			return false, fmt.Sprintf("primary %s is starting PostgreSQL", p)
-		case !in.EpochSince.IsZero() && in.Now.Sub(in.EpochSince) < startGrace(in.Policy):
+		case !in.EpochSince.IsZero() && in.Now.Sub(in.EpochSince) < grace:
 			return false, fmt.Sprintf("primary %s was named for epoch %d moments ago and is being promoted", p, st.Epoch)
-		case o.obs.StartingUp && !in.StartingUpSince.IsZero() && in.Now.Sub(in.StartingUpSince) < startGrace(in.Policy):
+		case o.obs.StartingUp && !in.StartingUpSince.IsZero() && in.Now.Sub(in.StartingUpSince) < grace:
 			// A restart of every agent: the primary's agent waits for a
 			// Raft leader before it may ask to start its PostgreSQL, and
 			// the leader it waits for must not fail it over meanwhile.
@@ -188,11 +205,7 @@ func primaryFailed(in Inputs) (bool, string) {
 		}
 		return true, fmt.Sprintf("PostgreSQL on %s is not running", p)
 	}
-	last := in.Observations[p].lastSeen
-	deadline := last.Add(fenceDeadline(in.Policy))
-	if last.IsZero() {
-		deadline = in.LeaderSince.Add(fenceDeadline(in.Policy))
-	}
+	deadline := leaseDeadline(in, true)
 	if in.Now.Before(deadline) {
 		return false, fmt.Sprintf("primary %s's agent does not answer; waiting for its fence deadline (%s)", p, deadline.Sub(in.Now).Round(time.Millisecond))
 	}
@@ -205,12 +218,28 @@ func primaryFailed(in Inputs) (bool, string) {
 	return true, fmt.Sprintf("%s is unreachable: its agent and its PostgreSQL do not answer", p)
 }
 
-// fenceDeadline is how long after the old primary's last contact the leader
-// may promote: the agent fences itself at fence_timeout after its last Raft
-// contact, which may trail its last answer by a health interval; the margin
-// covers the stop itself.
+// leaseDeadline is when the primary's lease has certainly run out and its
+// agent has fenced: the fence deadline after the latest of the last renewal
+// this leader granted and the moment this node became leader (a renewal an
+// earlier leader granted came before that). With lastSeen, the primary's
+// last answer counts too (a silent agent: the later, the safer).
+func leaseDeadline(in Inputs, lastSeen bool) time.Time {
+	last := in.LeaderSince
+	if in.PrimaryLease.After(last) {
+		last = in.PrimaryLease
+	}
+	if seen := in.Observations[in.State.Primary].lastSeen; lastSeen && seen.After(last) {
+		last = seen
+	}
+	return last.Add(fenceDeadline(in.Policy))
+}
+
+// fenceDeadline is how long after the old primary's last renewal the leader
+// may promote: its lease lasts fence_timeout from the renewal's start, and
+// the margin covers its fence loop's last renewal try (a quarter of the
+// lease at most) and the stop itself, a signal.
 func fenceDeadline(p Policy) time.Duration {
-	return p.FenceTimeout + p.HealthInterval + 250*time.Millisecond
+	return p.FenceTimeout + max(p.HealthInterval, p.FenceTimeout/4) + 250*time.Millisecond
 }
 
 // chooseCandidate picks the standby to promote instead of exclude.
@@ -286,11 +315,18 @@ func chooseCandidate(in Inputs, exclude string) (string, string) {
 	return ok[0], fmt.Sprintf("promoting %s, the most up-to-date standby (asynchronous mode)", ok[0])
 }
 
+// walEnd is how far a standby's WAL reaches: the greater of what it
+// received and what it replayed (a restarted standby's receive position
+// starts over at its replay position, or is unknown).
+func walEnd(pg postgres.Status) postgres.LSN {
+	return max(pg.ReceivedLSN, pg.ReplayedLSN)
+}
+
 func sortByWAL(in Inputs, names []string) {
 	sort.Slice(names, func(i, j int) bool {
 		a, b := in.Observations[names[i]].obs.Postgres, in.Observations[names[j]].obs.Postgres
-		if a.ReceivedLSN != b.ReceivedLSN {
-			return a.ReceivedLSN > b.ReceivedLSN
+		if ea, eb := walEnd(a), walEnd(b); ea != eb {
+			return ea > eb
 		}
 		if a.ReplayedLSN != b.ReplayedLSN {
 			return a.ReplayedLSN > b.ReplayedLSN
@@ -301,6 +337,57 @@ func sortByWAL(in Inputs, names []string) {
 		}
 		return names[i] < names[j]
 	})
+}
+
+// promotion is the command that promotes cand for the next epoch, with the
+// new epoch's synchronous set and a timeline no server has used.
+//
+// The set is committed with the promotion, not after it: the new primary
+// writes it into synchronous_standby_names before it is promoted, so from
+// its first commit every acknowledged commit is on a member of a recorded
+// set, and if it fails at once a survivor of that set can be promoted
+// without waiting for a dead node (DESIGN "No acknowledged write lost").
+// It holds the standbys that are healthy now (they will follow cand), and
+// after a switchover the old primary, which stopped cleanly and follows
+// too; failing all of them, every other member (writes wait for one).
+//
+// The timeline is one above every timeline recorded or observed: the
+// history file of a short-lived timeline may never have reached cand, and
+// PostgreSQL would then take that timeline's ID again.
+func promotion(in Inputs, cand string, switchover bool, reason string) Decision {
+	st := in.State
+	var set []string
+	if in.Policy.Synchronous {
+		set = []string{}
+		for name := range st.Members {
+			if name == cand || name == st.Primary {
+				continue
+			}
+			if o, ok := fresh(in, name); ok && o.obs.Postgres.Running && o.obs.Postgres.InRecovery && !o.obs.Diverged {
+				set = append(set, name)
+			}
+		}
+		sortByWAL(in, set)
+		if switchover && st.Primary != cand {
+			set = append(set, st.Primary)
+		}
+		if len(set) == 0 {
+			for name := range st.Members {
+				if name != cand {
+					set = append(set, name)
+				}
+			}
+			sort.Strings(set)
+		}
+	}
+	tli := st.Timeline
+	for _, o := range in.Observations {
+		tli = max(tli, o.obs.Postgres.Timeline)
+	}
+	return Decision{
+		Command: consensus.PromoteWith(cand, st.Epoch+1, set, tli+1),
+		Reason:  reason,
+	}
 }
 
 // syncDecisions keeps the synchronous set right while the primary is healthy.
@@ -422,10 +509,7 @@ func switchoverDecisions(in Inputs) Plan {
 		// Poll again soon: the leader's loop is woken by news, not by this.
 		return Plan{Retry: true, Waiting: fmt.Sprintf("switchover: %s has received %s, waiting for %s", sw.To, to.obs.Postgres.ReceivedLSN, from.obs.StoppedLSN)}
 	}
-	return Plan{Decisions: []Decision{{
-		Command: consensus.Promote(sw.To, st.Epoch+1),
-		Reason:  fmt.Sprintf("switchover: %s stopped cleanly at %s and %s has received all of it", sw.From, from.obs.StoppedLSN, sw.To),
-	}}}
+	return Plan{Decisions: []Decision{promotion(in, sw.To, true, fmt.Sprintf("switchover: %s stopped cleanly at %s and %s has received all of it", sw.From, from.obs.StoppedLSN, sw.To))}}
 }
 
 // chooseFirstPrimary picks who runs initdb (or whose existing data becomes the

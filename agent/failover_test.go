@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +54,7 @@ func TestDecideFailover(t *testing.T) {
 		answers    *bool
 		permits    map[string]time.Time
 		startingUp time.Time // Inputs.StartingUpSince
+		lease      time.Time // Inputs.PrimaryLease
 		policy     func(*Policy)
 		wantPromo  string // "" = no promotion
 		wantInWait string // substring of Plan.Waiting when nothing is promoted
@@ -165,6 +167,53 @@ func TestDecideFailover(t *testing.T) {
 			wantPromo:  "n2",
 		},
 		{
+			// Item 7 of the safety issue: a primary that cannot start (its
+			// port taken) asks again and again; the grace runs from the
+			// first permit, and past it the leader waits only for the
+			// lease it stops renewing.
+			name:       "start grace over, lease renewed moments ago: wait for it to run out",
+			state:      state3("n2"),
+			obs:        map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			permits:    map[string]time.Time{"n1": now.Add(-11 * time.Second)},
+			lease:      now.Add(-100 * time.Millisecond),
+			wantInWait: "waiting for its lease to run out",
+		},
+		{
+			name:      "start grace over, lease run out: promote",
+			state:     state3("n2"),
+			obs:       map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			permits:   map[string]time.Time{"n1": now.Add(-20 * time.Second)},
+			lease:     now.Add(-3 * time.Second),
+			wantPromo: "n2",
+		},
+		{
+			// Item 5: a postmaster that lives but whose status query fails
+			// (every slot taken, a stalled backend) is a live server.
+			name:       "primary's postmaster alive but not answering its agent: no failover",
+			state:      state3("n2"),
+			obs:        map[string]memberView{"n1": obsAt(now, postgres.Status{PID: 42, Unresponsive: true, Error: "query status: timeout"}), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			wantInWait: "does not answer its agent",
+		},
+		{
+			// Item 4: the leader granted the primary a lease renewal moments
+			// ago; whatever its last answer, its lease runs from there.
+			name:       "agent silent, last answer long ago but lease renewed recently: wait",
+			state:      state3("n2"),
+			obs:        map[string]memberView{"n1": silentSince(now.Add(-5 * time.Second)), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
+			answers:    &no,
+			lease:      now.Add(-time.Second),
+			wantInWait: "fence deadline",
+		},
+		{
+			// Item 11: the standby that received less but replayed more (a
+			// restarted standby whose receive position starts over) holds
+			// more WAL.
+			name:      "sync set of two: the greatest of received and replayed wins",
+			state:     state3("n2", "n3"),
+			obs:       map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(900)), "n3": obsAt(now, postgres.Status{Running: true, InRecovery: true, ReceivedLSN: 0, ReplayedLSN: 1000})},
+			wantPromo: "n3",
+		},
+		{
 			name:      "old permit expired: promote",
 			state:     state3("n2"),
 			obs:       map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
@@ -220,7 +269,7 @@ func TestDecideFailover(t *testing.T) {
 			if c.policy != nil {
 				c.policy(&p)
 			}
-			plan := decide(Inputs{State: c.state, Observations: c.obs, Now: now, Self: "n2", Policy: p, PrimaryAnswers: c.answers, Permits: c.permits, StartingUpSince: c.startingUp, LeaderSince: now.Add(-time.Hour)})
+			plan := decide(Inputs{State: c.state, Observations: c.obs, Now: now, Self: "n2", Policy: p, PrimaryAnswers: c.answers, Permits: c.permits, StartingUpSince: c.startingUp, PrimaryLease: c.lease, LeaderSince: now.Add(-time.Hour)})
 			var promoted string
 			for _, d := range plan.Decisions {
 				if d.Command.Type == consensus.CmdPromote {
@@ -320,5 +369,53 @@ func TestDecideSwitchover(t *testing.T) {
 				t.Fatalf("promoted the wrong member: %+v", plan.Decisions[0])
 			}
 		})
+	}
+}
+
+// The promotion commits the new epoch's synchronous set (the healthy
+// standbys, so a survivor can be promoted if the new primary fails at
+// once) and reserves a timeline above every one recorded or observed.
+func TestPromotionCarriesSyncSetAndTimeline(t *testing.T) {
+	now := t0
+	st := state3("n2")
+	st.Timeline = 7
+	n3 := standbyAt(900)
+	n3.Timeline = 9
+	obs := map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, n3)}
+	plan := decide(Inputs{State: st, Observations: obs, Now: now, Self: "n2", Policy: testPolicy, LeaderSince: now.Add(-time.Hour)})
+	if len(plan.Decisions) != 1 {
+		t.Fatalf("want one decision, got %+v", plan)
+	}
+	d := plan.Decisions[0].Command.Data.(consensus.PromoteData)
+	if d.Primary != "n2" || !slices.Equal(d.SyncStandbys, []string{"n3"}) || d.Timeline != 10 {
+		t.Fatalf("promotion %+v, want n2 with set [n3] onto timeline 10", d)
+	}
+
+	// The double fault: n2, promoted with set [n3], fails at once; n3 is
+	// the survivor of the set and is promoted without n1 (still down).
+	st2 := st
+	st2.Primary, st2.Epoch, st2.SyncStandbys, st2.Timeline = "n2", 5, []string{"n3"}, 10
+	obs2 := map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, pgDown), "n3": obsAt(now, standbyAt(1100))}
+	plan = decide(Inputs{State: st2, Observations: obs2, Now: now, Self: "n3", Policy: testPolicy, LeaderSince: now.Add(-time.Hour)})
+	if len(plan.Decisions) != 1 {
+		t.Fatalf("double fault: want a promotion, got %+v", plan)
+	}
+	d = plan.Decisions[0].Command.Data.(consensus.PromoteData)
+	if d.Primary != "n3" || d.Timeline != 11 || slices.Contains(d.SyncStandbys, "n3") || len(d.SyncStandbys) == 0 {
+		t.Fatalf("double fault: promotion %+v, want n3 onto timeline 11 with a non-empty set without itself", d)
+	}
+
+	// A switchover keeps the old primary in the set: it stopped cleanly
+	// and follows at once.
+	sw := state3("n2")
+	sw.Switchover = consensus.Switchover{From: "n1", To: "n2", Epoch: 4}
+	obs3 := map[string]memberView{"n1": {reachable: true, lastSeen: now, obs: Observation{DataDir: "valid", StoppedLSN: 900}}, "n2": obsAt(now, standbyAt(1000)), "n3": silentSince(now.Add(-time.Minute))}
+	plan = decide(Inputs{State: sw, Observations: obs3, Now: now, Self: "n2", Policy: testPolicy, SwitchoverSince: now})
+	if len(plan.Decisions) != 1 {
+		t.Fatalf("switchover: want a promotion, got %+v", plan)
+	}
+	d = plan.Decisions[0].Command.Data.(consensus.PromoteData)
+	if d.Primary != "n2" || !slices.Equal(d.SyncStandbys, []string{"n1"}) {
+		t.Fatalf("switchover: promotion %+v, want n2 with set [n1]", d)
 	}
 }

@@ -3,20 +3,27 @@ package agent
 import (
 	"context"
 	"time"
-
-	"github.com/pgha/pgha/postgres"
 )
 
-// fenced reports whether this node has lost the Raft quorum for longer than
-// fence_timeout: its view of the committed state may be stale, so it must
-// not accept writes nor claim to be the primary. The clock starts no earlier
-// than the agent itself, so a restarted agent does not fence the primary it
-// finds running before it has had a chance to hear from the leader.
+// fenced reports whether this node must not accept writes nor claim to be
+// the primary now.
 //
-// Losing the leader is not losing the quorum: while the others elect a new
-// leader, this node still reaches a majority of the members' agents and
-// stays unfenced, so an election never stops a healthy primary.
+//   - The committed primary is fenced when its lease has run out (lease.go):
+//     only contact with the current Raft leader keeps a primary writable,
+//     never reaching other members.
+//   - Any other member is fenced when it has heard nothing from a Raft
+//     leader for fence_timeout: its view of the committed state may be
+//     stale, so it must not act on it.
+//
+// A leader is never fenced: it steps down by itself once it cannot reach a
+// quorum (raft.leader_lease_timeout, shorter than fence_timeout); a primary
+// that leads renews its lease with a quorum round trip like any other.
 func (a *Agent) fenced() bool {
+	st := a.node.State()
+	now := time.Now()
+	if st.Primary == a.cfg.Name && st.Initialized() {
+		return !a.leaseHolds(st.Epoch, now)
+	}
 	if a.node.IsLeader() {
 		return false
 	}
@@ -24,39 +31,22 @@ func (a *Agent) fenced() bool {
 	if last.Before(a.started) {
 		last = a.started
 	}
-	if time.Since(last) <= a.cfg.Timing.FenceTimeout {
-		return false
-	}
-	return !a.majorityReachable()
+	return now.Sub(last) > a.cfg.Timing.FenceTimeout
 }
 
-// majorityReachable reports whether this agent heard from a majority of the
-// members (itself included) within fence_timeout.
-func (a *Agent) majorityReachable() bool {
-	members := a.node.State().Members
-	if len(members) == 0 {
-		return false
-	}
-	seen := a.obs.snapshot()
-	n := 0
-	for name := range members {
-		if name == a.cfg.Name {
-			n++
-			continue
-		}
-		if v, ok := seen[name]; ok && v.reachable && time.Since(v.lastSeen) <= a.cfg.Timing.FenceTimeout {
-			n++
-		}
-	}
-	return n > len(members)/2
+// leaseHolds reports whether this primary's lease for epoch holds at now.
+// The agent's start counts as a renewal: a restarted agent does not stop the
+// primary it finds running before it could reach the leader (lease.go).
+func (a *Agent) leaseHolds(epoch uint64, now time.Time) bool {
+	return a.lease.valid(epoch, now) || now.Before(a.started.Add(a.cfg.Timing.FenceTimeout))
 }
 
-// fenceLoop enforces the "One writer" rule on this node (DESIGN): an agent
-// that has lost contact with the quorum for fence_timeout stops its
-// PostgreSQL from accepting writes. The leader promotes a replacement only
-// after that deadline (see fenceDeadline), so the two never overlap.
+// fenceLoop enforces the "One writer" rule on this node (DESIGN): a primary
+// whose lease ran out stops its PostgreSQL before the leader's promotion
+// deadline (fenceDeadline). It checks often, and it never waits for the
+// reconcile loop's locks: the stop is a signal to the postmaster.
 func (a *Agent) fenceLoop(ctx context.Context) {
-	t := time.NewTicker(100 * time.Millisecond)
+	t := time.NewTicker(25 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
@@ -64,25 +54,34 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if !a.fenced() {
+		st := a.node.State()
+		if st.Primary != a.cfg.Name || !st.Initialized() || a.leaseHolds(st.Epoch, time.Now()) {
 			continue
 		}
-		pg := a.pgStatus(ctx)
-		if !pg.Running || pg.InRecovery {
+		// A lease that ran out while this agent could not run (a freeze, a
+		// long GC stall) says nothing about the cluster: ask once before
+		// acting on it. The round trip is a small part of the deadline's
+		// margin.
+		if err := a.renewLease(ctx, st); err == nil {
 			continue
 		}
-		a.log.Warn("fencing: stopping PostgreSQL", "reason", "no contact with the Raft quorum for fence_timeout", "fence_timeout", a.cfg.Timing.FenceTimeout)
-		a.pgMu.Lock()
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		a.inst.Close()
-		err := a.inst.Stop(sctx, postgres.StopFast)
+		pid, _ := a.inst.PostmasterPID()
+		if pid == 0 {
+			continue
+		}
+		// A standby (this node about to be promoted, say) acknowledges no
+		// commit: pg_control says so without a connection or a lock.
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		state, err := a.inst.ClusterState(cctx)
 		cancel()
-		if err != nil {
-			a.log.Warn("fencing: fast stop too slow, stopping immediately", "err", err)
-			err = a.inst.Stop(ctx, postgres.StopImmediate)
+		if err == nil && state == "in archive recovery" {
+			continue
 		}
-		a.pgMu.Unlock()
-		if err != nil {
+		a.log.Warn("fencing: stopping PostgreSQL at once", "reason", "the lease ran out: no contact with the Raft leader for fence_timeout", "fence_timeout", a.cfg.Timing.FenceTimeout, "epoch", st.Epoch, "pid", pid)
+		// A fence is not a crash: if this node is still the primary when
+		// it hears from the leader again, it starts in place.
+		a.writableEpoch.Store(0)
+		if err := a.inst.Kill(ctx, pid); err != nil {
 			a.log.Error("fencing: could not stop PostgreSQL", "err", err)
 		}
 	}

@@ -250,7 +250,7 @@ func (f *front) complainLocked(a *Agent, msg string) {
 // backends is the router's view of the members, from the committed state
 // and this node's latest observations.
 func (a *Agent) backends() []router.Backend {
-	return backendsOf(a.node.State(), a.obs.snapshot(), time.Now(), a.cfg.Timing.FenceTimeout)
+	return backendsOf(a.node.State(), a.obs.snapshot(), time.Now(), a.cfg.Timing.FenceTimeout, a.cfg.Failover.Synchronous())
 }
 
 // backendsOf derives the router's backends. The committed state says who is
@@ -261,7 +261,7 @@ func (a *Agent) backends() []router.Backend {
 //     failover does;
 //   - a standby is healthy while it runs in recovery and its agent answered
 //     within stale, so reads leave a lost host quickly.
-func backendsOf(st consensus.State, obs map[string]memberView, now time.Time, stale time.Duration) []router.Backend {
+func backendsOf(st consensus.State, obs map[string]memberView, now time.Time, stale time.Duration, synchronous bool) []router.Backend {
 	names := make([]string, 0, len(st.Members))
 	for n := range st.Members {
 		names = append(names, n)
@@ -285,12 +285,18 @@ func backendsOf(st consensus.State, obs map[string]memberView, now time.Time, st
 		pg := v.obs.Postgres
 		if b.Primary {
 			// Unhealthy only on evidence (no postmaster, in recovery,
-			// fenced): a status query that failed on a loaded server is not
+			// fenced, a synchronous_standby_names outside the committed
+			// set): a status query that failed on a loaded server is not
 			// evidence, and marking the primary down retires every
 			// connection to it, transactions in flight included.
 			b.Healthy = seen && !v.obs.Fenced && !pg.InRecovery && (pg.Running || pg.PID != 0)
+			if pg.Running {
+				ok, _ := syncSafe(synchronous, st, name, pg.SyncStandbyNames)
+				b.Healthy = b.Healthy && ok
+			}
 		} else {
-			b.Healthy = seen && v.reachable && now.Sub(v.lastSeen) <= stale && pg.Running && pg.InRecovery
+			// Reads only from a standby that replays the primary's WAL now.
+			b.Healthy = seen && v.reachable && now.Sub(v.lastSeen) <= stale && pg.Running && pg.InRecovery && !v.obs.Diverged && streamsFrom(pg, st)
 			b.ReplayLSN = uint64(pg.ReplayedLSN)
 			if primaryLSN > b.ReplayLSN {
 				b.LagBytes = int64(primaryLSN - b.ReplayLSN)

@@ -11,14 +11,15 @@ import (
 
 func TestBackendsOf(t *testing.T) {
 	now := time.Now()
-	st := consensus.State{Members: members("n1", "n2", "n3"), Primary: "n2", Epoch: 4}
-	primary := postgres.Status{Running: true, CurrentLSN: 5000, Replication: []postgres.Replica{
+	st := consensus.State{Members: members("n1", "n2", "n3"), Primary: "n2", Epoch: 4, SyncStandbys: []string{"n1", "n3"}}
+	primary := postgres.Status{Running: true, CurrentLSN: 5000, SyncStandbyNames: `ANY 1 ("n1")`, Replication: []postgres.Replica{
 		{ApplicationName: "n1", State: "streaming", SyncState: "sync"},
 		{ApplicationName: "n3", State: "streaming", SyncState: "async"},
 	}}
 	standby := func(replayed postgres.LSN) postgres.Status {
-		return postgres.Status{Running: true, InRecovery: true, ReplayedLSN: replayed}
+		return postgres.Status{Running: true, InRecovery: true, ReplayedLSN: replayed, Streaming: true, UpstreamHost: "n2", UpstreamPort: 5432}
 	}
+	withPG := func(pg postgres.Status, f func(*postgres.Status)) postgres.Status { f(&pg); return pg }
 	cases := []struct {
 		name string
 		obs  map[string]memberView
@@ -78,6 +79,33 @@ func TestBackendsOf(t *testing.T) {
 			"n3": {Healthy: false},
 		},
 	}, {
+		// Reads only from standbys that replay the primary's WAL now; writes
+		// only to a primary whose synchronous_standby_names is within the
+		// committed set.
+		name: "standbys not replaying the primary, primary asynchronous",
+		obs: map[string]memberView{
+			"n1": {reachable: true, lastSeen: now, obs: Observation{Postgres: withPG(standby(5000), func(p *postgres.Status) { p.Streaming = false })}},
+			"n2": {reachable: true, lastSeen: now, obs: Observation{Postgres: withPG(primary, func(p *postgres.Status) { p.SyncStandbyNames = "" })}},
+			"n3": {reachable: true, lastSeen: now, obs: Observation{Postgres: withPG(standby(5000), func(p *postgres.Status) { p.UpstreamHost = "n1" })}},
+		},
+		want: map[string]router.Backend{
+			"n1": {Healthy: false, ReplayLSN: 5000, ReplicationState: "streaming", ReplicationSyncState: "sync"},
+			"n2": {Healthy: false, Primary: true},
+			"n3": {Healthy: false, ReplayLSN: 5000, ReplicationState: "streaming", ReplicationSyncState: "async"},
+		},
+	}, {
+		name: "diverged standby, primary naming a standby outside the set",
+		obs: map[string]memberView{
+			"n1": {reachable: true, lastSeen: now, obs: Observation{Postgres: standby(5000), Diverged: true}},
+			"n2": {reachable: true, lastSeen: now, obs: Observation{Postgres: withPG(primary, func(p *postgres.Status) { p.SyncStandbyNames = "*" })}},
+			"n3": {reachable: true, lastSeen: now, obs: Observation{Postgres: standby(5000)}},
+		},
+		want: map[string]router.Backend{
+			"n1": {Healthy: false, ReplayLSN: 5000, ReplicationState: "streaming", ReplicationSyncState: "sync"},
+			"n2": {Healthy: false, Primary: true},
+			"n3": {Healthy: true, ReplayLSN: 5000, ReplicationState: "streaming", ReplicationSyncState: "async"},
+		},
+	}, {
 		name: "fenced primary",
 		obs: map[string]memberView{
 			"n1": {reachable: true, lastSeen: now, obs: Observation{Postgres: standby(5000)}},
@@ -92,7 +120,7 @@ func TestBackendsOf(t *testing.T) {
 	}}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got := backendsOf(st, c.obs, now, time.Second)
+			got := backendsOf(st, c.obs, now, time.Second, true)
 			if len(got) != 3 || got[0].Name != "n1" || got[1].Name != "n2" || got[2].Name != "n3" {
 				t.Fatalf("want n1, n2, n3 in order, got %+v", got)
 			}

@@ -4,11 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgha/pgha/consensus"
 )
@@ -19,8 +23,10 @@ type leader struct {
 	mu sync.Mutex // serialises decisions with start permits
 
 	since           time.Time            // when this node became leader (zero: not leader)
-	permits         map[string]time.Time // start/promote permits granted, by member, for permitEpoch
+	permits         map[string]time.Time // first start/promote permit granted since the member last ran, by member, for permitEpoch
 	permitEpoch     uint64
+	leases          map[string]time.Time // last lease renewal granted, by member, for leaseEpoch (lease.go)
+	leaseEpoch      uint64
 	syncMark        syncMark
 	switchoverSince time.Time
 	switchoverOf    consensus.Switchover
@@ -28,6 +34,9 @@ type leader struct {
 	epochSince      time.Time
 	startingUpSince time.Time // when the primary's agent was first seen starting up in epochSeen
 	waiting         string    // why the last pass committed nothing, if it waited
+	// waitingNow is waiting for readers that must not take mu (an
+	// observation is taken while mu is held: repollStandbys, refresh).
+	waitingNow atomic.Value
 }
 
 // leadLoop runs the leader's policy every health_interval, and at once when
@@ -43,6 +52,7 @@ func (a *Agent) leadLoop(ctx context.Context) {
 			a.lead.mu.Lock()
 			a.lead.since = time.Time{}
 			a.lead.waiting = ""
+			a.lead.waitingNow.Store("")
 			a.lead.mu.Unlock()
 		}
 		select {
@@ -67,6 +77,7 @@ func (a *Agent) leadOnce(ctx context.Context) {
 		}
 		l.since = time.Now()
 		l.permits = map[string]time.Time{}
+		l.leases = map[string]time.Time{}
 		l.epochSeen = 0
 		a.log.Info("became Raft leader", "reason", "won an election")
 	}
@@ -83,14 +94,14 @@ func (a *Agent) leadOnce(ctx context.Context) {
 	}
 	st := a.node.State()
 	// The leader's view of itself is taken now, never from a poll.
-	a.obs.set(a.cfg.Name, memberView{obs: a.observeSelf(ctx), reachable: true, lastSeen: time.Now()})
+	a.obs.set(a.cfg.Name, a.selfView(ctx))
 	if sw := st.Switchover; sw.Active() {
 		// The switchover waits on the candidate's received LSN: ask it now
 		// rather than at the next poll, writes are unavailable meanwhile.
 		if m, ok := st.Members[sw.To]; ok && sw.To != a.cfg.Name {
 			a.pollMember(ctx, sw.To, m.APIURL)
 		} else if sw.To == a.cfg.Name {
-			a.obs.set(a.cfg.Name, memberView{obs: a.observeSelf(ctx), reachable: true, lastSeen: time.Now()})
+			a.obs.set(a.cfg.Name, a.selfView(ctx))
 		}
 	}
 	obs := a.obs.snapshot()
@@ -133,6 +144,7 @@ func (a *Agent) leadOnce(ctx context.Context) {
 		l.startingUpSince = time.Time{}
 	}
 	in.Permits = l.permits
+	in.PrimaryLease = l.lastLease(st.Primary, st.Epoch)
 	a.updateSyncMark(st, obs)
 	in.SyncMark = l.syncMark
 	if st.Switchover != l.switchoverOf {
@@ -156,11 +168,22 @@ func (a *Agent) leadOnce(ctx context.Context) {
 	in.StartingUpSince = l.startingUpSince
 
 	plan := decide(in)
+	if promotes(plan) && !st.Switchover.Active() {
+		// Which standby holds every acknowledged commit is judged on
+		// observations up to fence_timeout old, taken at different times:
+		// ask every candidate again now that the primary is confirmed
+		// down, and decide on that.
+		a.repollStandbys(ctx, st)
+		in.Observations = a.obs.snapshot()
+		in.Now = time.Now()
+		plan = decide(in)
+	}
 	if plan.Waiting != l.waiting {
 		if plan.Waiting != "" {
 			a.log.Info("leader waiting", "epoch", st.Epoch, "reason", plan.Waiting)
 		}
 		l.waiting = plan.Waiting
+		l.waitingNow.Store(plan.Waiting)
 	}
 	if plan.Retry {
 		go func() {
@@ -180,6 +203,37 @@ func (a *Agent) leadOnce(ctx context.Context) {
 	}
 }
 
+// permitsOf is the permits of epoch. Called with mu held.
+func (l *leader) permitsOf(epoch uint64) map[string]time.Time {
+	if l.permitEpoch != epoch {
+		return nil
+	}
+	return l.permits
+}
+
+// promotes reports whether plan promotes a member.
+func promotes(plan Plan) bool {
+	return slices.ContainsFunc(plan.Decisions, func(d Decision) bool { return d.Command.Type == consensus.CmdPromote })
+}
+
+// repollStandbys polls every other member but the primary at once and waits
+// for the answers (each bounded by pollTimeout).
+func (a *Agent) repollStandbys(ctx context.Context, st consensus.State) {
+	var wg sync.WaitGroup
+	for name, m := range st.Members {
+		if name == st.Primary || name == a.cfg.Name {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.pollMember(ctx, name, m.APIURL)
+		}()
+	}
+	a.obs.set(a.cfg.Name, a.selfView(ctx))
+	wg.Wait()
+}
+
 // updateSyncMark notes when the primary's synchronous_standby_names narrowed
 // to one name, and the primary's LSN at that moment. Called with lead.mu held.
 func (a *Agent) updateSyncMark(st consensus.State, obs map[string]memberView) {
@@ -192,7 +246,10 @@ func (a *Agent) updateSyncMark(st consensus.State, obs map[string]memberView) {
 	switch {
 	case m.Epoch != st.Epoch || m.Names != names:
 		a.lead.syncMark = syncMark{Epoch: st.Epoch, Names: names, At: time.Now()}
-	case m.LSN == 0 && time.Since(m.At) >= syncSettle && p.obs.At.After(m.At.Add(syncSettle)):
+	case m.LSN == 0 && time.Since(m.At) >= syncSettle && p.asked.After(m.At.Add(syncSettle)):
+		// Both times on the leader's clock, never the primary's: the
+		// observation was asked for after the settling delay, so its LSN
+		// is from after it.
 		a.lead.syncMark.LSN = p.obs.Postgres.CurrentLSN
 	}
 }
@@ -211,6 +268,12 @@ func (a *Agent) policy() Policy {
 // directCheck asks the member's PostgreSQL itself, as the monitor role,
 // whether it runs as a primary: the leader's check that a silent agent's
 // database is really gone before anything is promoted.
+//
+// Dead means gone (DESIGN): only a server that cannot be reached (connection
+// refused, no route, no answer to connect) counts as down. Any answer from
+// the server proves it alive, an error too: "too many clients", a failed
+// authentication, "starting up"; so does a connection whose query then
+// times out. A server that answers it is in recovery is not a writer.
 func (a *Agent) directCheck(ctx context.Context, m consensus.Member) bool {
 	// Two tries: a loaded host may be slow to accept, and a wrong "no"
 	// starts a failover.
@@ -228,54 +291,72 @@ func (a *Agent) directCheckOnce(ctx context.Context, m consensus.Member) bool {
 	mon := a.cfg.Postgres.Monitor
 	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d dbname=postgres sslmode=prefer connect_timeout=2", m.PGHost, m.PGPort))
 	if err != nil {
-		return false
+		return true // cannot tell: never a reason to fail over
 	}
 	cfg.User, cfg.Password = mon.User, mon.Password()
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return false
+		var pgErr *pgconn.PgError
+		return errors.As(err, &pgErr) // the server answered with an error: alive
 	}
 	defer conn.Close(context.Background())
 	var inRecovery bool
 	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
-		return false
+		return true // it accepted us: alive, whatever the query did
 	}
 	return !inRecovery
 }
 
 // grantPermit runs on the leader: may member start (or promote) its
 // PostgreSQL as the primary of epoch? Serialised with decisions, so a permit
-// and a failover of the same primary can never both happen.
-func (a *Agent) grantPermit(ctx context.Context, member string, epoch uint64, restart bool) error {
+// and a failover of the same primary can never both happen. A grant is also
+// a lease renewal (the same round trip); it answers how long the permit's
+// start grace has left: the agent must have its PostgreSQL up within it.
+//
+// The grace runs from the first permit since the member's PostgreSQL last
+// ran in this epoch: an agent whose start fails over and over (its port
+// taken, a full disk) cannot hold a failover back by asking again.
+func (a *Agent) grantPermit(ctx context.Context, member string, epoch uint64, restart bool) (time.Duration, error) {
 	a.lead.mu.Lock()
 	defer a.lead.mu.Unlock()
 	if err := a.node.VerifyLeader(ctx); err != nil {
-		return err
+		return 0, err
 	}
 	st := a.node.State()
 	switch {
 	case st.Primary != member || st.Epoch != epoch:
-		return fmt.Errorf("%w: %s is not the primary of epoch %d (the primary is %s, epoch %d)", consensus.ErrRefused, member, epoch, st.Primary, st.Epoch)
+		return 0, fmt.Errorf("%w: %s is not the primary of epoch %d (the primary is %s, epoch %d)", consensus.ErrRefused, member, epoch, st.Primary, st.Epoch)
 	case st.Switchover.Active():
-		return fmt.Errorf("%w: a switchover to %s is in progress", consensus.ErrRefused, st.Switchover.To)
+		return 0, fmt.Errorf("%w: a switchover to %s is in progress", consensus.ErrRefused, st.Switchover.To)
 	}
 	if restart && st.Paused {
 		// Maintenance mode: pgha changes nothing on its own, not even a
 		// restart in place; the operator decides (resume, or failover).
-		return fmt.Errorf("%w: the cluster is paused: not restarting %s's PostgreSQL automatically", consensus.ErrRefused, member)
+		return 0, fmt.Errorf("%w: the cluster is paused: not restarting %s's PostgreSQL automatically", consensus.ErrRefused, member)
 	}
 	if restart && a.cfg.Failover.PrimaryRestartWindow == 0 {
 		in := Inputs{State: st, Observations: a.obs.snapshot(), Now: time.Now(), Policy: a.policy()}
 		if cand, _ := chooseCandidate(in, member); cand != "" {
 			a.wake() // fail over now rather than at the next tick
-			return fmt.Errorf("%w: PostgreSQL on %s crashed; failing over to %s instead of restarting in place (failover.primary_restart_window is 0)", consensus.ErrRefused, member, cand)
+			return 0, fmt.Errorf("%w: PostgreSQL on %s crashed; failing over to %s instead of restarting in place (failover.primary_restart_window is 0)", consensus.ErrRefused, member, cand)
 		}
 	}
 	if a.lead.permitEpoch != st.Epoch || a.lead.permits == nil {
 		a.lead.permits, a.lead.permitEpoch = map[string]time.Time{}, st.Epoch
 	}
-	a.lead.permits[member] = time.Now()
-	return nil
+	now := time.Now()
+	first, ok := a.lead.permits[member]
+	if !ok {
+		first = now
+		a.lead.permits[member] = now
+	}
+	left := first.Add(startGrace(a.policy())).Sub(now)
+	if left <= 0 {
+		a.wake()
+		return 0, fmt.Errorf("%w: %s has not started PostgreSQL within %s of its first permit in epoch %d; failing over instead", consensus.ErrRefused, member, startGrace(a.policy()), epoch)
+	}
+	a.lead.noteLease(member, epoch, now)
+	return left, nil
 }
 
 func newClusterID() string {

@@ -55,6 +55,7 @@ type memberView struct {
 	obs       Observation
 	reachable bool      // its agent answered the last poll
 	lastSeen  time.Time // when its agent last answered (local clock)
+	asked     time.Time // when the poll that got obs was sent (local clock; zero for pushed news): obs was taken after it
 	err       string    // why the last poll failed
 }
 
@@ -108,7 +109,7 @@ func (a *Agent) observeLoop(ctx context.Context) {
 	for {
 		st := a.node.State()
 		a.obs.forget(st.Members)
-		a.obs.set(a.cfg.Name, memberView{obs: a.observeSelf(ctx), reachable: true, lastSeen: time.Now()})
+		a.obs.set(a.cfg.Name, a.selfView(ctx))
 		for name, m := range st.Members {
 			if name == a.cfg.Name {
 				continue
@@ -134,6 +135,12 @@ func (a *Agent) observeLoop(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// selfView is this agent's own observation as a memberView.
+func (a *Agent) selfView(ctx context.Context) memberView {
+	asked := time.Now()
+	return memberView{obs: a.observeSelf(ctx), reachable: true, lastSeen: time.Now(), asked: asked}
 }
 
 // observeSelf takes this agent's own observation.
@@ -169,9 +176,7 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 		}
 	}
 	if a.node.IsLeader() {
-		a.lead.mu.Lock()
-		o.LeaderWaiting = a.lead.waiting
-		a.lead.mu.Unlock()
+		o.LeaderWaiting, _ = a.lead.waitingNow.Load().(string)
 	}
 	if r, ok := a.lastRejoin.Load().(string); ok {
 		o.LastRejoin = r
@@ -213,6 +218,7 @@ func (h *timelineHistory) get(a *Agent, tli uint32) []postgres.TimelineSwitch {
 func (a *Agent) pollMember(ctx context.Context, name, apiURL string) {
 	ctx, cancel := context.WithTimeout(ctx, a.pollTimeout())
 	defer cancel()
+	asked := time.Now()
 	var o Observation
 	err := getJSON(ctx, a.http, apiURL+"/internal/observation", &o)
 	prev := a.obs.snapshot()[name]
@@ -223,7 +229,7 @@ func (a *Agent) pollMember(ctx context.Context, name, apiURL string) {
 		a.obs.set(name, prev)
 		return
 	}
-	a.obs.set(name, memberView{obs: o, reachable: true, lastSeen: time.Now()})
+	a.obs.set(name, memberView{obs: o, reachable: true, lastSeen: time.Now(), asked: asked})
 }
 
 // pollTimeout bounds one poll so a dead member never delays the others' view.

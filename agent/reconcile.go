@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -155,6 +156,11 @@ func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds pos
 	}
 	a.forked.Store("") // a timeline it could not follow is its own now
 	pg := a.pgStatus(ctx)
+	if pg.Unresponsive {
+		// Dead means gone: a postmaster that does not answer may still
+		// acknowledge commits. Never start or promote beside it.
+		return fmt.Errorf("PostgreSQL runs (pid %d) but does not answer: %s", pg.PID, pg.Error)
+	}
 	if !pg.Running || pg.InRecovery {
 		if err := a.becomeWritable(ctx, st, pg); err != nil {
 			return err
@@ -167,13 +173,16 @@ func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds pos
 	}
 	switch {
 	case change.NeedsRestart:
-		if err := a.requestPermit(ctx, st.Epoch, false); err != nil {
+		until, err := a.requestPermit(ctx, st.Epoch, false)
+		if err != nil {
 			return fmt.Errorf("not restarting PostgreSQL: %w", err)
 		}
 		a.log.Info("restarting PostgreSQL", "reason", "a setting that needs a restart changed", "changed", change.What)
+		rctx, cancel := context.WithDeadline(ctx, until)
 		a.pgMu.Lock()
-		err := a.inst.Restart(ctx, postgres.StopFast)
+		err = a.inst.Restart(rctx, postgres.StopFast)
 		a.pgMu.Unlock()
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -187,44 +196,143 @@ func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds pos
 		return fmt.Errorf("PostgreSQL is not running as the primary yet: %s", pg.Error)
 	}
 	a.writableEpoch.Store(st.Epoch)
+	if err := a.keepSyncInForce(ctx, st, pg); err != nil {
+		return err
+	}
 	a.dbMu.Lock()
 	defer a.dbMu.Unlock()
+	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
 	// Roles once per postmaster: their GRANTs write WAL even when nothing changes.
 	if a.rolesPID != pg.PID {
-		if err := a.inst.EnsureRoles(ctx); err != nil {
+		if err := a.inst.EnsureRoles(qctx); err != nil {
 			return fmt.Errorf("create roles: %w", err)
 		}
 		a.rolesPID = pg.PID
 	}
+	if err := a.inst.EnsureSlots(qctx, a.slotsOfOthers(st)); err != nil {
+		return fmt.Errorf("replication slots: %w", err)
+	}
+	return nil
+}
+
+// queryTimeout bounds every statement the agent runs on its PostgreSQL
+// beyond the status query (which has its own second): a stalled backend
+// must never stall the agent.
+const queryTimeout = 5 * time.Second
+
+// slotsOfOthers are the replication slots of every other member.
+func (a *Agent) slotsOfOthers(st consensus.State) []string {
 	var slots []string
 	for name := range st.Members {
 		if name != a.cfg.Name {
 			slots = append(slots, SlotName(name))
 		}
 	}
-	if err := a.inst.EnsureSlots(ctx, slots); err != nil {
-		return fmt.Errorf("replication slots: %w", err)
+	sort.Strings(slots)
+	return slots
+}
+
+// keepSyncInForce checks, on every pass, that the running primary's
+// synchronous_standby_names is what the committed set allows (DESIGN "No
+// acknowledgement without the synchronous set"). An ALTER SYSTEM, a reload
+// that failed or a file pgha could not write leave it otherwise; the
+// router and /primary stop treating the node as writable meanwhile
+// (syncSafe), and this puts pgha's value back in force.
+func (a *Agent) keepSyncInForce(ctx context.Context, st consensus.State, pg postgres.Status) error {
+	ok, why := syncSafe(a.cfg.Failover.Synchronous(), st, a.cfg.Name, pg.SyncStandbyNames)
+	if ok {
+		return nil
 	}
-	return nil
+	a.log.Warn("synchronous_standby_names is not in force", "reason", why, "epoch", st.Epoch)
+	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	if err := a.inst.ResetAlteredSetting(qctx, "synchronous_standby_names"); err != nil {
+		return fmt.Errorf("not writable: %s; resetting it failed: %w", why, err)
+	}
+	return fmt.Errorf("not writable: %s (reset an ALTER SYSTEM override and reloaded)", why)
+}
+
+// syncSafe reports whether a primary whose synchronous_standby_names is
+// observed may be treated as writable: in synchronous mode it must name at
+// least one standby and only members of the committed synchronous set, so
+// every commit it acknowledges is on a member the leader knows of. A
+// cluster with no other member has nobody to wait for.
+func syncSafe(synchronous bool, st consensus.State, self, observed string) (bool, string) {
+	if !synchronous {
+		return true, ""
+	}
+	if len(st.Members) <= 1 {
+		return true, ""
+	}
+	sn, err := postgres.ParseSyncStandbyNames(observed)
+	if err != nil {
+		return false, err.Error()
+	}
+	if len(sn.Names) == 0 {
+		return false, "synchronous_standby_names is empty: commits would be acknowledged without any standby"
+	}
+	allowed := st.SyncStandbys
+	if len(allowed) == 0 {
+		// No set recorded for this epoch yet (a version-1 promotion): any
+		// other member, as syncNames names them.
+		for name := range st.Members {
+			if name != self {
+				allowed = append(allowed, name)
+			}
+		}
+	}
+	for _, n := range sn.Names {
+		if !slices.Contains(allowed, n) {
+			return false, fmt.Sprintf("synchronous_standby_names %q names %s, which is not in the synchronous set (%s)", observed, n, strings.Join(allowed, ","))
+		}
+	}
+	return true, ""
 }
 
 // becomeWritable starts or promotes PostgreSQL as the primary of st.Epoch,
 // but only with the Raft leader's permit: the leader serialises permits with
 // its failover decisions, so a primary never comes back up while the leader
-// promotes someone else. (DESIGN "One writer".)
+// promotes someone else. (DESIGN "One writer".) The start must be done
+// within the permit's grace; past it the leader fails over, so a start that
+// is still going then is stopped.
 //
 // A standby's data directory is started as a standby and then promoted, so
 // it moves to a new timeline; only a former primary starts as a primary.
+// Before the promotion, in this order:
+//  1. synchronous_standby_names is written and in force (the server shows
+//     it): a promoted server acknowledges no commit that no member of the
+//     committed set has (DESIGN "No acknowledgement without the synchronous
+//     set"); if that cannot be done, no promotion;
+//  2. the replication slots of the others exist, so they stream at once;
+//  3. the history files of every timeline up to the one this promotion
+//     reserved exist, so PostgreSQL takes that one.
 func (a *Agent) becomeWritable(ctx context.Context, st consensus.State, pg postgres.Status) error {
 	crashed := !pg.Running && a.writableEpoch.Load() == st.Epoch
-	if err := a.requestPermit(ctx, st.Epoch, crashed); err != nil {
+	until, err := a.requestPermit(ctx, st.Epoch, crashed)
+	if err != nil {
 		return fmt.Errorf("not starting PostgreSQL as the primary: %w", err)
 	}
 	// Say so at once: a new leader that sees "starting" does not fail over.
 	a.setActivity("starting")
 	defer a.setActivity("")
+	ctx, cancel := context.WithDeadline(ctx, until)
+	defer cancel()
 	a.pgMu.Lock()
 	defer a.pgMu.Unlock()
+	err = a.startAndPromote(ctx, st, pg)
+	if err != nil && ctx.Err() != nil {
+		// Past the grace the leader fails over: nothing of this start may
+		// stay up.
+		if pid, _ := a.inst.PostmasterPID(); pid != 0 {
+			a.log.Warn("stopping PostgreSQL", "reason", "it did not start within the permit's grace; the leader fails over", "pid", pid)
+			_ = a.inst.Kill(context.Background(), pid)
+		}
+	}
+	return err
+}
+
+func (a *Agent) startAndPromote(ctx context.Context, st consensus.State, pg postgres.Status) error {
 	if !pg.Running {
 		if !a.inst.HasStandbySignal() {
 			if _, err := a.inst.Configure(nil, a.syncNames(st, pg)); err != nil {
@@ -236,14 +344,68 @@ func (a *Agent) becomeWritable(ctx context.Context, st consensus.State, pg postg
 			return err
 		}
 	}
-	if a.pgStatus(ctx).InRecovery {
-		a.log.Info("promoting", "epoch", st.Epoch, "reason", "committed state names this node the primary")
-		a.setActivity("promoting")
-		if err := a.inst.Promote(ctx); err != nil {
-			return err
+	pg = a.pgStatus(ctx)
+	if !pg.InRecovery {
+		return nil
+	}
+	if err := a.syncBeforePromote(ctx, st, pg); err != nil {
+		return fmt.Errorf("not promoting: %w", err)
+	}
+	if err := a.inst.CreateMissingSlots(ctx, a.slotsOfOthers(st)); err != nil {
+		a.log.Warn("replication slots not ready before promotion; the standbys retry until they are", "err", err)
+	}
+	if st.Timeline > pg.Timeline {
+		if err := a.inst.ReserveTimeline(pg.Timeline, st.Timeline); err != nil {
+			a.log.Error("cannot reserve the committed timeline; PostgreSQL takes the next free one", "timeline", st.Timeline, "err", err)
 		}
 	}
+	a.log.Info("promoting", "epoch", st.Epoch, "timeline", st.Timeline, "reason", "committed state names this node the primary")
+	a.setActivity("promoting")
+	if err := a.inst.Promote(ctx); err != nil {
+		return err
+	}
+	if after := a.pgStatus(ctx); st.Timeline != 0 && after.Running && after.Timeline != st.Timeline {
+		a.log.Error("promoted onto another timeline than the committed one", "timeline", after.Timeline, "committed", st.Timeline)
+	}
 	return nil
+}
+
+// syncBeforePromote writes synchronous_standby_names for the new epoch into
+// the standby's configuration, reloads, and waits until the server shows it.
+func (a *Agent) syncBeforePromote(ctx context.Context, st consensus.State, pg postgres.Status) error {
+	names := a.syncNames(st, pg)
+	want := syncNamesValue(names)
+	if ok, why := syncSafe(a.cfg.Failover.Synchronous(), st, a.cfg.Name, want); !ok {
+		return errors.New(why)
+	}
+	if err := a.inst.SetSyncStandbyNames(names); err != nil {
+		return err
+	}
+	if err := a.inst.Reload(ctx); err != nil {
+		return fmt.Errorf("reload synchronous_standby_names: %w", err)
+	}
+	start, reset := time.Now(), false
+	for {
+		got, err := a.inst.ShowSetting(ctx, "synchronous_standby_names")
+		if err == nil && got == want {
+			return nil
+		}
+		if err == nil {
+			err = fmt.Errorf("the server shows %q, not %q", got, want)
+			if !reset && time.Since(start) > 200*time.Millisecond {
+				// Not the reload's delay: an ALTER SYSTEM override wins
+				// over pgha.conf.
+				reset = true
+				a.log.Warn("removing an ALTER SYSTEM override of synchronous_standby_names before promotion", "shown", got)
+				_ = a.inst.ResetAlteredSetting(ctx, "synchronous_standby_names")
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("synchronous_standby_names not in force: %w", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // stepDown stops this primary cleanly for a planned switchover. A clean
@@ -332,18 +494,19 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 		return err
 	}
 	pg := a.pgStatus(ctx)
-	if pg.Running && !pg.InRecovery {
-		// A writable server that is not the committed primary: stop it first.
-		// It must be rewound onto the primary's timeline before it may stream.
-		a.log.Warn("stopping a writable server that is not the committed primary", "primary", st.Primary, "epoch", st.Epoch)
-		a.pgMu.Lock()
-		a.inst.Close()
-		err := a.inst.Stop(ctx, postgres.StopFast)
-		a.pgMu.Unlock()
-		if err != nil {
+	if (pg.Running || pg.Unresponsive) && !pg.InRecovery {
+		// A writable server that is not the committed primary: stop it
+		// first, whether or not it answers SQL (DESIGN "Dead means gone":
+		// one that does not answer may still acknowledge commits). It must
+		// be rewound onto the primary's timeline before it may stream.
+		a.log.Warn("stopping a writable server that is not the committed primary", "primary", st.Primary, "epoch", st.Epoch, "pid", pg.PID, "answers", pg.Running)
+		if err := a.stopWritable(ctx, pg); err != nil {
 			return err
 		}
 		pg = a.pgStatus(ctx)
+	}
+	if pg.Unresponsive {
+		return fmt.Errorf("PostgreSQL runs (pid %d) as a standby but does not answer: %s", pg.PID, pg.Error)
 	}
 	if !pg.Running {
 		why, err := a.rewindReason(ctx, st)
@@ -383,9 +546,54 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 		}
 	}
 	if pg.Running {
+		a.slotsAhead(ctx, st, pg)
 		return a.rewindIfForked(ctx, st, p, pg)
 	}
 	return nil
+}
+
+// slotsAhead keeps, on a running standby, the replication slots of every
+// other member, as Patroni's permanent slots do: once this standby is
+// promoted the others find their slots at once, instead of failing and
+// retrying after wal_retrieve_retry_interval while the first commits wait
+// for a synchronous standby. The slots reserve no WAL until used.
+func (a *Agent) slotsAhead(ctx context.Context, st consensus.State, pg postgres.Status) {
+	want := a.slotsOfOthers(st)
+	have := map[string]bool{}
+	for _, s := range pg.Slots {
+		have[s.Name] = true
+	}
+	if !slices.ContainsFunc(want, func(s string) bool { return !have[s] }) {
+		return
+	}
+	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	if err := a.inst.CreateMissingSlots(qctx, want); err != nil {
+		a.log.Warn("cannot create replication slots ahead of a promotion", "err", err)
+	}
+}
+
+// stopWritable stops a writable server that is not the committed primary:
+// a fast shutdown (clean, so it may follow without pg_rewind) for at most
+// two seconds, then by signal, without waiting for any lock but pgMu's
+// (the reconcile loop's own).
+func (a *Agent) stopWritable(ctx context.Context, pg postgres.Status) error {
+	a.pgMu.Lock()
+	defer a.pgMu.Unlock()
+	if pg.Running {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := a.inst.Stop(sctx, postgres.StopFast)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		a.log.Warn("fast stop too slow, stopping by signal", "err", err)
+	}
+	pid, err := a.inst.PostmasterPID()
+	if err != nil {
+		return err
+	}
+	return a.inst.Kill(ctx, pid)
 }
 
 // rewindReason says why a stopped data directory must be rewound before it

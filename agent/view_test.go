@@ -79,9 +79,12 @@ func TestStateOf(t *testing.T) {
 }
 
 func TestHealthRules(t *testing.T) {
-	st := consensus.State{Primary: "n1", Epoch: 2}
+	st := consensus.State{Members: members("n1", "n2", "n3"), Primary: "n1", Epoch: 2, SyncStandbys: []string{"n2"}}
 	primaryUp := postgres.Status{Running: true}
-	standbyUp := postgres.Status{Running: true, InRecovery: true}
+	primarySync := postgres.Status{Running: true, SyncStandbyNames: `ANY 1 ("n2")`}
+	standbyUp := postgres.Status{Running: true, InRecovery: true, Streaming: true, UpstreamHost: "n1", UpstreamPort: 5432}
+	standbyNotStreaming := postgres.Status{Running: true, InRecovery: true}
+	standbyElsewhere := postgres.Status{Running: true, InRecovery: true, Streaming: true, UpstreamHost: "n3", UpstreamPort: 5432}
 	cases := []struct {
 		name              string
 		h                 localHealth
@@ -94,6 +97,13 @@ func TestHealthRules(t *testing.T) {
 		{"writable but not the committed primary", localHealth{name: "n2", st: st, pg: primaryUp}, false, false},
 		{"standby", localHealth{name: "n2", st: st, pg: standbyUp}, false, true},
 		{"standby down", localHealth{name: "n2", st: st}, false, false},
+		{"standby not streaming", localHealth{name: "n2", st: st, pg: standbyNotStreaming}, false, false},
+		{"standby streaming from another server", localHealth{name: "n2", st: st, pg: standbyElsewhere}, false, false},
+		{"standby diverged from the primary's timeline", localHealth{name: "n2", st: st, pg: standbyUp, diverged: "its WAL went past the fork"}, false, false},
+		{"synchronous: primary naming the set", localHealth{name: "n1", st: st, pg: primarySync, synchronous: true}, true, false},
+		{"synchronous: primary naming nobody", localHealth{name: "n1", st: st, pg: primaryUp, synchronous: true}, false, false},
+		{"synchronous: primary naming a standby outside the set", localHealth{name: "n1", st: st, pg: postgres.Status{Running: true, SyncStandbyNames: "n3"}, synchronous: true}, false, false},
+		{"synchronous: primary naming any standby", localHealth{name: "n1", st: st, pg: postgres.Status{Running: true, SyncStandbyNames: "*"}, synchronous: true}, false, false},
 	}
 	for _, c := range cases {
 		if got := c.h.primaryOK(); got != c.primaryOK {

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 )
 
 // Instance controls one local PostgreSQL instance through pg_ctl and a
@@ -244,8 +243,8 @@ func (i *Instance) PostmasterPID() (int, error) {
 		// Being written right now, or garbage: not a running server we know.
 		return 0, nil
 	}
-	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return 0, nil
+	if !processAlive(pid) {
+		return 0, nil // gone, or a zombie nobody reaped yet: dead means gone
 	}
 	return pid, nil
 }

@@ -12,8 +12,14 @@ import (
 // Status is one observation of the local server. It travels as JSON between
 // agents.
 type Status struct {
-	Running          bool      `json:"running"` // accepts connections (Status connected and queried it)
-	PID              int       `json:"pid"`     // postmaster PID, 0 when no server runs
+	Running bool `json:"running"` // accepts connections (Status connected and queried it)
+	PID     int  `json:"pid"`     // postmaster PID, 0 when no server runs
+	// Unresponsive: the postmaster lives (PID) but the status queries
+	// failed (no free connection slot, a stalled backend, a timeout).
+	// That is not "not running" (DESIGN "Dead means gone"): the server may
+	// still acknowledge commits for its clients. InRecovery then comes
+	// from pg_control ("in production" is a primary).
+	Unresponsive     bool      `json:"unresponsive,omitempty"`
 	InRecovery       bool      `json:"in_recovery"`
 	Timeline         uint32    `json:"timeline"`     // primary: timeline of the current WAL file; standby: received (else checkpoint) timeline
 	CurrentLSN       LSN       `json:"current_lsn"`  // primary: pg_current_wal_lsn()
@@ -92,7 +98,15 @@ func (i *Instance) Status(ctx context.Context) Status {
 	defer cancel()
 	err = i.with(ctx, &i.stat, func(c *pgx.Conn) error { return queryStatus(ctx, c, &st) })
 	if err != nil {
-		st.Error = fmt.Sprintf("query status: %v", err)
+		st = Status{PID: pid, Unresponsive: true, Error: fmt.Sprintf("query status: %v", err)}
+		// pg_control says what the live server is, without a connection.
+		cctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+		defer cancel()
+		if state, cerr := i.ClusterState(cctx); cerr == nil {
+			st.InRecovery = state != "in production"
+		} else {
+			st.InRecovery = false // unknown: judged as a possible writer
+		}
 		return st
 	}
 	st.Running = true

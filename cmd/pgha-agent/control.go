@@ -35,15 +35,24 @@ func switchoverCmd() *cobra.Command {
 func failoverCmd() *cobra.Command {
 	var f apiFlags
 	var candidate string
+	var force bool
 	cmd := &cobra.Command{
-		Use:   "failover [--candidate NODE]",
-		Short: "Force a promotion when the primary is gone (also while paused)",
-		Args:  cobra.NoArgs,
+		Use:   "failover [--candidate NODE] [--force]",
+		Short: "Promote a standby when the primary is gone (also while paused)",
+		Long: `Promote a standby when the primary is gone (also while paused).
+
+It is refused while the old primary may still be writable (its agent or its
+PostgreSQL answers, or its lease has not run out), and, in synchronous mode,
+for a candidate that is not known to hold every acknowledged commit.
+--force promotes anyway: the old primary may keep acknowledging commits
+until it is fenced, and commits only it or another standby held are lost.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return control(cmd, &f, "/failover", agent.ControlRequest{Candidate: candidate})
+			return control(cmd, &f, "/failover", agent.ControlRequest{Candidate: candidate, Force: force})
 		},
 	}
 	cmd.Flags().StringVar(&candidate, "candidate", "", "the standby to promote")
+	cmd.Flags().BoolVar(&force, "force", false, "promote even if the old primary may be alive or the candidate may lack acknowledged commits")
 	f.register(cmd, true)
 	return cmd
 }

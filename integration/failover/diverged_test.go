@@ -77,7 +77,17 @@ func TestDivergedStandbyIsRewound(t *testing.T) {
 		}
 		return v.RaftLeader != "" && v.RaftLeader != a.Name && !memberOf(v, a.Name).Reachable, itest.Describe(v)
 	})
-	out := cli(t, lc, "failover", "--candidate", c)
+	// C is outside the synchronous set and lacks B's rows: a failover to it
+	// is refused without --force (once A's fence deadline has passed, for
+	// that reason alone), and done with it.
+	itest.WaitFor(t, 20*time.Second, "a failover to "+c+" to be refused for lacking acknowledged commits", func() (bool, string) {
+		out, err := cliErr(lc, "failover", "--candidate", c)
+		if err == nil {
+			t.Fatalf("failover to %s, which lacks acknowledged commits, was accepted without --force: %s", c, out)
+		}
+		return strings.Contains(out, "may lack acknowledged commits"), strings.TrimSpace(out)
+	})
+	out := cli(t, lc, "failover", "--candidate", c, "--force")
 	t.Logf("forced failover: %s", strings.TrimSpace(out))
 	// Resumed, C is restarted in place if it ever has to fence itself
 	// (two agents left and a busy machine); with A silent, no one else

@@ -1,0 +1,209 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/pgha/pgha/consensus"
+)
+
+// The primary's lease (DESIGN "One writer").
+//
+// A primary may be writable only while it holds a lease, renewed by a round
+// trip to the current Raft leader that names it the primary of the current
+// epoch. Reaching other members is not enough: a primary cut off from the
+// leader alone (one link of three) must stop while the leader, which cannot
+// reach it, prepares to promote someone else.
+//
+//  1. The primary's agent sends a renewal at time s (its clock). The leader
+//     grants it only if it is still the leader (VerifyLeader, a quorum round
+//     trip) and the committed state names the member primary of that epoch,
+//     and records the time r it granted it. s < r in real time.
+//  2. The primary's lease lasts until s + fence_timeout. The leader
+//     promotes a replacement no earlier than r + fence_timeout + a margin
+//     (fenceDeadline): by then the lease has run out and the agent has
+//     fenced its PostgreSQL. A new leader knows no r and counts from when
+//     it became leader, which is after every r of the old one.
+//  3. The lease is measured on the monotonic clock. An agent that was
+//     frozen (SIGSTOP, a VM pause) wakes with a lease that ran out while it
+//     slept: it tries one renewal before it fences, so a freeze the cluster
+//     rode out (its PostgreSQL answered the leader's direct check) does not
+//     turn into a needless failover; if the leader promoted someone
+//     meanwhile, the renewal is refused and it fences.
+//  4. A grant of a start permit is a renewal too: it is the same round trip.
+//
+// The agent's start counts as a renewal (the lease runs from then), so a
+// restarted agent does not stop the primary it finds running before it has
+// had a chance to reach the leader.
+
+// lease is the primary's side: when its lease runs out.
+type lease struct {
+	mu    sync.Mutex
+	until time.Time // zero: none
+	epoch uint64    // the epoch it was granted for
+}
+
+func (l *lease) renewed(epoch uint64, sent time.Time, d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if u := sent.Add(d); epoch != l.epoch || u.After(l.until) {
+		l.until, l.epoch = u, epoch
+	}
+}
+
+// valid reports whether the lease for epoch holds at now.
+func (l *lease) valid(epoch uint64, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.epoch == epoch && now.Before(l.until)
+}
+
+func (l *lease) remaining(epoch uint64, now time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.epoch != epoch {
+		return 0
+	}
+	return l.until.Sub(now)
+}
+
+type leaseRequest struct {
+	Member string `json:"member"`
+	Epoch  uint64 `json:"epoch"`
+}
+
+// renewLease makes one renewal round trip for the primary of st.Epoch.
+func (a *Agent) renewLease(ctx context.Context, st consensus.State) error {
+	if st.Primary != a.cfg.Name {
+		return fmt.Errorf("%s is not the primary of epoch %d", a.cfg.Name, st.Epoch)
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.leaseRoundTrip())
+	defer cancel()
+	sent := time.Now()
+	var err error
+	if a.node.IsLeader() {
+		err = a.grantLease(ctx, a.cfg.Name, st.Epoch)
+	} else {
+		var base string
+		if base, err = a.leaderAPI(); err == nil {
+			body, _ := json.Marshal(leaseRequest{Member: a.cfg.Name, Epoch: st.Epoch})
+			err = postJSON(ctx, a.http, base+"/internal/lease", body, nil)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	a.lease.renewed(st.Epoch, sent, a.cfg.Timing.FenceTimeout)
+	return nil
+}
+
+// leaseRoundTrip bounds one renewal: a small part of the lease, so a slow
+// leader never eats the time the fence needs.
+func (a *Agent) leaseRoundTrip() time.Duration {
+	return max(a.cfg.Timing.FenceTimeout/4, 50*time.Millisecond)
+}
+
+// leaseInterval is how often the primary renews: often enough that a
+// leader lost just after a renewal leaves most of the lease for the
+// election of the next one.
+func (a *Agent) leaseInterval() time.Duration {
+	return max(min(a.cfg.Timing.HealthInterval, a.cfg.Timing.FenceTimeout/8), 20*time.Millisecond)
+}
+
+// leaseLoop renews the lease while this node is the committed primary.
+func (a *Agent) leaseLoop(ctx context.Context) {
+	t := time.NewTicker(a.leaseInterval())
+	defer t.Stop()
+	failing := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st := a.node.State()
+		if st.Primary != a.cfg.Name || !st.Initialized() {
+			continue
+		}
+		err := a.renewLease(ctx, st)
+		switch {
+		case err != nil && err.Error() != failing:
+			failing = err.Error()
+			a.log.Warn("lease not renewed", "epoch", st.Epoch, "err", err, "remaining", a.lease.remaining(st.Epoch, time.Now()).Round(time.Millisecond))
+		case err == nil && failing != "":
+			failing = ""
+			a.log.Info("lease renewed again", "epoch", st.Epoch)
+		}
+	}
+}
+
+// grantLease runs on the leader. It is serialised with the leader's
+// decisions (lead.mu), so a renewal and a failover of the same primary
+// never both succeed.
+func (a *Agent) grantLease(ctx context.Context, member string, epoch uint64) error {
+	if err := a.lead.lock(ctx); err != nil {
+		return err
+	}
+	defer a.lead.mu.Unlock()
+	if err := a.node.VerifyLeader(ctx); err != nil {
+		return err
+	}
+	st := a.node.State()
+	if st.Primary != member || st.Epoch != epoch {
+		return fmt.Errorf("%w: %s is not the primary of epoch %d (the primary is %s, epoch %d)", consensus.ErrRefused, member, epoch, st.Primary, st.Epoch)
+	}
+	if first, ok := a.lead.permits[member]; ok && a.lead.permitEpoch == epoch && time.Since(first) >= startGrace(a.policy()) {
+		// Its PostgreSQL did not start within the grace: the leader fails
+		// it over once this lease has run out.
+		return fmt.Errorf("%w: %s has not started PostgreSQL within %s of its first permit", consensus.ErrRefused, member, startGrace(a.policy()))
+	}
+	a.lead.noteLease(member, epoch, time.Now())
+	return nil
+}
+
+// lock takes mu, or gives up when ctx ends: a renewal that waits behind a
+// long decision must not hold up the fence loop that asked for it.
+func (l *leader) lock(ctx context.Context) error {
+	for !l.mu.TryLock() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for the leader's decision in progress: %w", ctx.Err())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// noteLease records a renewal the leader granted. Called with mu held.
+func (l *leader) noteLease(member string, epoch uint64, at time.Time) {
+	if l.leaseEpoch != epoch || l.leases == nil {
+		l.leases, l.leaseEpoch = map[string]time.Time{}, epoch
+	}
+	l.leases[member] = at
+}
+
+// lastLease is when this leader last granted member a lease in epoch (zero
+// if it has not). Called with mu held.
+func (l *leader) lastLease(member string, epoch uint64) time.Time {
+	if l.leaseEpoch != epoch {
+		return time.Time{}
+	}
+	return l.leases[member]
+}
+
+func (a *Agent) handleLease(w http.ResponseWriter, r *http.Request, body []byte) {
+	var req leaseRequest
+	if err := json.Unmarshal(body, &req); err != nil || req.Member == "" {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: "body must be {\"member\", \"epoch\"}"})
+		return
+	}
+	if err := a.grantLease(r.Context(), req.Member, req.Epoch); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ControlResult{Message: "granted"})
+}
