@@ -41,6 +41,10 @@ func TestDemo(t *testing.T) {
 	if psqlLine == "" {
 		t.Fatalf("the demo printed no psql command:\n%s", first)
 	}
+	// The first screen says ready only once nothing is waited for.
+	if strings.Contains(first, "commits wait") || strings.Contains(first, "  leader: ") {
+		t.Errorf("the demo said ready while the leader still waits:\n%s", first)
+	}
 	for _, want := range []string{"http://127.0.0.1:8008", "http://127.0.0.1:8009", "http://127.0.0.1:8010", "streaming", "Primary",
 		"export PGHA_TOKEN_FILE=" + filepath.Join(dir, "secrets", "api.token")} {
 		if !strings.Contains(first, want) {

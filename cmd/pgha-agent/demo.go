@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -101,7 +102,7 @@ func runDemo(out io.Writer, dir, pgBin string, readyTimeout time.Duration, withT
 		v, err := lc.View(ctx)
 		if err == nil {
 			w.show(v)
-			if !ready && localcluster.Healthy(v, len(lc.Nodes())) {
+			if !ready && demoReady(v, len(lc.Nodes())) {
 				ready = true
 				printReady(out, v, lc)
 			}
@@ -167,6 +168,24 @@ func (p *progress) reportExit(n *localcluster.Node) {
 	}
 	p.reportedExit[n.Name] = true
 	fmt.Fprintf(p.out, "%s  %s's agent exited; last lines of %s:\n%s\n", stamp(), n.Name, n.Log, tail(n.Log, 8))
+}
+
+// demoReady: one primary, every other member streaming, and nothing the
+// leader waits for. Members stream a moment before the leader's next pass
+// sees it, so a view can be healthy and still say that commits wait for
+// the synchronous standby; "ready" waits until they do not. A paused
+// cluster (resumed from a paused demo) waits for the operator, not for
+// time, and is ready as it is.
+func demoReady(v agent.ClusterView, members int) bool {
+	if !localcluster.Healthy(v, members) {
+		return false
+	}
+	if len(v.SyncStandbys) > 0 && !slices.ContainsFunc(v.Members, func(m agent.MemberStatus) bool {
+		return slices.Contains(v.SyncStandbys, m.Name) && m.State == "streaming"
+	}) {
+		return false
+	}
+	return v.Waiting == "" || v.Pause
 }
 
 func printReady(out io.Writer, v agent.ClusterView, lc *localcluster.Cluster) {
