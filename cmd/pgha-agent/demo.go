@@ -77,9 +77,16 @@ func runDemo(out io.Writer, dir, pgBin string, readyTimeout time.Duration, withT
 	}
 	defer func() {
 		fmt.Fprintln(out, "\nStopping the agents and their PostgreSQL servers...")
-		sctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		if err := lc.StopAll(sctx); err != nil {
+		// Each agent stops its PostgreSQL in fast mode, which takes a second.
+		// One that has not after stopGrace is waiting for something: say
+		// what, and stop that server in immediate mode.
+		slow := func(n *localcluster.Node, running string) {
+			fmt.Fprintf(out, "  %s has not stopped %s after Ctrl-C; still running: %s\n  stopping %s's PostgreSQL in immediate mode (crash-safe: it recovers from its WAL at the next start)\n",
+				n.Name, stopGrace, running, n.Name)
+		}
+		if err := lc.StopAllWithin(sctx, stopGrace, slow); err != nil {
 			fmt.Fprintln(out, "  warning:", err)
 		}
 		fmt.Fprintf(out, "Stopped; nothing left running. Data kept in %s: run the demo again to resume this cluster.\n", dir)
@@ -124,6 +131,11 @@ func runDemo(out io.Writer, dir, pgBin string, readyTimeout time.Duration, withT
 		}
 	}
 }
+
+// stopGrace is how long the demo lets an agent take to stop its
+// PostgreSQL in fast mode before it says what is still running and stops
+// the server in immediate mode.
+const stopGrace = 10 * time.Second
 
 // progress prints what changes while the cluster comes up, one line per change.
 type progress struct {
