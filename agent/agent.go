@@ -2,13 +2,23 @@
 // converges it to the committed cluster state, makes the Raft leader's
 // decisions and serves the REST API.
 //
-// Goroutines (all owned by Run, all stopped when its context ends):
-//   - reconcile: the only goroutine that acts on PostgreSQL (initdb, clone,
-//     configure, start, promote);
-//   - observe: pulls every member's observation over HTTP;
+// Goroutines, all started by Run and stopped before it returns:
+//   - the HTTP server (REST API and the agents' internal calls), from before
+//     bootstrap until Run returns;
+//
+// and six loops, started together once the node has bootstrapped or joined
+// and stopped when Run's context ends or this node is removed:
+//   - reconcile: converges the local PostgreSQL to the committed state
+//     (initdb, clone, configure, start, promote, rewind);
+//   - observe: takes this node's observation and pulls every other member's
+//     over HTTP, each member on a goroutine of its own;
 //   - lead: on the Raft leader only, turns state + observations into commands;
 //   - register: makes sure this node is a Raft voter with a current member record;
-//   - the HTTP server.
+//   - fence: stops a writable PostgreSQL whose agent has lost contact with
+//     the Raft quorum for fence_timeout (DESIGN's "One writer");
+//   - front: on the Raft leader only, runs the router and holds the VIP.
+//
+// reconcile and fence both act on PostgreSQL's lifecycle; pgMu serialises them.
 package agent
 
 import (

@@ -24,7 +24,7 @@ type front struct {
 	mu      sync.Mutex
 	rt      *router.Router // non-nil while this node serves
 	serving sync.WaitGroup // the Serve goroutines of rt's two listeners
-	topo    *router.StaticTopology
+	topo    *router.BackendSet
 	// held is set while a switchover holds new transactions; sawSwitchover
 	// once the committed state shows it (the hold starts before the commit).
 	held, sawSwitchover bool
@@ -114,7 +114,7 @@ func (a *Agent) startRouterLocked() error {
 		rw.Close()
 		return fmt.Errorf("router: cannot listen yet: %w", err)
 	}
-	f.topo = router.NewStaticTopology(a.backends()...)
+	f.topo = router.NewBackendSet(a.backends()...)
 	cfg := rc.routerConfig()
 	cfg.Logger = a.log.With("component", "router")
 	rt, err := router.New(cfg, f.topo)

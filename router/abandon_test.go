@@ -117,7 +117,7 @@ func (s *stubServer) session(conn net.Conn) {
 // pooling it.
 func TestAbandonRetriesCancel(t *testing.T) {
 	srv := newStubServer(t, 1)
-	topo := NewStaticTopology(Backend{Name: "p", Host: "127.0.0.1", Port: srv.port(), Primary: true, Healthy: true})
+	topo := NewBackendSet(Backend{Name: "p", Host: "127.0.0.1", Port: srv.port(), Primary: true, Healthy: true})
 	r, err := New(Config{HBA: []HBARule{{Method: AuthTrust}}, ServerConnectTimeout: 5 * time.Second}, topo)
 	if err != nil {
 		t.Fatal(err)

@@ -175,7 +175,7 @@ func startCluster(t *testing.T) *cluster {
 // testRouter is a router on two loopback listeners.
 type testRouter struct {
 	*router.Router
-	topo   *router.StaticTopology
+	topo   *router.BackendSet
 	rw, ro string // addresses
 	cl     *cluster
 }
@@ -201,7 +201,7 @@ func routerConfig(mode router.PoolMode) router.Config {
 
 func startRouter(t *testing.T, cl *cluster, cfg router.Config) *testRouter {
 	t.Helper()
-	topo := router.NewStaticTopology(cl.backends()...)
+	topo := router.NewBackendSet(cl.backends()...)
 	r, err := router.New(cfg, topo)
 	if err != nil {
 		t.Fatal(err)

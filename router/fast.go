@@ -24,10 +24,11 @@ import (
 // it meets something it does not serve: another message type (Parse,
 // Close, COPY data), a pipelined batch, an admin command, DISCARD, a
 // switchover hold, no primary, a pool with no idle connection that would
-// need a dial, COPY, a message too large for its buffer. Handing back loses nothing: unserved client bytes
-// stay in the client's msgReader, unserved server bytes in the server
-// connection's, unsent client bytes move to the client's write buffer,
-// and a query in flight goes on under a pump goroutine (relay).
+// need a dial, COPY, a message too large for its buffer. Handing back
+// loses nothing: unserved client bytes stay in the client's msgReader,
+// unserved server bytes in the server connection's, unsent client bytes
+// move to the client's write buffer, and a query in flight goes on under a
+// pump goroutine (relay).
 //
 // State: the client goroutine enters (serveFast) only with the session
 // idle; from then until the hand-back every field of the session is used
@@ -387,9 +388,10 @@ func (c *client) extendedBatch(buf []byte) (class Class, ok bool) {
 }
 
 // fastShaped: a batch the general path served is one the fast path would
-// serve next time: a lone Query, or named statements only (the Parses are then cached, and the next runs are
-// Bind, Describe, Execute, Sync). Entering the fast path for a session
-// that keeps handing back would cost a hand-over per transaction.
+// serve next time: a lone Query, or named statements only (the Parses are
+// then cached, and the next runs are Bind, Describe, Execute, Sync).
+// Entering the fast path for a session that keeps handing back would cost
+// a hand-over per transaction.
 func fastShaped(batch []pgproto3.FrontendMessage) bool {
 	if len(batch) == 1 {
 		if _, ok := batch[0].(*pgproto3.Query); ok {
@@ -428,7 +430,7 @@ func splitBind(body []byte) (portal, name, rest []byte, ok bool) {
 	return body[:p+1], body[p+1 : p+1+n], body[p+1+n+1:], true
 }
 
-// rewriteExtended returns the batch extendedRead accepted as sc must get
+// rewriteExtended returns the batch extendedBatch accepted as sc must get
 // it: each statement under its server name (register), and a Parse first
 // where sc has not prepared it yet, as client.enqueue does.
 func (f *fastPath) rewriteExtended(sc *serverConn, buf []byte) []byte {

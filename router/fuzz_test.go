@@ -13,7 +13,7 @@ import (
 // pool already knows the server parameters, so a client logs in (trust)
 // and every message path up to the server dial runs without PostgreSQL.
 func fuzzRouter(t testing.TB) *Router {
-	topo := NewStaticTopology(Backend{Name: "p", Host: "127.0.0.1", Port: 1, Primary: true, Healthy: true})
+	topo := NewBackendSet(Backend{Name: "p", Host: "127.0.0.1", Port: 1, Primary: true, Healthy: true})
 	r, err := New(Config{HBA: []HBARule{{Method: AuthTrust}}, ServerConnectTimeout: time.Second, MaxMessageSize: 1 << 16}, topo)
 	if err != nil {
 		t.Fatal(err)

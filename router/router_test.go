@@ -31,8 +31,10 @@ func TestRouter(t *testing.T) {
 	cl := startCluster(t)
 	pgbenchInit(t, cl)
 	// Transaction mode twice: with the fast path (the default), which
-	// serves lone read-only simple queries on the poller, and without, so
-	// that the general path keeps its own proof of those.
+	// serves simple Queries and runs of prepared statements (Bind,
+	// Describe, Execute, Sync), reads and writes, inside transactions too,
+	// on the poller goroutine (fast.go); and without, so that the general
+	// path keeps its own proof of those. Session mode has no fast path.
 	for _, v := range []struct {
 		name   string
 		mode   router.PoolMode

@@ -3,7 +3,9 @@ package router
 import (
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -44,53 +46,56 @@ type Topology interface {
 	Changes() <-chan struct{}
 }
 
-// StaticTopology is a Topology whose set the caller replaces with Set. It
-// serves tests and simple deployments; it is safe for concurrent use.
-type StaticTopology struct {
-	mu       chan struct{} // a 1-slot lock usable from any goroutine
+// BackendSet is the Topology its owner keeps current: the agent replaces
+// the set with Set whenever the committed state or an observation changes
+// it. All methods are safe for concurrent use; Update calls f with the set
+// locked, so f must not call the BackendSet's methods.
+type BackendSet struct {
+	mu       sync.Mutex
 	backends []Backend
 	changes  chan struct{}
 }
 
-// NewStaticTopology returns a StaticTopology holding backends.
-func NewStaticTopology(backends ...Backend) *StaticTopology {
-	t := &StaticTopology{mu: make(chan struct{}, 1), changes: make(chan struct{}, 1)}
-	t.backends = append([]Backend(nil), backends...)
-	return t
+// NewBackendSet returns a BackendSet holding backends.
+func NewBackendSet(backends ...Backend) *BackendSet {
+	return &BackendSet{backends: slices.Clone(backends), changes: make(chan struct{}, 1)}
 }
 
-// Backends implements Topology.
-func (t *StaticTopology) Backends() []Backend {
-	t.mu <- struct{}{}
-	defer func() { <-t.mu }()
-	return append([]Backend(nil), t.backends...)
+// Backends implements Topology: a copy of the set.
+func (s *BackendSet) Backends() []Backend {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.backends)
 }
 
 // Changes implements Topology.
-func (t *StaticTopology) Changes() <-chan struct{} { return t.changes }
+func (s *BackendSet) Changes() <-chan struct{} { return s.changes }
 
 // Set replaces the set and signals a change.
-func (t *StaticTopology) Set(backends ...Backend) {
-	t.mu <- struct{}{}
-	t.backends = append([]Backend(nil), backends...)
-	<-t.mu
-	select {
-	case t.changes <- struct{}{}:
-	default:
-	}
+func (s *BackendSet) Set(backends ...Backend) {
+	s.mu.Lock()
+	s.backends = slices.Clone(backends)
+	s.mu.Unlock()
+	s.changed()
 }
 
 // Update changes the backend called name with f and signals a change.
-func (t *StaticTopology) Update(name string, f func(*Backend)) {
-	t.mu <- struct{}{}
-	for i := range t.backends {
-		if t.backends[i].Name == name {
-			f(&t.backends[i])
+func (s *BackendSet) Update(name string, f func(*Backend)) {
+	s.mu.Lock()
+	for i := range s.backends {
+		if s.backends[i].Name == name {
+			f(&s.backends[i])
 		}
 	}
-	<-t.mu
+	s.mu.Unlock()
+	s.changed()
+}
+
+// changed signals a change without blocking: one pending signal covers
+// any number of changes, since the router reads the whole set.
+func (s *BackendSet) changed() {
 	select {
-	case t.changes <- struct{}{}:
+	case s.changes <- struct{}{}:
 	default:
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -76,9 +77,16 @@ func runDemo(out io.Writer, dir, pgBin string, readyTimeout time.Duration, withT
 	}
 	defer func() {
 		fmt.Fprintln(out, "\nStopping the agents and their PostgreSQL servers...")
-		sctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		if err := lc.StopAll(sctx); err != nil {
+		// Each agent stops its PostgreSQL in fast mode, which takes a second.
+		// One that has not after stopGrace is waiting for something: say
+		// what, and stop that server in immediate mode.
+		slow := func(n *localcluster.Node, running string) {
+			fmt.Fprintf(out, "  %s has not stopped %s after Ctrl-C; still running: %s\n  stopping %s's PostgreSQL in immediate mode (crash-safe: it recovers from its WAL at the next start)\n",
+				n.Name, stopGrace, running, n.Name)
+		}
+		if err := lc.StopAllWithin(sctx, stopGrace, slow); err != nil {
 			fmt.Fprintln(out, "  warning:", err)
 		}
 		fmt.Fprintf(out, "Stopped; nothing left running. Data kept in %s: run the demo again to resume this cluster.\n", dir)
@@ -101,7 +109,7 @@ func runDemo(out io.Writer, dir, pgBin string, readyTimeout time.Duration, withT
 		v, err := lc.View(ctx)
 		if err == nil {
 			w.show(v)
-			if !ready && localcluster.Healthy(v, len(lc.Nodes())) {
+			if !ready && demoReady(v, len(lc.Nodes())) {
 				ready = true
 				printReady(out, v, lc)
 			}
@@ -123,6 +131,11 @@ func runDemo(out io.Writer, dir, pgBin string, readyTimeout time.Duration, withT
 		}
 	}
 }
+
+// stopGrace is how long the demo lets an agent take to stop its
+// PostgreSQL in fast mode before it says what is still running and stops
+// the server in immediate mode.
+const stopGrace = 10 * time.Second
 
 // progress prints what changes while the cluster comes up, one line per change.
 type progress struct {
@@ -167,6 +180,24 @@ func (p *progress) reportExit(n *localcluster.Node) {
 	}
 	p.reportedExit[n.Name] = true
 	fmt.Fprintf(p.out, "%s  %s's agent exited; last lines of %s:\n%s\n", stamp(), n.Name, n.Log, tail(n.Log, 8))
+}
+
+// demoReady: one primary, every other member streaming, and nothing the
+// leader waits for. Members stream a moment before the leader's next pass
+// sees it, so a view can be healthy and still say that commits wait for
+// the synchronous standby; "ready" waits until they do not. A paused
+// cluster (resumed from a paused demo) waits for the operator, not for
+// time, and is ready as it is.
+func demoReady(v agent.ClusterView, members int) bool {
+	if !localcluster.Healthy(v, members) {
+		return false
+	}
+	if len(v.SyncStandbys) > 0 && !slices.ContainsFunc(v.Members, func(m agent.MemberStatus) bool {
+		return slices.Contains(v.SyncStandbys, m.Name) && m.State == "streaming"
+	}) {
+		return false
+	}
+	return v.Waiting == "" || v.Pause
 }
 
 func printReady(out io.Writer, v agent.ClusterView, lc *localcluster.Cluster) {

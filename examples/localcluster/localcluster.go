@@ -316,11 +316,31 @@ func (n *Node) exited() bool {
 }
 
 // Stop asks the agent to stop (SIGTERM; it stops its PostgreSQL) and waits.
-func (c *Cluster) Stop(ctx context.Context, n *Node) error {
+func (c *Cluster) Stop(ctx context.Context, n *Node) error { return c.stop(ctx, n, 0, nil) }
+
+// stop is Stop, and after grace (if not 0) StopAllWithin's report and
+// immediate stop of the node's PostgreSQL.
+func (c *Cluster) stop(ctx context.Context, n *Node, grace time.Duration, slow func(*Node, string)) error {
 	if !n.Running() {
 		return nil
 	}
 	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	if grace > 0 {
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case <-n.done:
+			return nil
+		case <-ctx.Done():
+		case <-t.C:
+			if slow != nil {
+				slow(n, c.StillRunning(n))
+			}
+			// The agent's pg_ctl stop -m fast returns once the postmaster
+			// is gone, and the agent exits.
+			c.stopPostgres(ctx, n, "immediate", 10)
+		}
+	}
 	select {
 	case <-n.done:
 		return nil
@@ -329,6 +349,42 @@ func (c *Cluster) Stop(ctx context.Context, n *Node) error {
 		<-n.done
 		return fmt.Errorf("%s did not stop in time: killed", n.Name)
 	}
+}
+
+// StillRunning describes what of node n still runs: its agent and pg_ctl,
+// and the postmaster's processes by their titles ("postgres: walsender
+// replicator 127.0.0.1(40112) streaming 0/5000148", "postgres:
+// checkpointer performing shutdown checkpoint"), which say what a
+// shutdown waits for.
+func (c *Cluster) StillRunning(n *Node) string {
+	var parts []string
+	if n.Running() {
+		agent := "agent"
+		for _, child := range childPIDs(n.cmd.Process.Pid) {
+			agent += " > " + processTitle(child)
+		}
+		parts = append(parts, agent)
+	}
+	if pid := n.PostmasterPID(); pid != 0 && alive(pid) {
+		titles := []string{"postmaster"}
+		for _, child := range childPIDs(pid) {
+			titles = append(titles, processTitle(child))
+		}
+		parts = append(parts, strings.Join(titles, "; "))
+	} else {
+		parts = append(parts, "PostgreSQL already stopped")
+	}
+	return strings.Join(parts, "; ")
+}
+
+// processTitle is pid's command line as ps shows it (PostgreSQL's
+// processes write their state there).
+func processTitle(pid int) string {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil {
+		return strconv.Itoa(pid) + " (exited)"
+	}
+	return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
 }
 
 // KillAgent kills the agent process only (kill -9); its PostgreSQL keeps running.
@@ -379,7 +435,14 @@ func (c *Cluster) KillHost(n *Node) {
 
 // StopAll stops every agent, then makes sure no PostgreSQL of the cluster is
 // left running (an agent killed earlier leaves its postmaster behind).
-func (c *Cluster) StopAll(ctx context.Context) error {
+func (c *Cluster) StopAll(ctx context.Context) error { return c.StopAllWithin(ctx, 0, nil) }
+
+// StopAllWithin is StopAll for someone waiting at a terminal: a node whose
+// agent has not exited grace after SIGTERM (it stops its PostgreSQL in
+// fast mode) is reported to slow, naming what still runs (StillRunning),
+// and its PostgreSQL is stopped in immediate mode, which is crash-safe: the
+// server recovers from its WAL at the next start. grace 0 waits for ctx.
+func (c *Cluster) StopAllWithin(ctx context.Context, grace time.Duration, slow func(n *Node, running string)) error {
 	var wg sync.WaitGroup
 	var errs []error
 	var mu sync.Mutex
@@ -387,7 +450,7 @@ func (c *Cluster) StopAll(ctx context.Context) error {
 		wg.Add(1)
 		go func(n *Node) {
 			defer wg.Done()
-			if err := c.Stop(ctx, n); err != nil {
+			if err := c.stop(ctx, n, grace, slow); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
@@ -410,13 +473,19 @@ func (c *Cluster) stopOrphanPostgres(ctx context.Context, n *Node) error {
 	if pid == 0 || !alive(pid) {
 		return nil
 	}
-	cmd := exec.CommandContext(ctx, filepath.Join(c.opts.BinDir, "pg_ctl"), "stop", "-D", n.PGData, "-m", "fast", "-w", "-t", "30")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
-	if out, err := cmd.CombinedOutput(); err != nil && alive(pid) {
+	if out, err := c.stopPostgres(ctx, n, "fast", 30); err != nil && alive(pid) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 		return fmt.Errorf("stop orphaned PostgreSQL of %s: %v: %s", n.Name, err, out)
 	}
 	return nil
+}
+
+// stopPostgres runs pg_ctl stop on n's data directory in mode, waiting up
+// to seconds.
+func (c *Cluster) stopPostgres(ctx context.Context, n *Node, mode string, seconds int) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.opts.BinDir, "pg_ctl"), "stop", "-D", n.PGData, "-m", mode, "-w", "-t", strconv.Itoa(seconds))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
+	return cmd.CombinedOutput()
 }
 
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,7 +24,8 @@ import (
 	"github.com/pgha/pgha/postgres/pgtest"
 )
 
-// BuildAgent builds cmd/pgha-agent into a fresh directory.
+// BuildAgent builds cmd/pgha-agent into a fresh directory, with the race
+// detector when this binary has it (go test -race).
 func BuildAgent() (string, func(), error) {
 	dir, err := os.MkdirTemp("", "pgha-bin-")
 	if err != nil {
@@ -32,7 +34,11 @@ func BuildAgent() (string, func(), error) {
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(file), "..", "..")
 	bin := filepath.Join(dir, "pgha-agent")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/pgha-agent")
+	args := []string{"build", "-o", bin}
+	if raceEnabled() {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "./cmd/pgha-agent")...)
 	build.Dir = root
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
@@ -43,7 +49,9 @@ func BuildAgent() (string, func(), error) {
 }
 
 // Main is the TestMain of the end-to-end packages: it builds the agent into
-// *binary, runs the tests and removes the build.
+// *binary, runs the tests and removes the build. Under go test -race the
+// agents are built with the race detector too, and a race report from any
+// agent fails the package.
 func Main(m *testing.M, binary *string) {
 	bin, cleanup, err := BuildAgent()
 	if err != nil {
@@ -51,9 +59,69 @@ func Main(m *testing.M, binary *string) {
 		os.Exit(1)
 	}
 	*binary = bin
+	races := ""
+	if raceEnabled() {
+		if races, err = raceLogDir(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
 	code := m.Run()
+	if races != "" {
+		if reportRaces(races) && code == 0 {
+			code = 1
+		}
+		os.RemoveAll(races)
+	}
 	cleanup()
 	os.Exit(code)
+}
+
+// raceEnabled: this binary was built with -race.
+func raceEnabled() bool {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-race" {
+			return s.Value == "true"
+		}
+	}
+	return false
+}
+
+// raceLogDir makes a directory every agent process can write to and points
+// the race detector of the processes this one starts at it (GORACE
+// log_path), so that reports do not drown in the agents' logs.
+func raceLogDir() (string, error) {
+	dir, err := os.MkdirTemp("", "pgha-race-")
+	if err != nil {
+		return "", err
+	}
+	// The agents may run as another OS user (postgres when root).
+	if err := os.Chmod(dir, 0o777); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" log_path="+filepath.Join(dir, "agent")))
+	return dir, nil
+}
+
+// reportRaces prints every race report an agent left in dir and says
+// whether there was one.
+func reportRaces(dir string) bool {
+	files, _ := filepath.Glob(filepath.Join(dir, "agent.*"))
+	found := false
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		found = true
+		fmt.Fprintf(os.Stderr, "itest: race detector report from agent process %s:\n%s\n", strings.TrimPrefix(filepath.Ext(f), "."), b)
+	}
+	return found
 }
 
 // FreePort is a TCP port on 127.0.0.1 that nothing listens on right now,

@@ -163,18 +163,46 @@ func awaitNeighbour(t *testing.T, c *netcluster.Cluster, h *netcluster.Host) {
 	})
 }
 
-// stable asserts that for d the majority keeps primary and epoch.
+// stable asserts that for d the majority keeps primary and epoch. Only
+// answers prove that, so it looks until it has stableViews views, the last
+// one taken after d, and fails if the majority's API has not given them by
+// d + stableGrace: a cluster nobody can ask has not shown that it kept still.
+// (A view may take an API timeout of 3s when the first host asked is cut
+// off, hence the grace.)
 func stable(t *testing.T, c *netcluster.Cluster, d time.Duration, primary string, epoch uint64) {
 	t.Helper()
-	end := time.Now().Add(d)
-	for time.Now().Before(end) {
+	start := time.Now()
+	views, failed := 0, 0
+	var lastErr error
+	for {
 		v, err := c.View(context.Background())
-		if err == nil && (v.Epoch != epoch || netcluster.Primary(v) != primary) {
-			t.Fatalf("failover happened: %s (before: primary %s, epoch %d)", netcluster.Describe(v), primary, epoch)
+		at := time.Now()
+		if err != nil {
+			failed++
+			lastErr = err
+		} else {
+			if v.Epoch != epoch || netcluster.Primary(v) != primary {
+				t.Fatalf("failover happened: %s (before: primary %s, epoch %d)", netcluster.Describe(v), primary, epoch)
+			}
+			views++
+			if views >= stableViews && at.Sub(start) >= d {
+				return
+			}
+		}
+		if at.Sub(start) >= d+stableGrace {
+			t.Fatalf("cannot tell whether %s stayed primary at epoch %d: %d views in %s (want %d, the last after %s), %d failed, last error: %v",
+				primary, epoch, views, at.Sub(start).Round(time.Millisecond), stableViews, d, failed, lastErr)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// stable's demands: this many views, the last after the period checked;
+// it gives up this long after the period.
+const (
+	stableViews = 3
+	stableGrace = 10 * time.Second
+)
 
 // must runs a scenario and stops at the first failing one: the next starts
 // from a healthy cluster, which a failure may not leave.

@@ -63,7 +63,7 @@ func serveRouter(args []string) error {
 			return err
 		}
 	}
-	topo := router.NewStaticTopology(backends...)
+	topo := router.NewBackendSet(backends...)
 	r, err := router.New(cfg, topo)
 	if err != nil {
 		return err
@@ -132,7 +132,7 @@ func parseBackends(s string) ([]router.Backend, error) {
 // does, so read-your-writes and max lag work as in production. It owns its
 // connections; run returns when ctx ends.
 type lsnMonitor struct {
-	topo                 *router.StaticTopology
+	topo                 *router.BackendSet
 	backends             []router.Backend
 	user, db, password   string
 	conns                map[string]*pgx.Conn
