@@ -136,6 +136,9 @@ func (a *Agent) inSync(ctx context.Context) bool {
 
 // convergePrimary makes this node the running, writable primary.
 func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds postgres.DataDirState) error {
+	// A reinit request is for the standby it was made to; one pending when
+	// this node became the primary must not wipe its data after a demotion.
+	a.reinit.Store(false)
 	if dds.IsEmpty() {
 		if st.SystemID != 0 {
 			return fmt.Errorf("this node is the committed primary but its data directory is empty; the cluster's data (system identifier %d) is on the other members", st.SystemID)
