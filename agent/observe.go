@@ -35,6 +35,9 @@ type Observation struct {
 	// shutdown checkpoint); zero when running or not cleanly stopped.
 	StoppedLSN postgres.LSN `json:"stopped_lsn,omitempty"`
 	LastRejoin string       `json:"last_rejoin,omitempty"` // rewind or clone
+	// KeptDataDirs are the data directories re-clones replaced and kept
+	// aside as evidence (evidence.go), oldest first.
+	KeptDataDirs []string `json:"kept_data_dirs,omitempty"`
 	// TimelineHistory is, on a running primary, the history of its
 	// timeline (Postgres.Timeline): where each ancestor timeline ended.
 	// Standbys check against it that their WAL did not go past the fork.
@@ -176,6 +179,7 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 	if r, ok := a.lastRejoin.Load().(string); ok {
 		o.LastRejoin = r
 	}
+	o.KeptDataDirs = a.keptDataDirs()
 	if !o.Postgres.Running && dds == postgres.DataDirValid {
 		if state, err := a.inst.ClusterState(ctx); err == nil && state == "shut down" {
 			o.StoppedLSN, _ = a.inst.CheckpointLSN(ctx)

@@ -553,7 +553,9 @@ func (a *Agent) reinitFrom(ctx context.Context, st consensus.State, p consensus.
 	if err := a.inst.Stop(ctx, postgres.StopFast); err != nil {
 		return err
 	}
-	if err := recovery.Reinit(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, a.cloneSource(p), a.cfg.Postgres.RunAs, a.progress("reinit")); err != nil {
+	kept, err := recovery.ReinitKeeping(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, a.cloneSource(p), a.cfg.Postgres.RunAs, a.keepReplaced(), a.progress("reinit"))
+	a.logKept(kept, why)
+	if err != nil {
 		return fmt.Errorf("re-clone from %s: %w", st.Primary, err)
 	}
 	a.lastRejoin.Store("clone")
