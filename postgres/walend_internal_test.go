@@ -15,8 +15,8 @@ func TestRecordEnd(t *testing.T) {
 	}{
 		{0x1526058, 405, 0x15261F0}, // within a page (seen from pg_waldump)
 		{0x1526058, 8, 0x1526060},
-		{3*8192 - 16, 100, 3*8192 + 24 + 88}, // continues on the next page after its header
-		{seg - 16, 100, seg + 40 + 88},       // ...and on the next segment's long header
+		{3*8192 - 16, 100, 3*8192 + 24 + 88},               // continues on the next page after its header
+		{seg - 16, 100, seg + 40 + 88},                     // ...and on the next segment's long header
 		{3*8192 - 16, 16 + 8192 - 24 + 8, 4*8192 + 24 + 8}, // over a whole page
 	} {
 		if got := recordEnd(c.lsn, c.size, seg); got != c.want {
