@@ -51,6 +51,13 @@ type Observation struct {
 	// nothing (no safe candidate, paused...), so any member can show it.
 	LeaderWaiting string          `json:"leader_waiting,omitempty"`
 	Postgres      postgres.Status `json:"postgres"`
+
+	// DataDirWAL is, while the cluster is not initialised, where this
+	// member's data directory's WAL ends, on which timeline and system, so
+	// the leader adopts the newest existing data (adopt.go);
+	// DataDirWALError says why it could not be read.
+	DataDirWAL      *postgres.DataDirWAL `json:"data_dir_wal,omitempty"`
+	DataDirWALError string               `json:"data_dir_wal_error,omitempty"`
 }
 
 // memberView is one member's latest observation as seen by this agent.
@@ -180,6 +187,7 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 		o.LastRejoin = r
 	}
 	o.KeptDataDirs = a.keptDataDirs()
+	o.DataDirWAL, o.DataDirWALError = a.adoptionWAL(ctx, o.Postgres, dds)
 	if !o.Postgres.Running && dds == postgres.DataDirValid {
 		if state, err := a.inst.ClusterState(ctx); err == nil && state == "shut down" {
 			o.StoppedLSN, _ = a.inst.CheckpointLSN(ctx)
