@@ -88,6 +88,8 @@ type Agent struct {
 	forked atomic.Value
 	// history caches this primary's timeline history (observe.go).
 	history timelineHistory
+	// stoppedWAL caches where the stopped data directory's WAL ends (adopt.go).
+	stoppedWAL stoppedWALCache
 
 	mu       sync.Mutex
 	activity string // what the reconcile loop is busy with (initdb, cloning)

@@ -139,6 +139,10 @@ type PostgresConfig struct {
 	// StopOnShutdown stops PostgreSQL (fast) when the agent is stopped cleanly.
 	// A crashed or killed agent never stops it: agent death is not database death.
 	StopOnShutdown *bool `yaml:"stop_on_shutdown"`
+	// KeepReplacedDataDirs is how many data directories a re-clone replaced
+	// are kept aside as <data_dir>.pgha-replaced-<time> (the only copy of
+	// whatever made them diverge), while free space allows; 0 removes them.
+	KeepReplacedDataDirs *int `yaml:"keep_replaced_data_dirs"`
 }
 
 // RoleConfig is a database role pgha creates and uses. The password comes from
@@ -168,6 +172,9 @@ const (
 	DefaultLoopInterval   = 500 * time.Millisecond
 	DefaultHealthInterval = 250 * time.Millisecond
 	DefaultFenceTimeout   = time.Second
+	// DefaultKeepReplacedDataDirs: the last data directory a re-clone
+	// replaced stays aside as evidence.
+	DefaultKeepReplacedDataDirs = 1
 	// Raft timing tuned for failover in seconds on a LAN; raise them on
 	// slow or distant networks.
 	DefaultHeartbeatTimeout   = 500 * time.Millisecond
@@ -266,6 +273,10 @@ func (c *Config) applyDefaults() {
 	if p.StopOnShutdown == nil {
 		yes := true
 		p.StopOnShutdown = &yes
+	}
+	if p.KeepReplacedDataDirs == nil {
+		n := DefaultKeepReplacedDataDirs
+		p.KeepReplacedDataDirs = &n
 	}
 	c.Router.applyDefaults(c.VIP)
 	if c.API.Advertise == "" {
@@ -371,6 +382,9 @@ func (c *Config) Validate() error {
 	}
 	checkAbsDir(bad, "postgres.data_dir", p.DataDir)
 	checkAbsDir(bad, "postgres.socket_dir", p.SocketDir)
+	if n := p.KeepReplacedDataDirs; n != nil && (*n < 0 || *n > 10) {
+		bad("postgres.keep_replaced_data_dirs", "%d is not between 0 and 10 (each copy is a whole data directory)", *n)
+	}
 	if p.Host == "" {
 		bad("postgres.host", "missing; the address other members and clients use to reach this PostgreSQL")
 	}

@@ -62,6 +62,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		{"loop interval", cfg.Timing.LoopInterval, 500 * time.Millisecond},
 		{"join defaults to the other members", strings.Join(cfg.Cluster.Join, ","), "http://10.0.0.12:8008,http://10.0.0.13:8008"},
 		{"stop on shutdown", *cfg.Postgres.StopOnShutdown, true},
+		{"keep replaced data dirs", *cfg.Postgres.KeepReplacedDataDirs, 1},
 		{"initial member", cfg.InitialMember(), true},
 		{"router enabled", cfg.RouterEnabled(), true},
 		{"router listen without a VIP", cfg.Router.Listen, "0.0.0.0"},
@@ -106,6 +107,9 @@ func TestParseConfigErrorsNameTheKey(t *testing.T) {
 		{"lease not below election", func(s string) string {
 			return s + "raft:\n  election_timeout: 1s\n  leader_lease_timeout: 1s\n"
 		}, "raft.leader_lease_timeout"},
+		{"keep too many replaced data dirs", func(s string) string {
+			return strings.Replace(s, "  host: 10.0.0.11\n", "  host: 10.0.0.11\n  keep_replaced_data_dirs: -1\n", 1)
+		}, "postgres.keep_replaced_data_dirs"},
 		{"loop interval too small", func(s string) string { return s + "timing:\n  loop_interval: 1ms\n" }, "timing.loop_interval"},
 		{"advertise mismatch", func(s string) string { return s + "api:\n  advertise: http://10.9.9.9:8008\n" }, "api.advertise"},
 		{"not yaml", func(string) string { return "name: [unclosed\n" }, "parse YAML"},

@@ -106,10 +106,7 @@ func startGrace(p Policy) time.Duration {
 func decide(in Inputs) Plan {
 	st := in.State
 	if !st.Initialized() {
-		if d, ok := chooseFirstPrimary(in); ok {
-			return Plan{Decisions: []Decision{d}}
-		}
-		return Plan{Waiting: "waiting for every member to register and report before choosing the first primary"}
+		return firstPrimaryPlan(in) // adopt.go
 	}
 	if st.SystemID == 0 {
 		if p, ok := in.Observations[st.Primary]; ok && p.reachable && p.obs.Postgres.Running && p.obs.Postgres.SystemID != 0 {
@@ -510,57 +507,4 @@ func switchoverDecisions(in Inputs) Plan {
 		return Plan{Retry: true, Waiting: fmt.Sprintf("switchover: %s has received %s, waiting for %s", sw.To, to.obs.Postgres.ReceivedLSN, from.obs.StoppedLSN)}
 	}
 	return Plan{Decisions: []Decision{promotion(in, sw.To, true, fmt.Sprintf("switchover: %s stopped cleanly at %s and %s has received all of it", sw.From, from.obs.StoppedLSN, sw.To))}}
-}
-
-// chooseFirstPrimary picks who runs initdb (or whose existing data becomes the
-// cluster) when the cluster is initialised.
-//
-//  1. Only members whose agents answered are candidates: an unknown data
-//     directory could hold a cluster we would otherwise overwrite by cloning.
-//  2. If any candidate already has a valid data directory, the one with the
-//     highest LSN is adopted: never initdb beside existing data.
-//  3. Otherwise the leader itself, which is certainly alive.
-//
-// It waits (returns false) until every Raft voter has registered and reported,
-// so an existing data directory on a slow member is never missed.
-func chooseFirstPrimary(in Inputs) (Decision, bool) {
-	st := in.State
-	if _, ok := st.Members[in.Self]; !ok {
-		return Decision{}, false
-	}
-	for _, v := range in.Voters {
-		if _, ok := st.Members[v]; !ok {
-			return Decision{}, false
-		}
-	}
-	var withData []string
-	for name := range st.Members {
-		o, ok := in.Observations[name]
-		if !ok || !o.reachable {
-			return Decision{}, false
-		}
-		if o.obs.DataDir == "invalid" {
-			return Decision{}, false
-		}
-		if o.obs.DataDir == "valid" {
-			withData = append(withData, name)
-		}
-	}
-	if len(withData) > 0 {
-		sort.Slice(withData, func(i, j int) bool {
-			a, b := in.Observations[withData[i]].obs.Postgres, in.Observations[withData[j]].obs.Postgres
-			if a.CurrentLSN != b.CurrentLSN {
-				return a.CurrentLSN > b.CurrentLSN
-			}
-			return withData[i] < withData[j]
-		})
-		return Decision{
-			Command: consensus.InitCluster(in.NewClusterID, withData[0]),
-			Reason:  "initialise the cluster on the member that already has a PostgreSQL data directory",
-		}, true
-	}
-	return Decision{
-		Command: consensus.InitCluster(in.NewClusterID, in.Self),
-		Reason:  "initialise the cluster: the Raft leader runs initdb, the others clone from it",
-	}, true
 }

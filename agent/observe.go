@@ -35,6 +35,9 @@ type Observation struct {
 	// shutdown checkpoint); zero when running or not cleanly stopped.
 	StoppedLSN postgres.LSN `json:"stopped_lsn,omitempty"`
 	LastRejoin string       `json:"last_rejoin,omitempty"` // rewind or clone
+	// KeptDataDirs are the data directories re-clones replaced and kept
+	// aside as evidence (evidence.go), oldest first.
+	KeptDataDirs []string `json:"kept_data_dirs,omitempty"`
 	// TimelineHistory is, on a running primary, the history of its
 	// timeline (Postgres.Timeline): where each ancestor timeline ended.
 	// Standbys check against it that their WAL did not go past the fork.
@@ -48,6 +51,13 @@ type Observation struct {
 	// nothing (no safe candidate, paused...), so any member can show it.
 	LeaderWaiting string          `json:"leader_waiting,omitempty"`
 	Postgres      postgres.Status `json:"postgres"`
+
+	// DataDirWAL is, while the cluster is not initialised, where this
+	// member's data directory's WAL ends, on which timeline and system, so
+	// the leader adopts the newest existing data (adopt.go);
+	// DataDirWALError says why it could not be read.
+	DataDirWAL      *postgres.DataDirWAL `json:"data_dir_wal,omitempty"`
+	DataDirWALError string               `json:"data_dir_wal_error,omitempty"`
 }
 
 // memberView is one member's latest observation as seen by this agent.
@@ -181,6 +191,8 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 	if r, ok := a.lastRejoin.Load().(string); ok {
 		o.LastRejoin = r
 	}
+	o.KeptDataDirs = a.keptDataDirs()
+	o.DataDirWAL, o.DataDirWALError = a.adoptionWAL(ctx, o.Postgres, dds)
 	if !o.Postgres.Running && dds == postgres.DataDirValid {
 		if state, err := a.inst.ClusterState(ctx); err == nil && state == "shut down" {
 			o.StoppedLSN, _ = a.inst.CheckpointLSN(ctx)

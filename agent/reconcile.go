@@ -137,6 +137,9 @@ func (a *Agent) inSync(ctx context.Context) bool {
 
 // convergePrimary makes this node the running, writable primary.
 func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds postgres.DataDirState) error {
+	// A reinit request is for the standby it was made to; one pending when
+	// this node became the primary must not wipe its data after a demotion.
+	a.reinit.Store(false)
 	if dds.IsEmpty() {
 		if st.SystemID != 0 {
 			return fmt.Errorf("this node is the committed primary but its data directory is empty; the cluster's data (system identifier %d) is on the other members", st.SystemID)
@@ -758,7 +761,9 @@ func (a *Agent) reinitFrom(ctx context.Context, st consensus.State, p consensus.
 	if err := a.inst.Stop(ctx, postgres.StopFast); err != nil {
 		return err
 	}
-	if err := recovery.Reinit(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, a.cloneSource(p), a.cfg.Postgres.RunAs, a.progress("reinit")); err != nil {
+	kept, err := recovery.ReinitKeeping(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, a.cloneSource(p), a.cfg.Postgres.RunAs, a.keepReplaced(), a.progress("reinit"))
+	a.logKept(kept, why)
+	if err != nil {
 		return fmt.Errorf("re-clone from %s: %w", st.Primary, err)
 	}
 	a.lastRejoin.Store("clone")

@@ -47,6 +47,9 @@ type MemberStatus struct {
 	Activity    string       `json:"activity,omitempty"`
 	Problem     string       `json:"problem,omitempty"`
 	RejoinedBy  string       `json:"rejoined_by,omitempty"` // rewind or clone: how it last rejoined after being primary
+	// KeptDataDirs are data directories re-clones replaced, kept aside on
+	// that host as evidence (paths there), oldest first.
+	KeptDataDirs []string `json:"kept_data_dirs,omitempty"`
 }
 
 // Lag is a byte count, or unknown. It marshals as Patroni does: a number or "unknown".
@@ -121,6 +124,8 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 			Activity:   o.obs.Activity,
 			Problem:    o.obs.Problem,
 			RejoinedBy: o.obs.LastRejoin,
+
+			KeptDataDirs: o.obs.KeptDataDirs,
 		}
 		pg := o.obs.Postgres
 		ms.State = stateOf(o, name == st.Primary)

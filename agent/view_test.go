@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 
@@ -112,5 +113,48 @@ func TestHealthRules(t *testing.T) {
 		if got := c.h.replicaOK(); got != c.replOK {
 			t.Errorf("%s: replicaOK %v, want %v", c.name, got, c.replOK)
 		}
+	}
+}
+
+// /cluster shows, per member, the data directories its re-clones replaced
+// and kept aside, as that member's agent reported them.
+func TestBuildViewKeptDataDirs(t *testing.T) {
+	st := consensus.State{Members: members("n1", "n2"), Primary: "n1", Epoch: 2}
+	kept := []string{"/pg/data.pgha-replaced-20240501T120000Z"}
+	obs := map[string]memberView{
+		"n1": {reachable: true, obs: Observation{Postgres: postgres.Status{Running: true}}},
+		"n2": {reachable: true, obs: Observation{KeptDataDirs: kept, Postgres: postgres.Status{Running: true, InRecovery: true}}},
+	}
+	b, err := json.Marshal(buildView("main", "n1", st, obs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v ClusterView
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Members[1].KeptDataDirs; v.Members[1].Name != "n2" || len(got) != 1 || got[0] != kept[0] {
+		t.Errorf("n2 kept data dirs in /cluster: %v; want %v (%s)", got, kept, b)
+	}
+	if v.Members[0].KeptDataDirs != nil || strings.Contains(string(b), `"kept_data_dirs":null`) {
+		t.Errorf("n1 keeps nothing; /cluster says %s", b)
+	}
+}
+
+// The agent's observation lists the kept copies beside its data directory.
+func TestKeptDataDirsObserved(t *testing.T) {
+	dir := t.TempDir()
+	dataDir := dir + "/data"
+	for _, d := range []string{dataDir, dataDir + ".pgha-replaced-20240501T120000Z", dataDir + ".pgha-replaced-20240502T120000Z", dataDir + ".pgha-old", dir + "/other.pgha-replaced-20240501T120000Z"} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := &Agent{cfg: &Config{}}
+	a.cfg.Postgres.DataDir = dataDir
+	got := a.keptDataDirs()
+	want := []string{dataDir + ".pgha-replaced-20240501T120000Z", dataDir + ".pgha-replaced-20240502T120000Z"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("kept data dirs %v; want %v", got, want)
 	}
 }

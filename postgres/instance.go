@@ -227,10 +227,22 @@ func (i *Instance) Initdb(ctx context.Context) error {
 	return nil
 }
 
+// ErrPIDFileGarbled: postmaster.pid exists but names no process. Either a
+// postmaster is writing it right now (it is starting), or a start that
+// crashed left it; PostgreSQL itself refuses to start beside it.
+var ErrPIDFileGarbled = errors.New("postmaster.pid names no process")
+
 // PostmasterPID returns the postmaster's PID from postmaster.pid, or 0 when
 // no server runs (no file, or its process is gone).
+//
+// Fail safe: a postmaster.pid that cannot be read, or that names no PID
+// (ErrPIDFileGarbled), is an error, never "no server": a postmaster that is
+// starting writes it in steps, and a caller that took it for a stopped
+// server would rewind, re-clone or start a second postmaster beside a
+// live one.
 func (i *Instance) PostmasterPID() (int, error) {
-	b, err := os.ReadFile(filepath.Join(i.cfg.DataDir, "postmaster.pid"))
+	path := filepath.Join(i.cfg.DataDir, "postmaster.pid")
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil
 	}
@@ -240,8 +252,7 @@ func (i *Instance) PostmasterPID() (int, error) {
 	first, _, _ := strings.Cut(string(b), "\n")
 	pid, err := strconv.Atoi(strings.TrimSpace(first))
 	if err != nil || pid <= 0 {
-		// Being written right now, or garbage: not a running server we know.
-		return 0, nil
+		return 0, fmt.Errorf("%s: %w (first line %q): a postmaster may be starting; if no postgres process uses %s, a crashed start left it: remove it", path, ErrPIDFileGarbled, first, i.cfg.DataDir)
 	}
 	if !processAlive(pid) {
 		return 0, nil // gone, or a zombie nobody reaped yet: dead means gone
@@ -346,7 +357,12 @@ func (i *Instance) Stop(ctx context.Context, mode StopMode) error {
 		return fmt.Errorf("stop postgres in %s: unknown stop mode %q (want smart, fast or immediate)", dir, mode)
 	}
 	i.Close()
-	if pid, _ := i.PostmasterPID(); pid == 0 {
+	// Only a postmaster.pid that is absent or names a process that is gone
+	// proves the server stopped; an unreadable one is an error (the caller
+	// goes on to rewind, re-clone or restart only after a real stop).
+	if pid, err := i.PostmasterPID(); err != nil {
+		return fmt.Errorf("stop postgres in %s: %w", dir, err)
+	} else if pid == 0 {
 		return nil
 	}
 	off := i.logOffset()
@@ -354,7 +370,7 @@ func (i *Instance) Stop(ctx context.Context, mode StopMode) error {
 	_, err := i.run(ctx, true, "pg_ctl", "stop", "-D", dir, "-m", string(mode), "-w",
 		"-t", strconv.Itoa(seconds(i.cfg.StopTimeout)))
 	if err != nil {
-		if pid, _ := i.PostmasterPID(); pid == 0 {
+		if pid, perr := i.PostmasterPID(); pid == 0 && perr == nil {
 			return nil
 		}
 		return fmt.Errorf("stop postgres in %s (%s): %w\nserver log %s:\n%s", dir, mode, err, i.cfg.LogFile, i.logTail(off, 20))

@@ -276,3 +276,61 @@ func copyDir(from, to string) error {
 		return postgres.ChownTo(dst, pgtest.RunAs())
 	})
 }
+
+// TestReinitKeepsReplaced: ReinitKeeping keeps the replaced data directory
+// aside beside the new one (the old data, marker and all), at most Max of
+// them, the oldest removed first and reported; a replaced copy that an
+// interrupted reinit left is kept the same way.
+func TestReinitKeepsReplaced(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	primary, standby, passFile := standbyWithMarker(t, ctx)
+	if err := standby.Stop(ctx, postgres.StopFast); err != nil {
+		t.Fatal(err)
+	}
+	dir := standby.Config().DataDir
+	reinit := func(max int) recovery.Kept {
+		t.Helper()
+		res, err := recovery.ReinitKeeping(ctx, standby.Config().BinDir, dir, source(primary, passFile, "pgha_s"), pgtest.RunAs(), recovery.Keep{Max: max}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		noLeftovers(t, dir)
+		if hasMarker(t, standby) {
+			t.Fatal("data dir not replaced")
+		}
+		copies, err := recovery.KeptCopies(dir)
+		if err != nil || len(copies) != max || copies[max-1] != res.Path {
+			t.Fatalf("kept copies %v (%v); want %d, the newest %s", copies, err, max, res.Path)
+		}
+		return res
+	}
+
+	first := reinit(1)
+	if !strings.HasPrefix(first.Path, dir+recovery.KeptInfix) || len(first.Removed) != 0 {
+		t.Errorf("first reinit: %+v", first)
+	}
+	if b, err := os.ReadFile(filepath.Join(first.Path, "pgha-test-marker")); err != nil || string(b) != "old data" {
+		t.Errorf("the kept copy does not hold the old data: %q %v", b, err)
+	}
+
+	second := reinit(1)
+	if second.Path == first.Path || len(second.Removed) != 1 || second.Removed[0] != first.Path {
+		t.Errorf("second reinit: %+v; want %s removed (Max 1)", second, first.Path)
+	}
+
+	// Crash before the cleanup: the copy that reinit replaced is kept too,
+	// as older than the data directory this one replaces.
+	if err := copyDir(dir, dir+recovery.OldSuffix); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir+recovery.OldSuffix, "pgha-test-marker"), []byte("interrupted"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reinit(2)
+	copies, _ := recovery.KeptCopies(dir)
+	if b, err := os.ReadFile(filepath.Join(copies[0], "pgha-test-marker")); err != nil || string(b) != "interrupted" {
+		t.Errorf("the copy an interrupted reinit replaced was not kept: %q %v", b, err)
+	}
+	follow(t, ctx, standby, primary, passFile, "pgha_s")
+}

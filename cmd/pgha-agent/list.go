@@ -98,6 +98,11 @@ func printView(w io.Writer, v agent.ClusterView) {
 	for _, p := range v.Problems {
 		fmt.Fprintln(w, "  ! "+p)
 	}
+	for _, m := range v.Members {
+		for _, d := range m.KeptDataDirs {
+			fmt.Fprintf(w, "  %s keeps a replaced data directory: %s\n", m.Name, d)
+		}
+	}
 	if v.Waiting != "" {
 		fmt.Fprintln(w, "  leader: "+v.Waiting)
 	}
