@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -87,7 +88,10 @@ func (i *Instance) Status(ctx context.Context) Status {
 	var st Status
 	pid, err := i.PostmasterPID()
 	if err != nil {
+		// Unreadable or garbled: a postmaster may be there (starting,
+		// say). Unknown is not gone.
 		st.Error = err.Error()
+		st.Unresponsive = errors.Is(err, ErrPIDFileGarbled)
 		return st
 	}
 	st.PID = pid
