@@ -75,6 +75,25 @@ func (c *Cluster) DialHost(ctx context.Context, h *Host, timeout time.Duration) 
 	return ConnectIn(ctx, h.Node.NS, h.PGAddr(), timeout)
 }
 
+// ProbeApplicationName names the harness's own sessions, so that they are
+// told apart from the agent's (AgentApplicationName) and the writers'.
+const ProbeApplicationName = "pgha-harness"
+
+// SocketConn opens a superuser session over h's unix socket. The harness
+// runs as root, which the agent's pg_ident map lets in as the superuser
+// (peer authentication), as it lets the agent; the socket is a file, so
+// this works whatever the state of h's network.
+func (c *Cluster) SocketConn(ctx context.Context, h *Host, timeout time.Duration) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres application_name=%s", h.SocketDir, PGPort, User, ProbeApplicationName))
+	if err != nil {
+		return nil, err
+	}
+	cfg.ConnectTimeout = timeout
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
 // ClientDo runs fn on a thread inside the client namespace (netns.Do):
 // sockets fn opens stay there. Goroutines fn starts do not inherit it; use
 // DialerIn for those.
