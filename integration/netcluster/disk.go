@@ -112,3 +112,6 @@ func (c *Cluster) DiskFree(h *Host) (int64, error) {
 func remount(dir string, size int64) error {
 	return syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_REMOUNT, fmt.Sprintf("size=%d", size))
 }
+
+// HasDataFS reports whether the cluster was built with Options.DataFS.
+func (c *Cluster) HasDataFS() bool { return c.opts.DataFS }

@@ -48,6 +48,11 @@ func httpClientIn(ns string) *http.Client {
 // ConnectIn opens a PostgreSQL session as User to addr ("ip:port") from
 // namespace ns, giving up after timeout.
 func ConnectIn(ctx context.Context, ns, addr string, timeout time.Duration) (*pgx.Conn, error) {
+	return connectIn(ctx, ns, addr, timeout, nil)
+}
+
+// connectIn is ConnectIn with a hook to adjust the configuration.
+func connectIn(ctx context.Context, ns, addr string, timeout time.Duration, adjust func(*pgx.ConnConfig)) (*pgx.Conn, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, err
@@ -58,6 +63,9 @@ func ConnectIn(ctx context.Context, ns, addr string, timeout time.Duration) (*pg
 	}
 	cfg.DialFunc = DialerIn(ns)
 	cfg.ConnectTimeout = timeout
+	if adjust != nil {
+		adjust(cfg)
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	return pgx.ConnectConfig(ctx, cfg)
