@@ -93,8 +93,9 @@ var weight = map[Kind]int{
 	ForcedFailover: 2, HostLoss: 2, RestartAll: 1,
 }
 
-// freezes are the kinds held FreezeMin-FreezeMax rather than HoldMin-HoldMax.
-var freezes = map[Kind]bool{FreezeAgent: true, FreezePostgres: true}
+// freezes are the kinds held FreezeMin-FreezeMax rather than HoldMin-HoldMax:
+// a process stays SIGSTOPped that long.
+var freezes = map[Kind]bool{FreezeAgent: true, FreezePostgres: true, ForcedFailover: true}
 
 // The slow link: about what the primary's WAL stream and the agents' polls
 // need under the writers' load, so queues fill and packets drop.
@@ -200,14 +201,24 @@ func (s *scheduler) inject(ctx context.Context, f *Fault) (injection, error) {
 		if err := c.KillPostgres(h); err != nil {
 			return injection{heal: func() error { return nil }}, err
 		}
-		return injection{heal: func() error { return c.ReleasePGPort(h) }}, c.OccupyPGPort(h)
+		return injection{heal: func() error {
+			f.note("before the heal, %s's PostgreSQL %s", h.Name, s.serverState(ctx, h))
+			return c.ReleasePGPort(h)
+		}}, c.OccupyPGPort(h)
 	case DiskFullPrimary, DiskFullStandby:
 		h := primary
 		if f.Kind == DiskFullStandby {
 			h = s.randomOther(primary)
 		}
 		target(h)
-		return injection{heal: func() error { return c.FreeDisk(h) }}, c.FillDisk(h)
+		err := c.FillDisk(h)
+		if free, ferr := c.DiskFree(h); ferr == nil {
+			f.note("%s's data filesystem left %d bytes free", h.Name, free)
+		}
+		return injection{heal: func() error {
+			f.note("before the heal, %s's PostgreSQL %s", h.Name, s.serverState(ctx, h))
+			return c.FreeDisk(h)
+		}}, err
 	case ForcedFailover:
 		return s.forcedFailover(ctx, f, primary)
 	case HostLoss:
@@ -296,6 +307,26 @@ func (s *scheduler) forcedFailover(ctx context.Context, f *Fault, primary *netcl
 	}
 	sleep(ctx, time.Until(f.Injected.Add(f.Hold))) // what is left of the hold
 	return heal, nil
+}
+
+// serverState says whether h's PostgreSQL answers (over its unix socket,
+// so an occupied port does not matter) and in which role, for a note.
+func (s *scheduler) serverState(ctx context.Context, h *netcluster.Host) string {
+	conn, err := s.c.SocketConn(ctx, h, time.Second)
+	if err != nil {
+		return "did not answer: " + err.Error()
+	}
+	defer conn.Close(context.Background())
+	qctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var inRecovery bool
+	if err := conn.QueryRow(qctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+		return "failed to answer: " + err.Error()
+	}
+	if inRecovery {
+		return "answered as a standby"
+	}
+	return "answered as a primary"
 }
 
 func (s *scheduler) randomHost() *netcluster.Host {
