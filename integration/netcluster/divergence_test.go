@@ -12,7 +12,9 @@ import (
 func TestOffHistory(t *testing.T) {
 	// Timeline 3's history: 1 ended at 0/3000000, 2 at 0/5000000.
 	hist := []postgres.TimelineSwitch{{Timeline: 1, Switch: 0x3000000}, {Timeline: 2, Switch: 0x5000000}}
-	at := func(tli uint32, lsn postgres.LSN) postgres.WALPosition { return postgres.WALPosition{Timeline: tli, LSN: lsn} }
+	at := func(tli uint32, lsn postgres.LSN) postgres.WALPosition {
+		return postgres.WALPosition{Timeline: tli, LSN: lsn}
+	}
 	for _, tc := range []struct {
 		pos  postgres.WALPosition
 		off  bool
