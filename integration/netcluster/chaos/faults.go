@@ -293,13 +293,23 @@ func (s *scheduler) forcedFailover(ctx context.Context, f *Fault, primary *netcl
 	deadline := f.Injected.Add(f.Hold + 10*time.Second)
 	var last error
 	for attempts := 1; time.Now().Before(deadline) && ctx.Err() == nil; attempts++ {
-		res, err := c.Failover(ctx, "", via...)
+		// Each attempt is bounded: while the others still take the frozen
+		// agent for their leader, they forward to it and wait.
+		actx, cancel := context.WithTimeout(ctx, 8*time.Second)
+		res, err := c.Failover(actx, "", via...)
+		cancel()
 		if err == nil {
 			f.note("POST /failover accepted after %s (attempt %d), %s's PostgreSQL alive: %s", round(time.Since(f.Injected)), attempts, primary.Name, res.Message)
 			last = nil
 			break
 		}
 		last = err
+		// An attempt cut short may still have been carried out.
+		if v, verr := c.View(ctx); verr == nil && netcluster.Primary(v) != "" && netcluster.Primary(v) != primary.Name {
+			f.note("POST /failover answered %v, but %s is the primary (epoch %d) %s after the freeze, %s's PostgreSQL alive", err, netcluster.Primary(v), v.Epoch, round(time.Since(f.Injected)), primary.Name)
+			last = nil
+			break
+		}
 		sleep(ctx, 300*time.Millisecond)
 	}
 	if last != nil {

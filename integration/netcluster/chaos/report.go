@@ -54,9 +54,21 @@ func (r *Report) problem(format string, args ...any) {
 // Failed reports whether any check failed.
 func (r *Report) Failed() bool { return len(r.Problems) > 0 }
 
-// blame is the fault a lost write is charged to: the first fault injected
-// after its acknowledgement (nil if it came after the last one).
+// blame is the fault a lost write is charged to: the fault in progress
+// when it was acknowledged (from its injection until the cluster had
+// recovered: a deposed primary acknowledges during a fault), else the first
+// fault injected after the acknowledgement (nil if none).
 func (r *Report) blame(acked time.Time) *Fault {
+	for i := range r.Faults {
+		f := &r.Faults[i]
+		end := f.Injected.Add(f.RecoveredIn)
+		if !f.Recovered && i+1 < len(r.Faults) {
+			end = r.Faults[i+1].Injected
+		}
+		if !f.Injected.After(acked) && !acked.After(end) {
+			return f
+		}
+	}
 	for i := range r.Faults {
 		if r.Faults[i].Injected.After(acked) {
 			return &r.Faults[i]
@@ -297,7 +309,8 @@ definitions:
                   with the WARNING "canceling wait for synchronous replication"; judged apart
                   from plain acknowledgements, never as one
   lost            plainly acknowledged inserts (through the VIP or direct) missing on the
-                  final primary, charged to the first fault injected after the acknowledgement
+                  final primary, charged to the fault in progress when it was acknowledged
+                  (injection to recovery), else to the first fault injected after it
   double-ack      intervals in which two servers provably acknowledged commits (each server's
                   acknowledgements on one timeline span from the earliest arrival to the latest
                   execution; two such spans of different servers overlap, or one
