@@ -53,7 +53,8 @@ type WriterOptions struct {
 	Conns int
 	// Direct adds one session per host, to that host's PostgreSQL from the
 	// client namespace, inserting every DirectInterval (default 50ms)
-	// whatever the host's role: a standby refuses (counted, not an error);
+	// whatever the host's role: a standby refuses (counted, not an error;
+	// asked with pg_is_in_recovery() first, not by a failing INSERT);
 	// a deposed primary that still acknowledges is what the checks look for.
 	Direct         bool
 	DirectInterval time.Duration
@@ -186,6 +187,31 @@ func (w *Writer) session(ctx context.Context, n int, via, addr string, interval 
 			conn, err = connectIn(ctx, w.c.Client.NS, addr, w.opts.Timeout, func(cfg *pgx.ConnConfig) { cfg.OnNotice = onNotice })
 			if err != nil {
 				w.fail(via, err)
+				continue
+			}
+		}
+		// A direct session asks first whether the server is a standby, and
+		// counts it refused without an INSERT: the refusals would otherwise
+		// fill every standby's server log, which is the evidence read
+		// after a failure. A server promoted in between gets the INSERT.
+		if via != ViaVIP {
+			qctx, cancel := context.WithTimeout(ctx, w.opts.Timeout)
+			var inRecovery bool
+			err := conn.QueryRow(qctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery)
+			cancel()
+			if err == nil && inRecovery {
+				w.mu.Lock()
+				w.refused[via]++
+				w.mu.Unlock()
+				continue
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				w.fail(via, err)
+				conn.Close(context.Background())
+				conn = nil
 				continue
 			}
 		}
