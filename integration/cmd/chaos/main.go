@@ -7,7 +7,7 @@
 // It exits 1 if any check fails. It needs root.
 //
 //	go run ./integration/cmd/chaos -duration 10m
-//	go run ./integration/cmd/chaos -short            # the CI campaign, ~5 minutes
+//	go run ./integration/cmd/chaos -short            # the CI campaign, ~2 minutes
 //	go run ./integration/cmd/chaos -faults 20 -seed 7
 package main
 
@@ -30,7 +30,7 @@ func main() {
 	duration := flag.Duration("duration", 10*time.Minute, "inject faults until this much time has passed")
 	faults := flag.Int("faults", 0, "stop after this many faults (0: until -duration)")
 	seed := flag.Int64("seed", 0, "seed of the schedule (0: from the clock; printed)")
-	short := flag.Bool("short", false, "the CI campaign: every fault kind once, held 2s (about 5 minutes)")
+	short := flag.Bool("short", false, "the CI campaign: every fault kind once, held 2s (about 2 minutes)")
 	hold := flag.Duration("hold", 0, "hold every fault this long (0: 2s-6s at random, SIGSTOPs 2s-30s)")
 	writers := flag.Int("writers", 4, "concurrent writer sessions through the VIP (one more per host writes to it directly)")
 	only := flag.String("kinds", "", "inject only these fault kinds, comma-separated (default: every kind)")

@@ -50,7 +50,8 @@ type Options struct {
 	// Seed makes the schedule (kinds, targets, hold times) reproducible.
 	Seed int64
 	// Short is the CI campaign: every kind once, in an order the seed
-	// shuffles, each held 2s (about five minutes in all).
+	// shuffles, each held 2s: about two minutes when every fault recovers
+	// (one that does not adds up to twice RecoveryTimeout: wait, repair).
 	Short bool
 	// HoldMin and HoldMax bound how long a fault is held (default 2s-6s);
 	// FreezeMin and FreezeMax how long a process stays SIGSTOPped (default
