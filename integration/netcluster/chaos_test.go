@@ -13,14 +13,17 @@ import (
 // TestChaosShort runs the short fault campaign (every kind of fault once,
 // held 2s) through the library, as `go run ./integration/cmd/chaos -short`
 // does, and fails on any failed check: a lost acknowledged write, a member
-// diverging, two writable primaries or two VIP holders at once, a fault the
-// cluster did not recover from, or a final state other than one primary and
-// two streaming standbys.
+// diverging, two servers acknowledging commits at once, two writable
+// primaries or two VIP holders at once, a diverged standby serving, a
+// fault the cluster did not recover from, or a final state other than one
+// primary and two streaming standbys.
 func TestChaosShort(t *testing.T) {
-	c := netcluster.New(t, options())
+	opts := options()
+	opts.DataFS = true // the full-disk faults
+	c := netcluster.New(t, opts)
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d (rerun: go run ./integration/cmd/chaos -short -seed %d)", seed, seed)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	r, err := chaos.Run(ctx, c, chaos.Options{Short: true, Seed: seed, Logf: t.Logf})
 	if err != nil {

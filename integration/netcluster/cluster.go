@@ -32,6 +32,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -83,6 +84,12 @@ type Options struct {
 	// LoopInterval and HealthInterval are the agents' timing.loop_interval
 	// and timing.health_interval; defaults 200ms and 250ms.
 	LoopInterval, HealthInterval time.Duration
+	// DataFS puts each host's PostgreSQL data directory on a filesystem of
+	// its own, so that FillDisk can fill it (see disk.go). DataFSSize is
+	// its size, default 4GiB (a tmpfs: memory is used only for what is
+	// written).
+	DataFS     bool
+	DataFSSize int64
 	// Keep leaves the directory (configs, logs, data) in place after Close,
 	// for a post-mortem.
 	Keep bool
@@ -140,6 +147,7 @@ type Host struct {
 	Config    string // its pgha-agent YAML
 	AgentDir  string // the agent's data_dir (Raft state, pgpass)
 	PGData    string // PostgreSQL's data directory
+	DataFS    string // with Options.DataFS, the filesystem holding PGData and PGLog
 	SocketDir string // its unix socket directory (distinct per host: the filesystem is shared)
 	Log       string // the agent's stdout and stderr
 	PGLog     string // PostgreSQL's server log (pg_ctl -l)
@@ -148,6 +156,12 @@ type Host struct {
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the agent process has exited
 	down bool          // KillHost took the machine off the network
+	// frozen are PostgreSQL processes stopped by FreezePostgres or
+	// StallAgentSessions, for ThawPostgres.
+	frozen  []int
+	mounted bool // DataFS is mounted
+	// squatter holds PGPort in h's namespace (OccupyPGPort).
+	squatter net.Listener
 }
 
 // PGAddr is host:port of the host's PostgreSQL.
@@ -253,6 +267,11 @@ func (c *Cluster) build() error {
 		if err := c.mkdirOwned(h.SocketDir, 0o755); err != nil {
 			return err
 		}
+		if c.opts.DataFS {
+			if err := c.mountDataFS(h); err != nil {
+				return err
+			}
+		}
 		if err := os.WriteFile(h.Config, []byte(c.nodeConfig(h)), 0o600); err != nil {
 			return err
 		}
@@ -305,6 +324,12 @@ func (c *Cluster) close() error {
 		c.unregister()
 	}
 	var errs []error
+	// A stopped process would hold SIGTERM until resumed.
+	for _, h := range c.Hosts {
+		_ = c.ThawAgent(h)
+		_ = c.ThawPostgres(h)
+		_ = c.ReleasePGPort(h)
+	}
 	var wg sync.WaitGroup
 	for _, h := range c.Hosts {
 		wg.Add(1)
@@ -322,6 +347,15 @@ func (c *Cluster) close() error {
 		if pid := postmasterPID(h); pid != 0 && alive(pid) {
 			c.logf("close: killing PostgreSQL %d of %s left running", pid, h.Name)
 			killGroupOrPid(pid)
+		}
+	}
+	for _, h := range c.Hosts {
+		if c.opts.Keep && h.mounted {
+			c.logf("close: %s's data stays on the tmpfs at %s (umount it when done)", h.Name, h.DataFS)
+			continue
+		}
+		if err := c.unmountDataFS(h); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for _, nl := range c.netlinks {

@@ -48,6 +48,11 @@ func httpClientIn(ns string) *http.Client {
 // ConnectIn opens a PostgreSQL session as User to addr ("ip:port") from
 // namespace ns, giving up after timeout.
 func ConnectIn(ctx context.Context, ns, addr string, timeout time.Duration) (*pgx.Conn, error) {
+	return connectIn(ctx, ns, addr, timeout, nil)
+}
+
+// connectIn is ConnectIn with a hook to adjust the configuration.
+func connectIn(ctx context.Context, ns, addr string, timeout time.Duration, adjust func(*pgx.ConnConfig)) (*pgx.Conn, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, err
@@ -58,6 +63,9 @@ func ConnectIn(ctx context.Context, ns, addr string, timeout time.Duration) (*pg
 	}
 	cfg.DialFunc = DialerIn(ns)
 	cfg.ConnectTimeout = timeout
+	if adjust != nil {
+		adjust(cfg)
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	return pgx.ConnectConfig(ctx, cfg)
@@ -73,6 +81,25 @@ func (c *Cluster) DialVIP(ctx context.Context, port int, timeout time.Duration) 
 // namespace, which works even while the host is cut off.
 func (c *Cluster) DialHost(ctx context.Context, h *Host, timeout time.Duration) (*pgx.Conn, error) {
 	return ConnectIn(ctx, h.Node.NS, h.PGAddr(), timeout)
+}
+
+// ProbeApplicationName names the harness's own sessions, so that they are
+// told apart from the agent's (AgentApplicationName) and the writers'.
+const ProbeApplicationName = "pgha-harness"
+
+// SocketConn opens a superuser session over h's unix socket. The harness
+// runs as root, which the agent's pg_ident map lets in as the superuser
+// (peer authentication), as it lets the agent; the socket is a file, so
+// this works whatever the state of h's network.
+func (c *Cluster) SocketConn(ctx context.Context, h *Host, timeout time.Duration) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres application_name=%s", h.SocketDir, PGPort, User, ProbeApplicationName))
+	if err != nil {
+		return nil, err
+	}
+	cfg.ConnectTimeout = timeout
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return pgx.ConnectConfig(ctx, cfg)
 }
 
 // ClientDo runs fn on a thread inside the client namespace (netns.Do):

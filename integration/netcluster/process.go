@@ -191,11 +191,15 @@ func (c *Cluster) Heal(h *Host) error {
 	return c.Topo.Heal(h.Node)
 }
 
-// HealAll heals every host that is not down.
+// HealAll heals every host that is not down, every link between two
+// hosts and every slow link.
 func (c *Cluster) HealAll() error {
 	var errs []error
-	for _, h := range c.Hosts {
-		errs = append(errs, c.Heal(h))
+	for i, h := range c.Hosts {
+		errs = append(errs, c.Heal(h), c.HealSlowLink(h))
+		for _, o := range c.Hosts[i+1:] {
+			errs = append(errs, c.HealLink(h, o))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -46,12 +46,30 @@ func (c *Cluster) ViewFrom(ctx context.Context, h *Host) (agent.ClusterView, err
 // namespace; it forwards to the Raft leader) to make candidate the primary,
 // authenticating with the API token, and waits for the answer.
 func (c *Cluster) Switchover(ctx context.Context, candidate string) (agent.ControlResult, error) {
+	return c.control(ctx, c.Hosts, "/switchover", agent.ControlRequest{Candidate: candidate})
+}
+
+// Failover is the operator's forced failover (POST /failover, what
+// `pgha-agent failover` sends) to candidate ("": the leader chooses), asked
+// as Switchover is. The agent refuses it (409) while it sees a healthy
+// primary. via are the agents to ask, in order (default: every host); a
+// frozen agent accepts the connection and never answers, so a caller that
+// froze one leaves it out.
+func (c *Cluster) Failover(ctx context.Context, candidate string, via ...*Host) (agent.ControlResult, error) {
+	if len(via) == 0 {
+		via = c.Hosts
+	}
+	return c.control(ctx, via, "/failover", agent.ControlRequest{Candidate: candidate})
+}
+
+// control POSTs a control request to the first of hosts whose agent answers.
+func (c *Cluster) control(ctx context.Context, hosts []*Host, path string, r agent.ControlRequest) (agent.ControlResult, error) {
 	var res agent.ControlResult
-	body, _ := json.Marshal(agent.ControlRequest{Candidate: candidate})
+	body, _ := json.Marshal(r)
 	client := &http.Client{Transport: c.clientHTTP.Transport, Timeout: 45 * time.Second}
 	var errs []error
-	for _, h := range c.Hosts {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.APIURL+"/switchover", bytes.NewReader(body))
+	for _, h := range hosts {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.APIURL+path, bytes.NewReader(body))
 		if err != nil {
 			return res, err
 		}
@@ -65,14 +83,14 @@ func (c *Cluster) Switchover(ctx context.Context, candidate string) (agent.Contr
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return res, fmt.Errorf("POST %s/switchover: %s: %s", h.APIURL, resp.Status, bytes.TrimSpace(b))
+			return res, fmt.Errorf("POST %s%s: %s: %s", h.APIURL, path, resp.Status, bytes.TrimSpace(b))
 		}
 		if err := json.Unmarshal(b, &res); err != nil {
-			return res, fmt.Errorf("POST %s/switchover: %w: %s", h.APIURL, err, b)
+			return res, fmt.Errorf("POST %s%s: %w: %s", h.APIURL, path, err, b)
 		}
 		return res, nil
 	}
-	return res, fmt.Errorf("switchover: no agent answered: %w", errors.Join(errs...))
+	return res, fmt.Errorf("POST %s: no agent answered: %w", path, errors.Join(errs...))
 }
 
 // Healthy reports whether v shows every one of members members: one running

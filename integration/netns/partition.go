@@ -21,6 +21,13 @@ import (
 //     and are silently lost, as in a real partition (timeouts, not errors).
 //     Broadcasts, ARP, and traffic to other addresses (such as a VIP) still
 //     pass. Use Cut for a node that must hear nothing at all.
+//
+//   - CutOneWay(from, to) does the same in from's namespace only: from's
+//     packets to to's address are lost, to's packets to from still arrive.
+//     TCP between them then fails in both directions (the SYN-ACKs or the
+//     ACKs of one side are lost), but each side notices at its own time, and
+//     whatever is not TCP (or is already in flight) still gets through one
+//     way: an asymmetric fault. HealBetween undoes it.
 
 // blackholeMAC is a locally administered unicast address no node uses.
 const blackholeMAC = "02:00:5e:de:ad:00"
@@ -59,7 +66,21 @@ func (t *Topology) CutBetween(a, b *Node) error {
 	return nil
 }
 
-// HealBetween undoes CutBetween; the nodes resolve each other by ARP again.
+// CutOneWay stops IPv4 unicast from from's address to to's, and nothing
+// else; see the Faults comment. Idempotent.
+func (t *Topology) CutOneWay(from, to *Node) error {
+	err := ipCmd("-n", from.NS, "neigh", "replace", to.IP().String(),
+		"lladdr", blackholeMAC, "dev", Ifname, "nud", "permanent")
+	if err != nil {
+		return fmt.Errorf("netns: cut %s from %s: %w", to.Name, from.Name, err)
+	}
+	t.mu.Lock()
+	t.pinned[pairKey(from, to)] = struct{}{}
+	t.mu.Unlock()
+	return nil
+}
+
+// HealBetween undoes CutBetween and CutOneWay; the nodes resolve each other by ARP again.
 // Idempotent.
 func (t *Topology) HealBetween(a, b *Node) error {
 	for _, p := range [][2]*Node{{a, b}, {b, a}} {

@@ -1,20 +1,30 @@
 // Package chaos is the fault campaign on a netcluster (DESIGN, testing layer
-// 4): writers insert rows with unique ids through VIP:9999 from the client
-// namespace and record every acknowledgement, a prober samples every host's
-// PostgreSQL and the VIP from inside the hosts' namespaces, and a scheduler
-// injects faults at random, one at a time: a partition of the primary or of
-// a random host, kill -9 of a random agent or a random postmaster, the loss
-// of a host (restarted after a while), and the loss and restart of all
-// three. Each fault is held for a few seconds, healed, and the scheduler
-// waits until the cluster has recovered before the next.
+// 4, the nemesis): writers insert rows with unique ids through VIP:9999 and
+// directly to every host's PostgreSQL (as clients behind HAProxy, or
+// configured with a host's address, would) from the client namespace, and
+// record every acknowledgement, telling apart commits acknowledged after
+// the writer cancelled their wait for the synchronous standby; probers
+// sample, from inside the hosts' namespaces, which PostgreSQL is writable,
+// which host holds the VIP and every host's WAL position, and, from the
+// client namespace, which standbys answer /replica 200 and which serve
+// reads through the router. A scheduler injects faults at random, one at a
+// time (faults.go lists the kinds: partitions of a host, of one link both
+// ways or one way, a slow link, kill -9 and SIGSTOP of agents and servers,
+// stalled agent sessions, a double fault, a server that cannot start, full
+// disks, a forced failover, lost hosts), holds each, heals it, and waits
+// until the cluster has recovered before the next.
 //
-// Afterwards the checker verifies: every acknowledged row is on the final
-// primary; once caught up, every member holds exactly the primary's rows;
-// no interval with two writable primaries (nor two VIP holders); the
-// cluster ends with one primary and two streaming standbys.
+// Afterwards the checker (check.go) verifies: every acknowledged row is on
+// the final primary and, once caught up, every member holds exactly the
+// primary's rows; no two servers acknowledged commits at once; no two
+// writable primaries nor two VIP holders were seen at once; no standby off
+// the primary's history answered /replica 200 or served a read; the cluster
+// recovered after every fault and ends with one primary and two streaming
+// standbys.
 //
 // integration/cmd/chaos runs it from the command line, TestChaosShort in
-// integration/netcluster runs the short (CI) campaign.
+// integration/netcluster runs the short (CI) campaign. The cluster must be
+// built with netcluster.Options.DataFS, for the full disks.
 package chaos
 
 import (
@@ -29,58 +39,42 @@ import (
 	"github.com/pgha/pgha/integration/netcluster"
 )
 
-// Kind is a kind of fault.
-type Kind string
-
-// The faults the scheduler injects.
-const (
-	// PartitionPrimary cuts the primary's host off (a full partition of one
-	// host), holds, heals.
-	PartitionPrimary Kind = "partition-primary"
-	// PartitionHost does the same to a random host.
-	PartitionHost Kind = "partition-host"
-	// KillAgent kill -9's a random agent (its PostgreSQL, and the VIP if it
-	// held it, stay), holds, restarts it.
-	KillAgent Kind = "kill-agent"
-	// KillPostgres kill -9's a random host's postmaster. Nothing is healed
-	// by hand: the agent restarts it or the leader fails over.
-	KillPostgres Kind = "kill-postgres"
-	// HostLoss loses a random host (every process and its network), holds,
-	// brings it back (netcluster.KillHost, StartHost).
-	HostLoss Kind = "host-loss"
-	// RestartAll loses all three hosts at once, holds, starts them again.
-	RestartAll Kind = "restart-all"
-)
-
-// Kinds lists every kind, in the order reports print them.
-var Kinds = []Kind{PartitionPrimary, PartitionHost, KillAgent, KillPostgres, HostLoss, RestartAll}
-
-// weight is how often the scheduler picks a kind, relative to the others.
-var weight = map[Kind]int{PartitionPrimary: 2, PartitionHost: 2, KillAgent: 2, KillPostgres: 2, HostLoss: 2, RestartAll: 1}
-
 // Options configure a campaign. Zero values take the defaults.
 type Options struct {
 	// Duration: no fault is injected after it has passed (default 10m).
 	Duration time.Duration
 	// Faults stops the campaign after this many faults (0: Duration only).
 	Faults int
+	// Kinds limits the campaign to these kinds (default: all of Kinds).
+	Kinds []Kind
 	// Seed makes the schedule (kinds, targets, hold times) reproducible.
 	Seed int64
 	// Short is the CI campaign: every kind once, in an order the seed
-	// shuffles, each held 2s (about two to three minutes in all).
+	// shuffles, each held 2s: about two minutes when every fault recovers
+	// (one that does not adds up to twice RecoveryTimeout: wait, repair).
 	Short bool
-	// HoldMin and HoldMax bound how long a fault is held (default 2s-6s).
-	HoldMin, HoldMax time.Duration
+	// HoldMin and HoldMax bound how long a fault is held (default 2s-6s);
+	// FreezeMin and FreezeMax how long a process stays SIGSTOPped (default
+	// 2s-30s).
+	HoldMin, HoldMax     time.Duration
+	FreezeMin, FreezeMax time.Duration
 	// RecoveryTimeout bounds the wait for recovery after a fault is healed
 	// (default 2m). A fault that does not recover fails the campaign.
 	RecoveryTimeout time.Duration
-	// Writers is the number of concurrent writer sessions (default 4).
+	// Writers is the number of concurrent writer sessions through the VIP
+	// (default 4); one more per host writes to it directly.
 	Writers int
+	// CancelAfter is the writers' statement timeout, after which they
+	// cancel the insert (default 2s; see netcluster.WriterOptions).
+	CancelAfter time.Duration
 	// Logf receives one line per event (nil: none).
 	Logf func(format string, args ...any)
 }
 
 func (o Options) withDefaults() Options {
+	if len(o.Kinds) == 0 {
+		o.Kinds = Kinds
+	}
 	if o.Duration == 0 {
 		o.Duration = 10 * time.Minute
 	}
@@ -90,14 +84,23 @@ func (o Options) withDefaults() Options {
 	if o.HoldMax == 0 {
 		o.HoldMax = 6 * time.Second
 	}
+	if o.FreezeMin == 0 {
+		o.FreezeMin = 2 * time.Second
+	}
+	if o.FreezeMax == 0 {
+		o.FreezeMax = 30 * time.Second
+	}
 	if o.Short {
 		o.HoldMin, o.HoldMax = 2*time.Second, 2*time.Second
+		o.FreezeMin, o.FreezeMax = 2*time.Second, 2*time.Second
 		if o.Faults == 0 {
-			o.Faults = len(Kinds)
+			o.Faults = len(o.Kinds)
 		}
 	}
-	if o.HoldMax < o.HoldMin {
-		o.HoldMax = o.HoldMin
+	o.HoldMax = max(o.HoldMax, o.HoldMin)
+	o.FreezeMax = max(o.FreezeMax, o.FreezeMin)
+	if o.CancelAfter == 0 {
+		o.CancelAfter = 2 * time.Second
 	}
 	if o.RecoveryTimeout == 0 {
 		o.RecoveryTimeout = 2 * time.Minute
@@ -137,6 +140,12 @@ type Fault struct {
 	RecoveredIn time.Duration
 	Recovered   bool
 	Err         string // why it did not recover, or the injection failed
+	// Details are what the injection saw and did, for the report.
+	Details []string
+}
+
+func (f *Fault) note(format string, args ...any) {
+	f.Details = append(f.Details, fmt.Sprintf(format, args...))
 }
 
 // Run runs a campaign on c: starts the agents (if they are not running),
@@ -146,6 +155,14 @@ type Fault struct {
 func Run(ctx context.Context, c *netcluster.Cluster, opts Options) (*Report, error) {
 	opts = opts.withDefaults()
 	r := &Report{Seed: opts.Seed, Short: opts.Short, Started: time.Now()}
+	for _, k := range opts.Kinds {
+		if _, ok := weight[k]; !ok {
+			return nil, fmt.Errorf("chaos: unknown fault kind %q (kinds: %v)", k, Kinds)
+		}
+	}
+	if !c.HasDataFS() {
+		return nil, errors.New("chaos: the cluster needs netcluster.Options.DataFS (the full-disk faults fill it)")
+	}
 	if err := c.StartAll(); err != nil {
 		return nil, err
 	}
@@ -156,7 +173,11 @@ func Run(ctx context.Context, c *netcluster.Cluster, opts Options) (*Report, err
 	opts.Logf("cluster up: %s", netcluster.Describe(v))
 	p := c.StartProber(100 * time.Millisecond)
 	defer p.Stop()
-	w, err := c.StartWriter(ctx, netcluster.WriterOptions{Table: "chaos", Conns: opts.Writers})
+	d := c.StartDivergenceProber(250 * time.Millisecond)
+	defer d.Stop()
+	sv := c.StartServingProber(200 * time.Millisecond)
+	defer sv.Stop()
+	w, err := c.StartWriter(ctx, netcluster.WriterOptions{Table: "chaos", Conns: opts.Writers, Direct: true, CancelAfter: opts.CancelAfter})
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +214,7 @@ func Run(ctx context.Context, c *netcluster.Cluster, opts Options) (*Report, err
 		}
 	}
 	r.Ended = time.Now()
-	s.check(ctx, r, p)
+	s.check(ctx, r, probes{writable: p, divergence: d, serving: sv})
 	return r, nil
 }
 
@@ -209,94 +230,66 @@ type scheduler struct {
 func (s *scheduler) pick(n int) Kind {
 	if s.opts.Short {
 		if s.order == nil {
-			s.order = slices.Clone(Kinds)
+			s.order = slices.Clone(s.opts.Kinds)
 			s.rng.Shuffle(len(s.order), func(i, j int) { s.order[i], s.order[j] = s.order[j], s.order[i] })
 		}
 		return s.order[(n-1)%len(s.order)]
 	}
 	total := 0
-	for _, k := range Kinds {
+	for _, k := range s.opts.Kinds {
 		total += weight[k]
 	}
 	x := s.rng.IntN(total)
-	for _, k := range Kinds {
+	for _, k := range s.opts.Kinds {
 		if x < weight[k] {
 			return k
 		}
 		x -= weight[k]
 	}
-	return Kinds[0]
+	return s.opts.Kinds[0]
 }
 
-func (s *scheduler) hold() time.Duration {
-	span := s.opts.HoldMax - s.opts.HoldMin
-	if span <= 0 {
-		return s.opts.HoldMin
+func (s *scheduler) hold(k Kind) time.Duration {
+	lo, hi := s.opts.HoldMin, s.opts.HoldMax
+	if freezes[k] {
+		lo, hi = s.opts.FreezeMin, s.opts.FreezeMax
 	}
-	return s.opts.HoldMin + time.Duration(s.rng.Int64N(int64(span)))
-}
-
-func (s *scheduler) randomHost() *netcluster.Host {
-	return s.c.Hosts[s.rng.IntN(len(s.c.Hosts))]
+	if hi <= lo {
+		return lo
+	}
+	return lo + time.Duration(s.rng.Int64N(int64(hi-lo)))
 }
 
 // run injects fault n, holds it, heals it and waits for recovery.
 func (s *scheduler) run(ctx context.Context, n int) Fault {
 	c := s.c
 	kind := s.pick(n)
-	f := Fault{N: n, Kind: kind, Hold: s.hold()}
+	f := Fault{N: n, Kind: kind, Hold: s.hold(kind)}
 	v, err := c.View(ctx)
 	if err == nil {
 		f.PrimaryBefore, f.LeaderBefore, f.EpochBefore = netcluster.Primary(v), v.RaftLeader, v.Epoch
 	}
-	var targets []*netcluster.Host
-	switch kind {
-	case PartitionPrimary:
-		if h := c.Host(f.PrimaryBefore); h != nil {
-			targets = []*netcluster.Host{h}
-		} else {
-			targets = []*netcluster.Host{s.randomHost()}
-		}
-	case RestartAll:
-		targets = c.Hosts
-	default:
-		targets = []*netcluster.Host{s.randomHost()}
+	s.opts.Logf("fault %d: %s, held %s (primary %s, leader %s, epoch %d)", n, kind, f.Hold, f.PrimaryBefore, f.LeaderBefore, f.EpochBefore)
+	inj, injectErr := s.inject(ctx, &f)
+	// Injected is when the fault is fully in place (a partition's bridge
+	// port is down, every process of a lost host is dead), unless the
+	// injection, having steps, set it at its first.
+	if f.Injected.IsZero() {
+		f.Injected = time.Now()
 	}
-	for _, h := range targets {
-		f.Targets = append(f.Targets, h.Name)
+	s.opts.Logf("fault %d: %s on %v in place at %s", n, kind, f.Targets, f.Injected.Format("15:04:05.000"))
+	for _, d := range f.Details {
+		s.opts.Logf("fault %d: %s", n, d)
 	}
-	s.opts.Logf("fault %d: %s on %v, held %s (primary %s, leader %s, epoch %d)", n, kind, f.Targets, f.Hold, f.PrimaryBefore, f.LeaderBefore, f.EpochBefore)
-
-	var injectErr error
-	for _, h := range targets {
-		switch kind {
-		case PartitionPrimary, PartitionHost:
-			injectErr = errors.Join(injectErr, c.Cut(h))
-		case KillAgent:
-			c.KillAgent(h)
-		case KillPostgres:
-			injectErr = errors.Join(injectErr, c.KillPostgres(h))
-		case HostLoss, RestartAll:
-			injectErr = errors.Join(injectErr, c.KillHost(h))
-		}
+	if !inj.held {
+		sleep(ctx, time.Until(f.Injected.Add(f.Hold))) // the fault's duration, not a synchronisation
 	}
-	// Injected is when the fault is fully in place: a partition's bridge
-	// port is down, every process of a lost host is dead.
-	f.Injected = time.Now()
-	s.opts.Logf("fault %d: in place at %s", n, f.Injected.Format("15:04:05.000"))
-	if kind != KillPostgres {
-		sleep(ctx, f.Hold) // the fault's duration, not a synchronisation
-	}
-	for _, h := range targets {
-		switch kind {
-		case PartitionPrimary, PartitionHost:
-			injectErr = errors.Join(injectErr, c.Heal(h))
-		case KillAgent, HostLoss, RestartAll:
-			injectErr = errors.Join(injectErr, c.StartHost(h))
-		}
+	if inj.heal != nil {
+		injectErr = errors.Join(injectErr, inj.heal())
 	}
 	f.Healed = time.Now()
 	if injectErr != nil {
+		f.note("injecting or healing: %v", injectErr)
 		s.opts.Logf("fault %d: injecting or healing: %v", n, injectErr)
 	}
 
@@ -337,11 +330,17 @@ func (s *scheduler) awaitRecovery(ctx context.Context, healed time.Time) (agent.
 	return v, at, nil
 }
 
-// repair heals every link, starts every host and waits once more.
+// repair undoes every fault (links, frozen processes, an occupied port, a
+// full disk), starts every host and waits once more.
 func (s *scheduler) repair(ctx context.Context) bool {
-	_ = s.c.HealAll()
-	for _, h := range s.c.Hosts {
-		_ = s.c.StartHost(h)
+	c := s.c
+	_ = c.HealAll()
+	for _, h := range c.Hosts {
+		_ = c.ThawAgent(h)
+		_ = c.ThawPostgres(h)
+		_ = c.ReleasePGPort(h)
+		_ = c.FreeDisk(h)
+		_ = c.StartHost(h)
 	}
 	_, err := s.c.AwaitHealthy(ctx, s.opts.RecoveryTimeout)
 	s.opts.Logf("repair: %v", err)

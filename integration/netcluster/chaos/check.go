@@ -9,24 +9,66 @@ import (
 	"github.com/pgha/pgha/integration/netcluster"
 )
 
-// check stops the writers and the prober and verifies the campaign's
-// invariants, recording every failure in r.
-func (s *scheduler) check(ctx context.Context, r *Report, p *netcluster.Prober) {
+// probes are the observers a campaign ran.
+type probes struct {
+	writable   *netcluster.Prober           // writable PostgreSQL, VIP holders
+	divergence *netcluster.DivergenceProber // WAL positions
+	serving    *netcluster.ServingProber    // /replica 200s, reads
+}
+
+// check stops the writers and the probers and verifies the campaign's
+// invariants, recording every failure in r. Cancel-acknowledged commits that
+// are missing, or that two servers acknowledged at once, are counted and
+// reported, not failures: PostgreSQL told the application the commit might
+// not be replicated.
+func (s *scheduler) check(ctx context.Context, r *Report, p probes) {
 	c := s.c
 	s.w.Stop()
-	p.Stop()
+	p.writable.Stop()
+	p.divergence.Stop()
+	p.serving.Stop()
 	acks := s.w.Acks()
-	r.Acks = len(acks)
-	r.WriteErrors, _ = s.w.Errors()
-	r.ProbeSummary = p.Summary()
-
-	r.DoublePrimaries = p.DoublePrimaries()
-	for _, i := range r.DoublePrimaries {
-		r.problem("two writable primaries: %s", i)
+	for _, a := range acks {
+		switch {
+		case a.CancelAcked:
+			r.CancelAcks++
+		case a.Via == netcluster.ViaVIP:
+			r.Acks++
+		default:
+			r.DirectAcks++
+		}
 	}
-	r.DoubleVIPs = p.DoubleVIPs()
+	r.WriteErrors, _ = s.w.Errors()
+	r.DirectSummary = s.w.DirectSummary()
+	r.ProbeSummary = p.writable.Summary()
+	r.DivergenceSummary = p.divergence.Summary()
+	r.Reads = p.serving.Reads()
+
+	r.DoublePrimaries = p.writable.DoublePrimaries()
+	for _, i := range r.DoublePrimaries {
+		r.problem("two writable primaries: %s%s", i, r.at(i.Start))
+	}
+	r.DoubleVIPs = p.writable.DoubleVIPs()
 	for _, i := range r.DoubleVIPs {
-		r.problem("two VIP holders: %s", i)
+		r.problem("two VIP holders: %s%s", i, r.at(i.Start))
+	}
+	r.DoubleAcks = DoubleAcks(acks, false)
+	for _, d := range r.DoubleAcks {
+		r.problem("two servers acknowledged commits at once: %s%s", d, r.at(d.Start))
+	}
+	// Intervals that only the cancel-acknowledged commits make.
+	plain := map[string]bool{}
+	for _, d := range r.DoubleAcks {
+		plain[d.A+" "+d.B] = true
+	}
+	for _, d := range DoubleAcks(acks, true) {
+		if !plain[d.A+" "+d.B] {
+			r.DoubleCancelAcks = append(r.DoubleCancelAcks, d)
+		}
+	}
+	r.DivergedServing = netcluster.DivergedServing(p.divergence.Positions(), p.serving.Served())
+	for _, d := range r.DivergedServing {
+		r.problem("a standby off the primary's history served: %s%s", d, r.at(d.Start))
 	}
 
 	v, err := c.AwaitHealthy(ctx, s.opts.RecoveryTimeout)
@@ -52,12 +94,21 @@ func (s *scheduler) check(ctx context.Context, r *Report, p *netcluster.Prober) 
 	}
 	r.Rows = len(want)
 	for _, a := range acks {
-		if !want[a.ID] {
+		switch {
+		case want[a.ID]:
+		case a.CancelAcked:
+			r.LostCancelAcked = append(r.LostCancelAcked, a)
+		default:
 			r.Lost = append(r.Lost, a)
 		}
 	}
-	if len(r.Lost) > 0 {
-		r.problem("%d acknowledged inserts are missing on the final primary %s, e.g. %v", len(r.Lost), primary.Name, ids(r.Lost, 5))
+	for _, a := range r.Lost {
+		r.problem("acknowledged insert %d (via %s, by %s on timeline %d at %s) is missing on the final primary %s%s",
+			a.ID, a.Via, a.Host, a.Timeline, a.At.Format("15:04:05.000"), primary.Name, r.before(a.At))
+		if len(r.Problems) > 200 {
+			r.problem("... and more: %d lost in all", len(r.Lost))
+			break
+		}
 	}
 	for _, h := range c.Hosts {
 		if h == primary {
@@ -92,15 +143,4 @@ func diff(got, want map[int64]bool) string {
 		}
 	}
 	return fmt.Sprintf("%d rows (primary %d): %d missing, %d extra", len(got), len(want), missing, extra)
-}
-
-func ids(acks []netcluster.Ack, n int) []int64 {
-	var out []int64
-	for i, a := range acks {
-		if i == n {
-			break
-		}
-		out = append(out, a.ID)
-	}
-	return out
 }

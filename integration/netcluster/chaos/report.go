@@ -19,20 +19,30 @@ type Report struct {
 	Started, Ended time.Time
 	Faults         []Fault
 
-	Acks        int // acknowledged inserts
-	WriteErrors int // failed attempts (outcome unknown, not counted)
+	Acks        int // plainly acknowledged inserts through the VIP
+	DirectAcks  int // plainly acknowledged inserts sent to a host directly
+	CancelAcks  int // cancel-acknowledged inserts (Ack.CancelAcked), either way
+	WriteErrors int // failed attempts through the VIP (outcome unknown, not counted)
+	Reads       int // reads answered by the router's read-only port
 	Rows        int // rows on the final primary
-	// Lost are acknowledged inserts missing on the final primary.
-	Lost []netcluster.Ack
+	// Lost are plainly acknowledged inserts missing on the final primary;
+	// LostCancelAcked the cancel-acknowledged ones (counted, not failures).
+	Lost, LostCancelAcked []netcluster.Ack
 	// Divergent describes standbys that never came to hold exactly the
 	// primary's rows.
-	Divergent       []string
-	DoublePrimaries []netcluster.Interval
-	DoubleVIPs      []netcluster.Interval
-	FinalPrimary    string
-	FinalHealthy    bool
-	Final           string // the final view, described
-	ProbeSummary    string
+	Divergent []string
+	// DoubleAcks are intervals in which two servers acknowledged commits;
+	// DoubleCancelAcks those that only cancel-acknowledged commits make.
+	DoubleAcks, DoubleCancelAcks []DoubleAck
+	DoublePrimaries              []netcluster.Interval // two writable PostgreSQL
+	DoubleVIPs                   []netcluster.Interval
+	DivergedServing              []netcluster.DivergedServe
+	FinalPrimary                 string
+	FinalHealthy                 bool
+	Final                        string // the final view, described
+	ProbeSummary                 string
+	DivergenceSummary            string
+	DirectSummary                string
 	// Problems lists every failed check; empty means the campaign passed.
 	Problems []string
 }
@@ -44,9 +54,21 @@ func (r *Report) problem(format string, args ...any) {
 // Failed reports whether any check failed.
 func (r *Report) Failed() bool { return len(r.Problems) > 0 }
 
-// blame is the fault a lost write is charged to: the first fault injected
-// after its acknowledgement (nil if it came after the last one).
+// blame is the fault a lost write is charged to: the fault in progress
+// when it was acknowledged (from its injection until the cluster had
+// recovered: a deposed primary acknowledges during a fault), else the first
+// fault injected after the acknowledgement (nil if none).
 func (r *Report) blame(acked time.Time) *Fault {
+	for i := range r.Faults {
+		f := &r.Faults[i]
+		end := f.Injected.Add(f.RecoveredIn)
+		if !f.Recovered && i+1 < len(r.Faults) {
+			end = r.Faults[i+1].Injected
+		}
+		if !f.Injected.After(acked) && !acked.After(end) {
+			return f
+		}
+	}
 	for i := range r.Faults {
 		if r.Faults[i].Injected.After(acked) {
 			return &r.Faults[i]
@@ -67,13 +89,37 @@ func (r *Report) during(t time.Time) *Fault {
 	return f
 }
 
+// at names the fault during which t fell, for a problem's text.
+func (r *Report) at(t time.Time) string {
+	if f := r.during(t); f != nil {
+		return fmt.Sprintf(" [during fault %d, %s on %s]", f.N, f.Kind, strings.Join(f.Targets, ","))
+	}
+	return " [before the first fault]"
+}
+
+// before names the fault a lost write is charged to, for a problem's text.
+func (r *Report) before(t time.Time) string {
+	if f := r.blame(t); f != nil {
+		return fmt.Sprintf(" [lost in fault %d, %s on %s]", f.N, f.Kind, strings.Join(f.Targets, ","))
+	}
+	return " [after the last fault]"
+}
+
 // KindStats are the figures of one kind of fault.
 type KindStats struct {
-	Kind                         Kind
-	Count, NotRecovered          int
-	ResumedP50, ResumedP99       time.Duration
-	RecoveredP50, RecoveredP99   time.Duration
-	Lost, DoublePrimary, DoubleV int
+	Kind                       Kind
+	Count, NotRecovered        int
+	ResumedP50, ResumedP99     time.Duration
+	RecoveredP50, RecoveredP99 time.Duration
+	Lost, LostCancelAcked      int
+	DoubleAck, DoubleCancelAck int
+	DoubleWritable, DoubleVIP  int
+	DivergedServing            int
+}
+
+// Failed reports whether a check failed for this kind.
+func (ks KindStats) Failed() bool {
+	return ks.NotRecovered+ks.Lost+ks.DoubleAck+ks.DoubleWritable+ks.DoubleVIP+ks.DivergedServing > 0
 }
 
 // Stats computes the per-kind figures; kinds never injected are left out.
@@ -94,20 +140,31 @@ func (r *Report) Stats() []KindStats {
 		resumed[f.Kind] = append(resumed[f.Kind], f.WritesResumed)
 		recovered[f.Kind] = append(recovered[f.Kind], f.RecoveredIn)
 	}
-	for _, a := range r.Lost {
-		if f := r.blame(a.At); f != nil {
-			by[f.Kind].Lost++
+	charge := func(f *Fault, add func(*KindStats)) {
+		if f != nil {
+			add(by[f.Kind])
 		}
+	}
+	for _, a := range r.Lost {
+		charge(r.blame(a.At), func(ks *KindStats) { ks.Lost++ })
+	}
+	for _, a := range r.LostCancelAcked {
+		charge(r.blame(a.At), func(ks *KindStats) { ks.LostCancelAcked++ })
+	}
+	for _, d := range r.DoubleAcks {
+		charge(r.during(d.Start), func(ks *KindStats) { ks.DoubleAck++ })
+	}
+	for _, d := range r.DoubleCancelAcks {
+		charge(r.during(d.Start), func(ks *KindStats) { ks.DoubleCancelAck++ })
 	}
 	for _, i := range r.DoublePrimaries {
-		if f := r.during(i.Start); f != nil {
-			by[f.Kind].DoublePrimary++
-		}
+		charge(r.during(i.Start), func(ks *KindStats) { ks.DoubleWritable++ })
 	}
 	for _, i := range r.DoubleVIPs {
-		if f := r.during(i.Start); f != nil {
-			by[f.Kind].DoubleV++
-		}
+		charge(r.during(i.Start), func(ks *KindStats) { ks.DoubleVIP++ })
+	}
+	for _, d := range r.DivergedServing {
+		charge(r.during(d.Start), func(ks *KindStats) { ks.DivergedServing++ })
 	}
 	var out []KindStats
 	for _, k := range Kinds {
@@ -133,8 +190,8 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	return s[max(0, min(i, len(s)-1))]
 }
 
-// Print writes the faults, the per-kind table, the checks and the
-// definitions of the figures.
+// Print writes the faults, the per-kind table, the checks, the definitions
+// of the figures and every failure with its evidence.
 func (r *Report) Print(w io.Writer) {
 	mode := "full"
 	if r.Short {
@@ -153,17 +210,7 @@ func (r *Report) Print(w io.Writer) {
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "fault kind\tcount\tresumed p50\tresumed p99\trecovered p50\trecovered p99\tnot recovered\tacked writes lost\tdouble-primary intervals\tdouble-VIP intervals\t")
-	var total KindStats
-	for _, ks := range r.Stats() {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t\n", ks.Kind, ks.Count, secs(ks.ResumedP50), secs(ks.ResumedP99),
-			secs(ks.RecoveredP50), secs(ks.RecoveredP99), ks.NotRecovered, ks.Lost, ks.DoublePrimary, ks.DoubleV)
-		total.Count += ks.Count
-		total.NotRecovered += ks.NotRecovered
-	}
-	fmt.Fprintf(tw, "all\t%d\t\t\t\t\t%d\t%d\t%d\t%d\t\n", total.Count, total.NotRecovered, len(r.Lost), len(r.DoublePrimaries), len(r.DoubleVIPs))
-	tw.Flush()
+	r.PrintKinds(w)
 	fmt.Fprintln(w)
 	ok := func(b bool) string {
 		if b {
@@ -171,33 +218,48 @@ func (r *Report) Print(w io.Writer) {
 		}
 		return "FAILED"
 	}
-	fmt.Fprintf(w, "writes: %d acknowledged inserts through VIP:%d, %d failed attempts (outcome unknown, not counted); %d rows on the final primary\n",
-		r.Acks, netcluster.RouterPort, r.WriteErrors, r.Rows)
-	fmt.Fprintf(w, "check: every acknowledged insert on the final primary %s: %s (%d lost)\n", dash(r.FinalPrimary), ok(len(r.Lost) == 0 && r.Rows > 0), len(r.Lost))
+	fmt.Fprintf(w, "writes: %d plainly acknowledged inserts through VIP:%d, %d sent directly to a host, %d cancel-acknowledged; %d failed attempts through the VIP (outcome unknown, not counted); %d rows on the final primary\n",
+		r.Acks, netcluster.RouterPort, r.DirectAcks, r.CancelAcks, r.WriteErrors, r.Rows)
+	fmt.Fprintf(w, "direct sessions: %s\n", r.DirectSummary)
+	fmt.Fprintf(w, "check: every acknowledged insert on the final primary %s: %s (%d lost; %d cancel-acknowledged lost, counted apart)\n",
+		dash(r.FinalPrimary), ok(len(r.Lost) == 0 && r.Rows > 0), len(r.Lost), len(r.LostCancelAcked))
 	fmt.Fprintf(w, "check: every standby holds exactly the primary's rows once caught up: %s\n", ok(len(r.Divergent) == 0 && r.Rows > 0))
+	fmt.Fprintf(w, "check: intervals in which two servers acknowledged commits: %d: %s (%d more made by cancel-acknowledged commits, counted apart)\n",
+		len(r.DoubleAcks), ok(len(r.DoubleAcks) == 0), len(r.DoubleCancelAcks))
 	fmt.Fprintf(w, "check: intervals with two writable primaries: %d: %s\n", len(r.DoublePrimaries), ok(len(r.DoublePrimaries) == 0))
 	fmt.Fprintf(w, "check: intervals with two VIP holders: %d: %s\n", len(r.DoubleVIPs), ok(len(r.DoubleVIPs) == 0))
+	fmt.Fprintf(w, "check: /replica 200s and reads (of %d through the read-only port) served by a standby off the primary's history: %d: %s\n",
+		r.Reads, len(r.DivergedServing), ok(len(r.DivergedServing) == 0))
 	fmt.Fprintf(w, "check: ends with one primary and two streaming standbys: %s (%s)\n", ok(r.FinalHealthy), r.Final)
 	fmt.Fprintf(w, "probes: %s\n", r.ProbeSummary)
-	fmt.Fprintf(w, `
-definitions:
-  injection       the moment the fault is fully in place: the bridge port of a partitioned
-                  host is down, every process of a lost host is dead (kill -9)
-  writes resumed  from the injection to the acknowledgement of the first insert sent after the
-                  injection (inserts already in flight do not count); near 0 when the fault did
-                  not interrupt writes
-  recovered       from the injection to when the cluster was whole again, after the fault was
-                  healed: /cluster (majority) shows 1 running primary + 2 streaming standbys,
-                  only that primary's PostgreSQL accepts writes (asked inside every host's
-                  namespace), only the Raft leader holds the VIP, and an insert sent after the
-                  heal was acknowledged through VIP:9999; includes the hold time
-  acked lost      acknowledged inserts missing on the final primary, charged to the first fault
-                  injected after the acknowledgement
-  double-*        intervals in which two hosts' samples (every 100ms, from inside each host's
-                  namespace) overlap as writable primary / VIP holder, charged to the fault
-                  during whose window (injection to next injection) they began
-  percentiles     nearest rank over the faults that recovered
-`)
+	fmt.Fprintf(w, "WAL positions: %s\n", r.DivergenceSummary)
+	fmt.Fprint(w, definitions)
+	var details []string
+	for _, f := range r.Faults {
+		if len(f.Details) > 0 || f.Err != "" {
+			d := fmt.Sprintf("  fault %d (%s on %s): %s", f.N, f.Kind, strings.Join(f.Targets, ","), strings.Join(f.Details, "; "))
+			if f.Err != "" {
+				d += "; NOT RECOVERED: " + f.Err
+			}
+			details = append(details, d)
+		}
+	}
+	if len(details) > 0 {
+		fmt.Fprintf(w, "\nwhat the injections saw:\n%s\n", strings.Join(details, "\n"))
+	}
+	if len(r.DoubleCancelAcks) > 0 || len(r.LostCancelAcked) > 0 {
+		fmt.Fprintf(w, "\ncancel-acknowledged (an accepted, bounded risk; not failures):\n")
+		for _, d := range r.DoubleCancelAcks {
+			fmt.Fprintf(w, "  - two servers acknowledged at once, counting cancel-acknowledged commits: %s%s\n", d, r.at(d.Start))
+		}
+		for i, a := range r.LostCancelAcked {
+			if i == 20 {
+				fmt.Fprintf(w, "  - ... %d in all\n", len(r.LostCancelAcked))
+				break
+			}
+			fmt.Fprintf(w, "  - lost: id %d (via %s, by %s on timeline %d at %s)%s\n", a.ID, a.Via, a.Host, a.Timeline, a.At.Format("15:04:05.000"), r.before(a.At))
+		}
+	}
 	if r.Failed() {
 		fmt.Fprintf(w, "\nFAILED:\n")
 		for _, p := range r.Problems {
@@ -207,6 +269,61 @@ definitions:
 		fmt.Fprintf(w, "\nPASSED\n")
 	}
 }
+
+// PrintKinds writes the per-kind table.
+func (r *Report) PrintKinds(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "fault kind\tcount\tresumed p50\tresumed p99\trecovered p50\trecovered p99\tnot recovered\tlost\tlost (cancel-acked)\tdouble-ack\tdouble-ack (cancel-acked)\tdouble-writable\tdouble-VIP\tdiverged serving\t")
+	var t KindStats
+	for _, ks := range r.Stats() {
+		flag := ""
+		if ks.Failed() {
+			flag = " !"
+		}
+		fmt.Fprintf(tw, "%s%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", ks.Kind, flag, ks.Count, secs(ks.ResumedP50), secs(ks.ResumedP99),
+			secs(ks.RecoveredP50), secs(ks.RecoveredP99), ks.NotRecovered, ks.Lost, ks.LostCancelAcked, ks.DoubleAck, ks.DoubleCancelAck, ks.DoubleWritable, ks.DoubleVIP, ks.DivergedServing)
+		t.Count += ks.Count
+		t.NotRecovered += ks.NotRecovered
+	}
+	fmt.Fprintf(tw, "all\t%d\t\t\t\t\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", t.Count, t.NotRecovered, len(r.Lost), len(r.LostCancelAcked),
+		len(r.DoubleAcks), len(r.DoubleCancelAcks), len(r.DoublePrimaries), len(r.DoubleVIPs), len(r.DivergedServing))
+	tw.Flush()
+}
+
+const definitions = `
+definitions:
+  injection       the moment the fault is fully in place: the bridge port of a partitioned
+                  host is down, every process of a lost host is dead (kill -9), the process
+                  is stopped; for a double fault the first cut, for a forced failover the
+                  freeze of the primary's agent
+  writes resumed  from the injection to the acknowledgement of the first insert through
+                  VIP:9999 sent after the injection (inserts already in flight do not count);
+                  near 0 when the fault did not interrupt writes
+  recovered       from the injection to when the cluster was whole again, after the fault was
+                  healed: /cluster (majority) shows 1 running primary + 2 streaming standbys,
+                  only that primary's PostgreSQL accepts writes (asked inside every host's
+                  namespace), only the Raft leader holds the VIP, and an insert sent after the
+                  heal was acknowledged through VIP:9999; includes the hold time
+  cancel-acked    a commit the writer cancelled (after its 2s statement timeout) while it
+                  waited for the synchronous standby, which PostgreSQL then reported committed
+                  with the WARNING "canceling wait for synchronous replication"; judged apart
+                  from plain acknowledgements, never as one
+  lost            plainly acknowledged inserts (through the VIP or direct) missing on the
+                  final primary, charged to the fault in progress when it was acknowledged
+                  (injection to recovery), else to the first fault injected after it
+  double-ack      intervals in which two servers provably acknowledged commits (each server's
+                  acknowledgements on one timeline span from the earliest arrival to the latest
+                  execution; two such spans of different servers overlap, or one
+                  acknowledgement's execution-to-arrival window lies inside another's span)
+  double-*        double-writable / double-VIP: intervals in which two hosts' samples (every
+                  100ms, from inside each host's namespace) overlap as writable primary / VIP
+                  holder; these and double-ack are charged to the fault during whose window
+                  (injection to next injection) they began
+  diverged serving /replica answered 200, or a read through VIP:9998 was served, by a standby
+                  whose replayed WAL was off the writable primary's timeline history in the
+                  samples (every 250ms) before and after it
+  percentiles     nearest rank over the faults that recovered; "!" marks a kind with a failure
+`
 
 func secs(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }
 
