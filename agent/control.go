@@ -215,7 +215,8 @@ func (a *Agent) commitFailover(w http.ResponseWriter, r *http.Request, req Contr
 	defer a.lead.mu.Unlock()
 	st := a.node.State()
 	a.refresh(r.Context(), st, st.Primary, req.Candidate)
-	in := Inputs{State: st, Observations: a.obs.snapshot(), Now: time.Now(), Policy: a.policy(), LeaderSince: a.lead.since,
+	obs := a.obs.snapshot()
+	in := Inputs{State: st, Observations: obs, Now: time.Now(), Policy: widenForPrimary(a.policy(), obs[st.Primary]), LeaderSince: a.lead.since,
 		PrimaryLease: a.lead.lastLease(st.Primary, st.Epoch), Permits: a.lead.permitsOf(st.Epoch)}
 	if p, ok := st.Members[st.Primary]; ok {
 		if _, fresh := fresh(in, st.Primary); !fresh && !in.Now.Before(leaseDeadline(in, true)) {

@@ -419,3 +419,36 @@ func TestPromotionCarriesSyncSetAndTimeline(t *testing.T) {
 		t.Fatalf("switchover: promotion %+v, want n2 with set [n1]", d)
 	}
 }
+
+// Item 12: a primary whose own fence_timeout is longer than the leader's
+// keeps writing that long; the leader judges its lease by the longer one,
+// and /cluster says the members disagree.
+func TestSafetySettingsDisagree(t *testing.T) {
+	now := t0
+	silent := silentSince(now.Add(-2 * time.Second))
+	silent.obs.Safety = &SafetySettings{FenceTimeout: 5 * time.Second, HealthInterval: 250 * time.Millisecond, Synchronous: true}
+	obs := map[string]memberView{"n1": silent, "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))}
+	for _, n := range []string{"n2", "n3"} {
+		v := obs[n]
+		v.obs.Safety = &SafetySettings{FenceTimeout: time.Second, HealthInterval: 250 * time.Millisecond, Synchronous: true}
+		obs[n] = v
+	}
+	no := false
+	in := Inputs{State: state3("n2"), Observations: obs, Now: now, Self: "n2", PrimaryAnswers: &no, LeaderSince: now.Add(-time.Hour)}
+	in.Policy = testPolicy
+	if plan := decide(in); len(plan.Decisions) != 1 {
+		t.Fatalf("with the leader's own 1s fence_timeout it promotes; got %+v", plan)
+	}
+	in.Policy = widenForPrimary(testPolicy, obs["n1"])
+	if plan := decide(in); len(plan.Decisions) != 0 || !strings.Contains(plan.Waiting, "fence deadline") {
+		t.Fatalf("judged by the primary's 5s fence_timeout it must wait; got %+v", plan)
+	}
+	why := safetyDisagreement(obs)
+	if !strings.Contains(why, "n1: fence_timeout=5s") || !strings.Contains(why, "n2,n3: fence_timeout=1s") {
+		t.Fatalf("disagreement %q", why)
+	}
+	obs["n1"] = obs["n2"]
+	if why := safetyDisagreement(obs); why != "" {
+		t.Fatalf("equal settings reported as a disagreement: %q", why)
+	}
+}

@@ -112,7 +112,7 @@ func (a *Agent) leadOnce(ctx context.Context) {
 		Self:         a.cfg.Name,
 		Voters:       voters,
 		NewClusterID: newClusterID(),
-		Policy:       a.policy(),
+		Policy:       widenForPrimary(a.policy(), obs[st.Primary]),
 	}
 	// The direct check is I/O, so it happens here, before deciding, and
 	// only when the primary's agent has gone quiet.

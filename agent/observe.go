@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +52,11 @@ type Observation struct {
 	// LeaderWaiting is, on the Raft leader, why its last pass committed
 	// nothing (no safe candidate, paused...), so any member can show it.
 	LeaderWaiting string          `json:"leader_waiting,omitempty"`
+	// Safety is this agent's own copy of the settings safety depends on.
+	// Until they are replicated cluster-wide, members that disagree are
+	// shown in /cluster, and the leader judges a primary's lease by the
+	// longer of its own fence_timeout and the primary's.
+	Safety *SafetySettings `json:"safety,omitempty"`
 	Postgres      postgres.Status `json:"postgres"`
 
 	// DataDirWAL is, while the cluster is not initialised, where this
@@ -171,6 +178,7 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 		Problem:    problem,
 		Fenced:     a.fenced(),
 		StartingUp: !a.acted.Load(),
+		Safety:     a.safetySettings(),
 		Postgres:   a.pgStatus(ctx),
 	}
 	if o.Postgres.Running && !o.Postgres.InRecovery {
@@ -267,4 +275,57 @@ func getJSON(ctx context.Context, c *http.Client, url string, into any) error {
 		return fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	return json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 4<<20)).Decode(into)
+}
+
+// SafetySettings are the per-node settings that decide how members judge
+// each other (DESIGN: they must be the cluster's, not the node's).
+type SafetySettings struct {
+	FenceTimeout   time.Duration `json:"fence_timeout"`
+	HealthInterval time.Duration `json:"health_interval"`
+	Synchronous    bool          `json:"synchronous_mode"`
+	RestartWindow  time.Duration `json:"primary_restart_window"`
+}
+
+func (a *Agent) safetySettings() *SafetySettings {
+	return &SafetySettings{
+		FenceTimeout:   a.cfg.Timing.FenceTimeout,
+		HealthInterval: a.cfg.Timing.HealthInterval,
+		Synchronous:    a.cfg.Failover.Synchronous(),
+		RestartWindow:  a.cfg.Failover.PrimaryRestartWindow,
+	}
+}
+
+func (s SafetySettings) String() string {
+	return fmt.Sprintf("fence_timeout=%s health_interval=%s synchronous_mode=%t primary_restart_window=%s", s.FenceTimeout, s.HealthInterval, s.Synchronous, s.RestartWindow)
+}
+
+// safetyDisagreement says which members' safety settings differ, or "".
+func safetyDisagreement(obs map[string]memberView) string {
+	byValue := map[SafetySettings][]string{}
+	for name, o := range obs {
+		if o.obs.Safety != nil {
+			byValue[*o.obs.Safety] = append(byValue[*o.obs.Safety], name)
+		}
+	}
+	if len(byValue) <= 1 {
+		return ""
+	}
+	var parts []string
+	for s, names := range byValue {
+		sort.Strings(names)
+		parts = append(parts, strings.Join(names, ",")+": "+s.String())
+	}
+	sort.Strings(parts)
+	return "members disagree on safety settings (" + strings.Join(parts, "; ") + "): the leader judges a primary's lease by the longer fence_timeout, but set them equal on every node"
+}
+
+// widenForPrimary makes the leader's policy judge the primary's lease by
+// the longer of the two fence timeouts (and health intervals): a primary
+// whose own fence_timeout is longer keeps writing for that long.
+func widenForPrimary(p Policy, primary memberView) Policy {
+	if s := primary.obs.Safety; s != nil {
+		p.FenceTimeout = max(p.FenceTimeout, s.FenceTimeout)
+		p.HealthInterval = max(p.HealthInterval, s.HealthInterval)
+	}
+	return p
 }

@@ -164,6 +164,9 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 	}
 	sort.Slice(v.Members, func(i, j int) bool { return v.Members[i].Name < v.Members[j].Name })
 	sort.Strings(v.Problems)
+	if why := safetyDisagreement(obs); why != "" {
+		v.Problems = append([]string{why}, v.Problems...)
+	}
 	if !st.Initialized() {
 		v.Problems = append(v.Problems, "cluster not initialised yet: waiting for the Raft leader to choose the first primary")
 	}
