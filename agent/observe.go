@@ -51,13 +51,13 @@ type Observation struct {
 	Diverged bool `json:"diverged,omitempty"`
 	// LeaderWaiting is, on the Raft leader, why its last pass committed
 	// nothing (no safe candidate, paused...), so any member can show it.
-	LeaderWaiting string          `json:"leader_waiting,omitempty"`
+	LeaderWaiting string `json:"leader_waiting,omitempty"`
 	// Safety is this agent's own copy of the settings safety depends on.
 	// Until they are replicated cluster-wide, members that disagree are
 	// shown in /cluster, and the leader judges a primary's lease by the
 	// longer of its own fence_timeout and the primary's.
-	Safety *SafetySettings `json:"safety,omitempty"`
-	Postgres      postgres.Status `json:"postgres"`
+	Safety   *SafetySettings `json:"safety,omitempty"`
+	Postgres postgres.Status `json:"postgres"`
 
 	// DataDirWAL is, while the cluster is not initialised, where this
 	// member's data directory's WAL ends, on which timeline and system, so
