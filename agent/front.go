@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/pgha/pgha/consensus"
 	"github.com/pgha/pgha/router"
+	"github.com/pgha/pgha/vip"
 )
 
 // The front is what clients see of the cluster: the VIP and the router's
@@ -67,6 +69,30 @@ func (a *Agent) frontLoop(ctx context.Context) {
 	}
 }
 
+// mayTakeOverVIP: another host answers for the VIP although this node is
+// the Raft leader ("VIP on one host" is about entitlement: only the leader
+// may hold it). A holder that is alive drops it within the leader lease of
+// losing leadership; one that still answers after this node has led for
+// two election timeouts plus that lease is frozen or its agent is dead,
+// and clients cannot reach a router through it. Leadership is confirmed
+// with a quorum first.
+func (a *Agent) mayTakeOverVIP(ctx context.Context) bool {
+	lctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if a.lead.lock(lctx) != nil {
+		return false // a decision in progress: ask again at the next tick
+	}
+	since := a.lead.since
+	a.lead.mu.Unlock()
+	wait := 2*a.cfg.Raft.ElectionTimeout + a.cfg.Raft.LeaderLeaseTimeout
+	if since.IsZero() || time.Since(since) < wait {
+		return false
+	}
+	vctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	return a.node.VerifyLeader(vctx) == nil
+}
+
 func (a *Agent) frontUp() bool {
 	a.front.mu.Lock()
 	defer a.front.mu.Unlock()
@@ -78,7 +104,11 @@ func (a *Agent) frontUp() bool {
 func (a *Agent) ensureFront(ctx context.Context) {
 	f := &a.front
 	if a.vipConfigured() && !a.vipHeld() {
-		if err := a.vip.Acquire(ctx); err != nil {
+		err := a.vip.Acquire(ctx)
+		if errors.Is(err, vip.ErrConflict) && a.mayTakeOverVIP(ctx) {
+			err = a.vip.Takeover(ctx)
+		}
+		if err != nil {
 			f.complain(a, "cannot take the VIP: "+err.Error())
 			return // the router listens on the VIP: nothing to bind yet
 		}

@@ -56,7 +56,9 @@ type Observation struct {
 	// Until they are replicated cluster-wide, members that disagree are
 	// shown in /cluster, and the leader judges a primary's lease by the
 	// longer of its own fence_timeout and the primary's.
-	Safety   *SafetySettings `json:"safety,omitempty"`
+	Safety *SafetySettings `json:"safety,omitempty"`
+	// VIPHeld: the VIP is on this host's interface now.
+	VIPHeld  bool            `json:"vip_held,omitempty"`
 	Postgres postgres.Status `json:"postgres"`
 
 	// DataDirWAL is, while the cluster is not initialised, where this
@@ -179,6 +181,7 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 		Fenced:     a.fenced(),
 		StartingUp: !a.acted.Load(),
 		Safety:     a.safetySettings(),
+		VIPHeld:    a.vipHeld(),
 		Postgres:   a.pgStatus(ctx),
 	}
 	if o.Postgres.Running && !o.Postgres.InRecovery {

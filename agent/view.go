@@ -13,16 +13,19 @@ import (
 // ClusterView is the body of GET /cluster: Patroni's shape ({"members": [...],
 // "pause": ...}) so existing scripts keep working, plus pgha's own fields.
 type ClusterView struct {
-	Scope        string         `json:"scope,omitempty"`
-	ClusterID    string         `json:"cluster_id"`
-	SystemID     string         `json:"system_identifier,omitempty"` // a string: 64-bit ids do not survive JSON numbers in JavaScript
-	Epoch        uint64         `json:"epoch"`
-	Pause        bool           `json:"pause"`
-	SyncStandbys []string       `json:"sync_standbys"`
-	RaftLeader   string         `json:"raft_leader"`
-	Members      []MemberStatus `json:"members"`
-	Problems     []string       `json:"problems,omitempty"` // why the cluster is not converged, if known
-	Waiting      string         `json:"waiting,omitempty"`  // why the leader holds back (no safe candidate, paused...)
+	Scope        string   `json:"scope,omitempty"`
+	ClusterID    string   `json:"cluster_id"`
+	SystemID     string   `json:"system_identifier,omitempty"` // a string: 64-bit ids do not survive JSON numbers in JavaScript
+	Epoch        uint64   `json:"epoch"`
+	Pause        bool     `json:"pause"`
+	SyncStandbys []string `json:"sync_standbys"`
+	RaftLeader   string   `json:"raft_leader"`
+	// VIPHolders are the members whose agents report the VIP on their
+	// interface (more than one only while a frozen holder is taken over).
+	VIPHolders []string       `json:"vip_holders,omitempty"`
+	Members    []MemberStatus `json:"members"`
+	Problems   []string       `json:"problems,omitempty"` // why the cluster is not converged, if known
+	Waiting    string         `json:"waiting,omitempty"`  // why the leader holds back (no safe candidate, paused...)
 }
 
 // MemberStatus is one member in ClusterView. The first eight fields are Patroni's.
@@ -110,6 +113,9 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 	}
 	for name, m := range st.Members {
 		o := obs[name]
+		if o.reachable && o.obs.VIPHeld {
+			v.VIPHolders = append(v.VIPHolders, name)
+		}
 		ms := MemberStatus{
 			Name:       name,
 			Role:       roleOf(st, name),
@@ -164,6 +170,7 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 	}
 	sort.Slice(v.Members, func(i, j int) bool { return v.Members[i].Name < v.Members[j].Name })
 	sort.Strings(v.Problems)
+	sort.Strings(v.VIPHolders)
 	if why := safetyDisagreement(obs); why != "" {
 		v.Problems = append([]string{why}, v.Problems...)
 	}

@@ -94,6 +94,15 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*NetlinkManager, error) 
 // If the first announcement fails, the address stays (we are entitled to
 // it) and the error is returned; the next Acquire announces again.
 func (m *NetlinkManager) Acquire(ctx context.Context) error {
+	return m.acquire(ctx, false)
+}
+
+// Takeover is Acquire without step 2's refusal (see Manager.Takeover).
+func (m *NetlinkManager) Takeover(ctx context.Context) error {
+	return m.acquire(ctx, true)
+}
+
+func (m *NetlinkManager) acquire(ctx context.Context, takeover bool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -118,7 +127,7 @@ func (m *NetlinkManager) Acquire(ctx context.Context) error {
 		return err
 	}
 	if !present {
-		if err := m.probeAndAdd(ctx, conn, link); err != nil {
+		if err := m.probeAndAdd(ctx, conn, link, takeover); err != nil {
 			conn.Close()
 			return err
 		}
@@ -138,12 +147,14 @@ func (m *NetlinkManager) Acquire(ctx context.Context) error {
 }
 
 // probeAndAdd is steps 2 and 3 of Acquire.
-func (m *NetlinkManager) probeAndAdd(ctx context.Context, conn *arpConn, link netlink.Link) error {
+func (m *NetlinkManager) probeAndAdd(ctx context.Context, conn *arpConn, link netlink.Link, takeover bool) error {
 	other, err := conn.probe(ctx, m.cfg.ProbeTimeout)
 	if err != nil {
 		return fmt.Errorf("vip: probe %s on %s: %w", m.prefix.Addr(), m.cfg.Interface, err)
 	}
-	if other != nil {
+	if other != nil && takeover {
+		m.log.Warn("vip: taking the VIP over from a host that still answers for it", "holder_mac", other.String())
+	} else if other != nil {
 		if mac := other.String(); mac != m.conflictMAC {
 			m.conflictMAC = mac
 			m.log.Warn("vip: another host answers for the VIP; not adding it", "holder_mac", mac)

@@ -22,6 +22,12 @@ type Manager interface {
 	// with ErrConflict, without adding anything, when another host already
 	// answers for the address.
 	Acquire(ctx context.Context) error
+	// Takeover adds and announces the VIP even though another host answers
+	// for it: the caller has proved that host is no longer entitled to it
+	// (a Raft leader frozen or dead with the address still configured; the
+	// gratuitous ARP moves the neighbours' caches, and the old holder drops
+	// the address once it notices it lost leadership).
+	Takeover(ctx context.Context) error
 	// Release makes sure the VIP is not on this host. It does its work even
 	// when ctx is already cancelled: dropping the VIP is always safe.
 	Release(ctx context.Context) error
@@ -40,6 +46,9 @@ type Disabled struct{}
 
 // Acquire does nothing.
 func (Disabled) Acquire(context.Context) error { return nil }
+
+// Takeover does nothing.
+func (Disabled) Takeover(context.Context) error { return nil }
 
 // Release does nothing.
 func (Disabled) Release(context.Context) error { return nil }
