@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Instance controls one local PostgreSQL instance through pg_ctl and a
@@ -251,11 +252,19 @@ func (i *Instance) PostmasterPID() (int, error) {
 	}
 	first, _, _ := strings.Cut(string(b), "\n")
 	pid, err := strconv.Atoi(strings.TrimSpace(first))
-	if err != nil || pid <= 0 {
+	if err == nil && pid < 0 {
+		// A standalone backend (postgres --single, as pg_rewind runs for
+		// crash recovery) writes its PID negated.
+		pid = -pid
+	}
+	if err != nil || pid == 0 {
 		return 0, fmt.Errorf("%s: %w (first line %q): a postmaster may be starting; if no postgres process uses %s, a crashed start left it: remove it", path, ErrPIDFileGarbled, first, i.cfg.DataDir)
 	}
-	if !processAlive(pid) {
-		return 0, nil // gone, or a zombie nobody reaped yet: dead means gone
+	// A zombie is still returned: PostgreSQL's own lock-file check sees it
+	// until it is reaped, so nothing may start in its place yet. Status
+	// reports it as gone (Exited).
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return 0, nil
 	}
 	return pid, nil
 }

@@ -22,6 +22,9 @@ func TestPIDFileFailsSafe(t *testing.T) {
 		t.Fatal(err)
 	}
 	stale := strconv.Itoa(gone.Process.Pid) + "\n/data\n"
+	// postgres --single (pg_rewind's crash recovery) writes its PID negated;
+	// one left behind by a standalone backend that exited means stopped.
+	staleSingle := "-" + strconv.Itoa(gone.Process.Pid) + "\n/data\n"
 	for _, c := range []struct {
 		name    string
 		content *string // nil: no postmaster.pid
@@ -32,7 +35,8 @@ func TestPIDFileFailsSafe(t *testing.T) {
 		{"empty: a postmaster is writing it", ptr(""), true},
 		{"half written", ptr("\n"), true},
 		{"garbage", ptr("not a pid\n"), true},
-		{"negative", ptr("-1\n"), true},
+		{"stale standalone backend (negated pid)", &staleSingle, false},
+		{"zero", ptr("0\n"), true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			inst, err := New(testConfig(t))

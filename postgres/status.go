@@ -94,6 +94,12 @@ func (i *Instance) Status(ctx context.Context) Status {
 		st.Unresponsive = errors.Is(err, ErrPIDFileGarbled)
 		return st
 	}
+	if pid != 0 && isZombie(pid) {
+		// The postmaster has exited and waits to be reaped (where PID 1
+		// reaps late): dead means gone, though nothing can start yet.
+		st.Error = fmt.Sprintf("the postmaster (pid %d) has exited", pid)
+		return st
+	}
 	st.PID = pid
 	if pid == 0 {
 		return st
