@@ -388,8 +388,12 @@ func TestFailover(t *testing.T) {
 		if m := memberOf(v, old.Name); m.RejoinedBy != "clone" {
 			t.Errorf("old primary rejoined by %q, want clone", m.RejoinedBy)
 		}
-		if leftovers, _ := filepath.Glob(n.PGData + ".pgha-*"); len(leftovers) != 0 {
-			t.Errorf("left beside the data directory: %v", leftovers)
+		// The replaced data directory is kept aside as evidence (one copy
+		// by default), and nothing else is left beside it.
+		if kept, _ := filepath.Glob(n.PGData + ".pgha-*"); len(kept) != 1 || !strings.Contains(kept[0], ".pgha-replaced-") {
+			t.Errorf("beside the data directory: %v, want the one kept copy", kept)
+		} else if m := memberOf(v, old.Name); !slices.Contains(m.KeptDataDirs, kept[0]) {
+			t.Errorf("/cluster shows kept data directories %v, want %s", m.KeptDataDirs, kept[0])
 		}
 		if !slices.Contains([]string{"streaming"}, memberOf(v, old.Name).State) {
 			t.Errorf("old primary is %s", memberOf(v, old.Name).State)
@@ -399,10 +403,16 @@ func TestFailover(t *testing.T) {
 	must(t, "forced failover while paused, and switchover refusals", func(t *testing.T) {
 		s := start(t, lc, "w_forced")
 		old := itest.PrimaryOf(t, s.before)
-		var cand string
+		// The synchronous standby holds every acknowledged commit; the other
+		// may not, and a failover to it needs --force.
+		if len(s.before.SyncStandbys) != 1 {
+			t.Fatalf("want one synchronous standby, got %v", s.before.SyncStandbys)
+		}
+		cand := s.before.SyncStandbys[0]
+		var other string
 		for _, m := range s.before.Members {
-			if m.Name != old.Name {
-				cand = m.Name
+			if m.Name != old.Name && m.Name != cand {
+				other = m.Name
 			}
 		}
 		if out, err := cliErr(lc, "switchover", "--candidate", "nosuchnode"); err == nil || !strings.Contains(out, "not a member") {
@@ -422,6 +432,9 @@ func TestFailover(t *testing.T) {
 			}
 			return memberOf(v, old.Name).State == "stopped", itest.Describe(v)
 		})
+		if out, err := cliErr(lc, "failover", "--candidate", other); err == nil || !strings.Contains(out, "may lack acknowledged commits") {
+			t.Errorf("failover to %s, outside the synchronous set, was not refused without --force: %v\n%s", other, err, out)
+		}
 		out := cli(t, lc, "failover", "--candidate", cand)
 		t.Logf("forced failover: %s", strings.TrimSpace(out))
 		v := itest.WaitHealthy(t, lc, 3, 60*time.Second)
@@ -456,8 +469,11 @@ func TestFailover(t *testing.T) {
 		if _, err := os.Stat(marker); !os.IsNotExist(err) {
 			t.Errorf("the standby's data directory was not replaced (marker still there: %v)", err)
 		}
-		if left, _ := filepath.Glob(n.PGData + ".pgha-*"); len(left) != 0 {
-			t.Errorf("left beside the data directory: %v", left)
+		// The replaced directory is kept aside (postgres.keep_replaced_data_dirs, 1 by default).
+		if kept, _ := filepath.Glob(n.PGData + ".pgha-*"); len(kept) != 1 {
+			t.Errorf("beside the data directory: %v, want the one kept copy", kept)
+		} else if b, err := os.ReadFile(filepath.Join(kept[0], "pgha-test-marker")); err != nil || string(b) != "old data" {
+			t.Errorf("the kept copy %s does not hold the old data: %q, %v", kept[0], b, err)
 		}
 		itest.WaitHealthy(t, lc, 3, 60*time.Second)
 	})
