@@ -12,18 +12,19 @@ import (
 	"time"
 )
 
-// KeptInfix names the siblings <dataDir>.pgha-replaced-<UTC time> that hold
+// KeptInfix names the siblings <dataDir>.pgha-replaced-<UTC time, to the nanosecond> that hold
 // data directories ReinitKeeping replaced and kept aside.
 const KeptInfix = ".pgha-replaced-"
 
-// keptTimeFormat sorts as the time does, and has no character a shell or a
+// keptTimeFormat sorts as the time does (fixed width, to the nanosecond, so
+// copies kept within one second keep their order), and has no character a shell or a
 // file system minds.
-const keptTimeFormat = "20060102T150405Z"
+const keptTimeFormat = "20060102T150405.000000000Z"
 
 // Keep says whether ReinitKeeping keeps the data directory it replaces.
 //
 // A re-clone after rewinds failed replaces the only copy of whatever a fault
-// made diverge. Kept aside as <dataDir>.pgha-replaced-<UTC time> (a rename
+// made diverge. Kept aside as <dataDir>.pgha-replaced-<UTC time, to the nanosecond> (a rename
 // beside the data directory, so on the same file system: nothing is copied)
 // it can still be examined or salvaged by hand. pgha never reads, starts nor
 // re-adopts a kept copy; it only removes the oldest ones to stay within
