@@ -158,8 +158,11 @@ type Host struct {
 	down bool          // KillHost took the machine off the network
 	// frozen are PostgreSQL processes stopped by FreezePostgres or
 	// StallAgentSessions, for ThawPostgres.
-	frozen  []int
-	mounted bool // DataFS is mounted
+	frozen []int
+	// agentFrozen: FreezeAgent stopped the agent and ThawAgent has not
+	// resumed it yet.
+	agentFrozen bool
+	mounted     bool // DataFS is mounted
 	// squatter holds PGPort in h's namespace (OccupyPGPort).
 	squatter net.Listener
 }

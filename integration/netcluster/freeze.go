@@ -30,13 +30,26 @@ func (c *Cluster) FreezeAgent(h *Host) error {
 	if h.cmd == nil || exited(h.done) {
 		return fmt.Errorf("%s: no agent running", h.Name)
 	}
-	return syscall.Kill(h.cmd.Process.Pid, syscall.SIGSTOP)
+	if err := syscall.Kill(h.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+		return err
+	}
+	h.agentFrozen = true
+	return nil
+}
+
+// AgentFrozen reports whether FreezeAgent stopped h's agent and it has not
+// been resumed.
+func (c *Cluster) AgentFrozen(h *Host) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return h.agentFrozen
 }
 
 // ThawAgent resumes an agent FreezeAgent stopped.
 func (c *Cluster) ThawAgent(h *Host) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	h.agentFrozen = false
 	if h.cmd == nil || exited(h.done) {
 		return nil
 	}

@@ -45,6 +45,9 @@ type Prober struct {
 	mu  sync.Mutex
 	pg  map[string][]Sample
 	vip map[string][]Sample
+	// vipFrozen counts, per host, samples in which the VIP was on a host
+	// whose agent was frozen (see probeVIP).
+	vipFrozen map[string]int
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -56,7 +59,7 @@ func (c *Cluster) StartProber(interval time.Duration) *Prober {
 		interval = 100 * time.Millisecond
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &Prober{c: c, interval: interval, pg: map[string][]Sample{}, vip: map[string][]Sample{}, cancel: cancel}
+	p := &Prober{c: c, interval: interval, pg: map[string][]Sample{}, vip: map[string][]Sample{}, vipFrozen: map[string]int{}, cancel: cancel}
 	for _, h := range c.Hosts {
 		p.wg.Add(1)
 		go p.probePostgres(ctx, h)
@@ -126,6 +129,16 @@ func (p *Prober) probeVIP(ctx context.Context) {
 		}
 		for _, h := range p.c.Hosts {
 			held, err := p.c.HoldsVIP(h)
+			if held && p.c.AgentFrozen(h) {
+				// A frozen agent cannot drop the address, nor serve through
+				// it: the Raft leader takes the VIP over (gratuitous ARP)
+				// and the frozen one drops it when it wakes. Counted apart,
+				// not as a second holder; two live holders still are.
+				p.mu.Lock()
+				p.vipFrozen[h.Name]++
+				p.mu.Unlock()
+				held = false
+			}
 			s := Sample{At: time.Now(), OK: err == nil, On: held}
 			p.mu.Lock()
 			p.vip[h.Name] = append(p.vip[h.Name], s)
@@ -173,7 +186,7 @@ func (p *Prober) Summary() string {
 				vip++
 			}
 		}
-		parts = append(parts, fmt.Sprintf("%s: %d PostgreSQL samples (%d answered, %d primary), %d VIP samples held", h.Name, len(p.pg[h.Name]), ok, on, vip))
+		parts = append(parts, fmt.Sprintf("%s: %d PostgreSQL samples (%d answered, %d primary), %d VIP samples held, %d more while its agent was frozen", h.Name, len(p.pg[h.Name]), ok, on, vip, p.vipFrozen[h.Name]))
 	}
 	return strings.Join(parts, "; ")
 }
