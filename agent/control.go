@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/pgha/pgha/consensus"
@@ -86,15 +87,22 @@ func decodeControl(w http.ResponseWriter, body []byte) (ControlRequest, bool) {
 
 // refresh re-reads the named members' observations now, so an operator's
 // call is judged on the cluster as it is, not as it was at the last poll.
+// The members are polled at once, each bounded by pollTimeout.
 func (a *Agent) refresh(ctx context.Context, st consensus.State, names ...string) {
+	var wg sync.WaitGroup
 	for _, n := range names {
 		switch m, ok := st.Members[n]; {
 		case n == a.cfg.Name:
 			a.obs.set(n, a.selfView(ctx))
 		case ok:
-			a.pollMember(ctx, n, m.APIURL)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a.pollMember(ctx, n, m.APIURL)
+			}()
 		}
 	}
+	wg.Wait()
 }
 
 func (a *Agent) handleSwitchover(w http.ResponseWriter, r *http.Request, body []byte) {

@@ -203,6 +203,20 @@ func (a *Agent) leadOnce(ctx context.Context) {
 	}
 }
 
+// verifyPrimary confirms with a quorum that this node still leads and
+// returns the committed state, which must name member the primary of epoch:
+// what a lease renewal and a start permit both need. Called with mu held.
+func (a *Agent) verifyPrimary(ctx context.Context, member string, epoch uint64) (consensus.State, error) {
+	if err := a.node.VerifyLeader(ctx); err != nil {
+		return consensus.State{}, err
+	}
+	st := a.node.State()
+	if st.Primary != member || st.Epoch != epoch {
+		return st, fmt.Errorf("%w: %s is not the primary of epoch %d (the primary is %s, epoch %d)", consensus.ErrRefused, member, epoch, st.Primary, st.Epoch)
+	}
+	return st, nil
+}
+
 // permitsOf is the permits of epoch. Called with mu held.
 func (l *leader) permitsOf(epoch uint64) map[string]time.Time {
 	if l.permitEpoch != epoch {
@@ -216,22 +230,16 @@ func promotes(plan Plan) bool {
 	return slices.ContainsFunc(plan.Decisions, func(d Decision) bool { return d.Command.Type == consensus.CmdPromote })
 }
 
-// repollStandbys polls every other member but the primary at once and waits
-// for the answers (each bounded by pollTimeout).
+// repollStandbys asks every member but the primary again, at once, and
+// waits for the answers (see refresh).
 func (a *Agent) repollStandbys(ctx context.Context, st consensus.State) {
-	var wg sync.WaitGroup
-	for name, m := range st.Members {
-		if name == st.Primary || name == a.cfg.Name {
-			continue
+	var names []string
+	for name := range st.Members {
+		if name != st.Primary {
+			names = append(names, name)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.pollMember(ctx, name, m.APIURL)
-		}()
 	}
-	a.obs.set(a.cfg.Name, a.selfView(ctx))
-	wg.Wait()
+	a.refresh(ctx, st, names...)
 }
 
 // updateSyncMark notes when the primary's synchronous_standby_names narrowed
@@ -317,15 +325,15 @@ func (a *Agent) directCheckOnce(ctx context.Context, m consensus.Member) bool {
 // ran in this epoch: an agent whose start fails over and over (its port
 // taken, a full disk) cannot hold a failover back by asking again.
 func (a *Agent) grantPermit(ctx context.Context, member string, epoch uint64, restart bool) (time.Duration, error) {
-	a.lead.mu.Lock()
-	defer a.lead.mu.Unlock()
-	if err := a.node.VerifyLeader(ctx); err != nil {
+	if err := a.lead.lock(ctx); err != nil {
 		return 0, err
 	}
-	st := a.node.State()
+	defer a.lead.mu.Unlock()
+	st, err := a.verifyPrimary(ctx, member, epoch)
+	if err != nil {
+		return 0, err
+	}
 	switch {
-	case st.Primary != member || st.Epoch != epoch:
-		return 0, fmt.Errorf("%w: %s is not the primary of epoch %d (the primary is %s, epoch %d)", consensus.ErrRefused, member, epoch, st.Primary, st.Epoch)
 	case st.Switchover.Active():
 		return 0, fmt.Errorf("%w: a switchover to %s is in progress", consensus.ErrRefused, st.Switchover.To)
 	}

@@ -149,12 +149,8 @@ func (a *Agent) grantLease(ctx context.Context, member string, epoch uint64) err
 		return err
 	}
 	defer a.lead.mu.Unlock()
-	if err := a.node.VerifyLeader(ctx); err != nil {
+	if _, err := a.verifyPrimary(ctx, member, epoch); err != nil {
 		return err
-	}
-	st := a.node.State()
-	if st.Primary != member || st.Epoch != epoch {
-		return fmt.Errorf("%w: %s is not the primary of epoch %d (the primary is %s, epoch %d)", consensus.ErrRefused, member, epoch, st.Primary, st.Epoch)
 	}
 	if first, ok := a.lead.permits[member]; ok && a.lead.permitEpoch == epoch && time.Since(first) >= startGrace(a.policy()) {
 		// Its PostgreSQL did not start within the grace: the leader fails

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -156,7 +157,7 @@ func (i *Instance) CreateMissingSlots(ctx context.Context, names []string) error
 			return err
 		}
 		for _, n := range names {
-			if containsString(have, n) {
+			if slices.Contains(have, n) {
 				continue
 			}
 			i.log.Info("creating replication slot", "slot", n, "reason", "ready before members stream from this server")
@@ -170,15 +171,6 @@ func (i *Instance) CreateMissingSlots(ctx context.Context, names []string) error
 		return fmt.Errorf("create slots: %w", err)
 	}
 	return nil
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // placeholderHistory marks a history file pgha wrote only so that

@@ -68,8 +68,7 @@ type DivergenceProber struct {
 	mu  sync.Mutex
 	pos map[string][]Position
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	loops loops
 }
 
 // StartDivergenceProber samples every interval (250ms if 0).
@@ -77,18 +76,13 @@ func (c *Cluster) StartDivergenceProber(interval time.Duration) *DivergenceProbe
 	if interval == 0 {
 		interval = 250 * time.Millisecond
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &DivergenceProber{c: c, interval: interval, pos: map[string][]Position{}, cancel: cancel}
-	p.wg.Add(1)
-	go p.run(ctx)
+	p := &DivergenceProber{c: c, interval: interval, pos: map[string][]Position{}, loops: newLoops()}
+	p.loops.run(p.run)
 	return p
 }
 
 // Stop ends sampling and waits.
-func (p *DivergenceProber) Stop() {
-	p.cancel()
-	p.wg.Wait()
-}
+func (p *DivergenceProber) Stop() { p.loops.stop() }
 
 // walSessions are one host's probe sessions.
 type walSessions struct {
@@ -109,7 +103,6 @@ func (s *walSessions) close() {
 }
 
 func (p *DivergenceProber) run(ctx context.Context) {
-	defer p.wg.Done()
 	sessions := map[string]*walSessions{}
 	for _, h := range p.c.Hosts {
 		sessions[h.Name] = &walSessions{}

@@ -49,8 +49,7 @@ type Prober struct {
 	// whose agent was frozen (see probeVIP).
 	vipFrozen map[string]int
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	loops loops
 }
 
 // StartProber starts sampling every interval (100ms if 0).
@@ -58,25 +57,18 @@ func (c *Cluster) StartProber(interval time.Duration) *Prober {
 	if interval == 0 {
 		interval = 100 * time.Millisecond
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &Prober{c: c, interval: interval, pg: map[string][]Sample{}, vip: map[string][]Sample{}, vipFrozen: map[string]int{}, cancel: cancel}
+	p := &Prober{c: c, interval: interval, pg: map[string][]Sample{}, vip: map[string][]Sample{}, vipFrozen: map[string]int{}, loops: newLoops()}
 	for _, h := range c.Hosts {
-		p.wg.Add(1)
-		go p.probePostgres(ctx, h)
+		p.loops.run(func(ctx context.Context) { p.probePostgres(ctx, h) })
 	}
-	p.wg.Add(1)
-	go p.probeVIP(ctx)
+	p.loops.run(p.probeVIP)
 	return p
 }
 
 // Stop ends sampling and waits for the goroutines.
-func (p *Prober) Stop() {
-	p.cancel()
-	p.wg.Wait()
-}
+func (p *Prober) Stop() { p.loops.stop() }
 
 func (p *Prober) probePostgres(ctx context.Context, h *Host) {
-	defer p.wg.Done()
 	var conn *pgx.Conn
 	defer func() {
 		if conn != nil {
@@ -118,7 +110,6 @@ func (p *Prober) probePostgres(ctx context.Context, h *Host) {
 }
 
 func (p *Prober) probeVIP(ctx context.Context) {
-	defer p.wg.Done()
 	t := time.NewTicker(p.interval)
 	defer t.Stop()
 	for {

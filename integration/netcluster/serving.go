@@ -23,8 +23,7 @@ type ServingProber struct {
 	served []Served
 	reads  int
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	loops loops
 }
 
 // StartServingProber asks every host's /replica every interval and reads
@@ -33,22 +32,16 @@ func (c *Cluster) StartServingProber(interval time.Duration) *ServingProber {
 	if interval == 0 {
 		interval = 200 * time.Millisecond
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &ServingProber{c: c, cancel: cancel}
+	p := &ServingProber{c: c, loops: newLoops()}
 	for _, h := range c.Hosts {
-		p.wg.Add(1)
-		go p.replicaChecks(ctx, h, interval)
+		p.loops.run(func(ctx context.Context) { p.replicaChecks(ctx, h, interval) })
 	}
-	p.wg.Add(1)
-	go p.reader(ctx, interval/4)
+	p.loops.run(func(ctx context.Context) { p.reader(ctx, interval/4) })
 	return p
 }
 
 // Stop ends the probes and waits.
-func (p *ServingProber) Stop() {
-	p.cancel()
-	p.wg.Wait()
-}
+func (p *ServingProber) Stop() { p.loops.stop() }
 
 // Served returns what was served so far.
 func (p *ServingProber) Served() []Served {
@@ -71,7 +64,6 @@ func (p *ServingProber) add(s Served) {
 }
 
 func (p *ServingProber) replicaChecks(ctx context.Context, h *Host, interval time.Duration) {
-	defer p.wg.Done()
 	client := &http.Client{Timeout: time.Second, Transport: p.c.clientHTTP.Transport}
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -95,7 +87,6 @@ func (p *ServingProber) replicaChecks(ctx context.Context, h *Host, interval tim
 }
 
 func (p *ServingProber) reader(ctx context.Context, interval time.Duration) {
-	defer p.wg.Done()
 	addr := netip.AddrPortFrom(p.c.VIP.Addr(), RouterReadOnlyPort).String()
 	var conn *pgx.Conn
 	defer func() {
