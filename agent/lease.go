@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -83,22 +84,83 @@ func (a *Agent) renewLease(ctx context.Context, st consensus.State) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, a.leaseRoundTrip())
 	defer cancel()
+	// The lease counts from before every attempt below: the leader's
+	// grant comes later, so its deadline covers this one.
 	sent := time.Now()
-	var err error
-	if a.node.IsLeader() {
-		err = a.grantLease(ctx, a.cfg.Name, st.Epoch)
-	} else {
-		var base string
-		if base, err = a.leaderAPI(); err == nil {
-			body, _ := json.Marshal(leaseRequest{Member: a.cfg.Name, Epoch: st.Epoch})
-			err = postJSON(ctx, a.http, base+"/internal/lease", body, nil)
-		}
-	}
-	if err != nil {
+	if err := a.askForLease(ctx, st.Epoch); err != nil {
 		return err
 	}
 	a.lease.renewed(st.Epoch, sent, a.cfg.Timing.FenceTimeout)
 	return nil
+}
+
+// askForLease asks the Raft leader for a renewal. The local Raft's idea of
+// the leader comes first. When that fails or there is none, the other
+// members are asked who leads: an agent that wakes from a freeze may be a
+// deposed leader that has not stepped down yet, or know no leader for
+// seconds (the new leader backs off its heartbeats to a member that did
+// not answer), while its PostgreSQL is still the primary the cluster kept.
+// Without this it would fence on a lease that only the freeze let run out.
+func (a *Agent) askForLease(ctx context.Context, epoch uint64) error {
+	var err error
+	if a.node.IsLeader() {
+		// Half the time at most: a deposed leader's VerifyLeader may hang.
+		lctx, cancel := context.WithTimeout(ctx, a.leaseRoundTrip()/2)
+		err = a.grantLease(lctx, a.cfg.Name, epoch)
+		cancel()
+	} else if base, lerr := a.leaderAPI(); lerr != nil {
+		err = lerr
+	} else {
+		err = a.postLease(ctx, base, epoch)
+	}
+	if err == nil || errors.Is(err, consensus.ErrRefused) || ctx.Err() != nil {
+		return err
+	}
+	base, ferr := a.findLeaderAPI(ctx)
+	if ferr != nil {
+		return fmt.Errorf("%w; asking the other members: %w", err, ferr)
+	}
+	return a.postLease(ctx, base, epoch)
+}
+
+func (a *Agent) postLease(ctx context.Context, base string, epoch uint64) error {
+	body, _ := json.Marshal(leaseRequest{Member: a.cfg.Name, Epoch: epoch})
+	return postJSON(ctx, a.http, base+"/internal/lease", body, nil)
+}
+
+// findLeaderAPI asks the other members at once who the Raft leader is and
+// returns the API address of the first one that says it leads. Only a
+// member's claim about itself counts: it is the one that must then verify
+// its leadership with a quorum before it grants anything.
+func (a *Agent) findLeaderAPI(ctx context.Context) (string, error) {
+	st := a.node.State()
+	found := make(chan string, len(st.Members))
+	asked := 0
+	for name, m := range st.Members {
+		if name == a.cfg.Name || m.APIURL == "" {
+			continue
+		}
+		asked++
+		go func() {
+			var info raftInfo
+			if getJSON(ctx, a.http, m.APIURL+"/internal/raft", &info) == nil && info.State == "leader" && info.Name == name {
+				found <- m.APIURL
+				return
+			}
+			found <- ""
+		}()
+	}
+	for range asked {
+		select {
+		case u := <-found:
+			if u != "" {
+				return u, nil
+			}
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+	return "", fmt.Errorf("none of the %d other members says it leads", asked)
 }
 
 // leaseRoundTrip bounds one renewal: a small part of the lease, so a slow

@@ -363,6 +363,70 @@ func TestNetCluster(t *testing.T) {
 		}
 	})
 
+	// A hung agent (SIGSTOP, a GC stall) on the host that both leads Raft
+	// and runs the primary: its PostgreSQL runs on and its kernel keeps
+	// the VIP and answers ARP for it. The next leader must take the VIP
+	// over and serve writes through its own router (to the same primary:
+	// its PostgreSQL answers, so nothing fails over); the old holder drops
+	// the VIP as soon as it wakes, without a needless failover.
+	must(t, "freeze the Raft leader's agent while it is the primary: writes resume through the next leader, the old one drops the VIP on waking", func(t *testing.T) {
+		v := awaitHealthy(t, c)
+		if v.RaftLeader != netcluster.Primary(v) {
+			res, err := c.Switchover(context.Background(), v.RaftLeader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("switchover so that the leader is the primary: %s", res.Message)
+		}
+		s := start(t, c, "w_freeze_leader")
+		old := c.Host(s.before.RaftLeader)
+		if netcluster.Primary(s.before) != old.Name {
+			t.Fatalf("the Raft leader %s is not the primary after a switchover: %s", old.Name, netcluster.Describe(s.before))
+		}
+		awaitNeighbour(t, c, old)
+		frozen := time.Now()
+		if err := c.FreezeAgent(old); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.ThawAgent(old) })
+		var next *netcluster.Host
+		waitFor(t, 30*time.Second, "a new Raft leader holding the VIP", func() (bool, string) {
+			v, err := c.View(context.Background())
+			if err != nil {
+				return false, err.Error()
+			}
+			holders, err := c.VIPHolders()
+			if err != nil {
+				return false, err.Error()
+			}
+			if v.RaftLeader == "" || v.RaftLeader == old.Name || !slices.Contains(holders, v.RaftLeader) {
+				return false, fmt.Sprintf("leader %q, VIP on %v", v.RaftLeader, holders)
+			}
+			next = c.Host(v.RaftLeader)
+			return true, ""
+		})
+		t.Logf("%s leads and holds the VIP %.2fs after %s's agent froze", next.Name, time.Since(frozen).Seconds(), old.Name)
+		awaitNeighbour(t, c, next)
+		ack := s.resumed(frozen)
+		t.Logf("writes resumed on %s %.2fs after the freeze (%s)", ack.Host, ack.At.Sub(frozen).Seconds(), s.w.Status())
+		// Frozen for well past the fence deadline, as a long GC pause or
+		// a paused VM would be.
+		stable(t, c, 5*time.Second, old.Name, s.before.Epoch)
+		thawed := time.Now()
+		if err := c.ThawAgent(old); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, old.Name+" to drop the VIP on waking", func() (bool, string) {
+			held, err := c.HoldsVIP(old)
+			return err == nil && !held, fmt.Sprintf("held=%v err=%v", held, err)
+		})
+		t.Logf("%s dropped the VIP %.2fs after waking", old.Name, time.Since(thawed).Seconds())
+		v = s.finish()
+		if v.Epoch != s.before.Epoch || netcluster.Primary(v) != old.Name {
+			t.Errorf("a needless failover: %s; before: primary %s, epoch %d", netcluster.Describe(v), old.Name, s.before.Epoch)
+		}
+	})
+
 	must(t, "isolate each host in turn: never two primaries nor two VIP holders", func(t *testing.T) {
 		s := start(t, c, "w_isolate")
 		for _, h := range c.Hosts {
