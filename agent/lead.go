@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -115,16 +116,36 @@ func (a *Agent) leadOnce(ctx context.Context) {
 		Policy:       widenForPrimary(a.policy(), obs[st.Primary]),
 	}
 	// The direct check is I/O, so it happens here, before deciding, and
-	// only when the primary's agent has gone quiet.
+	// only when the primary's agent has gone quiet and its fence deadline
+	// is at most one check away: the check's answer is what the decision
+	// at the deadline needs, and a check that started late (a host that
+	// drops packets makes it wait out its dial timeouts) would delay the
+	// failover by as much.
 	if p, ok := st.Members[st.Primary]; ok && st.Initialized() {
 		if _, ok := fresh(in, st.Primary); !ok {
-			answers := a.directCheck(ctx, p)
-			in.PrimaryAnswers = &answers
-			// The check may have taken seconds (a host that drops packets
-			// makes it wait out its timeouts): judge the others on what
-			// they reported meanwhile, not on a snapshot from before it.
-			obs = a.obs.snapshot()
-			in.Observations = obs
+			l.mu.Lock()
+			in.LeaderSince, in.PrimaryLease = l.since, l.lastLease(st.Primary, st.Epoch)
+			l.mu.Unlock()
+			deadline := leaseDeadline(in, true)
+			if start := deadline.Add(-a.directCheckBudget()); time.Now().Before(start) {
+				a.wakeAt(ctx, start)
+			} else {
+				answers := a.directCheck(ctx, p)
+				in.PrimaryAnswers = &answers
+				// Done early: the answer serves the decision at the
+				// deadline, a moment away.
+				if wait := time.Until(deadline); wait > 0 {
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(wait):
+					}
+				}
+				// Judge the others on what they reported meanwhile, not
+				// on a snapshot from before the check.
+				obs = a.obs.snapshot()
+				in.Observations = obs
+			}
 		}
 	}
 
@@ -282,15 +303,44 @@ func (a *Agent) policy() Policy {
 // the server proves it alive, an error too: "too many clients", a failed
 // authentication, "starting up"; so does a connection whose query then
 // times out. A server that answers it is in recovery is not a writer.
+//
+// A host that drops packets answers nothing, and a TCP connect to it waits
+// out its whole timeout; one that is up answers a connect at once from its
+// kernel, however loaded its postmaster. So the connect is bounded tightly
+// (directDialTimeout), what follows it loosely (two seconds): a failover of
+// a host cut off costs two short dial timeouts, not two long ones.
 func (a *Agent) directCheck(ctx context.Context, m consensus.Member) bool {
-	// Two tries: a loaded host may be slow to accept, and a wrong "no"
-	// starts a failover.
+	// Two tries: a SYN may be lost, and a wrong "no" starts a failover.
 	for try := 0; try < 2; try++ {
 		if a.directCheckOnce(ctx, m) {
 			return true
 		}
 	}
 	return false
+}
+
+// directDialTimeout bounds one TCP connect of the direct check: a quarter of
+// fence_timeout (the lease round trip's bound too), at least 250 ms.
+func (a *Agent) directDialTimeout() time.Duration {
+	return max(a.cfg.Timing.FenceTimeout/4, 250*time.Millisecond)
+}
+
+// directCheckBudget is how long a direct check of a host that drops packets
+// takes: both tries' connects time out. A host that answers is judged
+// sooner.
+func (a *Agent) directCheckBudget() time.Duration {
+	return 2 * a.directDialTimeout()
+}
+
+// wakeAt runs the leader's loop again at t.
+func (a *Agent) wakeAt(ctx context.Context, t time.Time) {
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Until(t)):
+			a.wake()
+		}
+	}()
 }
 
 func (a *Agent) directCheckOnce(ctx context.Context, m consensus.Member) bool {
@@ -302,6 +352,7 @@ func (a *Agent) directCheckOnce(ctx context.Context, m consensus.Member) bool {
 		return true // cannot tell: never a reason to fail over
 	}
 	cfg.User, cfg.Password = mon.User, mon.Password()
+	cfg.DialFunc = (&net.Dialer{Timeout: a.directDialTimeout(), KeepAlive: -1}).DialContext
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		var pgErr *pgconn.PgError
