@@ -430,6 +430,20 @@ func syncDecisions(in Inputs) Plan {
 		}}}
 	}
 	if !slices.ContainsFunc(S, streaming) {
+		// Widening is for a primary whose commits block: one seen running
+		// after the standbys were seen not streaming. When the primary
+		// dies, its standbys stop streaming before its agent reports it
+		// gone; widening then would only add a member that must report
+		// before the failover may promote anyone.
+		p, pok := fresh(in, st.Primary)
+		if !pok || !p.obs.Postgres.Running || p.obs.Postgres.InRecovery {
+			return Plan{Waiting: fmt.Sprintf("no synchronous standby is streaming (%s) and the primary does not run as one", strings.Join(S, ","))}
+		}
+		for _, name := range S {
+			if o, ok := in.Observations[name]; ok && o.reachable && o.lastSeen.After(p.lastSeen) {
+				return Plan{Waiting: fmt.Sprintf("no synchronous standby is streaming (%s): waiting to see the primary still running before widening the set", strings.Join(S, ","))}
+			}
+		}
 		var spare []string
 		for _, o := range others {
 			if !slices.Contains(S, o) && streaming(o) {
