@@ -128,8 +128,16 @@ func (a *Agent) inSync(ctx context.Context) bool {
 	if err := getJSON(cctx, a.http, base+"/internal/raft", &info); err != nil || info.State != "leader" {
 		return false
 	}
-	if a.node.AppliedIndex() < info.CommitIndex {
-		return false
+	// The change that woke this pass may be one entry short of what the
+	// leader has committed (the leader commits, then tells the followers
+	// at its next append): wait for it a moment rather than a whole
+	// loop_interval.
+	for a.node.AppliedIndex() < info.CommitIndex {
+		select {
+		case <-cctx.Done():
+			return false
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 	a.syncedAt = time.Now()
 	return true
@@ -607,6 +615,13 @@ func (a *Agent) rewindReason(ctx context.Context, st consensus.State) (string, e
 		return "", err
 	}
 	if !wasStandby {
+		if at, ok, err := a.followsWithoutRewind(ctx, st); err != nil {
+			return "", err
+		} else if ok {
+			a.log.Info("following the new primary without pg_rewind", "primary", st.Primary, "reason", "this former primary shut down cleanly and its WAL ends at "+at+", on the new primary's history")
+			a.lastRejoin.Store("follow")
+			return "", nil
+		}
 		return "this data directory was last a primary; it must join the new primary's timeline", nil
 	}
 	// A standby stopped after its WAL went past the fork (stopped by
@@ -627,6 +642,34 @@ func (a *Agent) rewindReason(ctx context.Context, st consensus.State) (string, e
 		}
 	}
 	return "", nil
+}
+
+// followsWithoutRewind tells whether a former primary can start as a
+// standby of the new primary as it is: it shut down cleanly (a switchover's
+// fast stop), so its WAL ends with the shutdown checkpoint, and the new
+// primary's timeline left this one at or after that end (the candidate had
+// received everything before it was promoted). Such a server replays
+// nothing the new primary lacks; pg_rewind would find nothing to undo.
+// Patroni skips the rewind in the same case. Until the new primary runs and
+// publishes its timeline it waits (a rewind would wait for the same); a
+// crashed server, or WAL past the fork, means rewind.
+func (a *Agent) followsWithoutRewind(ctx context.Context, st consensus.State) (string, bool, error) {
+	state, err := a.inst.ClusterState(ctx)
+	if err != nil || state != "shut down" {
+		return "", false, err
+	}
+	tli, hist, ok := a.primaryTimeline(st)
+	if !ok {
+		return "", false, errWaiting{"waiting for " + st.Primary + " to run as the primary: this former primary follows it without pg_rewind if its WAL ends on the new timeline's history"}
+	}
+	w, err := a.inst.StoppedWAL(ctx)
+	if err != nil {
+		return "", false, err
+	}
+	if !postgres.OnHistory(tli, hist, w.End) {
+		return "", false, nil
+	}
+	return w.End.String(), true, nil
 }
 
 // rewindIfForked rewinds a running standby whose WAL went past the point
