@@ -81,7 +81,7 @@ type Agent struct {
 	rewindFailures int          // consecutive failed pg_rewind runs (reconcile loop only)
 	syncedAt       time.Time    // when the FSM last had all the leader had committed (reconcile loop only)
 	reinit         atomic.Bool  // an operator asked to re-clone this standby
-	lastRejoin     atomic.Value // "rewind" or "clone": how this node last rejoined as a standby
+	lastRejoin     atomic.Value // "rewind", "clone" or "follow": how this node last rejoined as a standby
 	// forked says why this standby's WAL went past the fork of the
 	// primary's timeline, from when the reconcile loop saw it until it is
 	// rewound or re-cloned; "" otherwise (reconcile.go).

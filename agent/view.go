@@ -49,7 +49,7 @@ type MemberStatus struct {
 	Priority    int          `json:"priority,omitempty"`
 	Activity    string       `json:"activity,omitempty"`
 	Problem     string       `json:"problem,omitempty"`
-	RejoinedBy  string       `json:"rejoined_by,omitempty"` // rewind or clone: how it last rejoined after being primary
+	RejoinedBy  string       `json:"rejoined_by,omitempty"` // rewind, clone, or follow (no rewind needed): how it last rejoined after being primary
 	// KeptDataDirs are data directories re-clones replaced, kept aside on
 	// that host as evidence (paths there), oldest first.
 	KeptDataDirs []string `json:"kept_data_dirs,omitempty"`

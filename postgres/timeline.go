@@ -92,6 +92,26 @@ func ForkedOff(tli uint32, hist []TimelineSwitch, pos WALPosition) string {
 	return fmt.Sprintf("its WAL reaches %s, a timeline that is not in the history of the primary's timeline %d", pos, tli)
 }
 
+// OnHistory tells whether WAL ending at pos lies on the history of timeline
+// tli (hist is that timeline's parsed history file) at or before the point
+// where tli's history left pos's timeline, so a server whose WAL ends there
+// can follow tli without rewinding. Unlike ForkedOff, which answers "can
+// follow" when it cannot tell, OnHistory needs proof: an unknown history
+// or position is false, and so is pos on tli itself (then no timeline
+// switch tells where the other server's WAL was cut, and the two could
+// have written different WAL on one timeline).
+func OnHistory(tli uint32, hist []TimelineSwitch, pos WALPosition) bool {
+	if pos.Timeline == 0 || pos.LSN == 0 || pos.Timeline >= tli {
+		return false
+	}
+	for _, s := range hist {
+		if s.Timeline == pos.Timeline {
+			return pos.LSN <= s.Switch
+		}
+	}
+	return false
+}
+
 // historyFile names timeline tli's history file in pg_wal.
 func historyFile(tli uint32) string { return fmt.Sprintf("%08X.history", tli) }
 

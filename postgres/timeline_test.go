@@ -91,3 +91,32 @@ func TestControlWALEnds(t *testing.T) {
 		t.Error("missing fields: no error")
 	}
 }
+
+func TestOnHistory(t *testing.T) {
+	// The new primary is on timeline 3: timeline 1 ended at 0/3000158, timeline 2 at 0/50000A0.
+	hist := []TimelineSwitch{{1, 0x3000158}, {2, 0x50000A0}}
+	for _, c := range []struct {
+		name string
+		tli  uint32
+		hist []TimelineSwitch
+		pos  WALPosition
+		want bool
+	}{
+		{"a clean switchover: ends exactly at the switch point", 3, hist, WALPosition{2, 0x50000A0}, true},
+		{"behind the switch point", 3, hist, WALPosition{2, 0x4000000}, true},
+		{"on an older ancestor, behind its switch", 3, hist, WALPosition{1, 0x3000000}, true},
+		{"one record past the switch point", 3, hist, WALPosition{2, 0x50000A8}, false},
+		{"past an older switch point", 3, hist, WALPosition{1, 0x4000000}, false},
+		{"the same timeline as the primary", 3, hist, WALPosition{3, 0x4000000}, false},
+		{"a newer timeline than the primary", 3, hist, WALPosition{4, 0x4000000}, false},
+		{"a branch the primary never took", 3, []TimelineSwitch{{1, 0x3000158}}, WALPosition{2, 0x3000200}, false},
+		{"unknown primary history", 3, nil, WALPosition{2, 0x4000000}, false},
+		{"unknown position", 3, hist, WALPosition{}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := OnHistory(c.tli, c.hist, c.pos); got != c.want {
+				t.Errorf("OnHistory(%d, %v, %v) = %v, want %v", c.tli, c.hist, c.pos, got, c.want)
+			}
+		})
+	}
+}

@@ -263,10 +263,18 @@ func TestFailover(t *testing.T) {
 		if m := memberOf(v, old.Name); m.State != "streaming" {
 			t.Fatalf("old primary %s is %s", old.Name, m.State)
 		}
+		// A clean switchover leaves the old primary's WAL ending at the
+		// fork: it follows the new timeline without pg_rewind.
+		if m := memberOf(v, old.Name); m.RejoinedBy != "follow" {
+			t.Errorf("old primary %s rejoined by %q, want follow (no pg_rewind after a clean switchover)", old.Name, m.RejoinedBy)
+		}
 		cli(t, lc, "switchover", "--candidate", old.Name)
 		v = itest.WaitHealthy(t, lc, 3, 60*time.Second)
 		if p := itest.PrimaryOf(t, v); p.Name != old.Name {
 			t.Fatalf("primary after switching back is %s, want %s", p.Name, old.Name)
+		}
+		if m := memberOf(v, cand); m.RejoinedBy != "follow" {
+			t.Errorf("%s, primary before switching back, rejoined by %q, want follow", cand, m.RejoinedBy)
 		}
 		s.finish()
 	})

@@ -43,14 +43,15 @@ func main() {
 	trials := flag.Int("trials", 10, "failover trials (alternating postgres kill and host loss)")
 	switchovers := flag.Int("switchovers", 4, "switchover trials")
 	hostDown := flag.Duration("host-down", 10*time.Second, "how long a lost host stays down")
+	keep := flag.Bool("keep", false, "keep the cluster's directory (agent and PostgreSQL logs) and print its path")
 	flag.Parse()
-	if err := run(*trials, *switchovers, *hostDown); err != nil {
+	if err := run(*trials, *switchovers, *hostDown, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-failover:", err)
 		os.Exit(1)
 	}
 }
 
-func run(trials, switchovers int, hostDown time.Duration) error {
+func run(trials, switchovers int, hostDown time.Duration, keep bool) error {
 	bin, cleanup, err := itest.BuildAgent()
 	if err != nil {
 		return err
@@ -64,7 +65,11 @@ func run(trials, switchovers int, hostDown time.Duration) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	if keep {
+		defer fmt.Printf("kept %s\n", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
 	var api, raft, pg []int
 	for i := 0; i < 9; i++ {
 		p, err := itest.FreePort()
