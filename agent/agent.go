@@ -6,7 +6,7 @@
 //   - the HTTP server (REST API and the agents' internal calls), from before
 //     bootstrap until Run returns;
 //
-// and six loops, started together once the node has bootstrapped or joined
+// and seven loops, started together once the node has bootstrapped or joined
 // and stopped when Run's context ends or this node is removed:
 //   - reconcile: converges the local PostgreSQL to the committed state
 //     (initdb, clone, configure, start, promote, rewind);
@@ -14,11 +14,19 @@
 //     over HTTP, each member on a goroutine of its own;
 //   - lead: on the Raft leader only, turns state + observations into commands;
 //   - register: makes sure this node is a Raft voter with a current member record;
-//   - fence: stops a writable PostgreSQL whose agent has lost contact with
-//     the Raft quorum for fence_timeout (DESIGN's "One writer");
+//   - lease: on the committed primary only, renews its lease with the Raft
+//     leader (lease.go);
+//   - fence: stops a writable PostgreSQL whose lease has run out (DESIGN's
+//     "One writer");
 //   - front: on the Raft leader only, runs the router and holds the VIP.
 //
-// reconcile and fence both act on PostgreSQL's lifecycle; pgMu serialises them.
+// The loops start short-lived goroutines of their own (a poll per member,
+// the router's listeners, timers that wake the leader's loop); each ends
+// with its loop's context or its own timeout.
+//
+// reconcile and fence both act on PostgreSQL's lifecycle, and only reconcile
+// takes pgMu: the fence stops PostgreSQL by signal and never waits for a
+// lock (fence.go).
 package agent
 
 import (
@@ -65,8 +73,9 @@ type Agent struct {
 	nodeRef    atomic.Pointer[consensus.Node] // node, for readers outside Run's goroutines (Ready)
 	vip        vip.Manager                    // nil when no VIP is configured
 
-	// pgMu serialises actions on PostgreSQL's lifecycle (start, stop,
-	// promote, rewind) between the reconcile loop and the fence loop.
+	// pgMu is held by the reconcile loop around actions on PostgreSQL's
+	// lifecycle (start, stop, promote, rewind). The fence loop does not
+	// take it (its stop must not wait), so nothing else takes it today.
 	pgMu sync.Mutex
 	// writableEpoch is the epoch in which this agent last had its PostgreSQL
 	// running as the primary; if it is down in that same epoch, it crashed

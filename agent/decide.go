@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -74,6 +75,170 @@ type syncMark struct {
 // syncSettle is how long after the primary's setting changed its walsenders
 // are taken to have all adopted it.
 const syncSettle = time.Second
+
+// leaderMemory is what the Raft leader remembers between rounds of its loop:
+// what it granted (start permits, lease renewals) and when it first noticed
+// something (its election, an epoch, a switchover, a narrowed
+// synchronous_standby_names, the primary's agent starting up). None of it is
+// in the Raft log: a node that becomes leader starts from elected, and
+// decide accounts for what it cannot know.
+//
+// It is a plain value. inputs and the helpers below return a new one and
+// never write to the maps of the one they are given (a map is copied before
+// it changes), so a copy handed to decide, or kept by a test, never changes
+// under its holder. The leader keeps the current one in leader, under
+// leader.mu.
+type leaderMemory struct {
+	since       time.Time            // when this node became leader (zero: not leader)
+	permits     map[string]time.Time // first start/promote permit granted since the member last ran, by member, for permitEpoch
+	permitEpoch uint64
+	leases      map[string]time.Time // last lease renewal granted, by member, for leaseEpoch (lease.go)
+	leaseEpoch  uint64
+	syncMark    syncMark
+	// switchoverSince is when the leader first saw switchoverOf.
+	switchoverSince time.Time
+	switchoverOf    consensus.Switchover
+	// epochSince is when the leader first saw epochSeen begin (zero if it
+	// inherited it on election); epochSeen is zero until its first round.
+	epochSeen       uint64
+	epochSince      time.Time
+	startingUpSince time.Time // when the primary's agent was first seen starting up in epochSeen
+}
+
+// elected is the memory of a node that has just become leader at now. What
+// it granted as an earlier leader, or before its first round as this one, is
+// forgotten: its permits and lease renewals start empty (a lease granted
+// before now ends by LeaderSince's fence deadline), and the current epoch
+// counts as inherited (no grace; see inputs).
+func (m leaderMemory) elected(now time.Time) leaderMemory {
+	m.since = now
+	m.permits = map[string]time.Time{}
+	m.leases = map[string]time.Time{}
+	m.epochSeen = 0
+	return m
+}
+
+// notePermit records a start (or promote) permit granted to member in epoch
+// at now, and returns when member was first granted one since its
+// PostgreSQL last ran in epoch: the start grace counts from then, so asking
+// again does not extend it.
+func (m leaderMemory) notePermit(member string, epoch uint64, now time.Time) (leaderMemory, time.Time) {
+	if m.permitEpoch != epoch || m.permits == nil {
+		m.permits, m.permitEpoch = map[string]time.Time{}, epoch
+	} else if first, ok := m.permits[member]; ok {
+		return m, first
+	} else {
+		m.permits = maps.Clone(m.permits)
+	}
+	m.permits[member] = now
+	return m, now
+}
+
+// permitsOf is the permits of epoch (nil for another epoch).
+func (m leaderMemory) permitsOf(epoch uint64) map[string]time.Time {
+	if m.permitEpoch != epoch {
+		return nil
+	}
+	return m.permits
+}
+
+// noteLease records a lease renewal granted to member in epoch at at.
+func (m leaderMemory) noteLease(member string, epoch uint64, at time.Time) leaderMemory {
+	if m.leaseEpoch != epoch || m.leases == nil {
+		m.leases, m.leaseEpoch = map[string]time.Time{}, epoch
+	} else {
+		m.leases = maps.Clone(m.leases)
+	}
+	m.leases[member] = at
+	return m
+}
+
+// lastLease is when this leader last granted member a lease in epoch (zero
+// if it has not).
+func (m leaderMemory) lastLease(member string, epoch uint64) time.Time {
+	if m.leaseEpoch != epoch {
+		return time.Time{}
+	}
+	return m.leases[member]
+}
+
+// inputs is the leader's bookkeeping for one round, without I/O: given the
+// committed state, the observations and the time, it brings the leader's
+// memory up to date and returns the Inputs that come from it, with State,
+// Observations and Now. The caller adds what it gathered by I/O (Self,
+// Voters, NewClusterID, Policy, PrimaryAnswers).
+//
+//  1. Permits are those of the current epoch; a permit covers one start, and
+//     so does a start-up of the primary's agent: once the primary runs
+//     writable, neither holds a failover back any longer.
+//  2. The sync mark follows the primary's synchronous_standby_names
+//     (nextSyncMark).
+//  3. A switchover is timed from when this leader first saw it.
+//  4. An epoch this leader saw begin gets the grace (EpochSince); one it
+//     inherited on election is judged at once (zero). A new epoch forgets
+//     that the primary's agent was starting up.
+//  5. StartingUpSince is when the primary's agent was first seen starting
+//     up in this epoch.
+func inputs(st consensus.State, obs map[string]memberView, now time.Time, mem leaderMemory) (Inputs, leaderMemory) {
+	if mem.permitEpoch != st.Epoch {
+		mem.permits, mem.permitEpoch = map[string]time.Time{}, st.Epoch
+	}
+	p := obs[st.Primary] // the zero view, unreachable, if it has none
+	if p.reachable && p.obs.Postgres.Running && !p.obs.Postgres.InRecovery {
+		if _, ok := mem.permits[st.Primary]; ok {
+			mem.permits = maps.Clone(mem.permits)
+			delete(mem.permits, st.Primary)
+		}
+		mem.startingUpSince = time.Time{}
+	}
+	mem.syncMark = nextSyncMark(mem.syncMark, st, p, now)
+	if st.Switchover != mem.switchoverOf {
+		mem.switchoverOf, mem.switchoverSince = st.Switchover, now
+	}
+	if st.Epoch != mem.epochSeen {
+		since := now
+		if mem.epochSeen == 0 {
+			since = time.Time{}
+		}
+		mem.epochSeen, mem.epochSince = st.Epoch, since
+		mem.startingUpSince = time.Time{}
+	}
+	if p.reachable && p.obs.StartingUp && mem.startingUpSince.IsZero() {
+		mem.startingUpSince = now
+	}
+	return Inputs{
+		State:           st,
+		Observations:    obs,
+		Now:             now,
+		LeaderSince:     mem.since,
+		Permits:         mem.permits,
+		PrimaryLease:    mem.lastLease(st.Primary, st.Epoch),
+		SyncMark:        mem.syncMark,
+		SwitchoverSince: mem.switchoverSince,
+		EpochSince:      mem.epochSince,
+		StartingUpSince: mem.startingUpSince,
+	}, mem
+}
+
+// nextSyncMark notes when the primary p's synchronous_standby_names changed
+// in epoch st.Epoch, and its LSN once the change has settled. A primary
+// that is not seen running writable leaves the mark as it is.
+func nextSyncMark(m syncMark, st consensus.State, p memberView, now time.Time) syncMark {
+	if !p.reachable || !p.obs.Postgres.Running || p.obs.Postgres.InRecovery {
+		return m
+	}
+	names := p.obs.Postgres.SyncStandbyNames
+	switch {
+	case m.Epoch != st.Epoch || m.Names != names:
+		return syncMark{Epoch: st.Epoch, Names: names, At: now}
+	case m.LSN == 0 && now.Sub(m.At) >= syncSettle && p.asked.After(m.At.Add(syncSettle)):
+		// Both times on the leader's clock, never the primary's: the
+		// observation was asked for after the settling delay, so its LSN
+		// is from after it.
+		m.LSN = p.obs.Postgres.CurrentLSN
+	}
+	return m
+}
 
 // Decision is one command for the Raft log and the reason, logged once.
 type Decision struct {

@@ -18,23 +18,19 @@ import (
 	"github.com/pgha/pgha/consensus"
 )
 
-// leader is the Raft leader's memory: what it has granted and noticed. It
-// is not in the Raft log; a new leader starts empty (decide accounts for it).
+// leader is the Raft leader's memory (leaderMemory: what it has granted and
+// noticed) and what it last reported. It is not in the Raft log; a new
+// leader starts empty (decide accounts for it).
+//
+// mu serialises the leader's decisions (leadOnce, commitFailover) with the
+// start permits and lease renewals it grants (grantPermit, grantLease), and
+// guards leaderMemory and waiting. The leader's loop, the REST handlers, the
+// lease loop of a primary that leads and the front loop's VIP check take it.
 type leader struct {
-	mu sync.Mutex // serialises decisions with start permits
+	mu sync.Mutex
 
-	since           time.Time            // when this node became leader (zero: not leader)
-	permits         map[string]time.Time // first start/promote permit granted since the member last ran, by member, for permitEpoch
-	permitEpoch     uint64
-	leases          map[string]time.Time // last lease renewal granted, by member, for leaseEpoch (lease.go)
-	leaseEpoch      uint64
-	syncMark        syncMark
-	switchoverSince time.Time
-	switchoverOf    consensus.Switchover
-	epochSeen       uint64
-	epochSince      time.Time
-	startingUpSince time.Time // when the primary's agent was first seen starting up in epochSeen
-	waiting         string    // why the last pass committed nothing, if it waited
+	leaderMemory
+	waiting string // why the last pass committed nothing, if it waited
 	// waitingNow is waiting for readers that must not take mu (an
 	// observation is taken while mu is held: repollStandbys, refresh).
 	waitingNow atomic.Value
@@ -76,10 +72,7 @@ func (a *Agent) leadOnce(ctx context.Context) {
 			a.log.Warn("new leader: barrier failed", "err", err)
 			return
 		}
-		l.since = time.Now()
-		l.permits = map[string]time.Time{}
-		l.leases = map[string]time.Time{}
-		l.epochSeen = 0
+		l.leaderMemory = l.elected(time.Now())
 		a.log.Info("became Raft leader", "reason", "won an election")
 	}
 	l.mu.Unlock()
@@ -152,41 +145,13 @@ func (a *Agent) leadOnce(ctx context.Context) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	st = a.node.State() // permits may have been granted meanwhile; decide on the newest state
-	in.State = st
-	in.Now = time.Now()
-	in.LeaderSince = l.since
-	if l.permitEpoch != st.Epoch {
-		l.permits, l.permitEpoch = map[string]time.Time{}, st.Epoch
-	}
-	// A permit covers one start, and so does a start-up of the agent: once
-	// the primary runs, neither holds back a failover.
-	if p, ok := obs[st.Primary]; ok && p.reachable && p.obs.Postgres.Running && !p.obs.Postgres.InRecovery {
-		delete(l.permits, st.Primary)
-		l.startingUpSince = time.Time{}
-	}
-	in.Permits = l.permits
-	in.PrimaryLease = l.lastLease(st.Primary, st.Epoch)
-	a.updateSyncMark(st, obs)
-	in.SyncMark = l.syncMark
-	if st.Switchover != l.switchoverOf {
-		l.switchoverOf, l.switchoverSince = st.Switchover, time.Now()
-	}
-	in.SwitchoverSince = l.switchoverSince
-	if st.Epoch != l.epochSeen {
-		// An epoch this leader saw begin gets the grace; one it inherited
-		// on election is judged at once.
-		since := time.Now()
-		if l.epochSeen == 0 {
-			since = time.Time{}
-		}
-		l.epochSeen, l.epochSince = st.Epoch, since
-		l.startingUpSince = time.Time{}
-	}
-	in.EpochSince = l.epochSince
-	if p, ok := obs[st.Primary]; ok && p.reachable && p.obs.StartingUp && l.startingUpSince.IsZero() {
-		l.startingUpSince = time.Now()
-	}
-	in.StartingUpSince = l.startingUpSince
+	// The bookkeeping is pure (inputs); what it does not cover was gathered
+	// above by I/O.
+	var next Inputs
+	next, l.leaderMemory = inputs(st, obs, time.Now(), l.leaderMemory)
+	next.Self, next.Voters, next.NewClusterID = in.Self, in.Voters, in.NewClusterID
+	next.Policy, next.PrimaryAnswers = in.Policy, in.PrimaryAnswers
+	in = next
 
 	plan := decide(in)
 	if promotes(plan) && !st.Switchover.Active() {
@@ -238,14 +203,6 @@ func (a *Agent) verifyPrimary(ctx context.Context, member string, epoch uint64) 
 	return st, nil
 }
 
-// permitsOf is the permits of epoch. Called with mu held.
-func (l *leader) permitsOf(epoch uint64) map[string]time.Time {
-	if l.permitEpoch != epoch {
-		return nil
-	}
-	return l.permits
-}
-
 // promotes reports whether plan promotes a member.
 func promotes(plan Plan) bool {
 	return slices.ContainsFunc(plan.Decisions, func(d Decision) bool { return d.Command.Type == consensus.CmdPromote })
@@ -261,26 +218,6 @@ func (a *Agent) repollStandbys(ctx context.Context, st consensus.State) {
 		}
 	}
 	a.refresh(ctx, st, names...)
-}
-
-// updateSyncMark notes when the primary's synchronous_standby_names narrowed
-// to one name, and the primary's LSN at that moment. Called with lead.mu held.
-func (a *Agent) updateSyncMark(st consensus.State, obs map[string]memberView) {
-	p, ok := obs[st.Primary]
-	if !ok || !p.reachable || !p.obs.Postgres.Running || p.obs.Postgres.InRecovery {
-		return
-	}
-	names := p.obs.Postgres.SyncStandbyNames
-	m := a.lead.syncMark
-	switch {
-	case m.Epoch != st.Epoch || m.Names != names:
-		a.lead.syncMark = syncMark{Epoch: st.Epoch, Names: names, At: time.Now()}
-	case m.LSN == 0 && time.Since(m.At) >= syncSettle && p.asked.After(m.At.Add(syncSettle)):
-		// Both times on the leader's clock, never the primary's: the
-		// observation was asked for after the settling delay, so its LSN
-		// is from after it.
-		a.lead.syncMark.LSN = p.obs.Postgres.CurrentLSN
-	}
 }
 
 func (a *Agent) policy() Policy {
@@ -400,21 +337,15 @@ func (a *Agent) grantPermit(ctx context.Context, member string, epoch uint64, re
 			return 0, fmt.Errorf("%w: PostgreSQL on %s crashed; failing over to %s instead of restarting in place (failover.primary_restart_window is 0)", consensus.ErrRefused, member, cand)
 		}
 	}
-	if a.lead.permitEpoch != st.Epoch || a.lead.permits == nil {
-		a.lead.permits, a.lead.permitEpoch = map[string]time.Time{}, st.Epoch
-	}
 	now := time.Now()
-	first, ok := a.lead.permits[member]
-	if !ok {
-		first = now
-		a.lead.permits[member] = now
-	}
+	var first time.Time
+	a.lead.leaderMemory, first = a.lead.notePermit(member, st.Epoch, now)
 	left := first.Add(startGrace(a.policy())).Sub(now)
 	if left <= 0 {
 		a.wake()
 		return 0, fmt.Errorf("%w: %s has not started PostgreSQL within %s of its first permit in epoch %d; failing over instead", consensus.ErrRefused, member, startGrace(a.policy()), epoch)
 	}
-	a.lead.noteLease(member, epoch, now)
+	a.lead.leaderMemory = a.lead.noteLease(member, epoch, now)
 	return left, nil
 }
 

@@ -214,12 +214,12 @@ func (a *Agent) grantLease(ctx context.Context, member string, epoch uint64) err
 	if _, err := a.verifyPrimary(ctx, member, epoch); err != nil {
 		return err
 	}
-	if first, ok := a.lead.permits[member]; ok && a.lead.permitEpoch == epoch && time.Since(first) >= startGrace(a.policy()) {
+	if first, ok := a.lead.permitsOf(epoch)[member]; ok && time.Since(first) >= startGrace(a.policy()) {
 		// Its PostgreSQL did not start within the grace: the leader fails
 		// it over once this lease has run out.
 		return fmt.Errorf("%w: %s has not started PostgreSQL within %s of its first permit", consensus.ErrRefused, member, startGrace(a.policy()))
 	}
-	a.lead.noteLease(member, epoch, time.Now())
+	a.lead.leaderMemory = a.lead.noteLease(member, epoch, time.Now())
 	return nil
 }
 
@@ -234,23 +234,6 @@ func (l *leader) lock(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// noteLease records a renewal the leader granted. Called with mu held.
-func (l *leader) noteLease(member string, epoch uint64, at time.Time) {
-	if l.leaseEpoch != epoch || l.leases == nil {
-		l.leases, l.leaseEpoch = map[string]time.Time{}, epoch
-	}
-	l.leases[member] = at
-}
-
-// lastLease is when this leader last granted member a lease in epoch (zero
-// if it has not). Called with mu held.
-func (l *leader) lastLease(member string, epoch uint64) time.Time {
-	if l.leaseEpoch != epoch {
-		return time.Time{}
-	}
-	return l.leases[member]
 }
 
 func (a *Agent) handleLease(w http.ResponseWriter, r *http.Request, body []byte) {

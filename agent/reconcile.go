@@ -23,7 +23,9 @@ func (e errWaiting) Error() string { return e.why }
 
 // reconcileLoop converges the local PostgreSQL to the committed state, one
 // step per pass, every loop_interval and whenever the committed state changes.
-// It is the only goroutine that acts on PostgreSQL.
+// It is the only goroutine that starts, promotes, rewinds or re-clones
+// PostgreSQL; the fence loop only stops it, by signal (fence.go), and Run
+// stops it on shutdown once the loops have ended.
 func (a *Agent) reconcileLoop(ctx context.Context) {
 	changes, unsubscribe := a.node.Watch()
 	defer unsubscribe()
