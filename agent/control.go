@@ -221,6 +221,10 @@ func (a *Agent) commitFailover(w http.ResponseWriter, r *http.Request, req Contr
 	}
 	a.lead.mu.Lock()
 	defer a.lead.mu.Unlock()
+	if err := a.beginTenure(r.Context()); err != nil {
+		writeError(w, err)
+		return "", false
+	}
 	st := a.node.State()
 	a.refresh(r.Context(), st, st.Primary, req.Candidate)
 	obs := a.obs.snapshot()

@@ -90,6 +90,7 @@ const syncSettle = time.Second
 // leader.mu.
 type leaderMemory struct {
 	since       time.Time            // when this node became leader (zero: not leader)
+	term        uint64               // the Raft term it leads in since then
 	permits     map[string]time.Time // first start/promote permit granted since the member last ran, by member, for permitEpoch
 	permitEpoch uint64
 	leases      map[string]time.Time // last lease renewal granted, by member, for leaseEpoch (lease.go)
@@ -110,10 +111,15 @@ type leaderMemory struct {
 // forgotten: its permits and lease renewals start empty (a lease granted
 // before now ends by LeaderSince's fence deadline), and the current epoch
 // counts as inherited (no grace; see inputs).
-func (m leaderMemory) elected(now time.Time) leaderMemory {
-	m.since = now
+//
+// The sync mark goes too: it was taken under a setting that another leader
+// may have changed since, and narrowing on it could drop the member that
+// holds the last commits. A new mark is taken from the next rounds.
+func (m leaderMemory) elected(now time.Time, term uint64) leaderMemory {
+	m.since, m.term = now, term
 	m.permits = map[string]time.Time{}
 	m.leases = map[string]time.Time{}
+	m.syncMark = syncMark{}
 	m.epochSeen = 0
 	return m
 }

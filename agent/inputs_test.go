@@ -49,7 +49,7 @@ func leaseAt(member string, epoch uint64, at time.Time) memEvent {
 func (e memEvent) apply(m leaderMemory) leaderMemory {
 	switch e.kind {
 	case "elected":
-		return m.elected(e.at)
+		return m.elected(e.at, m.term+1)
 	case "permit":
 		m, _ = m.notePermit(e.member, e.epoch, e.at)
 		return m
@@ -112,8 +112,8 @@ func relMap(m map[string]time.Time) string {
 
 // memoryText shows m for failure messages.
 func memoryText(m leaderMemory) string {
-	return fmt.Sprintf("since=%s permits=%s@%d leases=%s@%d mark={%d %s %s %d} switchover=%v@%s epoch=%d@%s startingUp=%s",
-		rel(m.since), relMap(m.permits), m.permitEpoch, relMap(m.leases), m.leaseEpoch,
+	return fmt.Sprintf("since=%s term=%d permits=%s@%d leases=%s@%d mark={%d %s %s %d} switchover=%v@%s epoch=%d@%s startingUp=%s",
+		rel(m.since), m.term, relMap(m.permits), m.permitEpoch, relMap(m.leases), m.leaseEpoch,
 		m.syncMark.Epoch, m.syncMark.Names, rel(m.syncMark.At), m.syncMark.LSN,
 		m.switchoverOf, rel(m.switchoverSince), m.epochSeen, rel(m.epochSince), rel(m.startingUpSince))
 }
@@ -218,6 +218,7 @@ func TestInputs(t *testing.T) {
 			events: []memEvent{permitAt("n1", 4, now.Add(-3*time.Second)), leaseAt("n1", 4, now.Add(-time.Second)), electedAt(now.Add(-100 * time.Millisecond))},
 			st:     state3("n2"), obs: cluster3(obsAt(now, pgDown)),
 			want: func(m *leaderMemory) {
+				m.term, m.syncMark = 1, syncMark{} // forgotten; the silent primary gives no new one
 				m.since = now.Add(-100 * time.Millisecond)
 				m.leases = map[string]time.Time{}
 				m.epochSince = time.Time{}
@@ -229,6 +230,7 @@ func TestInputs(t *testing.T) {
 			events: []memEvent{leaseAt("n1", 4, now.Add(-4*time.Second)), electedAt(now.Add(-3 * time.Second))},
 			st:     state3("n2"), obs: cluster3(silentSince(now.Add(-5 * time.Second))),
 			want: func(m *leaderMemory) {
+				m.term, m.syncMark = 1, syncMark{} // forgotten; the silent primary gives no new one
 				m.since = now.Add(-3 * time.Second)
 				m.leases = map[string]time.Time{}
 				m.epochSince = time.Time{}
@@ -240,6 +242,7 @@ func TestInputs(t *testing.T) {
 			events: []memEvent{electedAt(now.Add(-3 * time.Second)), leaseAt("n1", 4, now.Add(-time.Second))},
 			st:     state3("n2"), obs: cluster3(silentSince(now.Add(-5 * time.Second))),
 			want: func(m *leaderMemory) {
+				m.term, m.syncMark = 1, syncMark{} // forgotten; the silent primary gives no new one
 				m.since = now.Add(-3 * time.Second)
 				m.leases = map[string]time.Time{"n1": now.Add(-time.Second)}
 				m.epochSince = time.Time{}
@@ -247,14 +250,17 @@ func TestInputs(t *testing.T) {
 			decides: "waiting for its fence deadline",
 		},
 		{
-			name:   "an election keeps the sync mark and the switchover's start",
+			// The mark was taken under a setting another leader may have
+			// changed meanwhile: a new one starts from this round.
+			name:   "an election forgets the sync mark and keeps the switchover's start",
 			mem:    func(m *leaderMemory) { m.switchoverOf, m.switchoverSince = swN2, now.Add(-5*time.Second) },
 			events: []memEvent{electedAt(now.Add(-time.Second))},
 			st:     withSwitchover(state3("n2"), swN2), obs: cluster3(obsAt(now, primaryUp)),
 			want: func(m *leaderMemory) {
-				m.since = now.Add(-time.Second)
+				m.since, m.term = now.Add(-time.Second), 1
 				m.leases = map[string]time.Time{}
 				m.epochSince = time.Time{}
+				m.syncMark = syncMark{Epoch: 4, Names: primaryUp.SyncStandbyNames, At: now}
 				m.switchoverOf, m.switchoverSince = swN2, now.Add(-5*time.Second)
 			},
 		},

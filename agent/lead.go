@@ -64,16 +64,10 @@ func (a *Agent) leadLoop(ctx context.Context) {
 func (a *Agent) leadOnce(ctx context.Context) {
 	l := &a.lead
 	l.mu.Lock()
-	if l.since.IsZero() {
-		// A new leader first makes sure its FSM holds everything committed
-		// before it, so it never decides on a stale state.
-		if err := a.node.Barrier(ctx); err != nil {
-			l.mu.Unlock()
-			a.log.Warn("new leader: barrier failed", "err", err)
-			return
-		}
-		l.leaderMemory = l.elected(time.Now())
-		a.log.Info("became Raft leader", "reason", "won an election")
+	if err := a.beginTenure(ctx); err != nil {
+		l.mu.Unlock()
+		a.log.Warn("new leader: barrier failed", "err", err)
+		return
 	}
 	l.mu.Unlock()
 
@@ -187,6 +181,29 @@ func (a *Agent) leadOnce(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// beginTenure makes sure the leader's memory is of this tenure, the Raft
+// term this node leads in now, and starts it afresh if not: on the first
+// round after an election, but also on a grant that comes before that round
+// (a permit granted, then forgotten by the round, would let the round fail
+// over a primary whose agent is starting it), and after leadership was lost
+// and won back between two rounds (another leader may have granted leases
+// meanwhile that this one's memory does not hold). A new tenure first makes
+// sure the FSM holds everything committed before it, so it never decides on
+// a stale state. Called with mu held.
+func (a *Agent) beginTenure(ctx context.Context) error {
+	l := &a.lead
+	term := a.node.Term()
+	if !l.since.IsZero() && l.term == term {
+		return nil
+	}
+	if err := a.node.Barrier(ctx); err != nil {
+		return err
+	}
+	l.leaderMemory = l.elected(time.Now(), term)
+	a.log.Info("became Raft leader", "reason", "won an election", "term", term)
+	return nil
 }
 
 // verifyPrimary confirms with a quorum that this node still leads and
@@ -317,6 +334,9 @@ func (a *Agent) grantPermit(ctx context.Context, member string, epoch uint64, re
 		return 0, err
 	}
 	defer a.lead.mu.Unlock()
+	if err := a.beginTenure(ctx); err != nil {
+		return 0, err
+	}
 	st, err := a.verifyPrimary(ctx, member, epoch)
 	if err != nil {
 		return 0, err

@@ -211,6 +211,9 @@ func (a *Agent) grantLease(ctx context.Context, member string, epoch uint64) err
 		return err
 	}
 	defer a.lead.mu.Unlock()
+	if err := a.beginTenure(ctx); err != nil {
+		return err
+	}
 	if _, err := a.verifyPrimary(ctx, member, epoch); err != nil {
 		return err
 	}

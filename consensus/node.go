@@ -438,6 +438,10 @@ func (n *Node) LastContact() time.Time {
 // AppliedIndex is the index of the last log entry applied to this FSM.
 func (n *Node) AppliedIndex() uint64 { return n.raft.AppliedIndex() }
 
+// Term is raft's current term: a node that leads in two different terms
+// led twice, with possibly another leader between.
+func (n *Node) Term() uint64 { return n.raft.CurrentTerm() }
+
 // CommitIndex is the highest log index this node knows to be committed.
 func (n *Node) CommitIndex() uint64 { return n.raft.CommitIndex() }
 
