@@ -13,6 +13,9 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Instance controls one local PostgreSQL instance through pg_ctl and a
@@ -414,15 +417,37 @@ func (i *Instance) Promote(ctx context.Context) error {
 	dir := i.cfg.DataDir
 	off := i.logOffset()
 	i.log.Info("promoting postgres")
-	out, err := i.run(ctx, true, "pg_ctl", "promote", "-D", dir, "-w",
-		"-t", strconv.Itoa(seconds(i.cfg.StartTimeout)))
+	// pg_ctl's own wait (-w) looks ten times a second; the end of recovery
+	// usually takes a few tens of milliseconds, and writes are unavailable
+	// until it is seen. So signal without waiting and watch the server.
+	out, err := i.run(ctx, true, "pg_ctl", "promote", "-D", dir, "-W")
 	if err != nil {
 		if strings.Contains(out, "not in standby mode") && i.running(ctx) {
 			return nil
 		}
 		return fmt.Errorf("promote postgres in %s: %w\nserver log %s:\n%s", dir, err, i.cfg.LogFile, i.logTail(off, 20))
 	}
-	return nil
+	ctx, cancel := context.WithTimeout(ctx, i.cfg.StartTimeout)
+	defer cancel()
+	for {
+		var inRecovery bool
+		qctx, qcancel := context.WithTimeout(ctx, time.Second)
+		err := i.Query(qctx, func(c *pgx.Conn) error {
+			return c.QueryRow(qctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery)
+		})
+		qcancel()
+		if err == nil && !inRecovery {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = errors.New("still in recovery")
+			}
+			return fmt.Errorf("promote postgres in %s: not promoted within %s: %v\nserver log %s:\n%s", dir, i.cfg.StartTimeout, err, i.cfg.LogFile, i.logTail(off, 20))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 func seconds(d interface{ Seconds() float64 }) int {
