@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
 )
 
 // TestAdoptNewestData: three existing data directories are adopted with

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
 	"github.com/pgha/pgha/postgres"
 	"github.com/pgha/pgha/postgres/pgtest"
 )

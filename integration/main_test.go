@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
 )
 
 // agentBinary is built once by TestMain.

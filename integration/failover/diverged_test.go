@@ -12,8 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/examples/localcluster"
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/localcluster"
 )
 
 // TestDivergedStandbyIsRewound: a standby that received WAL the promoted

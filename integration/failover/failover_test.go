@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/examples/localcluster"
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/localcluster"
 )
 
 var agentBinary string

@@ -16,7 +16,7 @@ import (
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/pgha/pgha/integration/netns"
+	"github.com/pgha/pgha/internal/netns"
 )
 
 // DialerIn returns a dial function whose sockets live in namespace ns: the

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/examples/localcluster"
+	"github.com/pgha/pgha/internal/localcluster"
 )
 
 // View is GET /cluster as the majority sees it: asked from the client

@@ -27,8 +27,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgha/pgha/examples/localcluster"
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/localcluster"
 )
 
 var agentBinary string

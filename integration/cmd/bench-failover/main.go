@@ -23,8 +23,8 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/examples/localcluster"
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/localcluster"
 	"github.com/pgha/pgha/postgres"
 )
 

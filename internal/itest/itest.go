@@ -1,6 +1,6 @@
 // Package itest is the toolkit of the end-to-end tests and benchmarks: it
 // builds the agent binary, runs loopback clusters of real agent processes
-// (examples/localcluster), polls conditions, and writes numbered rows
+// (internal/localcluster), polls conditions, and writes numbered rows
 // through whatever node is the primary while recording every acknowledgement.
 package itest
 
@@ -20,7 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/examples/localcluster"
+	"github.com/pgha/pgha/internal/localcluster"
 	"github.com/pgha/pgha/postgres/pgtest"
 )
 

@@ -9,7 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgha/pgha/examples/localcluster"
+	"github.com/pgha/pgha/internal/localcluster"
 )
 
 // Ack is one acknowledged insert.
