@@ -18,6 +18,7 @@ import (
 	"github.com/pgha/pgha/agent"
 	"github.com/pgha/pgha/internal/itest"
 	"github.com/pgha/pgha/internal/localcluster"
+	"github.com/pgha/pgha/internal/wait"
 )
 
 var agentBinary string
@@ -41,7 +42,7 @@ func start(t *testing.T, lc *localcluster.Cluster, table string) *scenario {
 	}
 	t.Cleanup(w.Stop)
 	// Some acknowledged writes before the fault.
-	itest.WaitFor(t, 20*time.Second, "the writer's first acknowledgements", func() (bool, string) {
+	wait.For(t, 20*time.Second, "the writer's first acknowledgements", func() (bool, string) {
 		n := len(w.Acks())
 		return n >= 10, fmt.Sprintf("%d acks, %d errors", n, w.Errors())
 	})
@@ -54,7 +55,7 @@ func start(t *testing.T, lc *localcluster.Cluster, table string) *scenario {
 func (s *scenario) awaitNewWrites(after time.Time, timeout time.Duration, notOn ...string) itest.Ack {
 	s.t.Helper()
 	var ack itest.Ack
-	itest.WaitFor(s.t, timeout, "writes to resume", func() (bool, string) {
+	wait.For(s.t, timeout, "writes to resume", func() (bool, string) {
 		for _, a := range s.w.Acks() {
 			if a.At.After(after) && !slices.Contains(notOn, a.Node) {
 				ack = a
@@ -81,7 +82,7 @@ func (s *scenario) finish() agent.ClusterView {
 	for _, m := range v.Members {
 		// Standbys catch up to the last acknowledged row; then compare.
 		port := m.Port
-		itest.WaitFor(s.t, 30*time.Second, m.Name+" to hold every acknowledged row", func() (bool, string) {
+		wait.For(s.t, 30*time.Second, m.Name+" to hold every acknowledged row", func() (bool, string) {
 			missing, err := s.w.Missing(context.Background(), port)
 			if err != nil {
 				return false, err.Error()
@@ -293,7 +294,7 @@ func TestFailover(t *testing.T) {
 			skip(t, "the Raft leader is the primary again after a switchover away from it: no Raft leader apart from the primary to kill")
 		}
 		lc.KillAgent(lc.Node(leader))
-		itest.WaitFor(t, 10*time.Second, "a new Raft leader", func() (bool, string) {
+		wait.For(t, 10*time.Second, "a new Raft leader", func() (bool, string) {
 			v, err := lc.View(context.Background())
 			return err == nil && v.RaftLeader != "" && v.RaftLeader != leader, fmt.Sprint(err)
 		})
@@ -308,7 +309,7 @@ func TestFailover(t *testing.T) {
 		s := start(t, lc, "w_pause")
 		old := itest.PrimaryOf(t, s.before)
 		cli(t, lc, "pause")
-		itest.WaitFor(t, 5*time.Second, "list to show the pause", func() (bool, string) {
+		wait.For(t, 5*time.Second, "list to show the pause", func() (bool, string) {
 			out := cli(t, lc, "list")
 			return strings.Contains(out, "PAUSED"), out
 		})
@@ -332,7 +333,7 @@ func TestFailover(t *testing.T) {
 	must(t, "loss of the synchronous standby moves the sync set, writes go on", func(t *testing.T) {
 		s := start(t, lc, "w_syncloss")
 		var syncName string
-		itest.WaitFor(t, 20*time.Second, "exactly one synchronous standby", func() (bool, string) {
+		wait.For(t, 20*time.Second, "exactly one synchronous standby", func() (bool, string) {
 			v, err := lc.View(context.Background())
 			if err != nil {
 				return false, err.Error()
@@ -348,7 +349,7 @@ func TestFailover(t *testing.T) {
 		lc.KillHost(n)
 		ack := s.awaitNewWrites(killed, 30*time.Second)
 		t.Logf("writes went on %.2fs after the synchronous standby %s was lost", ack.At.Sub(killed).Seconds(), syncName)
-		itest.WaitFor(t, 20*time.Second, "the sync set to move", func() (bool, string) {
+		wait.For(t, 20*time.Second, "the sync set to move", func() (bool, string) {
 			v, err := lc.View(context.Background())
 			if err != nil {
 				return false, err.Error()
@@ -420,7 +421,7 @@ func TestFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 		var down agent.ClusterView
-		itest.WaitFor(t, 10*time.Second, "the cluster to see the primary down", func() (bool, string) {
+		wait.For(t, 10*time.Second, "the cluster to see the primary down", func() (bool, string) {
 			v, err := lc.View(context.Background())
 			if err != nil {
 				return false, err.Error()

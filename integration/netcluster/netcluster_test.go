@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgha/pgha/agent"
 	"github.com/pgha/pgha/integration/netcluster"
+	"github.com/pgha/pgha/internal/wait"
 )
 
 // Generous bounds for a shared, loaded machine; every wait is a poll that
@@ -41,7 +42,7 @@ func start(t *testing.T, c *netcluster.Cluster, table string) *scenario {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.Stop)
-	waitFor(t, 30*time.Second, "the writer's first acknowledgements through the VIP", func() (bool, string) {
+	wait.For(t, 30*time.Second, "the writer's first acknowledgements through the VIP", func() (bool, string) {
 		return len(w.Acks()) >= 10, w.Status()
 	})
 	return &scenario{t: t, c: c, w: w, p: p, before: v}
@@ -88,7 +89,7 @@ func (s *scenario) finish() agent.ClusterView {
 		if h == primary {
 			continue
 		}
-		waitFor(s.t, 30*time.Second, h.Name+" to hold the primary's rows", func() (bool, string) {
+		wait.For(s.t, 30*time.Second, h.Name+" to hold the primary's rows", func() (bool, string) {
 			got, err := s.c.IDs(context.Background(), h, s.w.Table())
 			if err != nil {
 				return false, err.Error()
@@ -123,19 +124,12 @@ func awaitHealthy(t *testing.T, c *netcluster.Cluster) agent.ClusterView {
 	return v
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	if err := netcluster.Poll(context.Background(), timeout, cond); err != nil {
-		t.Fatalf("waiting for %s: %v", what, err)
-	}
-}
-
 // awaitLeaderOtherThan waits until the majority has a Raft leader that is
 // not old and exactly that leader holds the VIP; it returns the leader.
 func awaitLeaderOtherThan(t *testing.T, c *netcluster.Cluster, old string) *netcluster.Host {
 	t.Helper()
 	var leader string
-	waitFor(t, 30*time.Second, "a new Raft leader holding the VIP", func() (bool, string) {
+	wait.For(t, 30*time.Second, "a new Raft leader holding the VIP", func() (bool, string) {
 		v, err := c.View(context.Background())
 		if err != nil {
 			return false, err.Error()
@@ -154,7 +148,7 @@ func awaitLeaderOtherThan(t *testing.T, c *netcluster.Cluster, old string) *netc
 // awaitNeighbour waits until the client sends VIP traffic to h's MAC.
 func awaitNeighbour(t *testing.T, c *netcluster.Cluster, h *netcluster.Host) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "the client's neighbour entry for the VIP to be "+h.Name+"'s MAC "+h.MAC, func() (bool, string) {
+	wait.For(t, 30*time.Second, "the client's neighbour entry for the VIP to be "+h.Name+"'s MAC "+h.MAC, func() (bool, string) {
 		mac, state, err := c.ClientNeighbourMAC()
 		if err != nil {
 			return false, err.Error()
@@ -281,12 +275,12 @@ func TestNetCluster(t *testing.T) {
 		if err := c.Cut(old); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 30*time.Second, old.Name+"'s PostgreSQL to stop accepting writes (asked inside its namespace)", func() (bool, string) {
+		wait.For(t, 30*time.Second, old.Name+"'s PostgreSQL to stop accepting writes (asked inside its namespace)", func() (bool, string) {
 			ok, err := c.IsPrimary(context.Background(), old)
 			return !ok, fmt.Sprintf("primary=%v err=%v", ok, err)
 		})
 		fenced := time.Now()
-		waitFor(t, 10*time.Second, old.Name+" to drop the VIP", func() (bool, string) {
+		wait.For(t, 10*time.Second, old.Name+" to drop the VIP", func() (bool, string) {
 			held, err := c.HoldsVIP(old)
 			return err == nil && !held, fmt.Sprintf("held=%v err=%v", held, err)
 		})
@@ -390,7 +384,7 @@ func TestNetCluster(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = c.ThawAgent(old) })
 		var next *netcluster.Host
-		waitFor(t, 30*time.Second, "a new Raft leader holding the VIP", func() (bool, string) {
+		wait.For(t, 30*time.Second, "a new Raft leader holding the VIP", func() (bool, string) {
 			v, err := c.View(context.Background())
 			if err != nil {
 				return false, err.Error()
@@ -416,7 +410,7 @@ func TestNetCluster(t *testing.T) {
 		if err := c.ThawAgent(old); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 10*time.Second, old.Name+" to drop the VIP on waking", func() (bool, string) {
+		wait.For(t, 10*time.Second, old.Name+" to drop the VIP on waking", func() (bool, string) {
 			held, err := c.HoldsVIP(old)
 			return err == nil && !held, fmt.Sprintf("held=%v err=%v", held, err)
 		})
@@ -436,7 +430,7 @@ func TestNetCluster(t *testing.T) {
 			if err := c.Cut(h); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 30*time.Second, "the majority to lose "+h.Name, func() (bool, string) {
+			wait.For(t, 30*time.Second, "the majority to lose "+h.Name, func() (bool, string) {
 				v, err := c.View(context.Background())
 				if err != nil {
 					return false, err.Error()
@@ -447,7 +441,7 @@ func TestNetCluster(t *testing.T) {
 			var notOn []string
 			if wasPrimary {
 				notOn = []string{h.Name}
-				waitFor(t, 30*time.Second, h.Name+" to fence its PostgreSQL", func() (bool, string) {
+				wait.For(t, 30*time.Second, h.Name+" to fence its PostgreSQL", func() (bool, string) {
 					ok, err := c.IsPrimary(context.Background(), h)
 					return !ok, fmt.Sprintf("primary=%v err=%v", ok, err)
 				})
@@ -517,7 +511,7 @@ func TestNetCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		var w agent.ClusterView
-		waitFor(t, 60*time.Second, "the new leader to wait for "+p.Name+"'s agent (or to fail it over)", func() (bool, string) {
+		wait.For(t, 60*time.Second, "the new leader to wait for "+p.Name+"'s agent (or to fail it over)", func() (bool, string) {
 			var err error
 			if w, err = c.View(ctx); err != nil {
 				return false, err.Error()

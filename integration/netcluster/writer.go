@@ -14,6 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgha/pgha/internal/wait"
 )
 
 // ViaVIP is Ack.Via for an insert through the router on VIP:RouterPort.
@@ -120,7 +122,7 @@ func (c *Cluster) StartWriter(ctx context.Context, opts WriterOptions) (*Writer,
 		opts.Timeout = opts.CancelAfter + 3*time.Second
 	}
 	create := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (id bigint PRIMARY KEY, session int, at timestamptz DEFAULT clock_timestamp())", pgx.Identifier{opts.Table}.Sanitize())
-	err := Poll(ctx, time.Minute, func() (bool, string) {
+	err := wait.Until(ctx, time.Minute, func() (bool, string) {
 		conn, err := c.DialVIP(ctx, RouterPort, opts.Timeout)
 		if err != nil {
 			return false, err.Error()
@@ -353,7 +355,7 @@ func (w *Writer) FirstAckSentAfter(t time.Time, notOn ...string) (Ack, bool) {
 // notOn) is acknowledged through the VIP, and returns it.
 func (w *Writer) AwaitAckSentAfter(ctx context.Context, t time.Time, timeout time.Duration, notOn ...string) (Ack, error) {
 	var ack Ack
-	err := Poll(ctx, timeout, func() (bool, string) {
+	err := wait.Until(ctx, timeout, func() (bool, string) {
 		var ok bool
 		ack, ok = w.FirstAckSentAfter(t, notOn...)
 		return ok, w.Status()

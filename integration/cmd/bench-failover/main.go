@@ -92,7 +92,7 @@ func run(trials, switchovers int, hostDown time.Duration) error {
 	if err := lc.StartAll(); err != nil {
 		return err
 	}
-	if _, err := itest.AwaitHealthy(lc, 3, 2*time.Minute); err != nil {
+	if _, err := itest.AwaitHealthy(context.Background(), lc, 3, 2*time.Minute); err != nil {
 		return err
 	}
 	fmt.Printf("cluster ready; the agents' default settings (loop_interval %s, health_interval %s, fence_timeout %s, raft heartbeat/election %s/%s, synchronous mode)\n",
@@ -131,7 +131,7 @@ func run(trials, switchovers int, hostDown time.Duration) error {
 }
 
 func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string, hostDown time.Duration) (trial, error) {
-	v, err := itest.AwaitHealthy(lc, 3, 2*time.Minute)
+	v, err := itest.AwaitHealthy(context.Background(), lc, 3, 2*time.Minute)
 	if err != nil {
 		return trial{}, err
 	}
@@ -179,7 +179,7 @@ func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string
 	if t.by == "" {
 		return t, fmt.Errorf("%s did not stream again within 2 minutes", old)
 	}
-	v, err = itest.AwaitHealthy(lc, 3, 2*time.Minute)
+	v, err = itest.AwaitHealthy(context.Background(), lc, 3, 2*time.Minute)
 	if err != nil {
 		return t, err
 	}
@@ -192,7 +192,7 @@ func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string
 }
 
 func switchoverTrial(lc *localcluster.Cluster, w *itest.Writer, bin string) (time.Duration, error) {
-	v, err := itest.AwaitHealthy(lc, 3, 2*time.Minute)
+	v, err := itest.AwaitHealthy(context.Background(), lc, 3, 2*time.Minute)
 	if err != nil {
 		return 0, err
 	}

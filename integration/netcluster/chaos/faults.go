@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/integration/netcluster"
+	"github.com/pgha/pgha/internal/wait"
 )
 
 // Kind is a kind of fault.
@@ -248,7 +249,7 @@ func (s *scheduler) doubleFault(ctx context.Context, f *Fault, primary *netclust
 	}
 	f.Injected = cut
 	var first netcluster.Ack
-	err := netcluster.Poll(ctx, s.opts.RecoveryTimeout, func() (bool, string) {
+	err := wait.Until(ctx, s.opts.RecoveryTimeout, func() (bool, string) {
 		for _, a := range s.w.Acks() {
 			if a.Sent.After(cut) && a.Host != primary.Name {
 				first = a
