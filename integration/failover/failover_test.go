@@ -36,15 +36,14 @@ type scenario struct {
 func start(t *testing.T, lc *localcluster.Cluster, table string) *scenario {
 	t.Helper()
 	v := itest.WaitHealthy(t, lc, 3, 90*time.Second)
-	w, err := itest.StartWriter(lc, table, 20*time.Millisecond)
+	w, err := itest.StartWriter(context.Background(), itest.LoopbackTargets(lc), itest.WriterOptions{Table: table, Conns: 1, Interval: 20 * time.Millisecond, Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.Stop)
 	// Some acknowledged writes before the fault.
 	wait.For(t, 20*time.Second, "the writer's first acknowledgements", func() (bool, string) {
-		n := len(w.Acks())
-		return n >= 10, fmt.Sprintf("%d acks, %d errors", n, w.Errors())
+		return len(w.Acks()) >= 10, w.Status()
 	})
 	return &scenario{t: t, lc: lc, w: w, before: v}
 }
@@ -57,12 +56,12 @@ func (s *scenario) awaitNewWrites(after time.Time, timeout time.Duration, notOn 
 	var ack itest.Ack
 	wait.For(s.t, timeout, "writes to resume", func() (bool, string) {
 		for _, a := range s.w.Acks() {
-			if a.At.After(after) && !slices.Contains(notOn, a.Node) {
+			if a.At.After(after) && !slices.Contains(notOn, a.Host) {
 				ack = a
 				return true, ""
 			}
 		}
-		return false, fmt.Sprintf("%d acks, %d errors", len(s.w.Acks()), s.w.Errors())
+		return false, s.w.Status()
 	})
 	return ack
 }
@@ -81,16 +80,16 @@ func (s *scenario) finish() agent.ClusterView {
 	last := s.w.Acks()[len(s.w.Acks())-1].ID
 	for _, m := range v.Members {
 		// Standbys catch up to the last acknowledged row; then compare.
-		port := m.Port
+		name := m.Name
 		wait.For(s.t, 30*time.Second, m.Name+" to hold every acknowledged row", func() (bool, string) {
-			missing, err := s.w.Missing(context.Background(), port)
+			missing, err := s.w.Missing(context.Background(), name)
 			if err != nil {
 				return false, err.Error()
 			}
 			return len(missing) == 0, fmt.Sprintf("%d of %d acknowledged rows missing (last id %d), e.g. %v", len(missing), len(s.w.Acks()), last, head(missing))
 		})
 	}
-	s.t.Logf("acknowledged %d rows, %d failed attempts; now %s", len(s.w.Acks()), s.w.Errors(), itest.Describe(v))
+	s.t.Logf("writer: %s; now %s", s.w.Status(), itest.Describe(v))
 	return v
 }
 
@@ -202,7 +201,7 @@ func TestFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 		ack := s.awaitNewWrites(killed, 30*time.Second, old.Name)
-		t.Logf("writes resumed on %s %.2fs after the kill", ack.Node, ack.At.Sub(killed).Seconds())
+		t.Logf("writes resumed on %s %.2fs after the kill", ack.Host, ack.At.Sub(killed).Seconds())
 		v := s.finish()
 		if v.Epoch <= s.before.Epoch {
 			t.Errorf("epoch %d did not increase from %d", v.Epoch, s.before.Epoch)
@@ -219,7 +218,7 @@ func TestFailover(t *testing.T) {
 		killed := time.Now()
 		lc.KillHost(n)
 		ack := s.awaitNewWrites(killed, 30*time.Second, old.Name)
-		t.Logf("writes resumed on %s %.2fs after the host loss", ack.Node, ack.At.Sub(killed).Seconds())
+		t.Logf("writes resumed on %s %.2fs after the host loss", ack.Host, ack.At.Sub(killed).Seconds())
 		if err := lc.Start(n); err != nil {
 			t.Fatal(err)
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgha/pgha/agent"
 	"github.com/pgha/pgha/integration/netcluster"
+	"github.com/pgha/pgha/internal/itest"
 	"github.com/pgha/pgha/internal/wait"
 )
 
@@ -27,7 +28,7 @@ const (
 type scenario struct {
 	t      *testing.T
 	c      *netcluster.Cluster
-	w      *netcluster.Writer
+	w      *itest.Writer
 	p      *netcluster.Prober
 	before agent.ClusterView
 }
@@ -37,7 +38,7 @@ func start(t *testing.T, c *netcluster.Cluster, table string) *scenario {
 	v := awaitHealthy(t, c)
 	p := c.StartProber(100 * time.Millisecond)
 	t.Cleanup(p.Stop)
-	w, err := c.StartWriter(context.Background(), netcluster.WriterOptions{Table: table, Conns: 2})
+	w, err := c.StartWriter(context.Background(), itest.WriterOptions{Table: table, Conns: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +51,7 @@ func start(t *testing.T, c *netcluster.Cluster, table string) *scenario {
 
 // resumed waits for an insert sent after t to be acknowledged by a host
 // not in notOn, at most resumeTimeout after t.
-func (s *scenario) resumed(after time.Time, notOn ...string) netcluster.Ack {
+func (s *scenario) resumed(after time.Time, notOn ...string) itest.Ack {
 	s.t.Helper()
 	ack, err := s.w.AwaitAckSentAfter(context.Background(), after, time.Until(after.Add(resumeTimeout)), notOn...)
 	if err != nil {
@@ -78,7 +79,7 @@ func (s *scenario) finish() agent.ClusterView {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	missing, err := s.w.Missing(context.Background(), primary)
+	missing, err := s.w.Missing(context.Background(), primary.Name)
 	if err != nil {
 		s.t.Fatal(err)
 	}

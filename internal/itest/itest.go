@@ -265,9 +265,13 @@ func Connect(t testing.TB, port int) *pgx.Conn {
 
 // Dial connects as postgres to 127.0.0.1:port within two seconds.
 func Dial(ctx context.Context, port int) (*pgx.Conn, error) {
+	cfg, err := loopbackConfig(port)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	return pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable connect_timeout=2", port))
+	return pgx.ConnectConfig(ctx, cfg)
 }
 
 // QueryInt runs a query returning one integer.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/integration/netcluster"
+	"github.com/pgha/pgha/internal/itest"
 	"github.com/pgha/pgha/internal/wait"
 )
 
@@ -248,7 +249,7 @@ func (s *scheduler) doubleFault(ctx context.Context, f *Fault, primary *netclust
 		return injection{heal: func() error { return c.Heal(primary) }}, err
 	}
 	f.Injected = cut
-	var first netcluster.Ack
+	var first itest.Ack
 	err := wait.Until(ctx, s.opts.RecoveryTimeout, func() (bool, string) {
 		for _, a := range s.w.Acks() {
 			if a.Sent.After(cut) && a.Host != primary.Name {
