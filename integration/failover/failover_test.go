@@ -36,7 +36,9 @@ type scenario struct {
 func start(t *testing.T, lc *localcluster.Cluster, table string) *scenario {
 	t.Helper()
 	v := itest.WaitHealthy(t, lc, 3, 90*time.Second)
-	w, err := itest.StartWriter(context.Background(), itest.LoopbackTargets(lc), itest.WriterOptions{Table: table, Conns: 1, Interval: 20 * time.Millisecond, Timeout: 2 * time.Second})
+	w, err := itest.StartWriter(context.Background(), itest.LoopbackTargets(lc), itest.WriterOptions{
+		Table: table, Conns: 1, Interval: 20 * time.Millisecond, Timeout: 2 * time.Second,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

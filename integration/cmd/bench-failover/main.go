@@ -97,7 +97,9 @@ func run(trials, switchovers int, hostDown time.Duration) error {
 	}
 	fmt.Printf("cluster ready; the agents' default settings (loop_interval %s, health_interval %s, fence_timeout %s, raft heartbeat/election %s/%s, synchronous mode)\n",
 		agent.DefaultLoopInterval, agent.DefaultHealthInterval, agent.DefaultFenceTimeout, agent.DefaultHeartbeatTimeout, agent.DefaultElectionTimeout)
-	w, err := itest.StartWriter(context.Background(), itest.LoopbackTargets(lc), itest.WriterOptions{Table: "bench_acks", Conns: 1, Interval: 20 * time.Millisecond, Timeout: 2 * time.Second})
+	w, err := itest.StartWriter(context.Background(), itest.LoopbackTargets(lc), itest.WriterOptions{
+		Table: "bench_acks", Conns: 1, Interval: 20 * time.Millisecond, Timeout: 2 * time.Second,
+	})
 	if err != nil {
 		return err
 	}
