@@ -1,7 +1,9 @@
 // Package itest is the toolkit of the end-to-end tests and benchmarks: it
 // builds the agent binary, runs loopback clusters of real agent processes
-// (internal/localcluster), polls conditions, and writes numbered rows
-// through whatever node is the primary while recording every acknowledgement.
+// (internal/localcluster), checks them, and writes numbered rows to whatever
+// node is the primary, and optionally straight to every host, while
+// recording every acknowledgement (Writer, which the loopback and the
+// namespaced clusters share).
 package itest
 
 import (

@@ -151,6 +151,7 @@ func StartWriter(ctx context.Context, to WriterTargets, opts WriterOptions) (*Wr
 	if to.Via == "" {
 		to.Via = "primary"
 	}
+	to.Hosts = slices.Clone(to.Hosts)
 	for i := range to.Hosts {
 		if to.Hosts[i].Read == nil {
 			to.Hosts[i].Read = to.Hosts[i].Direct
