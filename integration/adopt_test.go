@@ -8,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/wait"
 )
 
 // TestAdoptNewestData: three existing data directories are adopted with
@@ -26,11 +27,11 @@ func TestAdoptNewestData(t *testing.T) {
 	v := itest.WaitHealthy(t, lc, 3, 90*time.Second)
 	t.Logf("healthy: %s", itest.Describe(v))
 	if itest.Primary(v) != "node3" {
-		itest.WaitFor(t, 60*time.Second, "switchover to node3", func() (bool, string) {
+		wait.For(t, 60*time.Second, "switchover to node3", func() (bool, string) {
 			out, err := exec.Command(agentBinary, "switchover", "--candidate", "node3", "--api", lc.Node("node1").APIURL+","+lc.Node("node2").APIURL).CombinedOutput()
 			return err == nil, string(out)
 		})
-		itest.WaitFor(t, 90*time.Second, "node3 primary and the cluster healthy", func() (bool, string) {
+		wait.For(t, 90*time.Second, "node3 primary and the cluster healthy", func() (bool, string) {
 			v, err := lc.View(context.Background())
 			if err != nil {
 				return false, err.Error()

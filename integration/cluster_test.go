@@ -13,7 +13,8 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/postgres"
 	"github.com/pgha/pgha/postgres/pgtest"
 )
@@ -64,7 +65,7 @@ func TestLoopbackCluster(t *testing.T) {
 				continue
 			}
 			sc := itest.Connect(t, m.Port)
-			itest.WaitFor(t, 20*time.Second, m.Name+" to replay 500 rows", func() (bool, string) {
+			wait.For(t, 20*time.Second, m.Name+" to replay 500 rows", func() (bool, string) {
 				var n int64
 				err := sc.QueryRow(ctx, "SELECT count(*) FROM itest").Scan(&n)
 				if err != nil {
@@ -77,7 +78,7 @@ func TestLoopbackCluster(t *testing.T) {
 			}
 		}
 		// After the write the standbys catch up to zero lag.
-		itest.WaitFor(t, 20*time.Second, "zero lag on both standbys", func() (bool, string) {
+		wait.For(t, 20*time.Second, "zero lag on both standbys", func() (bool, string) {
 			cv, err := lc.View(ctx)
 			if err != nil {
 				return false, err.Error()
@@ -242,7 +243,7 @@ func TestLoopbackCluster(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Fatal("node4's agent did not exit after removal")
 		}
-		itest.WaitFor(t, 30*time.Second, "three members and no slot for node4", func() (bool, string) {
+		wait.For(t, 30*time.Second, "three members and no slot for node4", func() (bool, string) {
 			cv, err := lc.View(context.Background())
 			if err != nil {
 				return false, err.Error()
@@ -279,7 +280,7 @@ func TestLoopbackCluster(t *testing.T) {
 		if err := lc.Start(n5); err != nil {
 			t.Fatal(err)
 		}
-		itest.WaitFor(t, 60*time.Second, "node5 to report the foreign data directory", func() (bool, string) {
+		wait.For(t, 60*time.Second, "node5 to report the foreign data directory", func() (bool, string) {
 			cv, err := lc.View(context.Background())
 			if err != nil {
 				return false, err.Error()

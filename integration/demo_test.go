@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgha/pgha/examples/localcluster"
+	"github.com/pgha/pgha/internal/localcluster"
 	"github.com/pgha/pgha/postgres/pgtest"
 )
 

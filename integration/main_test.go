@@ -11,7 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/wait"
 )
 
 // agentBinary is built once by TestMain.
@@ -72,7 +73,7 @@ func call(t *testing.T, client *http.Client, method, url, token, body string) (i
 // operator would retry too.
 func authorised(t *testing.T, client *http.Client, method, url, token string) {
 	t.Helper()
-	itest.WaitFor(t, 30*time.Second, method+" "+url, func() (bool, string) {
+	wait.For(t, 30*time.Second, method+" "+url, func() (bool, string) {
 		code, _, body := call(t, client, method, url, token, "")
 		if code != http.StatusOK && code != http.StatusServiceUnavailable {
 			t.Fatalf("%s %s: %d %s", method, url, code, body)

@@ -14,8 +14,9 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/examples/localcluster"
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/localcluster"
+	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/postgres/pgtest"
 )
 
@@ -84,7 +85,7 @@ func cliWithout(args ...string) (string, error) {
 func cliRetrying(t *testing.T, args ...string) string {
 	t.Helper()
 	var out string
-	itest.WaitFor(t, 30*time.Second, "pgha-agent "+args[0], func() (bool, string) {
+	wait.For(t, 30*time.Second, "pgha-agent "+args[0], func() (bool, string) {
 		var err error
 		out, err = cliWithout(args...)
 		if err != nil && !strings.Contains(out, "503") {
@@ -183,7 +184,7 @@ func TestControlAuth(t *testing.T) {
 			t.Fatalf("list (no token needed) after pause: %v\n%s", err, out)
 		}
 		// PGHA_TOKEN_FILE, as the demo prints it.
-		itest.WaitFor(t, 30*time.Second, "resume with PGHA_TOKEN_FILE", func() (bool, string) {
+		wait.For(t, 30*time.Second, "resume with PGHA_TOKEN_FILE", func() (bool, string) {
 			cmd := exec.Command(agentBinary, "resume", "--api", apiList(lc))
 			cmd.Env = append(os.Environ(), "PGHA_TOKEN_FILE="+lc.TokenFile())
 			out, err := cmd.CombinedOutput()
@@ -279,7 +280,7 @@ func TestTLSCluster(t *testing.T) {
 		if err := lc.Start(n4); err != nil {
 			t.Fatal(err)
 		}
-		itest.WaitFor(t, 30*time.Second, "node4 to try to join and fail", func() (bool, string) {
+		wait.For(t, 30*time.Second, "node4 to try to join and fail", func() (bool, string) {
 			b, _ := os.ReadFile(n4.Log)
 			return strings.Contains(string(b), "join the cluster: will retry") && strings.Contains(string(b), "certificate"), itest.TailLines(string(b), 3)
 		})
@@ -331,7 +332,7 @@ func TestTLSCluster(t *testing.T) {
 		if err := lc.KillPostgres(old); err != nil {
 			t.Fatal(err)
 		}
-		itest.WaitFor(t, 60*time.Second, "a new primary", func() (bool, string) {
+		wait.For(t, 60*time.Second, "a new primary", func() (bool, string) {
 			cv, err := lc.View(context.Background())
 			if err != nil {
 				return false, err.Error()

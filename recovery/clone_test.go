@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/postgres"
 	"github.com/pgha/pgha/postgres/pgtest"
 	"github.com/pgha/pgha/recovery"
@@ -76,7 +77,7 @@ func TestCloneStreamPromote(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	pgtest.Eventually(t, 30*time.Second, func() (bool, string) {
+	wait.For(t, 30*time.Second, "the clone to stream", func() (bool, string) {
 		st := standby.Status(ctx)
 		return st.Running && st.InRecovery && st.Streaming && st.ReceivedLSN > 0, "standby status " + mustJSON(st)
 	})
@@ -89,14 +90,14 @@ func TestCloneStreamPromote(t *testing.T) {
 	if err := primary.Exec(ctx, "INSERT INTO t VALUES ('after clone')"); err != nil {
 		t.Fatal(err)
 	}
-	pgtest.Eventually(t, 30*time.Second, func() (bool, string) {
+	wait.For(t, 30*time.Second, "the row to replay on the clone", func() (bool, string) {
 		var n int
 		err := standby.Query(ctx, func(c *pgx.Conn) error {
 			return c.QueryRow(ctx, "SELECT count(*) FROM t WHERE v = 'after clone'").Scan(&n)
 		})
 		return err == nil && n == 1, "row not replayed yet"
 	})
-	pgtest.Eventually(t, 30*time.Second, func() (bool, string) {
+	wait.For(t, 30*time.Second, "the primary to see node2 streaming", func() (bool, string) {
 		pst := primary.Status(ctx)
 		for _, r := range pst.Replication {
 			if r.ApplicationName == "node2" && r.State == "streaming" && r.FlushLSN > 0 {

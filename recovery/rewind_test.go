@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/postgres"
 	"github.com/pgha/pgha/postgres/pgtest"
 	"github.com/pgha/pgha/recovery"
@@ -59,7 +60,7 @@ func follow(t *testing.T, ctx context.Context, inst, primary *postgres.Instance,
 	if err := inst.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	pgtest.Eventually(t, 30*time.Second, func() (bool, string) {
+	wait.For(t, 30*time.Second, "the rewound standby to stream from the primary", func() (bool, string) {
 		st := inst.Status(ctx)
 		return st.Running && st.InRecovery && st.Streaming && st.UpstreamPort == primary.Config().Port,
 			"standby status " + mustJSON(st)
@@ -86,7 +87,7 @@ func rows(t *testing.T, ctx context.Context, inst *postgres.Instance) []string {
 
 func waitRow(t *testing.T, ctx context.Context, inst *postgres.Instance, v string) {
 	t.Helper()
-	pgtest.Eventually(t, 30*time.Second, func() (bool, string) {
+	wait.For(t, 30*time.Second, fmt.Sprintf("row %q", v), func() (bool, string) {
 		var n int
 		err := inst.Query(ctx, func(c *pgx.Conn) error {
 			return c.QueryRow(ctx, "SELECT count(*) FROM t WHERE v = $1", v).Scan(&n)
@@ -109,7 +110,7 @@ func killPostmaster(t *testing.T, inst *postgres.Instance) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	pgtest.Eventually(t, 30*time.Second, func() (bool, string) {
+	wait.For(t, 30*time.Second, fmt.Sprintf("postmaster %d and its children to exit", pid), func() (bool, string) {
 		for _, p := range pids {
 			if alive(p) {
 				return false, fmt.Sprintf("process %d still there", p)

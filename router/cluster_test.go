@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/postgres"
 	"github.com/pgha/pgha/postgres/pgtest"
 	"github.com/pgha/pgha/recovery"
@@ -164,7 +165,7 @@ func startCluster(t *testing.T) *cluster {
 		}
 	}
 	for _, st := range cl.standbys {
-		pgtest.Eventually(t, 30*time.Second, func() (bool, string) {
+		wait.For(t, 30*time.Second, "a standby to stream", func() (bool, string) {
 			s := st.Status(ctx)
 			return s.Running && s.InRecovery && s.Streaming, "standby not streaming yet"
 		})

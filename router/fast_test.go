@@ -16,7 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgha/pgha/postgres/pgtest"
+	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/router"
 )
 
@@ -223,7 +223,7 @@ func testFastPath(t *testing.T, cl *cluster) {
 		}
 		// The position was fetched (on the loop, after each write): once
 		// the standbys replayed it, the session's reads go back to them.
-		pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
+		wait.For(t, 20*time.Second, "the session's reads to return to the standbys", func() (bool, string) {
 			tr.refreshLSN(t)
 			var port int
 			if err := c.QueryRow(ctx, "SELECT inet_server_port()", simple).Scan(&port); err != nil {
@@ -440,7 +440,7 @@ func testFastPath(t *testing.T, cl *cluster) {
 			t.Fatal(err)
 		}
 		ctx := testContext(t)
-		pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
+		wait.For(t, 20*time.Second, "a server to block writing "+sql, func() (bool, string) {
 			for _, inst := range tr.cl.all() {
 				var n int
 				inst.Query(ctx, func(pc *pgx.Conn) error {
@@ -632,7 +632,7 @@ func testFastPath(t *testing.T, cl *cluster) {
 // it runs nowhere.
 func waitActive(t *testing.T, tr *testRouter, sql string, want bool) {
 	t.Helper()
-	pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
+	wait.For(t, 20*time.Second, fmt.Sprintf("%q running: %v", sql, want), func() (bool, string) {
 		running := serverRunning(t, tr, sql) > 0
 		return running == want, fmt.Sprintf("%q running: %v, want %v", sql, running, want)
 	})

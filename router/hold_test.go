@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgha/pgha/postgres/pgtest"
+	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/router"
 )
 
@@ -108,7 +108,7 @@ func testHoldWaitsForDial(t *testing.T, cl *cluster) {
 	g := newGate(t, net.JoinHostPort(bs[0].Host, strconv.Itoa(bs[0].Port)))
 	bs[0].Port = g.port()
 	tr.topo.Set(bs...)
-	pgtest.Eventually(t, 10*time.Second, func() (bool, string) {
+	wait.For(t, 10*time.Second, "the topology change", func() (bool, string) {
 		return tr.PoolNodes()[0].Port == g.port(), "topology change not applied"
 	})
 	c := connect(t, tr.rw, trustUser, "")
@@ -119,7 +119,7 @@ func testHoldWaitsForDial(t *testing.T, cl *cluster) {
 		_, err := c.PgConn().Exec(ctx, "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 1, now())").ReadAll()
 		wrote <- err
 	}()
-	pgtest.Eventually(t, 10*time.Second, func() (bool, string) {
+	wait.For(t, 10*time.Second, "the router to dial the primary for the write", func() (bool, string) {
 		select {
 		case err := <-wrote:
 			t.Fatalf("the write did not wait for the gate: %v", err)

@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgha/pgha/postgres/pgtest"
+	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/router"
 )
 
@@ -165,7 +165,7 @@ func testHugeLength(t *testing.T, cl *cluster) {
 			t.Errorf("client %s refused after %v, want at once", res.addr, res.elapsed)
 		}
 		// The router logs when it has sent the error: poll.
-		pgtest.Eventually(t, 5*time.Second, func() (bool, string) {
+		wait.For(t, 5*time.Second, "the router to log refusing "+res.addr, func() (bool, string) {
 			n := logs.about("client", res.addr)
 			return n == 1, fmt.Sprintf("client %s: %d log lines, want 1", res.addr, n)
 		})
@@ -203,7 +203,7 @@ func testMaxClientConn(t *testing.T, cl *cluster) {
 		t.Errorf("%d log lines for 2 refusals", n)
 	}
 	c1.Close(ctx)
-	pgtest.Eventually(t, 10*time.Second, func() (bool, string) {
+	wait.For(t, 10*time.Second, "the router to accept a client again", func() (bool, string) {
 		c, err := pgx.Connect(ctx, connString(tr.rw, trustUser, ""))
 		if err != nil {
 			return false, err.Error()

@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/pgha/pgha/postgres/pgtest"
+	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/router"
 )
 
@@ -154,7 +154,7 @@ func testMetrics(t *testing.T, cl *cluster) {
 		t.Errorf("during the transaction: %v active connections to the primary, want 1", v)
 	}
 	// Only c is left: the others were refused or ended by the router.
-	pgtest.Eventually(t, 10*time.Second, func() (bool, string) {
+	wait.For(t, 10*time.Second, "one active client", func() (bool, string) {
 		v := scrape(t, reg)["pgha_router_clients_active"]
 		return v == 1, fmt.Sprintf("%v clients active, want 1", v)
 	})

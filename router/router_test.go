@@ -18,7 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgha/pgha/postgres/pgtest"
+	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/router"
 )
 
@@ -373,7 +373,7 @@ func testReadYourWrites(t *testing.T, tr *testRouter) {
 		t.Errorf("another session's read went to the primary")
 	}
 	// Once the standbys replayed it, reads return to them.
-	pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
+	wait.For(t, 20*time.Second, "reads to return to the standbys", func() (bool, string) {
 		tr.refreshLSN(t)
 		s := tr.serverOf(t, c, "SELECT inet_server_port() FROM kv WHERE k = 'ryw'")
 		return s != "primary", "still reading from " + s
@@ -440,7 +440,7 @@ func testCancel(t *testing.T, tr *testRouter) {
 		_, err := c.Exec(ctx, "SELECT pg_sleep(60)")
 		done <- err
 	}()
-	pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
+	wait.For(t, 20*time.Second, "pg_sleep to run", func() (bool, string) {
 		for _, inst := range tr.cl.all() {
 			var n int
 			inst.Query(ctx, func(pc *pgx.Conn) error {
@@ -615,7 +615,7 @@ func testBadInput(t *testing.T, tr *testRouter) {
 		if err := fe.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		pgtest.Eventually(t, 10*time.Second, func() (bool, string) {
+		wait.For(t, 10*time.Second, "the statement to reach the server ("+when+")", func() (bool, string) {
 			switch when {
 			case "attached":
 				return activeConns(tr) > 0, "no server connection attached"
@@ -628,7 +628,7 @@ func testBadInput(t *testing.T, tr *testRouter) {
 		waitPoolsIdle(t, tr)
 		// The primary has no session left running the statement or idle
 		// in a transaction, long before pg_sleep would end.
-		pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
+		wait.For(t, 20*time.Second, "the primary's router sessions to go idle", func() (bool, string) {
 			var busy []string
 			tr.cl.primary.Query(ctx, func(pc *pgx.Conn) error {
 				rows, _ := pc.Query(ctx, "SELECT state || ': ' || query FROM pg_stat_activity WHERE application_name = 'pgha-router' AND (state <> 'idle' OR xact_start IS NOT NULL)")
@@ -677,7 +677,7 @@ func activeConns(tr *testRouter) int {
 // waitPoolsIdle: once clients are gone, no server connection is in use.
 func waitPoolsIdle(t *testing.T, tr *testRouter) {
 	t.Helper()
-	pgtest.Eventually(t, 20*time.Second, func() (bool, string) {
+	wait.For(t, 20*time.Second, "the pools to go idle", func() (bool, string) {
 		return activeConns(tr) == 0, fmt.Sprintf("pools still in use: %+v", tr.Snapshot().Pools)
 	})
 }
@@ -711,7 +711,7 @@ func testSwitch(t *testing.T, cl *cluster) {
 	bs := cl.backends()
 	bs[0].Primary, bs[1].Primary = false, true
 	tr.topo.Set(bs...)
-	pgtest.Eventually(t, 10*time.Second, func() (bool, string) {
+	wait.For(t, 10*time.Second, "the topology change", func() (bool, string) {
 		return tr.PoolNodes()[1].Role == "primary", "topology change not applied"
 	})
 	// The in-flight transaction gets a clean error, not a hang.

@@ -11,11 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgha/pgha/integration/netns"
+	"github.com/pgha/pgha/internal/netns"
 )
 
 // These tests run real managers, each bound to a host namespace of a bridged
-// segment built by integration/netns, and watch the client namespace's
+// segment built by internal/netns, and watch the client namespace's
 // neighbour table. They need root; with CI=true they fail instead of
 // skipping without it.
 

@@ -12,8 +12,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/examples/localcluster"
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/localcluster"
+	"github.com/pgha/pgha/internal/wait"
 )
 
 // TestDivergedStandbyIsRewound: a standby that received WAL the promoted
@@ -70,7 +71,7 @@ func TestDivergedStandbyIsRewound(t *testing.T) {
 	// PostgreSQL: left alive, it would keep A's shared memory attached and
 	// pg_rewind could not run on A later.
 	lc.KillHost(lc.Node(a.Name))
-	itest.WaitFor(t, 20*time.Second, "the others to see "+a.Name+" gone", func() (bool, string) {
+	wait.For(t, 20*time.Second, "the others to see "+a.Name+" gone", func() (bool, string) {
 		v, err := lc.View(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -80,7 +81,7 @@ func TestDivergedStandbyIsRewound(t *testing.T) {
 	// C is outside the synchronous set and lacks B's rows: a failover to it
 	// is refused without --force (once A's fence deadline has passed, for
 	// that reason alone), and done with it.
-	itest.WaitFor(t, 20*time.Second, "a failover to "+c+" to be refused for lacking acknowledged commits", func() (bool, string) {
+	wait.For(t, 20*time.Second, "a failover to "+c+" to be refused for lacking acknowledged commits", func() (bool, string) {
 		out, err := cliErr(lc, "failover", "--candidate", c)
 		if err == nil {
 			t.Fatalf("failover to %s, which lacks acknowledged commits, was accepted without --force: %s", c, out)
@@ -96,7 +97,7 @@ func TestDivergedStandbyIsRewound(t *testing.T) {
 
 	// B rejoins C's timeline by rewind and streams from C.
 	var seen []string
-	itest.WaitFor(t, 90*time.Second, b+" to stream from "+c+" on its timeline after a rewind", func() (bool, string) {
+	wait.For(t, 90*time.Second, b+" to stream from "+c+" on its timeline after a rewind", func() (bool, string) {
 		v, err := lc.View(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -134,7 +135,7 @@ func TestDivergedStandbyIsRewound(t *testing.T) {
 	if len(want) != 101 || want[99] != 100 || want[100] != 1000 {
 		t.Fatalf("the new primary %s holds %d rows (%v ... ), want 1..100 and 1000", c, len(want), want[max(0, len(want)-3):])
 	}
-	itest.WaitFor(t, 30*time.Second, b+" to hold exactly the new primary's rows", func() (bool, string) {
+	wait.For(t, 30*time.Second, b+" to hold exactly the new primary's rows", func() (bool, string) {
 		got := ids(t, pb)
 		return slices.Equal(got, want), fmt.Sprintf("%d rows, last %v", len(got), got[max(0, len(got)-3):])
 	})
@@ -152,7 +153,7 @@ func TestDivergedStandbyIsRewound(t *testing.T) {
 // awaitOneSyncStandby waits until the sync set is one standby.
 func awaitOneSyncStandby(t *testing.T, lc *localcluster.Cluster) (v agent.ClusterView) {
 	t.Helper()
-	itest.WaitFor(t, 30*time.Second, "exactly one synchronous standby", func() (bool, string) {
+	wait.For(t, 30*time.Second, "exactly one synchronous standby", func() (bool, string) {
 		var err error
 		v, err = lc.View(context.Background())
 		if err != nil {
@@ -173,7 +174,7 @@ func mustExec(t *testing.T, conn *pgx.Conn, sql string) {
 // awaitCount waits until a query on n's PostgreSQL returns want.
 func awaitCount(t *testing.T, n *localcluster.Node, sql string, want int64) {
 	t.Helper()
-	itest.WaitFor(t, 30*time.Second, fmt.Sprintf("%s on %s to return %d", sql, n.Name, want), func() (bool, string) {
+	wait.For(t, 30*time.Second, fmt.Sprintf("%s on %s to return %d", sql, n.Name, want), func() (bool, string) {
 		conn, err := itest.Dial(context.Background(), n.PGPort)
 		if err != nil {
 			return false, err.Error()

@@ -16,8 +16,9 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/examples/localcluster"
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/localcluster"
+	"github.com/pgha/pgha/internal/wait"
 )
 
 var agentBinary string
@@ -35,15 +36,16 @@ type scenario struct {
 func start(t *testing.T, lc *localcluster.Cluster, table string) *scenario {
 	t.Helper()
 	v := itest.WaitHealthy(t, lc, 3, 90*time.Second)
-	w, err := itest.StartWriter(lc, table, 20*time.Millisecond)
+	w, err := itest.StartWriter(context.Background(), itest.LoopbackTargets(lc), itest.WriterOptions{
+		Table: table, Conns: 1, Interval: 20 * time.Millisecond, Timeout: 2 * time.Second,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.Stop)
 	// Some acknowledged writes before the fault.
-	itest.WaitFor(t, 20*time.Second, "the writer's first acknowledgements", func() (bool, string) {
-		n := len(w.Acks())
-		return n >= 10, fmt.Sprintf("%d acks, %d errors", n, w.Errors())
+	wait.For(t, 20*time.Second, "the writer's first acknowledgements", func() (bool, string) {
+		return len(w.Acks()) >= 10, w.Status()
 	})
 	return &scenario{t: t, lc: lc, w: w, before: v}
 }
@@ -54,14 +56,14 @@ func start(t *testing.T, lc *localcluster.Cluster, table string) *scenario {
 func (s *scenario) awaitNewWrites(after time.Time, timeout time.Duration, notOn ...string) itest.Ack {
 	s.t.Helper()
 	var ack itest.Ack
-	itest.WaitFor(s.t, timeout, "writes to resume", func() (bool, string) {
+	wait.For(s.t, timeout, "writes to resume", func() (bool, string) {
 		for _, a := range s.w.Acks() {
-			if a.At.After(after) && !slices.Contains(notOn, a.Node) {
+			if a.At.After(after) && !slices.Contains(notOn, a.Host) {
 				ack = a
 				return true, ""
 			}
 		}
-		return false, fmt.Sprintf("%d acks, %d errors", len(s.w.Acks()), s.w.Errors())
+		return false, s.w.Status()
 	})
 	return ack
 }
@@ -80,16 +82,16 @@ func (s *scenario) finish() agent.ClusterView {
 	last := s.w.Acks()[len(s.w.Acks())-1].ID
 	for _, m := range v.Members {
 		// Standbys catch up to the last acknowledged row; then compare.
-		port := m.Port
-		itest.WaitFor(s.t, 30*time.Second, m.Name+" to hold every acknowledged row", func() (bool, string) {
-			missing, err := s.w.Missing(context.Background(), port)
+		name := m.Name
+		wait.For(s.t, 30*time.Second, m.Name+" to hold every acknowledged row", func() (bool, string) {
+			missing, err := s.w.Missing(context.Background(), name)
 			if err != nil {
 				return false, err.Error()
 			}
 			return len(missing) == 0, fmt.Sprintf("%d of %d acknowledged rows missing (last id %d), e.g. %v", len(missing), len(s.w.Acks()), last, head(missing))
 		})
 	}
-	s.t.Logf("acknowledged %d rows, %d failed attempts; now %s", len(s.w.Acks()), s.w.Errors(), itest.Describe(v))
+	s.t.Logf("writer: %s; now %s", s.w.Status(), itest.Describe(v))
 	return v
 }
 
@@ -201,7 +203,7 @@ func TestFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 		ack := s.awaitNewWrites(killed, 30*time.Second, old.Name)
-		t.Logf("writes resumed on %s %.2fs after the kill", ack.Node, ack.At.Sub(killed).Seconds())
+		t.Logf("writes resumed on %s %.2fs after the kill", ack.Host, ack.At.Sub(killed).Seconds())
 		v := s.finish()
 		if v.Epoch <= s.before.Epoch {
 			t.Errorf("epoch %d did not increase from %d", v.Epoch, s.before.Epoch)
@@ -218,7 +220,7 @@ func TestFailover(t *testing.T) {
 		killed := time.Now()
 		lc.KillHost(n)
 		ack := s.awaitNewWrites(killed, 30*time.Second, old.Name)
-		t.Logf("writes resumed on %s %.2fs after the host loss", ack.Node, ack.At.Sub(killed).Seconds())
+		t.Logf("writes resumed on %s %.2fs after the host loss", ack.Host, ack.At.Sub(killed).Seconds())
 		if err := lc.Start(n); err != nil {
 			t.Fatal(err)
 		}
@@ -301,7 +303,7 @@ func TestFailover(t *testing.T) {
 			skip(t, "the Raft leader is the primary again after a switchover away from it: no Raft leader apart from the primary to kill")
 		}
 		lc.KillAgent(lc.Node(leader))
-		itest.WaitFor(t, 10*time.Second, "a new Raft leader", func() (bool, string) {
+		wait.For(t, 10*time.Second, "a new Raft leader", func() (bool, string) {
 			v, err := lc.View(context.Background())
 			return err == nil && v.RaftLeader != "" && v.RaftLeader != leader, fmt.Sprint(err)
 		})
@@ -316,7 +318,7 @@ func TestFailover(t *testing.T) {
 		s := start(t, lc, "w_pause")
 		old := itest.PrimaryOf(t, s.before)
 		cli(t, lc, "pause")
-		itest.WaitFor(t, 5*time.Second, "list to show the pause", func() (bool, string) {
+		wait.For(t, 5*time.Second, "list to show the pause", func() (bool, string) {
 			out := cli(t, lc, "list")
 			return strings.Contains(out, "PAUSED"), out
 		})
@@ -340,7 +342,7 @@ func TestFailover(t *testing.T) {
 	must(t, "loss of the synchronous standby moves the sync set, writes go on", func(t *testing.T) {
 		s := start(t, lc, "w_syncloss")
 		var syncName string
-		itest.WaitFor(t, 20*time.Second, "exactly one synchronous standby", func() (bool, string) {
+		wait.For(t, 20*time.Second, "exactly one synchronous standby", func() (bool, string) {
 			v, err := lc.View(context.Background())
 			if err != nil {
 				return false, err.Error()
@@ -356,7 +358,7 @@ func TestFailover(t *testing.T) {
 		lc.KillHost(n)
 		ack := s.awaitNewWrites(killed, 30*time.Second)
 		t.Logf("writes went on %.2fs after the synchronous standby %s was lost", ack.At.Sub(killed).Seconds(), syncName)
-		itest.WaitFor(t, 20*time.Second, "the sync set to move", func() (bool, string) {
+		wait.For(t, 20*time.Second, "the sync set to move", func() (bool, string) {
 			v, err := lc.View(context.Background())
 			if err != nil {
 				return false, err.Error()
@@ -428,7 +430,7 @@ func TestFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 		var down agent.ClusterView
-		itest.WaitFor(t, 10*time.Second, "the cluster to see the primary down", func() (bool, string) {
+		wait.For(t, 10*time.Second, "the cluster to see the primary down", func() (bool, string) {
 			v, err := lc.View(context.Background())
 			if err != nil {
 				return false, err.Error()

@@ -1,5 +1,5 @@
 // Package netcluster runs a pgha cluster on a network-namespace topology
-// (integration/netns): three "hosts" h1..h3, each a namespace on one bridge
+// (internal/netns): three "hosts" h1..h3, each a namespace on one bridge
 // with its own eth0 (10.77.0.11-13/24), its own port space and its own
 // pgha-agent process started inside it as root (so the agent can hold the
 // VIP, 10.77.0.100/24, with netlink and announce it with gratuitous ARP),
@@ -47,8 +47,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/pgha/pgha/integration/itest"
-	"github.com/pgha/pgha/integration/netns"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/netns"
 	"github.com/pgha/pgha/postgres"
 )
 

@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/pgha/pgha/integration/netns"
+	"github.com/pgha/pgha/internal/netns"
 )
 
 // nodeConfig renders a host's YAML with the keys of examples/three-vms/node1.yaml.

@@ -1,6 +1,6 @@
 package netcluster
 
-import "github.com/pgha/pgha/integration/netns"
+import "github.com/pgha/pgha/internal/netns"
 
 // One-link faults, between two hosts (netns.CutBetween, CutOneWay), and a
 // slow, lossy link of one host (netns.Slow). Cut and Heal, in process.go,

@@ -11,6 +11,8 @@ import (
 
 	"github.com/pgha/pgha/agent"
 	"github.com/pgha/pgha/integration/netcluster"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/wait"
 )
 
 // Generous bounds for a shared, loaded machine; every wait is a poll that
@@ -26,7 +28,7 @@ const (
 type scenario struct {
 	t      *testing.T
 	c      *netcluster.Cluster
-	w      *netcluster.Writer
+	w      *itest.Writer
 	p      *netcluster.Prober
 	before agent.ClusterView
 }
@@ -36,12 +38,12 @@ func start(t *testing.T, c *netcluster.Cluster, table string) *scenario {
 	v := awaitHealthy(t, c)
 	p := c.StartProber(100 * time.Millisecond)
 	t.Cleanup(p.Stop)
-	w, err := c.StartWriter(context.Background(), netcluster.WriterOptions{Table: table, Conns: 2})
+	w, err := c.StartWriter(context.Background(), itest.WriterOptions{Table: table, Conns: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.Stop)
-	waitFor(t, 30*time.Second, "the writer's first acknowledgements through the VIP", func() (bool, string) {
+	wait.For(t, 30*time.Second, "the writer's first acknowledgements through the VIP", func() (bool, string) {
 		return len(w.Acks()) >= 10, w.Status()
 	})
 	return &scenario{t: t, c: c, w: w, p: p, before: v}
@@ -49,7 +51,7 @@ func start(t *testing.T, c *netcluster.Cluster, table string) *scenario {
 
 // resumed waits for an insert sent after t to be acknowledged by a host
 // not in notOn, at most resumeTimeout after t.
-func (s *scenario) resumed(after time.Time, notOn ...string) netcluster.Ack {
+func (s *scenario) resumed(after time.Time, notOn ...string) itest.Ack {
 	s.t.Helper()
 	ack, err := s.w.AwaitAckSentAfter(context.Background(), after, time.Until(after.Add(resumeTimeout)), notOn...)
 	if err != nil {
@@ -77,7 +79,7 @@ func (s *scenario) finish() agent.ClusterView {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	missing, err := s.w.Missing(context.Background(), primary)
+	missing, err := s.w.Missing(context.Background(), primary.Name)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -88,7 +90,7 @@ func (s *scenario) finish() agent.ClusterView {
 		if h == primary {
 			continue
 		}
-		waitFor(s.t, 30*time.Second, h.Name+" to hold the primary's rows", func() (bool, string) {
+		wait.For(s.t, 30*time.Second, h.Name+" to hold the primary's rows", func() (bool, string) {
 			got, err := s.c.IDs(context.Background(), h, s.w.Table())
 			if err != nil {
 				return false, err.Error()
@@ -123,19 +125,12 @@ func awaitHealthy(t *testing.T, c *netcluster.Cluster) agent.ClusterView {
 	return v
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	if err := netcluster.Poll(context.Background(), timeout, cond); err != nil {
-		t.Fatalf("waiting for %s: %v", what, err)
-	}
-}
-
 // awaitLeaderOtherThan waits until the majority has a Raft leader that is
 // not old and exactly that leader holds the VIP; it returns the leader.
 func awaitLeaderOtherThan(t *testing.T, c *netcluster.Cluster, old string) *netcluster.Host {
 	t.Helper()
 	var leader string
-	waitFor(t, 30*time.Second, "a new Raft leader holding the VIP", func() (bool, string) {
+	wait.For(t, 30*time.Second, "a new Raft leader holding the VIP", func() (bool, string) {
 		v, err := c.View(context.Background())
 		if err != nil {
 			return false, err.Error()
@@ -154,7 +149,7 @@ func awaitLeaderOtherThan(t *testing.T, c *netcluster.Cluster, old string) *netc
 // awaitNeighbour waits until the client sends VIP traffic to h's MAC.
 func awaitNeighbour(t *testing.T, c *netcluster.Cluster, h *netcluster.Host) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "the client's neighbour entry for the VIP to be "+h.Name+"'s MAC "+h.MAC, func() (bool, string) {
+	wait.For(t, 30*time.Second, "the client's neighbour entry for the VIP to be "+h.Name+"'s MAC "+h.MAC, func() (bool, string) {
 		mac, state, err := c.ClientNeighbourMAC()
 		if err != nil {
 			return false, err.Error()
@@ -281,12 +276,12 @@ func TestNetCluster(t *testing.T) {
 		if err := c.Cut(old); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 30*time.Second, old.Name+"'s PostgreSQL to stop accepting writes (asked inside its namespace)", func() (bool, string) {
+		wait.For(t, 30*time.Second, old.Name+"'s PostgreSQL to stop accepting writes (asked inside its namespace)", func() (bool, string) {
 			ok, err := c.IsPrimary(context.Background(), old)
 			return !ok, fmt.Sprintf("primary=%v err=%v", ok, err)
 		})
 		fenced := time.Now()
-		waitFor(t, 10*time.Second, old.Name+" to drop the VIP", func() (bool, string) {
+		wait.For(t, 10*time.Second, old.Name+" to drop the VIP", func() (bool, string) {
 			held, err := c.HoldsVIP(old)
 			return err == nil && !held, fmt.Sprintf("held=%v err=%v", held, err)
 		})
@@ -390,7 +385,7 @@ func TestNetCluster(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = c.ThawAgent(old) })
 		var next *netcluster.Host
-		waitFor(t, 30*time.Second, "a new Raft leader holding the VIP", func() (bool, string) {
+		wait.For(t, 30*time.Second, "a new Raft leader holding the VIP", func() (bool, string) {
 			v, err := c.View(context.Background())
 			if err != nil {
 				return false, err.Error()
@@ -416,7 +411,7 @@ func TestNetCluster(t *testing.T) {
 		if err := c.ThawAgent(old); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 10*time.Second, old.Name+" to drop the VIP on waking", func() (bool, string) {
+		wait.For(t, 10*time.Second, old.Name+" to drop the VIP on waking", func() (bool, string) {
 			held, err := c.HoldsVIP(old)
 			return err == nil && !held, fmt.Sprintf("held=%v err=%v", held, err)
 		})
@@ -436,7 +431,7 @@ func TestNetCluster(t *testing.T) {
 			if err := c.Cut(h); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 30*time.Second, "the majority to lose "+h.Name, func() (bool, string) {
+			wait.For(t, 30*time.Second, "the majority to lose "+h.Name, func() (bool, string) {
 				v, err := c.View(context.Background())
 				if err != nil {
 					return false, err.Error()
@@ -447,7 +442,7 @@ func TestNetCluster(t *testing.T) {
 			var notOn []string
 			if wasPrimary {
 				notOn = []string{h.Name}
-				waitFor(t, 30*time.Second, h.Name+" to fence its PostgreSQL", func() (bool, string) {
+				wait.For(t, 30*time.Second, h.Name+" to fence its PostgreSQL", func() (bool, string) {
 					ok, err := c.IsPrimary(context.Background(), h)
 					return !ok, fmt.Sprintf("primary=%v err=%v", ok, err)
 				})
@@ -517,7 +512,7 @@ func TestNetCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		var w agent.ClusterView
-		waitFor(t, 60*time.Second, "the new leader to wait for "+p.Name+"'s agent (or to fail it over)", func() (bool, string) {
+		wait.For(t, 60*time.Second, "the new leader to wait for "+p.Name+"'s agent (or to fail it over)", func() (bool, string) {
 			var err error
 			if w, err = c.View(ctx); err != nil {
 				return false, err.Error()

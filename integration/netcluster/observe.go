@@ -16,7 +16,8 @@ import (
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/pgha/pgha/integration/netns"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/netns"
 )
 
 // DialerIn returns a dial function whose sockets live in namespace ns: the
@@ -48,11 +49,19 @@ func httpClientIn(ns string) *http.Client {
 // ConnectIn opens a PostgreSQL session as User to addr ("ip:port") from
 // namespace ns, giving up after timeout.
 func ConnectIn(ctx context.Context, ns, addr string, timeout time.Duration) (*pgx.Conn, error) {
-	return connectIn(ctx, ns, addr, timeout, nil)
+	cfg, err := configIn(ns, addr)
+	if err != nil {
+		return nil, err
+	}
+	cfg.ConnectTimeout = timeout
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return pgx.ConnectConfig(ctx, cfg)
 }
 
-// connectIn is ConnectIn with a hook to adjust the configuration.
-func connectIn(ctx context.Context, ns, addr string, timeout time.Duration, adjust func(*pgx.ConnConfig)) (*pgx.Conn, error) {
+// configIn is the configuration of a session as User to addr ("ip:port")
+// whose socket lives in namespace ns.
+func configIn(ns, addr string) (*pgx.ConnConfig, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, err
@@ -62,13 +71,12 @@ func connectIn(ctx context.Context, ns, addr string, timeout time.Duration, adju
 		return nil, err
 	}
 	cfg.DialFunc = DialerIn(ns)
-	cfg.ConnectTimeout = timeout
-	if adjust != nil {
-		adjust(cfg)
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	return pgx.ConnectConfig(ctx, cfg)
+	return cfg, nil
+}
+
+// endpointIn is an itest.Endpoint for addr from namespace ns.
+func endpointIn(ns, addr string) itest.Endpoint {
+	return func(context.Context) (*pgx.ConnConfig, error) { return configIn(ns, addr) }
 }
 
 // DialVIP connects through the router on the VIP (port RouterPort or

@@ -12,7 +12,8 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/examples/localcluster"
+	"github.com/pgha/pgha/internal/localcluster"
+	"github.com/pgha/pgha/internal/wait"
 )
 
 // View is GET /cluster as the majority sees it: asked from the client
@@ -164,7 +165,7 @@ func Describe(v agent.ClusterView) string {
 // that primary accepts writes) and exactly the Raft leader holds the VIP.
 func (c *Cluster) AwaitHealthy(ctx context.Context, timeout time.Duration) (agent.ClusterView, error) {
 	var v agent.ClusterView
-	err := Poll(ctx, timeout, func() (bool, string) {
+	err := wait.Until(ctx, timeout, func() (bool, string) {
 		var err error
 		v, err = c.View(ctx)
 		if err != nil {
@@ -182,28 +183,4 @@ func (c *Cluster) AwaitHealthy(ctx context.Context, timeout time.Duration) (agen
 		return true, ""
 	})
 	return v, err
-}
-
-// Poll calls cond every 100ms until it returns true, ctx ends or timeout
-// passes; the error carries cond's last description of what it saw.
-func Poll(ctx context.Context, timeout time.Duration, cond func() (bool, string)) error {
-	deadline := time.Now().Add(timeout)
-	last := ""
-	for {
-		ok, seen := cond()
-		if ok {
-			return nil
-		}
-		if seen != "" {
-			last = seen
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not within %s; last seen: %s", timeout, last)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w; last seen: %s", ctx.Err(), last)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }

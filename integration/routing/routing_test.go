@@ -27,8 +27,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgha/pgha/examples/localcluster"
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/localcluster"
+	"github.com/pgha/pgha/internal/wait"
 )
 
 var agentBinary string
@@ -42,7 +43,7 @@ func startCluster(t *testing.T) (*localcluster.Cluster, string) {
 		t.Fatal(err)
 	}
 	v := itest.WaitHealthy(t, lc, 3, 2*time.Minute)
-	itest.WaitFor(t, 30*time.Second, "the router to answer on "+lc.RouterAddr(), func() (bool, string) {
+	wait.For(t, 30*time.Second, "the router to answer on "+lc.RouterAddr(), func() (bool, string) {
 		conn, err := dialRouter(context.Background(), lc.RouterAddr())
 		if err != nil {
 			return false, err.Error()
@@ -109,7 +110,7 @@ func TestSwitchoverUnderPgbench(t *testing.T) {
 	// Let pgbench get going against the old primary first.
 	oldConn := itest.Connect(t, lc.Node(old).PGPort)
 	base := itest.QueryInt(t, oldConn, "SELECT count(*) FROM pgbench_history")
-	itest.WaitFor(t, 20*time.Second, "pgbench to commit on "+old, func() (bool, string) {
+	wait.For(t, 20*time.Second, "pgbench to commit on "+old, func() (bool, string) {
 		n := itest.QueryInt(t, oldConn, "SELECT count(*) FROM pgbench_history")
 		return n > base+100, fmt.Sprintf("%d rows", n-base)
 	})
@@ -253,7 +254,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 	}
 	progress := func(what string) {
 		from := total()
-		itest.WaitFor(t, 60*time.Second, what, func() (bool, string) {
+		wait.For(t, 60*time.Second, what, func() (bool, string) {
 			return total() > from+50, fmt.Sprintf("%d inserts acknowledged since", total()-from)
 		})
 	}
@@ -263,7 +264,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 	if err := lc.KillPostgres(lc.Node(primary)); err != nil {
 		t.Fatal(err)
 	}
-	itest.WaitFor(t, 60*time.Second, "a new primary", func() (bool, string) {
+	wait.For(t, 60*time.Second, "a new primary", func() (bool, string) {
 		v, err := lc.View(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -281,7 +282,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 	}
 	leader := v.RaftLeader
 	lc.KillHost(lc.Node(leader))
-	itest.WaitFor(t, 60*time.Second, "a new Raft leader", func() (bool, string) {
+	wait.For(t, 60*time.Second, "a new Raft leader", func() (bool, string) {
 		v, err := lc.View(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -312,7 +313,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 
 	// No acknowledged insert is missing on the final primary.
 	var final string
-	itest.WaitFor(t, 60*time.Second, "a writable primary", func() (bool, string) {
+	wait.For(t, 60*time.Second, "a writable primary", func() (bool, string) {
 		w := itest.WritablePrimaries(lc)
 		if len(w) != 1 {
 			return false, fmt.Sprintf("writable: %v", w)
@@ -373,7 +374,7 @@ func checkReadsAndMetrics(t *testing.T, lc *localcluster.Cluster) {
 	defer conn.Close(ctx)
 	// Right after pgbench -i the standbys may still be more than max_lag
 	// behind (then reads rightly go to the primary): poll.
-	itest.WaitFor(t, 30*time.Second, "plain SELECTs on the read/write port to reach a standby", func() (bool, string) {
+	wait.For(t, 30*time.Second, "plain SELECTs on the read/write port to reach a standby", func() (bool, string) {
 		for i := 0; i < 20; i++ {
 			if _, err := conn.Exec(ctx, "SELECT count(*) FROM pgbench_branches"); err != nil {
 				t.Fatal(err)
@@ -456,7 +457,7 @@ func TestRouterTLSAndSCRAM(t *testing.T) {
 		return strings.TrimSpace(string(out)), err
 	}
 	good := strings.TrimSpace(string(pw))
-	itest.WaitFor(t, 30*time.Second, "psql sslmode=verify-full through the router", func() (bool, string) {
+	wait.For(t, 30*time.Second, "psql sslmode=verify-full through the router", func() (bool, string) {
 		out, err := psql(good, "sslmode=verify-full sslrootcert="+lc.RouterCA())
 		// The router's TLS ends at the router; its server connection is
 		// plain loopback, so pg_stat_ssl says f: what matters is that

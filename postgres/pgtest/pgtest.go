@@ -251,24 +251,6 @@ func WritePassFile(t testing.TB) string {
 	return path
 }
 
-// Eventually polls cond every 50 ms until it returns true or timeout
-// passes; then the test fails with the last message cond returned.
-func Eventually(t testing.TB, timeout time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var msg string
-	for {
-		var ok bool
-		if ok, msg = cond(); ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %s", timeout, msg)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // testWriter sends log lines to t.Log.
 type testWriter struct{ t testing.TB }
 

@@ -23,8 +23,8 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/examples/localcluster"
-	"github.com/pgha/pgha/integration/itest"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/localcluster"
 	"github.com/pgha/pgha/postgres"
 )
 
@@ -97,12 +97,14 @@ func run(trials, switchovers int, hostDown time.Duration, keep bool) error {
 	if err := lc.StartAll(); err != nil {
 		return err
 	}
-	if _, err := itest.AwaitHealthy(lc, 3, 2*time.Minute); err != nil {
+	if _, err := itest.AwaitHealthy(context.Background(), lc, 3, 2*time.Minute); err != nil {
 		return err
 	}
 	fmt.Printf("cluster ready; the agents' default settings (loop_interval %s, health_interval %s, fence_timeout %s, raft heartbeat/election %s/%s, synchronous mode)\n",
 		agent.DefaultLoopInterval, agent.DefaultHealthInterval, agent.DefaultFenceTimeout, agent.DefaultHeartbeatTimeout, agent.DefaultElectionTimeout)
-	w, err := itest.StartWriter(lc, "bench_acks", 20*time.Millisecond)
+	w, err := itest.StartWriter(context.Background(), itest.LoopbackTargets(lc), itest.WriterOptions{
+		Table: "bench_acks", Conns: 1, Interval: 20 * time.Millisecond, Timeout: 2 * time.Second,
+	})
 	if err != nil {
 		return err
 	}
@@ -136,13 +138,13 @@ func run(trials, switchovers int, hostDown time.Duration, keep bool) error {
 }
 
 func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string, hostDown time.Duration) (trial, error) {
-	v, err := itest.AwaitHealthy(lc, 3, 2*time.Minute)
+	v, err := itest.AwaitHealthy(context.Background(), lc, 3, 2*time.Minute)
 	if err != nil {
 		return trial{}, err
 	}
 	old := itest.Primary(v)
 	node := lc.Node(old)
-	errorsBefore := w.Errors()
+	errorsBefore, _ := w.Errors()
 	killed := time.Now()
 	switch kind {
 	case "postgres kill":
@@ -157,7 +159,7 @@ func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string
 	if err != nil {
 		return t, err
 	}
-	t.failover, t.new = ack.At.Sub(killed), ack.Node
+	t.failover, t.new = ack.At.Sub(killed), ack.Host
 	rejoinFrom := killed
 	if kind == "host loss" {
 		time.Sleep(time.Until(killed.Add(hostDown)))
@@ -184,20 +186,21 @@ func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string
 	if t.by == "" {
 		return t, fmt.Errorf("%s did not stream again within 2 minutes", old)
 	}
-	v, err = itest.AwaitHealthy(lc, 3, 2*time.Minute)
+	v, err = itest.AwaitHealthy(context.Background(), lc, 3, 2*time.Minute)
 	if err != nil {
 		return t, err
 	}
-	missing, err := w.Missing(context.Background(), portOf(v, itest.Primary(v)))
+	missing, err := w.Missing(context.Background(), itest.Primary(v))
 	if err != nil {
 		return t, err
 	}
-	t.missing, t.errors = len(missing), w.Errors()-errorsBefore
+	errorsAfter, _ := w.Errors()
+	t.missing, t.errors = len(missing), errorsAfter-errorsBefore
 	return t, nil
 }
 
 func switchoverTrial(lc *localcluster.Cluster, w *itest.Writer, bin string) (time.Duration, error) {
-	v, err := itest.AwaitHealthy(lc, 3, 2*time.Minute)
+	v, err := itest.AwaitHealthy(context.Background(), lc, 3, 2*time.Minute)
 	if err != nil {
 		return 0, err
 	}
@@ -269,7 +272,8 @@ func report(results []trial, gaps []time.Duration, w *itest.Writer) {
 	if len(gaps) > 0 {
 		fmt.Printf("switchover    writes unavailable p50 %.2fs max %.2fs\n", pct(gaps, 50), pct(gaps, 100))
 	}
-	fmt.Printf("writer: %d acknowledged inserts, %d failed attempts\n", len(w.Acks()), w.Errors())
+	errs, _ := w.Errors()
+	fmt.Printf("writer: %d acknowledged inserts, %d failed attempts\n", len(w.Acks()), errs)
 }
 
 // pct is the p-th percentile (nearest rank).
@@ -290,20 +294,11 @@ func waitAck(w *itest.Writer, after time.Time, notOn string, timeout time.Durati
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		for _, a := range w.Acks() {
-			if a.At.After(after) && a.Node != notOn {
+			if a.At.After(after) && a.Host != notOn {
 				return a, nil
 			}
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	return itest.Ack{}, fmt.Errorf("no write acknowledged by a new primary within %s", timeout)
-}
-
-func portOf(v agent.ClusterView, name string) int {
-	for _, m := range v.Members {
-		if m.Name == name {
-			return m.Port
-		}
-	}
-	return 0
 }

@@ -37,6 +37,7 @@ import (
 
 	"github.com/pgha/pgha/agent"
 	"github.com/pgha/pgha/integration/netcluster"
+	"github.com/pgha/pgha/internal/itest"
 )
 
 // Options configure a campaign. Zero values take the defaults.
@@ -65,7 +66,7 @@ type Options struct {
 	// (default 4); one more per host writes to it directly.
 	Writers int
 	// CancelAfter is the writers' statement timeout, after which they
-	// cancel the insert (default 2s; see netcluster.WriterOptions).
+	// cancel the insert (default 2s; see itest.WriterOptions).
 	CancelAfter time.Duration
 	// Logf receives one line per event (nil: none).
 	Logf func(format string, args ...any)
@@ -177,7 +178,7 @@ func Run(ctx context.Context, c *netcluster.Cluster, opts Options) (*Report, err
 	defer d.Stop()
 	sv := c.StartServingProber(200 * time.Millisecond)
 	defer sv.Stop()
-	w, err := c.StartWriter(ctx, netcluster.WriterOptions{Table: "chaos", Conns: opts.Writers, Direct: true, CancelAfter: opts.CancelAfter})
+	w, err := c.StartWriter(ctx, itest.WriterOptions{Table: "chaos", Conns: opts.Writers, Direct: true, CancelAfter: opts.CancelAfter})
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +222,7 @@ func Run(ctx context.Context, c *netcluster.Cluster, opts Options) (*Report, err
 // scheduler injects one fault at a time. Its methods run on Run's goroutine.
 type scheduler struct {
 	c     *netcluster.Cluster
-	w     *netcluster.Writer
+	w     *itest.Writer
 	opts  Options
 	rng   *rand.Rand
 	order []Kind // Short: the shuffled kinds

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/integration/netcluster"
+	"github.com/pgha/pgha/internal/wait"
 )
 
 // probes are the observers a campaign ran.
@@ -115,7 +116,7 @@ func (s *scheduler) check(ctx context.Context, r *Report, p probes) {
 			continue
 		}
 		var got map[int64]bool
-		err := netcluster.Poll(ctx, time.Minute, func() (bool, string) {
+		err := wait.Until(ctx, time.Minute, func() (bool, string) {
 			var err error
 			if got, err = c.IDs(ctx, h, s.w.Table()); err != nil {
 				return false, err.Error()

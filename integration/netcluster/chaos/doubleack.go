@@ -5,7 +5,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/pgha/pgha/integration/netcluster"
+	"github.com/pgha/pgha/internal/itest"
 )
 
 // Two servers acknowledging commits at once (DESIGN "One writer"), proven
@@ -43,7 +43,7 @@ func (d DoubleAck) String() string {
 type era struct {
 	host     string
 	timeline uint32
-	acks     []netcluster.Ack
+	acks     []itest.Ack
 	// core: see the comment above; empty when start is after end.
 	start, end time.Time
 }
@@ -52,7 +52,7 @@ func (e *era) name() string { return fmt.Sprintf("%s (timeline %d)", e.host, e.t
 
 // DoubleAcks finds the intervals in which two servers acknowledged commits;
 // with cancelAcked false, cancel-acknowledged commits are left out.
-func DoubleAcks(acks []netcluster.Ack, cancelAcked bool) []DoubleAck {
+func DoubleAcks(acks []itest.Ack, cancelAcked bool) []DoubleAck {
 	byEra := map[[2]string]*era{}
 	var eras []*era
 	for _, a := range acks {

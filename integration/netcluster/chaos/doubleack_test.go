@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgha/pgha/integration/netcluster"
+	"github.com/pgha/pgha/internal/itest"
 )
 
 // TestDoubleAcks checks the proof of two servers acknowledging at once on
@@ -14,41 +14,41 @@ func TestDoubleAcks(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
 	// ack: id, host, timeline, executed and acknowledged at (ms).
-	ack := func(id int64, host string, tl uint32, exec, at int) netcluster.Ack {
-		return netcluster.Ack{ID: id, Host: host, Timeline: tl, Executed: ms(exec), At: ms(at), Sent: ms(exec - 1)}
+	ack := func(id int64, host string, tl uint32, exec, at int) itest.Ack {
+		return itest.Ack{ID: id, Host: host, Timeline: tl, Executed: ms(exec), At: ms(at), Sent: ms(exec - 1)}
 	}
-	cancelled := func(a netcluster.Ack) netcluster.Ack { a.CancelAcked = true; return a }
+	cancelled := func(a itest.Ack) itest.Ack { a.CancelAcked = true; return a }
 	for _, tc := range []struct {
 		name        string
-		acks        []netcluster.Ack
+		acks        []itest.Ack
 		cancelAcked bool
 		want        []string // "A B start end"
 	}{
-		{"a clean failover", []netcluster.Ack{
+		{"a clean failover", []itest.Ack{
 			ack(1, "h1", 1, 0, 5), ack(2, "h1", 1, 100, 105), ack(3, "h1", 1, 200, 205),
 			ack(4, "h2", 2, 2000, 2005), ack(5, "h2", 2, 2100, 2105),
 		}, false, nil},
-		{"the old primary acknowledges after the new one began", []netcluster.Ack{
+		{"the old primary acknowledges after the new one began", []itest.Ack{
 			ack(1, "h1", 1, 0, 5), ack(2, "h1", 1, 300, 305),
 			ack(3, "h2", 2, 100, 105), ack(4, "h2", 2, 400, 405),
 		}, false, []string{"h1 (timeline 1) h2 (timeline 2) 105 300"}},
-		{"one acknowledgement of the old primary inside the new one's span", []netcluster.Ack{
+		{"one acknowledgement of the old primary inside the new one's span", []itest.Ack{
 			ack(1, "h1", 1, 250, 260),
 			ack(3, "h2", 2, 100, 105), ack(4, "h2", 2, 400, 405),
 		}, false, []string{"h1 (timeline 1) h2 (timeline 2) 250 260"}},
-		{"a slow acknowledgement whose window straddles the handover proves nothing", []netcluster.Ack{
+		{"a slow acknowledgement whose window straddles the handover proves nothing", []itest.Ack{
 			ack(1, "h1", 1, 0, 5), ack(2, "h1", 1, 90, 500),
 			ack(3, "h2", 2, 100, 105), ack(4, "h2", 2, 400, 405),
 		}, false, nil},
-		{"one server on two timelines is a handover to itself", []netcluster.Ack{
+		{"one server on two timelines is a handover to itself", []itest.Ack{
 			ack(1, "h1", 1, 0, 5), ack(2, "h1", 1, 300, 305),
 			ack(3, "h1", 2, 100, 105), ack(4, "h1", 2, 400, 405),
 		}, false, nil},
-		{"cancel-acknowledged commits are judged apart", []netcluster.Ack{
+		{"cancel-acknowledged commits are judged apart", []itest.Ack{
 			ack(1, "h1", 1, 0, 5), cancelled(ack(2, "h1", 1, 300, 305)),
 			ack(3, "h2", 2, 100, 105), ack(4, "h2", 2, 400, 405),
 		}, false, nil},
-		{"and counted when asked for", []netcluster.Ack{
+		{"and counted when asked for", []itest.Ack{
 			ack(1, "h1", 1, 0, 5), cancelled(ack(2, "h1", 1, 300, 305)),
 			ack(3, "h2", 2, 100, 105), ack(4, "h2", 2, 400, 405),
 		}, true, []string{"h1 (timeline 1) h2 (timeline 2) 105 300"}},

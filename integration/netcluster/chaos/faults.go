@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/integration/netcluster"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/wait"
 )
 
 // Kind is a kind of fault.
@@ -247,8 +249,8 @@ func (s *scheduler) doubleFault(ctx context.Context, f *Fault, primary *netclust
 		return injection{heal: func() error { return c.Heal(primary) }}, err
 	}
 	f.Injected = cut
-	var first netcluster.Ack
-	err := netcluster.Poll(ctx, s.opts.RecoveryTimeout, func() (bool, string) {
+	var first itest.Ack
+	err := wait.Until(ctx, s.opts.RecoveryTimeout, func() (bool, string) {
 		for _, a := range s.w.Acks() {
 			if a.Sent.After(cut) && a.Host != primary.Name {
 				first = a

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/integration/netcluster"
+	"github.com/pgha/pgha/internal/itest"
 )
 
 // Report is what a campaign did and what the checker found.
@@ -27,7 +28,7 @@ type Report struct {
 	Rows        int // rows on the final primary
 	// Lost are plainly acknowledged inserts missing on the final primary;
 	// LostCancelAcked the cancel-acknowledged ones (counted, not failures).
-	Lost, LostCancelAcked []netcluster.Ack
+	Lost, LostCancelAcked []itest.Ack
 	// Divergent describes standbys that never came to hold exactly the
 	// primary's rows.
 	Divergent []string

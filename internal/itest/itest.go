@@ -1,7 +1,9 @@
 // Package itest is the toolkit of the end-to-end tests and benchmarks: it
 // builds the agent binary, runs loopback clusters of real agent processes
-// (examples/localcluster), polls conditions, and writes numbered rows
-// through whatever node is the primary while recording every acknowledgement.
+// (internal/localcluster), checks them, and writes numbered rows to whatever
+// node is the primary, and optionally straight to every host, while
+// recording every acknowledgement (Writer, which the loopback and the
+// namespaced clusters share).
 package itest
 
 import (
@@ -20,7 +22,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgha/pgha/agent"
-	"github.com/pgha/pgha/examples/localcluster"
+	"github.com/pgha/pgha/internal/localcluster"
+	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/postgres/pgtest"
 )
 
@@ -129,22 +132,21 @@ func reportRaces(dir string) bool {
 func FreePort() (int, error) { return pgtest.PickPort() }
 
 // AwaitHealthy polls until the cluster has one running primary and
-// members-1 streaming standbys, or the timeout passes.
-func AwaitHealthy(lc *localcluster.Cluster, members int, timeout time.Duration) (agent.ClusterView, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		v, err := lc.View(context.Background())
-		if err == nil && localcluster.Healthy(v, members) {
-			return v, nil
+// members-1 streaming standbys, or the timeout passes (an error with the
+// last view). WaitHealthy is the same for a test.
+func AwaitHealthy(ctx context.Context, lc *localcluster.Cluster, members int, timeout time.Duration) (agent.ClusterView, error) {
+	var v agent.ClusterView
+	err := wait.Until(ctx, timeout, func() (bool, string) {
+		var err error
+		if v, err = lc.View(ctx); err != nil {
+			return false, err.Error()
 		}
-		if time.Now().After(deadline) {
-			if err != nil {
-				return v, fmt.Errorf("cluster not healthy after %s: %w", timeout, err)
-			}
-			return v, fmt.Errorf("cluster not healthy after %s: %s", timeout, Describe(v))
-		}
-		time.Sleep(100 * time.Millisecond)
+		return localcluster.Healthy(v, members), Describe(v)
+	})
+	if err != nil {
+		return v, fmt.Errorf("%d healthy members: %w", members, err)
 	}
+	return v, nil
 }
 
 // Primary is the name of the member the view names primary ("" if none).
@@ -216,38 +218,14 @@ func NewCluster(t *testing.T, binary string, nodes int, opts ...func(*localclust
 // WithTLS makes NewCluster's cluster use agent-to-agent mutual TLS.
 func WithTLS(o *localcluster.Options) { o.TLS = true }
 
-// WaitFor polls cond until it returns true or the timeout passes.
-func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	last := ""
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if state != "" {
-			last = state
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last seen: %s", timeout, what, last)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// WaitHealthy waits for one running primary and members-1 streaming standbys.
+// WaitHealthy is AwaitHealthy for a test: it fails t when the cluster is
+// not healthy within timeout.
 func WaitHealthy(t testing.TB, lc *localcluster.Cluster, members int, timeout time.Duration) agent.ClusterView {
 	t.Helper()
-	var v agent.ClusterView
-	WaitFor(t, timeout, fmt.Sprintf("%d healthy members", members), func() (bool, string) {
-		var err error
-		v, err = lc.View(context.Background())
-		if err != nil {
-			return false, err.Error()
-		}
-		return localcluster.Healthy(v, members), Describe(v)
-	})
+	v, err := AwaitHealthy(context.Background(), lc, members, timeout)
+	if err != nil {
+		t.Fatalf("waiting for %v", err)
+	}
 	return v
 }
 
@@ -289,9 +267,13 @@ func Connect(t testing.TB, port int) *pgx.Conn {
 
 // Dial connects as postgres to 127.0.0.1:port within two seconds.
 func Dial(ctx context.Context, port int) (*pgx.Conn, error) {
+	cfg, err := loopbackConfig(port)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	return pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable connect_timeout=2", port))
+	return pgx.ConnectConfig(ctx, cfg)
 }
 
 // QueryInt runs a query returning one integer.

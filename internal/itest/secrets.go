@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pgha/pgha/examples/localcluster"
+	"github.com/pgha/pgha/internal/localcluster"
 )
 
 // AssertNoSecretsLeaked fails t if any of the cluster's passwords or its
