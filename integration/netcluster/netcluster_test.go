@@ -90,9 +90,15 @@ func (s *scenario) finish() agent.ClusterView {
 		if h == primary {
 			continue
 		}
+		// The primary is read again on every try: a commit still waiting
+		// for its synchronous standby is already replayed there but not
+		// yet visible on the primary (it becomes visible once acknowledged).
 		wait.For(s.t, 30*time.Second, h.Name+" to hold the primary's rows", func() (bool, string) {
 			got, err := s.c.IDs(context.Background(), h, s.w.Table())
 			if err != nil {
+				return false, err.Error()
+			}
+			if want, err = s.c.IDs(context.Background(), primary, s.w.Table()); err != nil {
 				return false, err.Error()
 			}
 			return maps.Equal(got, want), fmt.Sprintf("%d rows, the primary has %d", len(got), len(want))
