@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgha/pgha/consensus"
 )
@@ -253,10 +251,11 @@ func (a *Agent) policy() Policy {
 // database is really gone before anything is promoted.
 //
 // Dead means gone (DESIGN): only a server that cannot be reached (connection
-// refused, no route, no answer to connect) counts as down. Any answer from
-// the server proves it alive, an error too: "too many clients", a failed
-// authentication, "starting up"; so does a connection whose query then
-// times out. A server that answers it is in recovery is not a writer.
+// refused, no route, no answer to connect) counts as down. A server that
+// accepts the connection is alive whatever follows: an error reply ("too
+// many clients", a failed authentication, "starting up"), no reply in time,
+// a query that times out. A server that answers it is in recovery is not a
+// writer.
 //
 // A host that drops packets answers nothing, and a TCP connect to it waits
 // out its whole timeout; one that is up answers a connect at once from its
@@ -298,19 +297,37 @@ func (a *Agent) wakeAt(ctx context.Context, t time.Time) {
 }
 
 func (a *Agent) directCheckOnce(ctx context.Context, m consensus.Member) bool {
+	mon := a.cfg.Postgres.Monitor
+	return mayBeWriter(ctx, m.PGHost, m.PGPort, mon.User, mon.Password(), a.directDialTimeout())
+}
+
+// mayBeWriter is one direct check of the PostgreSQL at host:port: false only
+// when nothing accepts a TCP connection there within dialTimeout (refused,
+// no route, no answer), or when the server says it is in recovery. Once the
+// connection is accepted, anything else means alive and possibly writable:
+// an error reply ("too many clients", a failed authentication, "starting
+// up"), and also no reply at all within two seconds (a postmaster too
+// loaded to fork a backend in time is alive), or a query that fails.
+func mayBeWriter(ctx context.Context, host string, port int, user, password string, dialTimeout time.Duration) bool {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	mon := a.cfg.Postgres.Monitor
-	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d dbname=postgres sslmode=prefer connect_timeout=2", m.PGHost, m.PGPort))
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d dbname=postgres sslmode=prefer connect_timeout=2", host, port))
 	if err != nil {
 		return true // cannot tell: never a reason to fail over
 	}
-	cfg.User, cfg.Password = mon.User, mon.Password()
-	cfg.DialFunc = (&net.Dialer{Timeout: a.directDialTimeout(), KeepAlive: -1}).DialContext
+	cfg.User, cfg.Password = user, password
+	var accepted atomic.Bool
+	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: -1}
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err == nil {
+			accepted.Store(true)
+		}
+		return c, err
+	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		var pgErr *pgconn.PgError
-		return errors.As(err, &pgErr) // the server answered with an error: alive
+		return accepted.Load() // accepted, then an error reply or none: alive
 	}
 	defer conn.Close(context.Background())
 	var inRecovery bool
