@@ -467,8 +467,12 @@ func (c *client) connect(class Class) (Backend, bool, *serverConn, error) {
 		}
 		var down *serverDownError
 		switch {
-		case errors.Is(err, errRetired) && cached:
-			c.pools = nil // a topology change replaced it: look it up again
+		case errors.Is(err, errRetired) && (cached || time.Now().Before(deadline)):
+			// A topology change replaced it: look it up again. Not only a
+			// pool from the session's cache: one just looked up can be
+			// retired before it serves (a switchover's topology update
+			// between route and get ended a pgbench client in CI).
+			c.pools = nil
 		case errors.Is(err, errPoolTimeout):
 			r.stats.PoolWaitTimeouts.Add(1)
 			return Backend{}, false, nil, &authError{code: "08P01", msg: fmt.Sprintf("query_wait_timeout: no server connection to %s free within %v (pool_size %d)", target.Name, r.cfg.QueryWaitTimeout, r.cfg.PoolSize)}
