@@ -198,6 +198,12 @@ func TestFailover(t *testing.T) {
 	must(t, "kill -9 of the primary's postgres: a standby is promoted, the old primary rejoins by rewind", func(t *testing.T) {
 		s := start(t, lc, "w_pgkill")
 		old := itest.PrimaryOf(t, s.before)
+		logFrom := map[string]int64{}
+		for _, m := range s.before.Members {
+			if fi, err := os.Stat(lc.Node(m.Name).PGData + ".log"); err == nil {
+				logFrom[m.Name] = fi.Size()
+			}
+		}
 		killed := time.Now()
 		if err := lc.KillPostgres(lc.Node(old.Name)); err != nil {
 			t.Fatal(err)
@@ -205,6 +211,19 @@ func TestFailover(t *testing.T) {
 		ack := s.awaitNewWrites(killed, 30*time.Second, old.Name)
 		t.Logf("writes resumed on %s %.2fs after the kill", ack.Host, ack.At.Sub(killed).Seconds())
 		v := s.finish()
+		// The standbys find their replication slots on the new primary at
+		// once (created ahead on every standby): none is refused and made
+		// to retry while the first commits wait for a synchronous standby.
+		newPrimary := itest.PrimaryOf(t, v).Name
+		if b, err := os.ReadFile(lc.Node(newPrimary).PGData + ".log"); err != nil {
+			t.Error(err)
+		} else {
+			for _, line := range strings.Split(string(b[min(logFrom[newPrimary], int64(len(b))):]), "\n") {
+				if strings.Contains(line, "replication slot") && strings.Contains(line, "does not exist") {
+					t.Errorf("a standby asked the new primary %s for a slot it did not have yet: %s", newPrimary, line)
+				}
+			}
+		}
 		if v.Epoch <= s.before.Epoch {
 			t.Errorf("epoch %d did not increase from %d", v.Epoch, s.before.Epoch)
 		}
@@ -237,6 +256,17 @@ func TestFailover(t *testing.T) {
 		lc.KillAgent(n)
 		// Past the fence deadline, the leader still sees PostgreSQL answer.
 		stable(t, lc, 4*time.Second, old.Name, s.before.Epoch)
+		// An operator's failover is refused too: the server still answers,
+		// so it may still be writable.
+		var cand string
+		for _, m := range s.before.Members {
+			if m.Name != old.Name {
+				cand = m.Name
+			}
+		}
+		if out, err := cliErr(lc, "failover", "--candidate", cand); err == nil || !strings.Contains(out, "may still be writable") {
+			t.Errorf("failover while %s's PostgreSQL still answers was not refused without --force: %v\n%s", old.Name, err, out)
+		}
 		if err := lc.Start(n); err != nil {
 			t.Fatal(err)
 		}
