@@ -162,6 +162,7 @@ type Host struct {
 	// agentFrozen: FreezeAgent stopped the agent and ThawAgent has not
 	// resumed it yet.
 	agentFrozen bool
+	thawedAt    time.Time // when ThawAgent last resumed it
 	mounted     bool // DataFS is mounted
 	// squatter holds PGPort in h's namespace (OccupyPGPort).
 	squatter net.Listener

@@ -45,10 +45,26 @@ func (c *Cluster) AgentFrozen(h *Host) bool {
 	return h.agentFrozen
 }
 
+// WakeGrace is how long after ThawAgent a VIP still held by the woken
+// agent is counted with the frozen ones: its first act on waking is to drop
+// it, but SIGCONT does not run it at once (0.1 s measured). Held longer, it
+// is a second holder.
+const WakeGrace = 500 * time.Millisecond
+
+// AgentFrozenOrWaking is AgentFrozen, or resumed less than WakeGrace ago.
+func (c *Cluster) AgentFrozenOrWaking(h *Host) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return h.agentFrozen || time.Since(h.thawedAt) < WakeGrace
+}
+
 // ThawAgent resumes an agent FreezeAgent stopped.
 func (c *Cluster) ThawAgent(h *Host) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if h.agentFrozen {
+		h.thawedAt = time.Now()
+	}
 	h.agentFrozen = false
 	if h.cmd == nil || exited(h.done) {
 		return nil

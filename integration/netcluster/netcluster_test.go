@@ -370,6 +370,45 @@ func TestNetCluster(t *testing.T) {
 	// over and serve writes through its own router (to the same primary:
 	// its PostgreSQL answers, so nothing fails over); the old holder drops
 	// the VIP as soon as it wakes, without a needless failover.
+	must(t, "cut only the link between the primary and the Raft leader: the primary fences itself, the leader fails over, never two writers", func(t *testing.T) {
+		s := start(t, c, "w_cut_link")
+		leader, old := c.Host(s.before.RaftLeader), c.Host(netcluster.Primary(s.before))
+		if leader == old {
+			t.Fatalf("the Raft leader %s is the primary: the previous scenario should have left them apart", old.Name)
+		}
+		// The third host still reaches both: a peer's reachability must not
+		// keep the primary writable, only its lease from the leader may.
+		cut := time.Now()
+		if err := c.CutLink(old, leader); err != nil {
+			t.Fatal(err)
+		}
+		wait.For(t, 30*time.Second, old.Name+"'s PostgreSQL to stop accepting writes (asked inside its namespace)", func() (bool, string) {
+			ok, err := c.IsPrimary(context.Background(), old)
+			return !ok, fmt.Sprintf("primary=%v err=%v", ok, err)
+		})
+		fenced := time.Now()
+		ack := s.resumed(cut, old.Name)
+		t.Logf("%s stopped accepting writes %.2fs after the cut; writes resumed on %s %.2fs after it", old.Name, fenced.Sub(cut).Seconds(), ack.Host, ack.At.Sub(cut).Seconds())
+		last, first := s.p.LastPrimary(old.Name), s.p.PrimarySince(ack.Host, cut)
+		if first.IsZero() || !last.Before(first) {
+			t.Errorf("%s was last seen writable at %s, %s first seen writable at %s: the old primary was not fenced before the promotion",
+				old.Name, last.Format("15:04:05.000"), ack.Host, first.Format("15:04:05.000"))
+		}
+		if lines := c.GrepLog(old, "fencing"); len(lines) == 0 {
+			t.Errorf("%s's agent log has no fencing line", old.Name)
+		}
+		if err := c.HealLink(old, leader); err != nil {
+			t.Fatal(err)
+		}
+		v := s.finish()
+		if v.Epoch <= s.before.Epoch || netcluster.Primary(v) == old.Name {
+			t.Errorf("no failover away from %s: %s (before: epoch %d)", old.Name, netcluster.Describe(v), s.before.Epoch)
+		}
+		if m := netcluster.Member(v, old.Name); m.State != "streaming" {
+			t.Errorf("the old primary is %s/%s, want a streaming standby", m.Role, m.State)
+		}
+	})
+
 	must(t, "freeze the Raft leader's agent while it is the primary: writes resume through the next leader, the old one drops the VIP on waking", func(t *testing.T) {
 		v := awaitHealthy(t, c)
 		if v.RaftLeader != netcluster.Primary(v) {

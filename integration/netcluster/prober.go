@@ -120,11 +120,12 @@ func (p *Prober) probeVIP(ctx context.Context) {
 		}
 		for _, h := range p.c.Hosts {
 			held, err := p.c.HoldsVIP(h)
-			if held && p.c.AgentFrozen(h) {
+			if held && p.c.AgentFrozenOrWaking(h) {
 				// A frozen agent cannot drop the address, nor serve through
 				// it: the Raft leader takes the VIP over (gratuitous ARP)
-				// and the frozen one drops it when it wakes. Counted apart,
-				// not as a second holder; two live holders still are.
+				// and the frozen one drops it when it wakes (within
+				// WakeGrace). Counted apart, not as a second holder; two
+				// live holders still are.
 				p.mu.Lock()
 				p.vipFrozen[h.Name]++
 				p.mu.Unlock()
