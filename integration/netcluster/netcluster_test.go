@@ -371,10 +371,24 @@ func TestNetCluster(t *testing.T) {
 	// its PostgreSQL answers, so nothing fails over); the old holder drops
 	// the VIP as soon as it wakes, without a needless failover.
 	must(t, "cut only the link between the primary and the Raft leader: the primary fences itself, the leader fails over, never two writers", func(t *testing.T) {
+		if v := awaitHealthy(t, c); v.RaftLeader == netcluster.Primary(v) {
+			var cand string
+			for _, m := range v.Members {
+				if m.Name != v.RaftLeader {
+					cand = m.Name
+					break
+				}
+			}
+			res, err := c.Switchover(context.Background(), cand)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("switchover so that the leader is not the primary: %s", res.Message)
+		}
 		s := start(t, c, "w_cut_link")
 		leader, old := c.Host(s.before.RaftLeader), c.Host(netcluster.Primary(s.before))
 		if leader == old {
-			t.Fatalf("the Raft leader %s is the primary: the previous scenario should have left them apart", old.Name)
+			t.Fatalf("the Raft leader %s is still the primary after a switchover", old.Name)
 		}
 		// The third host still reaches both: a peer's reachability must not
 		// keep the primary writable, only its lease from the leader may.
