@@ -163,7 +163,8 @@ type Host struct {
 	// resumed it yet.
 	agentFrozen bool
 	thawedAt    time.Time // when ThawAgent last resumed it
-	mounted     bool // DataFS is mounted
+	startedAt   time.Time // when its agent process was last started
+	mounted     bool      // DataFS is mounted
 	// squatter holds PGPort in h's namespace (OccupyPGPort).
 	squatter net.Listener
 }

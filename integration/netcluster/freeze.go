@@ -51,11 +51,17 @@ func (c *Cluster) AgentFrozen(h *Host) bool {
 // is a second holder.
 const WakeGrace = 500 * time.Millisecond
 
-// AgentFrozenOrWaking is AgentFrozen, or resumed less than WakeGrace ago.
-func (c *Cluster) AgentFrozenOrWaking(h *Host) bool {
+// AgentCannotServe tells whether h's agent can neither serve through a VIP
+// left on its host nor drop it: frozen, or resumed or started less than
+// WakeGrace ago (dropping a stale VIP is its first act), or not running at
+// all (killed: the address stays on the interface, with no router behind
+// it, until the agent is started again). The Raft leader takes such a VIP
+// over with gratuitous ARP.
+func (c *Cluster) AgentCannotServe(h *Host) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return h.agentFrozen || time.Since(h.thawedAt) < WakeGrace
+	return h.agentFrozen || time.Since(h.thawedAt) < WakeGrace || time.Since(h.startedAt) < WakeGrace ||
+		h.cmd == nil || exited(h.done)
 }
 
 // ThawAgent resumes an agent FreezeAgent stopped.

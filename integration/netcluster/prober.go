@@ -120,12 +120,12 @@ func (p *Prober) probeVIP(ctx context.Context) {
 		}
 		for _, h := range p.c.Hosts {
 			held, err := p.c.HoldsVIP(h)
-			if held && p.c.AgentFrozenOrWaking(h) {
-				// A frozen agent cannot drop the address, nor serve through
-				// it: the Raft leader takes the VIP over (gratuitous ARP)
-				// and the frozen one drops it when it wakes (within
-				// WakeGrace). Counted apart, not as a second holder; two
-				// live holders still are.
+			if held && p.c.AgentCannotServe(h) {
+				// A frozen or killed agent cannot drop the address, nor
+				// serve through it: the Raft leader takes the VIP over
+				// (gratuitous ARP) and the agent drops it when it wakes or
+				// starts again (within WakeGrace). Counted apart, not as a
+				// second holder; two live holders still are.
 				p.mu.Lock()
 				p.vipFrozen[h.Name]++
 				p.mu.Unlock()
@@ -178,7 +178,7 @@ func (p *Prober) Summary() string {
 				vip++
 			}
 		}
-		parts = append(parts, fmt.Sprintf("%s: %d PostgreSQL samples (%d answered, %d primary), %d VIP samples held, %d more while its agent was frozen", h.Name, len(p.pg[h.Name]), ok, on, vip, p.vipFrozen[h.Name]))
+		parts = append(parts, fmt.Sprintf("%s: %d PostgreSQL samples (%d answered, %d primary), %d VIP samples held, %d more while its agent was frozen, killed or just woken", h.Name, len(p.pg[h.Name]), ok, on, vip, p.vipFrozen[h.Name]))
 	}
 	return strings.Join(parts, "; ")
 }

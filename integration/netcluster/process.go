@@ -62,7 +62,7 @@ func (c *Cluster) startAgentLocked(h *Host) error {
 		return fmt.Errorf("start the agent of %s: %w", h.Name, err)
 	}
 	done := make(chan struct{})
-	h.cmd, h.done = cmd, done
+	h.cmd, h.done, h.startedAt = cmd, done, time.Now()
 	go func() {
 		_ = cmd.Wait()
 		logf.Close()
