@@ -67,6 +67,27 @@ func follow(t *testing.T, ctx context.Context, inst, primary *postgres.Instance,
 	})
 }
 
+// primaryAndStandby starts a primary "a" holding table t with the row
+// "common", and a standby "b" cloned from it through slot pgha_b, streaming
+// and holding that row.
+func primaryAndStandby(t *testing.T, ctx context.Context, passFile string) (a, b *postgres.Instance) {
+	t.Helper()
+	a = pgtest.StartPrimaryWith(t, pgtest.Config(t, "a"))
+	if err := a.Exec(ctx, "CREATE TABLE t (v text); INSERT INTO t VALUES ('common')"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.EnsureSlots(ctx, []string{"pgha_b"}); err != nil {
+		t.Fatal(err)
+	}
+	b = pgtest.NewInstanceWith(t, pgtest.Config(t, "b"))
+	if err := recovery.Clone(ctx, b.Config().BinDir, b.Config().DataDir, source(a, passFile, "pgha_b"), pgtest.RunAs(), nil); err != nil {
+		t.Fatal(err)
+	}
+	follow(t, ctx, b, a, passFile, "pgha_b")
+	waitRow(t, ctx, b, "common")
+	return a, b
+}
+
 // rows returns the values of table t, sorted.
 func rows(t *testing.T, ctx context.Context, inst *postgres.Instance) []string {
 	t.Helper()
@@ -170,19 +191,7 @@ func TestRewind(t *testing.T) {
 			passFile := writeRolesPassFile(t)
 
 			// 1. A primary with B streaming from it.
-			a := pgtest.StartPrimaryWith(t, pgtest.Config(t, "a"))
-			if err := a.Exec(ctx, "CREATE TABLE t (v text); INSERT INTO t VALUES ('common')"); err != nil {
-				t.Fatal(err)
-			}
-			if err := a.EnsureSlots(ctx, []string{"pgha_b"}); err != nil {
-				t.Fatal(err)
-			}
-			b := pgtest.NewInstanceWith(t, pgtest.Config(t, "b"))
-			if err := recovery.Clone(ctx, b.Config().BinDir, b.Config().DataDir, source(a, passFile, "pgha_b"), pgtest.RunAs(), nil); err != nil {
-				t.Fatal(err)
-			}
-			follow(t, ctx, b, a, passFile, "pgha_b")
-			waitRow(t, ctx, b, "common")
+			a, b := primaryAndStandby(t, ctx, passFile)
 
 			// 2. B is promoted (timeline 2, no CHECKPOINT); A diverges.
 			if err := b.Promote(ctx); err != nil {

@@ -8,7 +8,6 @@ import (
 
 	"github.com/pgha/pgha/postgres"
 	"github.com/pgha/pgha/postgres/pgtest"
-	"github.com/pgha/pgha/recovery"
 )
 
 // A standby promoted after ReserveTimeline takes the committed timeline,
@@ -19,19 +18,7 @@ func TestPromoteTakesReservedTimeline(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
 	passFile := writeRolesPassFile(t)
-	a := pgtest.StartPrimaryWith(t, pgtest.Config(t, "a"))
-	if err := a.Exec(ctx, "CREATE TABLE t (v text); INSERT INTO t VALUES ('common')"); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.EnsureSlots(ctx, []string{"pgha_b"}); err != nil {
-		t.Fatal(err)
-	}
-	b := pgtest.NewInstanceWith(t, pgtest.Config(t, "b"))
-	if err := recovery.Clone(ctx, b.Config().BinDir, b.Config().DataDir, source(a, passFile, "pgha_b"), pgtest.RunAs(), nil); err != nil {
-		t.Fatal(err)
-	}
-	follow(t, ctx, b, a, passFile, "pgha_b")
-	waitRow(t, ctx, b, "common")
+	_, b := primaryAndStandby(t, ctx, passFile)
 
 	wal := filepath.Join(b.Config().DataDir, "pg_wal")
 	// Timeline 3 was taken elsewhere and its history reached b: reserving

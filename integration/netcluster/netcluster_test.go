@@ -205,6 +205,28 @@ const (
 	stableGrace = 10 * time.Second
 )
 
+// leaderApartFromPrimary switches over to a standby when the Raft leader is
+// the primary, for scenarios that fault one of the two alone.
+func leaderApartFromPrimary(t *testing.T, c *netcluster.Cluster) {
+	t.Helper()
+	v := awaitHealthy(t, c)
+	if v.RaftLeader != netcluster.Primary(v) {
+		return
+	}
+	var cand string
+	for _, m := range v.Members {
+		if m.Name != v.RaftLeader {
+			cand = m.Name
+			break
+		}
+	}
+	res, err := c.Switchover(context.Background(), cand)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("switchover so that the leader is not the primary: %s", res.Message)
+}
+
 // must runs a scenario and stops at the first failing one: the next starts
 // from a healthy cluster, which a failure may not leave.
 func must(t *testing.T, name string, f func(t *testing.T)) {
@@ -320,21 +342,7 @@ func TestNetCluster(t *testing.T) {
 	})
 
 	must(t, "cut the Raft leader off while it is not the primary: only the VIP moves", func(t *testing.T) {
-		v := awaitHealthy(t, c)
-		if v.RaftLeader == netcluster.Primary(v) {
-			var cand string
-			for _, m := range v.Members {
-				if m.Name != v.RaftLeader {
-					cand = m.Name
-					break
-				}
-			}
-			res, err := c.Switchover(context.Background(), cand)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("switchover so that the leader is not the primary: %s", res.Message)
-		}
+		leaderApartFromPrimary(t, c)
 		s := start(t, c, "w_cut_leader")
 		leader, primary := c.Host(s.before.RaftLeader), netcluster.Primary(s.before)
 		if leader.Name == primary {
@@ -358,7 +366,7 @@ func TestNetCluster(t *testing.T) {
 		if err := c.Heal(leader); err != nil {
 			t.Fatal(err)
 		}
-		v = s.finish()
+		v := s.finish()
 		if v.Epoch != s.before.Epoch || netcluster.Primary(v) != primary {
 			t.Errorf("primary/epoch changed: %s, before: %s epoch %d", netcluster.Describe(v), primary, s.before.Epoch)
 		}
@@ -371,20 +379,7 @@ func TestNetCluster(t *testing.T) {
 	// its PostgreSQL answers, so nothing fails over); the old holder drops
 	// the VIP as soon as it wakes, without a needless failover.
 	must(t, "cut only the link between the primary and the Raft leader: the primary fences itself, the leader fails over, never two writers", func(t *testing.T) {
-		if v := awaitHealthy(t, c); v.RaftLeader == netcluster.Primary(v) {
-			var cand string
-			for _, m := range v.Members {
-				if m.Name != v.RaftLeader {
-					cand = m.Name
-					break
-				}
-			}
-			res, err := c.Switchover(context.Background(), cand)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("switchover so that the leader is not the primary: %s", res.Message)
-		}
+		leaderApartFromPrimary(t, c)
 		s := start(t, c, "w_cut_link")
 		leader, old := c.Host(s.before.RaftLeader), c.Host(netcluster.Primary(s.before))
 		if leader == old {
