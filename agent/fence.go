@@ -24,6 +24,13 @@ func (a *Agent) fenced() bool {
 	if st.Primary == a.cfg.Name && st.Initialized() {
 		return !a.leaseHolds(st.Epoch, now)
 	}
+	return a.outOfContact(now)
+}
+
+// outOfContact reports whether this node has heard nothing from a Raft
+// leader for fence_timeout: its view of the committed state may be stale.
+// Never on the leader. The agent's start counts as contact.
+func (a *Agent) outOfContact(now time.Time) bool {
 	if a.node.IsLeader() {
 		return false
 	}

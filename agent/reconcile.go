@@ -113,7 +113,10 @@ func (a *Agent) inSync(ctx context.Context) bool {
 	if a.node.IsLeader() {
 		return true
 	}
-	if a.fenced() {
+	// Contact with the leader, not the primary's lease: a member just
+	// named the primary holds no lease for its new epoch until the leader
+	// grants it a permit, which this pass is about to ask for.
+	if a.outOfContact(time.Now()) {
 		a.syncedAt = time.Time{}
 		return false
 	}

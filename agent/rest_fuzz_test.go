@@ -21,36 +21,8 @@ import (
 // REST handler to run for real.
 func restAgent(t testing.TB) (*Agent, http.Handler) {
 	dir := t.TempDir()
-	token := filepath.Join(dir, "token")
-	if err := os.WriteFile(token, []byte("fuzz-token-0123456789abcdef\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	raw := strings.NewReplacer(
-		`"10.0.0.11:8300"`, `"127.0.0.1:1"`, `"10.0.0.12:8300"`, `"127.0.0.1:2"`, `"10.0.0.13:8300"`, `"127.0.0.1:3"`,
-		`"http://10.0.0.11:8008"`, `"http://127.0.0.1:1"`, `"http://10.0.0.12:8008"`, `"http://127.0.0.1:2"`, `"http://10.0.0.13:8008"`, `"http://127.0.0.1:3"`,
-		"host: 10.0.0.11", "host: 127.0.0.1",
-		"/var/lib/pgha", filepath.Join(dir, "agent"),
-		"/var/lib/postgresql/15/pgha", filepath.Join(dir, "pgdata"),
-	).Replace(validConfig(t)) + "api: {auth_token_file: " + token + "}\n"
-	cfg, err := ParseConfig([]byte(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Postgres.SocketDir = dir
-	if os.Geteuid() == 0 {
-		cfg.Postgres.RunAs = "postgres" // nothing is started; New only checks
-	}
-	if cfg.Postgres.BinDir = postgres.FindBinDir(); cfg.Postgres.BinDir == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("PostgreSQL binaries not found")
-		}
-		t.Skip("PostgreSQL binaries not found")
-	}
+	a := unstartedAgent(t, dir, "node1")
 	log := slog.New(slog.DiscardHandler)
-	a, err := New(cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
 	node, err := consensus.Open(consensus.Config{ID: "node1", BindAddr: "127.0.0.1:0", Dir: filepath.Join(dir, "raft"), Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +50,42 @@ func restAgent(t testing.TB) (*Agent, http.Handler) {
 	a.node = node
 	a.nodeRef.Store(node)
 	return a, a.routes()
+}
+
+// unstartedAgent is a real agent named name, configured for loopback in dir,
+// with an API token, no Raft node and no PostgreSQL running.
+func unstartedAgent(t testing.TB, dir, name string) *Agent {
+	token := filepath.Join(dir, "token")
+	if err := os.WriteFile(token, []byte("fuzz-token-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	raw := strings.NewReplacer(
+		`"10.0.0.11:8300"`, `"127.0.0.1:1"`, `"10.0.0.12:8300"`, `"127.0.0.1:2"`, `"10.0.0.13:8300"`, `"127.0.0.1:3"`,
+		`"http://10.0.0.11:8008"`, `"http://127.0.0.1:1"`, `"http://10.0.0.12:8008"`, `"http://127.0.0.1:2"`, `"http://10.0.0.13:8008"`, `"http://127.0.0.1:3"`,
+		"host: 10.0.0.11", "host: 127.0.0.1",
+		"/var/lib/pgha", filepath.Join(dir, "agent"),
+		"/var/lib/postgresql/15/pgha", filepath.Join(dir, "pgdata"),
+	).Replace(validConfig(t)) + "api: {auth_token_file: " + token + "}\n"
+	cfg, err := ParseConfig([]byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Postgres.SocketDir = dir
+	if os.Geteuid() == 0 {
+		cfg.Postgres.RunAs = "postgres" // nothing is started; New only checks
+	}
+	if cfg.Postgres.BinDir = postgres.FindBinDir(); cfg.Postgres.BinDir == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("PostgreSQL binaries not found")
+		}
+		t.Skip("PostgreSQL binaries not found")
+	}
+	cfg.Name = name
+	a, err := New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
 // FuzzREST sends arbitrary requests, without the token, to the real

@@ -51,7 +51,11 @@ func main() {
 	}
 }
 
+// keepLogs: -keep was given; trials print when they struck.
+var keepLogs bool
+
 func run(trials, switchovers int, hostDown time.Duration, keep bool) error {
+	keepLogs = keep
 	bin, cleanup, err := itest.BuildAgent()
 	if err != nil {
 		return err
@@ -146,6 +150,10 @@ func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string
 	node := lc.Node(old)
 	errorsBefore, _ := w.Errors()
 	killed := time.Now()
+	if keepLogs {
+		// To find the fault in the kept agents' logs.
+		fmt.Printf("trial %2d: %s of %s at %s\n", n, kind, old, killed.UTC().Format("15:04:05.000"))
+	}
 	switch kind {
 	case "postgres kill":
 		if err := lc.KillPostgres(node); err != nil {
