@@ -47,7 +47,12 @@ func (a *Agent) routes() http.Handler {
 	})
 	mux.HandleFunc("GET /internal/raft", func(w http.ResponseWriter, r *http.Request) {
 		leader, _ := a.node.Leader()
-		info := raftInfo{Name: a.cfg.Name, HasState: a.node.HasState(), State: a.node.RaftState(), Leader: leader, CommitIndex: a.node.CommitIndex()}
+		info := raftInfo{Name: a.cfg.Name, HasState: a.node.HasState(), State: a.node.RaftState(), Leader: leader, CommitIndex: a.node.CommitIndex(),
+			LeaderContactAgo: time.Since(a.node.LeaderContact())}
+		if term, err := strconv.ParseUint(r.URL.Query().Get("term"), 10, 64); err == nil {
+			// A leader just elected in term asks about the leaders before it.
+			info.LeaderContactAgo = time.Since(a.node.LeaderContactBefore(term))
+		}
 		if servers, err := a.node.Servers(); err == nil {
 			for _, s := range servers {
 				info.Voters = append(info.Voters, s.ID)

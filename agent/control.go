@@ -229,7 +229,7 @@ func (a *Agent) commitFailover(w http.ResponseWriter, r *http.Request, req Contr
 	a.refresh(r.Context(), st, st.Primary, req.Candidate)
 	obs := a.obs.snapshot()
 	in := Inputs{State: st, Observations: obs, Now: time.Now(), Policy: widenForPrimary(a.policy(), obs[st.Primary]), LeaderSince: a.lead.since,
-		PrimaryLease: a.lead.lastLease(st.Primary, st.Epoch), Permits: a.lead.permitsOf(st.Epoch)}
+		PriorLeases: a.lead.priorLeases, PrimaryLease: a.lead.lastLease(st.Primary, st.Epoch), Permits: a.lead.permitsOf(st.Epoch)}
 	if p, ok := st.Members[st.Primary]; ok {
 		if _, fresh := fresh(in, st.Primary); !fresh && !in.Now.Before(leaseDeadline(in, true)) {
 			answers := a.directCheck(r.Context(), p)

@@ -33,9 +33,14 @@ type Inputs struct {
 	NewClusterID string   // used if the cluster is initialised now
 	Policy       Policy
 
-	// LeaderSince is when this node became leader (the fence deadline of a
-	// primary it has never heard from counts from then).
+	// LeaderSince is when this node became leader.
 	LeaderSince time.Time
+	// PriorLeases bounds when the leases granted before this node became
+	// leader were renewed: LeaderSince, or earlier when a quorum of members
+	// said when they last heard from a leader (priorLeaseBound). The fence
+	// deadline of a primary this leader has not renewed counts from then.
+	// Zero: LeaderSince.
+	PriorLeases time.Time
 	// Permits holds when the primary's agent was first allowed to start or
 	// promote its PostgreSQL in the current epoch, since it last ran.
 	Permits map[string]time.Time
@@ -91,6 +96,7 @@ const syncSettle = time.Second
 type leaderMemory struct {
 	since       time.Time            // when this node became leader (zero: not leader)
 	term        uint64               // the Raft term it leads in since then
+	priorLeases time.Time            // Inputs.PriorLeases
 	permits     map[string]time.Time // first start/promote permit granted since the member last ran, by member, for permitEpoch
 	permitEpoch uint64
 	leases      map[string]time.Time // last lease renewal granted, by member, for leaseEpoch (lease.go)
@@ -116,7 +122,7 @@ type leaderMemory struct {
 // may have changed since, and narrowing on it could drop the member that
 // holds the last commits. A new mark is taken from the next rounds.
 func (m leaderMemory) elected(now time.Time, term uint64) leaderMemory {
-	m.since, m.term = now, term
+	m.since, m.term, m.priorLeases = now, term, now
 	m.permits = map[string]time.Time{}
 	m.leases = map[string]time.Time{}
 	m.syncMark = syncMark{}
@@ -217,6 +223,7 @@ func inputs(st consensus.State, obs map[string]memberView, now time.Time, mem le
 		Observations:    obs,
 		Now:             now,
 		LeaderSince:     mem.since,
+		PriorLeases:     mem.priorLeases,
 		Permits:         mem.permits,
 		PrimaryLease:    mem.lastLease(st.Primary, st.Epoch),
 		SyncMark:        mem.syncMark,
@@ -388,11 +395,14 @@ func primaryFailed(in Inputs) (bool, string) {
 
 // leaseDeadline is when the primary's lease has certainly run out and its
 // agent has fenced: the fence deadline after the latest of the last renewal
-// this leader granted and the moment this node became leader (a renewal an
-// earlier leader granted came before that). With lastSeen, the primary's
-// last answer counts too (a silent agent: the later, the safer).
+// this leader granted and the bound on the renewals earlier leaders granted
+// (PriorLeases). With lastSeen, the primary's last answer counts too (a
+// silent agent: the later, the safer).
 func leaseDeadline(in Inputs, lastSeen bool) time.Time {
-	last := in.LeaderSince
+	last := in.PriorLeases
+	if last.IsZero() {
+		last = in.LeaderSince
+	}
 	if in.PrimaryLease.After(last) {
 		last = in.PrimaryLease
 	}

@@ -42,6 +42,7 @@ func electedAt(at time.Time) memEvent { return memEvent{kind: "elected", at: at}
 func permitAt(member string, epoch uint64, at time.Time) memEvent {
 	return memEvent{"permit", member, epoch, at}
 }
+func priorContactAt(at time.Time) memEvent { return memEvent{kind: "prior", at: at} }
 func leaseAt(member string, epoch uint64, at time.Time) memEvent {
 	return memEvent{"lease", member, epoch, at}
 }
@@ -55,6 +56,9 @@ func (e memEvent) apply(m leaderMemory) leaderMemory {
 		return m
 	case "lease":
 		return m.noteLease(e.member, e.epoch, e.at)
+	case "prior":
+		m.priorLeases = e.at
+		return m
 	}
 	panic("unknown event " + e.kind)
 }
@@ -112,16 +116,16 @@ func relMap(m map[string]time.Time) string {
 
 // memoryText shows m for failure messages.
 func memoryText(m leaderMemory) string {
-	return fmt.Sprintf("since=%s term=%d permits=%s@%d leases=%s@%d mark={%d %s %s %d} switchover=%v@%s epoch=%d@%s startingUp=%s",
-		rel(m.since), m.term, relMap(m.permits), m.permitEpoch, relMap(m.leases), m.leaseEpoch,
+	return fmt.Sprintf("since=%s prior=%s term=%d permits=%s@%d leases=%s@%d mark={%d %s %s %d} switchover=%v@%s epoch=%d@%s startingUp=%s",
+		rel(m.since), rel(m.priorLeases), m.term, relMap(m.permits), m.permitEpoch, relMap(m.leases), m.leaseEpoch,
 		m.syncMark.Epoch, m.syncMark.Names, rel(m.syncMark.At), m.syncMark.LSN,
 		m.switchoverOf, rel(m.switchoverSince), m.epochSeen, rel(m.epochSince), rel(m.startingUpSince))
 }
 
 // memoryPart is the part of in that comes from the leader's memory.
 func memoryPart(in Inputs) string {
-	return fmt.Sprintf("LeaderSince=%s Permits=%s PrimaryLease=%s SyncMark={%d %s %s %d} SwitchoverSince=%s EpochSince=%s StartingUpSince=%s",
-		rel(in.LeaderSince), relMap(in.Permits), rel(in.PrimaryLease), in.SyncMark.Epoch, in.SyncMark.Names, rel(in.SyncMark.At), in.SyncMark.LSN,
+	return fmt.Sprintf("LeaderSince=%s PriorLeases=%s Permits=%s PrimaryLease=%s SyncMark={%d %s %s %d} SwitchoverSince=%s EpochSince=%s StartingUpSince=%s",
+		rel(in.LeaderSince), rel(in.PriorLeases), relMap(in.Permits), rel(in.PrimaryLease), in.SyncMark.Epoch, in.SyncMark.Names, rel(in.SyncMark.At), in.SyncMark.LSN,
 		rel(in.SwitchoverSince), rel(in.EpochSince), rel(in.StartingUpSince))
 }
 
@@ -219,7 +223,7 @@ func TestInputs(t *testing.T) {
 			st:     state3("n2"), obs: cluster3(obsAt(now, pgDown)),
 			want: func(m *leaderMemory) {
 				m.term, m.syncMark = 1, syncMark{} // forgotten; the silent primary gives no new one
-				m.since = now.Add(-100 * time.Millisecond)
+				m.since, m.priorLeases = now.Add(-100*time.Millisecond), now.Add(-100*time.Millisecond)
 				m.leases = map[string]time.Time{}
 				m.epochSince = time.Time{}
 			},
@@ -231,7 +235,22 @@ func TestInputs(t *testing.T) {
 			st:     state3("n2"), obs: cluster3(silentSince(now.Add(-5 * time.Second))),
 			want: func(m *leaderMemory) {
 				m.term, m.syncMark = 1, syncMark{} // forgotten; the silent primary gives no new one
-				m.since = now.Add(-3 * time.Second)
+				m.since, m.priorLeases = now.Add(-3*time.Second), now.Add(-3*time.Second)
+				m.leases = map[string]time.Time{}
+				m.epochSince = time.Time{}
+			},
+			decides: "checking its PostgreSQL directly",
+		},
+		{
+			// beginTenure: a quorum last heard from the old leader 2.5 s
+			// ago, so no lease it granted runs past its fence deadline
+			// from then, 1.5 s before this election's would end.
+			name:   "a quorum's last contact with the old leader bounds the leases it granted",
+			events: []memEvent{electedAt(now.Add(-time.Second)), priorContactAt(now.Add(-2500 * time.Millisecond))},
+			st:     state3("n2"), obs: cluster3(silentSince(now.Add(-5 * time.Second))),
+			want: func(m *leaderMemory) {
+				m.term, m.syncMark = 1, syncMark{} // forgotten; the silent primary gives no new one
+				m.since, m.priorLeases = now.Add(-time.Second), now.Add(-2500*time.Millisecond)
 				m.leases = map[string]time.Time{}
 				m.epochSince = time.Time{}
 			},
@@ -243,7 +262,7 @@ func TestInputs(t *testing.T) {
 			st:     state3("n2"), obs: cluster3(silentSince(now.Add(-5 * time.Second))),
 			want: func(m *leaderMemory) {
 				m.term, m.syncMark = 1, syncMark{} // forgotten; the silent primary gives no new one
-				m.since = now.Add(-3 * time.Second)
+				m.since, m.priorLeases = now.Add(-3*time.Second), now.Add(-3*time.Second)
 				m.leases = map[string]time.Time{"n1": now.Add(-time.Second)}
 				m.epochSince = time.Time{}
 			},
@@ -257,7 +276,7 @@ func TestInputs(t *testing.T) {
 			events: []memEvent{electedAt(now.Add(-time.Second))},
 			st:     withSwitchover(state3("n2"), swN2), obs: cluster3(obsAt(now, primaryUp)),
 			want: func(m *leaderMemory) {
-				m.since, m.term = now.Add(-time.Second), 1
+				m.since, m.term, m.priorLeases = now.Add(-time.Second), 1, now.Add(-time.Second)
 				m.leases = map[string]time.Time{}
 				m.epochSince = time.Time{}
 				m.syncMark = syncMark{Epoch: 4, Names: primaryUp.SyncStandbyNames, At: now}
@@ -484,7 +503,7 @@ func TestInputs(t *testing.T) {
 			switch {
 			case !reflect.DeepEqual(in.State, c.st), !in.Now.Equal(now), !reflect.DeepEqual(in.Observations, c.obs):
 				t.Fatalf("state, time or observations not passed through: state %+v, now %s", in.State, rel(in.Now))
-			case !in.LeaderSince.Equal(got.since), !in.PrimaryLease.Equal(lease), !reflect.DeepEqual(in.Permits, got.permits),
+			case !in.LeaderSince.Equal(got.since), !in.PriorLeases.Equal(got.priorLeases), !in.PrimaryLease.Equal(lease), !reflect.DeepEqual(in.Permits, got.permits),
 				in.SyncMark != got.syncMark, !in.SwitchoverSince.Equal(got.switchoverSince), !in.EpochSince.Equal(got.epochSince),
 				!in.StartingUpSince.Equal(got.startingUpSince):
 				t.Fatalf("Inputs are not the memory's:\nInputs %s\nmemory %s", memoryPart(in), memoryText(got))

@@ -109,7 +109,7 @@ func (a *Agent) leadOnce(ctx context.Context) {
 	if p, ok := st.Members[st.Primary]; ok && st.Initialized() {
 		if _, ok := fresh(in, st.Primary); !ok {
 			l.mu.Lock()
-			in.LeaderSince, in.PrimaryLease = l.since, l.lastLease(st.Primary, st.Epoch)
+			in.LeaderSince, in.PriorLeases, in.PrimaryLease = l.since, l.priorLeases, l.lastLease(st.Primary, st.Epoch)
 			l.mu.Unlock()
 			deadline := leaseDeadline(in, true)
 			if start := deadline.Add(-a.directCheckBudget()); time.Now().Before(start) {
@@ -200,7 +200,8 @@ func (a *Agent) beginTenure(ctx context.Context) error {
 		return err
 	}
 	l.leaderMemory = l.elected(time.Now(), term)
-	a.log.Info("became Raft leader", "reason", "won an election", "term", term)
+	l.priorLeases = a.priorLeaseBound(ctx, term, l.since)
+	a.log.Info("became Raft leader", "reason", "won an election", "term", term, "earlier_leases_before", l.since.Sub(l.priorLeases).Round(time.Millisecond))
 	return nil
 }
 

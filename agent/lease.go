@@ -27,8 +27,10 @@ import (
 //  2. The primary's lease lasts until s + fence_timeout. The leader
 //     promotes a replacement no earlier than r + fence_timeout + a margin
 //     (fenceDeadline): by then the lease has run out and the agent has
-//     fenced its PostgreSQL. A new leader knows no r and counts from when
-//     it became leader, which is after every r of the old one.
+//     fenced its PostgreSQL. A new leader knows no r of the old one: it
+//     counts from the latest contact with a leader that a quorum of
+//     members reports, or from its election without such a quorum; both
+//     come after every r of an earlier leader (priorLeaseBound).
 //  3. The lease is measured on the monotonic clock. An agent that was
 //     frozen (SIGSTOP, a VM pause) wakes with a lease that ran out while it
 //     slept: it tries one renewal before it fences, so a freeze the cluster
@@ -250,4 +252,73 @@ func (a *Agent) handleLease(w http.ResponseWriter, r *http.Request, body []byte)
 		return
 	}
 	writeJSON(w, http.StatusOK, ControlResult{Message: "granted"})
+}
+
+// priorLeaseBound bounds, on a node that has just become leader, when the
+// leases that earlier leaders granted were renewed: each renewal started
+// before its leader verified its leadership with a quorum, and every member
+// of that quorum reports a later consensus.LeaderContact until this
+// election (or its start, if it restarted; a vote in this election does not
+// count, see consensus.LeaderContactBefore). Any quorum shares a member with
+// it, so the latest contact that a quorum reports bounds every earlier
+// renewal. That is about when the old leader was lost, where since (the
+// election) is a heartbeat timeout and an election later: a primary lost
+// with the leader on its host is failed over that much sooner.
+//
+// The others are asked at once and the answer is taken when a quorum,
+// this node included, has reported; without one in a quarter of the lease,
+// since. Reports are durations ("that long ago"), turned into this node's
+// clock at receipt: the contact was no later than that.
+func (a *Agent) priorLeaseBound(ctx context.Context, term uint64, since time.Time) time.Time {
+	servers, err := a.node.Servers()
+	if err != nil {
+		return since
+	}
+	st := a.node.State()
+	ctx, cancel := context.WithTimeout(ctx, a.leaseRoundTrip())
+	defer cancel()
+	reports := make(chan time.Time, len(servers))
+	asked := 0
+	for _, s := range servers {
+		m, ok := st.Members[s.ID]
+		if s.ID == a.cfg.Name || !ok || m.APIURL == "" {
+			continue
+		}
+		asked++
+		go func() {
+			var info raftInfo
+			if getJSON(ctx, a.http, fmt.Sprintf("%s/internal/raft?term=%d", m.APIURL, term), &info) != nil || info.Name != s.ID || info.LeaderContactAgo < 0 {
+				reports <- time.Time{}
+				return
+			}
+			reports <- time.Now().Add(-info.LeaderContactAgo)
+		}()
+	}
+	return contactBound(since, a.node.PriorLeaderContact(), len(servers), asked, reports, ctx.Done())
+}
+
+// contactBound takes the asked members' reports (a zero time: no answer)
+// until, with own, a quorum of the voters have reported, and returns the
+// latest; since if no quorum reports before done. Never later than since.
+func contactBound(since, own time.Time, voters, asked int, reports <-chan time.Time, done <-chan struct{}) time.Time {
+	quorum := voters/2 + 1
+	latest, reported := own, 1
+	for ; reported < quorum && asked > 0; asked-- {
+		select {
+		case r := <-reports:
+			if r.IsZero() {
+				continue
+			}
+			reported++
+			if r.After(latest) {
+				latest = r
+			}
+		case <-done:
+			return since
+		}
+	}
+	if reported < quorum || latest.After(since) {
+		return since
+	}
+	return latest
 }

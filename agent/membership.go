@@ -68,6 +68,12 @@ type raftInfo struct {
 	// CommitIndex is the Raft commit index as this node knows it; a
 	// follower compares the leader's with what it has applied.
 	CommitIndex uint64 `json:"commit_index"`
+	// LeaderContactAgo is how long ago this node last took part in a
+	// leader's verification of its leadership (consensus.LeaderContact),
+	// in nanoseconds; with ?term=, before it was asked to vote in that
+	// term (LeaderContactBefore): what a new leader asks for
+	// (priorLeaseBound).
+	LeaderContactAgo time.Duration `json:"leader_contact_ago_ns"`
 }
 
 // selfMember is this node's record as it should be in the committed state.

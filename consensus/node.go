@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -151,6 +152,19 @@ type Node struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
+
+	// For LeaderContact. The observer's filter runs inside raft's state
+	// change, so leading is exactly raft's "this node leads" and ledUntil is
+	// no earlier than the end of its last leadership.
+	opened   time.Time // from then on the observer sees every state change
+	leading  atomic.Bool
+	ledMu    sync.Mutex
+	ledUntil time.Time
+	// voteTerm is the highest term a candidate asked this node's vote for,
+	// and contactBeforeVote its last contact with a leader before that
+	// request: granting a vote also counts as contact in raft.
+	voteTerm          uint64
+	contactBeforeVote time.Time
 }
 
 // Open opens the stores in cfg.Dir and the transport, and starts Raft. It
@@ -237,13 +251,19 @@ func Open(cfg Config) (n *Node, err error) {
 	n.raft = r
 
 	n.observer = raft.NewObserver(n.obsCh, false, func(o *raft.Observation) bool {
-		switch o.Data.(type) {
-		case raft.LeaderObservation, raft.RaftState:
+		switch st := o.Data.(type) {
+		case raft.RaftState:
+			n.noteState(st)
 			return true
+		case raft.LeaderObservation:
+			return true
+		case raft.RequestVoteRequest:
+			n.noteVoteRequest(st.Term)
 		}
 		return false
 	})
 	r.RegisterObserver(n.observer)
+	n.opened = time.Now()
 	n.obsCh <- raft.Observation{} // evaluate once: transitions before registration
 	go n.observe()
 	logger.Info("raft started", "addr", n.addr, "dir", cfg.Dir, "has_state", n.HasState())
@@ -433,6 +453,86 @@ func (n *Node) LastContact() time.Time {
 		return time.Now()
 	}
 	return n.raft.LastContact()
+}
+
+// LeaderContact bounds the last time this node took part in a leader's
+// verification of its leadership (VerifyLeader), as the leader or as a
+// follower that acknowledged its heartbeat: now while it leads, or has not
+// yet noticed that it stopped; otherwise the last contact with a leader
+// (raft sets it also when this node stops leading), or when the node was
+// opened if later (a restarted node remembers no contact).
+//
+// A leader's decision verified at time v was acknowledged by a quorum, every
+// member of which reports a LeaderContact after v until it hears from a
+// later leader: the latest LeaderContact of any quorum bounds every such v
+// (two quorums share a member). See PriorLeaderContact for the leader's own.
+func (n *Node) LeaderContact() time.Time {
+	if n.raft.State() == raft.Leader || n.leading.Load() {
+		return time.Now()
+	}
+	return n.PriorLeaderContact()
+}
+
+// LeaderContactBefore is LeaderContact as it was before this node was
+// asked to vote in term: what it tells the leader elected in term about the
+// leaders before it. Raft counts a granted vote as contact, which would
+// push the answer to the election itself.
+func (n *Node) LeaderContactBefore(term uint64) time.Time {
+	if n.raft.State() == raft.Leader || n.leading.Load() {
+		return time.Now()
+	}
+	n.ledMu.Lock()
+	before, ok := n.contactBeforeVote, n.voteTerm == term
+	n.ledMu.Unlock()
+	if !ok {
+		return n.PriorLeaderContact()
+	}
+	return n.latest(before)
+}
+
+// PriorLeaderContact is LeaderContact without the current leadership: what a
+// node that has just become leader knows of the time before its election.
+func (n *Node) PriorLeaderContact() time.Time {
+	return n.latest(n.raft.LastContact())
+}
+
+// latest returns the latest of t, the end of this node's last leadership
+// and when it was opened.
+func (n *Node) latest(t time.Time) time.Time {
+	n.ledMu.Lock()
+	defer n.ledMu.Unlock()
+	for _, u := range []time.Time{n.ledUntil, n.opened} {
+		if u.After(t) {
+			t = u
+		}
+	}
+	return t
+}
+
+// noteVoteRequest runs in raft's handling of a vote request, before it
+// decides: no heartbeat of an older term is accepted after it (the request
+// raises this node's term), so the contact read here covers them all.
+func (n *Node) noteVoteRequest(term uint64) {
+	n.ledMu.Lock()
+	defer n.ledMu.Unlock()
+	if term > n.voteTerm {
+		n.voteTerm, n.contactBeforeVote = term, n.raft.LastContact()
+	}
+}
+
+// noteState runs inside raft's state change (the observer's filter).
+func (n *Node) noteState(st raft.RaftState) {
+	if st == raft.Leader {
+		n.leading.Store(true)
+		return
+	}
+	if n.leading.Load() {
+		// ledUntil first: a reader that sees leading false sees it.
+		n.ledMu.Lock()
+		n.ledUntil = time.Now()
+		n.ledMu.Unlock()
+		n.leading.Store(false)
+	}
 }
 
 // AppliedIndex is the index of the last log entry applied to this FSM.

@@ -1,0 +1,126 @@
+package consensus
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// Every leadership verification is acknowledged by a quorum, and every
+// member of it reports a LeaderContact no earlier than the verification
+// until a later leader reaches it: the bound a new leader uses for the
+// leases the old one granted (agent/lease.go). Checked here on real raft
+// over TCP: the followers that acknowledged, and the deposed leader itself
+// once it has stepped down, all report no earlier than the last verification.
+func TestLeaderContactCoversVerifications(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real raft over TCP")
+	}
+	base := t.TempDir()
+	var nodes []*Node
+	var servers []Server
+	for _, id := range []string{"n1", "n2", "n3"} {
+		n := openNode(t, id, filepath.Join(base, id), "127.0.0.1:0")
+		nodes = append(nodes, n)
+		servers = append(servers, Server{ID: id, Addr: n.Addr()})
+	}
+	if err := nodes[0].Bootstrap(servers); err != nil {
+		t.Fatal(err)
+	}
+	leader := waitLeader(t, nodes...)
+	asked := time.Now() // a lease's renewal starts before the verification
+	if err := leader.VerifyLeader(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	verified := time.Now()
+	if lc := leader.LeaderContact(); lc.Before(verified) {
+		t.Errorf("the leader reports contact %v before its own verification at %v", lc, verified)
+	}
+	if prior := leader.PriorLeaderContact(); !prior.Before(verified) {
+		t.Errorf("the leader's contact before its election (%v) is after its verification (%v)", prior, verified)
+	}
+
+	// Cut the leader off: both followers stop. The verification above was
+	// acknowledged by at least one of them after it was asked for, so the
+	// latest of the two covers it.
+	var latest time.Time
+	for _, f := range others(nodes, leader) {
+		if lc := f.LeaderContact(); lc.After(latest) {
+			latest = lc
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if latest.Before(asked) {
+		t.Errorf("the followers' latest contact %v is before the verification was asked for at %v", latest, asked)
+	}
+	waitFor(t, waitTimeout, func() error {
+		if leader.IsLeader() {
+			return fmt.Errorf("%s still leads", leader.ID())
+		}
+		return nil
+	})
+	stepped := leader.LeaderContact()
+	if stepped.Before(verified) {
+		t.Errorf("the deposed leader reports contact %v, before its last verification at %v", stepped, verified)
+	}
+	if time.Since(stepped) > waitTimeout {
+		t.Errorf("the deposed leader reports contact %v, not its step-down", stepped)
+	}
+}
+
+// When the leader is lost, the member that voted for the new one reports
+// its contact from before the vote (raft counts the vote itself as
+// contact): with the new leader's own, it still covers the old leader's
+// last verification, and it lies before the old leader was lost, not at
+// the election a heartbeat timeout later.
+func TestLeaderContactBeforeTheVote(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real raft over TCP")
+	}
+	base := t.TempDir()
+	var nodes []*Node
+	var servers []Server
+	for _, id := range []string{"n1", "n2", "n3"} {
+		n := openNode(t, id, filepath.Join(base, id), "127.0.0.1:0")
+		nodes = append(nodes, n)
+		servers = append(servers, Server{ID: id, Addr: n.Addr()})
+	}
+	if err := nodes[0].Bootstrap(servers); err != nil {
+		t.Fatal(err)
+	}
+	old := waitLeader(t, nodes...)
+	asked := time.Now()
+	if err := old.VerifyLeader(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lost := time.Now()
+	survivors := others(nodes, old)
+	leader := waitLeader(t, survivors...)
+	term := leader.Term()
+	voter := others(survivors, leader)[0]
+
+	before := voter.LeaderContactBefore(term)
+	if own := leader.PriorLeaderContact(); own.After(before) {
+		before = own
+	}
+	if before.Before(asked) {
+		t.Errorf("the survivors report contact %v, before the old leader's verification was asked for at %v", before, asked)
+	}
+	// A heartbeat in flight when the old leader closed may land just
+	// after; the election comes a heartbeat timeout later.
+	if got := voter.LeaderContactBefore(term); got.After(lost.Add(testHeartbeat / 2)) {
+		t.Errorf("%s reports contact %v before term %d, %v after the old leader was lost: the vote counted", voter.ID(), got, term, got.Sub(lost))
+	}
+	if got := voter.LeaderContact(); !got.After(lost) {
+		t.Errorf("%s's contact %v is not after the new leader's election", voter.ID(), got)
+	}
+	if got := voter.LeaderContactBefore(term + 1); !got.After(lost) {
+		t.Errorf("asked about a later term, %s reports %v, from before the election", voter.ID(), got)
+	}
+}
