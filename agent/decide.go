@@ -414,11 +414,14 @@ func leaseDeadline(in Inputs, lastSeen bool) time.Time {
 
 // fenceDeadline is how long after the old primary's last renewal the leader
 // may promote: its lease lasts fence_timeout from the renewal's start, and
-// the margin covers its fence loop's last renewal try (a quarter of the
-// lease at most) and the stop itself, a signal.
+// fenceMargin covers its fence loop noticing (25 ms) and the stop itself, a
+// signal; a last renewal try fits in it or is not made (renewalBudget).
 func fenceDeadline(p Policy) time.Duration {
-	return p.FenceTimeout + max(p.HealthInterval, p.FenceTimeout/4) + 250*time.Millisecond
+	return p.FenceTimeout + fenceMargin
 }
+
+// fenceMargin is what the fence deadline adds to the lease.
+const fenceMargin = 250 * time.Millisecond
 
 // chooseCandidate picks the standby to promote instead of exclude.
 //

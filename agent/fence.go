@@ -65,12 +65,10 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		if st.Primary != a.cfg.Name || !st.Initialized() || a.leaseHolds(st.Epoch, time.Now()) {
 			continue
 		}
-		// A lease that ran out while this agent could not run (a freeze, a
-		// long GC stall) says nothing about the cluster: ask once before
-		// acting on it. The round trip is a small part of the deadline's
-		// margin.
-		if err := a.renewLease(ctx, st); err == nil {
-			continue
+		if budget := renewalBudget(a.lease.end(st.Epoch, a.started, a.cfg.Timing.FenceTimeout), time.Now(), a.leaseRoundTrip()); budget > 0 {
+			if err := a.renewLeaseWithin(ctx, st, budget); err == nil {
+				continue
+			}
 		}
 		pid, _ := a.inst.PostmasterPID()
 		if pid == 0 {
@@ -91,5 +89,30 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		if err := a.inst.Kill(ctx, pid); err != nil {
 			a.log.Error("fencing: could not stop PostgreSQL", "err", err)
 		}
+	}
+}
+
+// renewalBudget is how long the fence loop may spend on one last renewal
+// before it stops a primary whose lease ended at end; zero: stop at once.
+//
+//   - Noticed within the fence margin (the normal case: this loop runs every
+//     25 ms): the leader cannot promote before end + fenceMargin, so a try
+//     that ends by end + 100 ms costs nothing and leaves the rest of the
+//     margin to the stop; less than 20 ms left is not worth a round trip.
+//   - Noticed later: this agent could not run for a while (a freeze, a long
+//     stall) and the lease ran out meanwhile, which says nothing about the
+//     cluster: if the leader kept this primary (its PostgreSQL answered the
+//     direct check), one round trip renews the lease and spares a needless
+//     failover; if it promoted someone, the renewal is refused. A lease
+//     round trip at most.
+func renewalBudget(end, now time.Time, roundTrip time.Duration) time.Duration {
+	left := end.Add(100 * time.Millisecond).Sub(now)
+	switch {
+	case left >= 20*time.Millisecond:
+		return min(left, roundTrip)
+	case now.Sub(end) < fenceMargin:
+		return 0
+	default:
+		return roundTrip
 	}
 }

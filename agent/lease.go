@@ -36,7 +36,9 @@ import (
 //     slept: it tries one renewal before it fences, so a freeze the cluster
 //     rode out (its PostgreSQL answered the leader's direct check) does not
 //     turn into a needless failover; if the leader promoted someone
-//     meanwhile, the renewal is refused and it fences.
+//     meanwhile, the renewal is refused and it fences. An agent that was
+//     running tries only a renewal that ends well inside the margin
+//     (renewalBudget), so the margin is the stop's, not the round trip's.
 //  4. A grant of a start permit is a renewal too: it is the same round trip.
 //
 // The agent's start counts as a renewal (the lease runs from then), so a
@@ -65,6 +67,18 @@ func (l *lease) valid(epoch uint64, now time.Time) bool {
 	return l.epoch == epoch && now.Before(l.until)
 }
 
+// end is when the lease for epoch runs out: at the latest of the last
+// renewal's end and the agent's start plus fence_timeout (leaseHolds).
+func (l *lease) end(epoch uint64, started time.Time, d time.Duration) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	end := started.Add(d)
+	if l.epoch == epoch && l.until.After(end) {
+		end = l.until
+	}
+	return end
+}
+
 func (l *lease) remaining(epoch uint64, now time.Time) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -81,10 +95,15 @@ type leaseRequest struct {
 
 // renewLease makes one renewal round trip for the primary of st.Epoch.
 func (a *Agent) renewLease(ctx context.Context, st consensus.State) error {
+	return a.renewLeaseWithin(ctx, st, a.leaseRoundTrip())
+}
+
+// renewLeaseWithin is renewLease in at most d.
+func (a *Agent) renewLeaseWithin(ctx context.Context, st consensus.State, d time.Duration) error {
 	if st.Primary != a.cfg.Name {
 		return fmt.Errorf("%s is not the primary of epoch %d", a.cfg.Name, st.Epoch)
 	}
-	ctx, cancel := context.WithTimeout(ctx, a.leaseRoundTrip())
+	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	// The lease counts from before every attempt below: the leader's
 	// grant comes later, so its deadline covers this one.
