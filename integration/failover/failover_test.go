@@ -286,11 +286,28 @@ func TestFailover(t *testing.T) {
 				break
 			}
 		}
+		oldLog := lc.Node(old.Name).PGData + ".log"
+		var logFrom int64
+		if fi, err := os.Stat(oldLog); err == nil {
+			logFrom = fi.Size()
+		}
 		out := cli(t, lc, "switchover", "--candidate", cand)
 		t.Logf("switchover: %s", strings.TrimSpace(out))
 		v := itest.WaitHealthy(t, lc, 3, 60*time.Second)
 		if p := itest.PrimaryOf(t, v); p.Name != cand {
 			t.Fatalf("primary after switchover is %s, want %s", p.Name, cand)
+		}
+		// The leader had the old primary checkpoint while it still took
+		// writes, so its shutdown checkpoint had little left to write.
+		if b, err := os.ReadFile(oldLog); err != nil {
+			t.Error(err)
+		} else {
+			tail := string(b[min(logFrom, int64(len(b))):])
+			checkpoint := strings.Index(tail, "checkpoint starting: immediate force wait")
+			shutdown := strings.Index(tail, "received fast shutdown request")
+			if checkpoint < 0 || shutdown < 0 || checkpoint > shutdown {
+				t.Errorf("old primary %s: no CHECKPOINT before its fast shutdown (at %d and %d in its log since the switchover began)", old.Name, checkpoint, shutdown)
+			}
 		}
 		if m := memberOf(v, old.Name); m.State != "streaming" {
 			t.Fatalf("old primary %s is %s", old.Name, m.State)
