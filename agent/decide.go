@@ -473,6 +473,9 @@ func chooseCandidate(in Inputs, exclude string) (string, string) {
 			return "", "every synchronous standby diverged from the primary's timeline and waits for its rewind"
 		}
 		sortByWAL(in, best)
+		if ahead := aheadOfSyncSet(in, cands, best); ahead != "" {
+			return ahead, fmt.Sprintf("promoting %s, which holds all the WAL of synchronous standby %s (so every acknowledged commit) and more: no standby is left past the new timeline's fork", ahead, best[0])
+		}
 		if !slices.Contains(cands, best[0]) {
 			return "", fmt.Sprintf("synchronous standby %s holds the most WAL but cannot be promoted (not running as a standby, or nofailover)", best[0])
 		}
@@ -494,6 +497,46 @@ func chooseCandidate(in Inputs, exclude string) (string, string) {
 	}
 	sortByWAL(in, ok)
 	return ok[0], fmt.Sprintf("promoting %s, the most up-to-date standby (asynchronous mode)", ok[0])
+}
+
+// aheadOfSyncSet returns the candidate with strictly more WAL than the
+// synchronous standby that has the most (syncByWAL[0]), if there is one it
+// can be sure of; "" otherwise.
+//
+// A standby's WAL is a prefix of the primary's (a diverged one is no
+// candidate), so one with at least the synchronous standby's WAL holds
+// every commit that standby acknowledged, and every acknowledged commit.
+// Promoting the synchronous standby instead would leave this one with WAL
+// past the new timeline's fork: it needs pg_rewind, and the new primary's
+// commits wait for it meanwhile when it is the only other standby.
+//
+// Sure means: every synchronous standby was observed after the primary's
+// PostgreSQL was certainly down (a poll asked after the answer that said it
+// stopped, or after its lease's fence deadline), so none has acknowledged
+// anything since; an earlier observation may understate what it holds.
+func aheadOfSyncSet(in Inputs, cands, syncByWAL []string) string {
+	p := in.Observations[in.State.Primary]
+	downBy := leaseDeadline(in, true)
+	if p.reachable && !p.obs.Postgres.Running && !p.obs.Postgres.Unresponsive {
+		downBy = p.lastSeen
+	}
+	for _, s := range in.State.SyncStandbys {
+		if o := in.Observations[s]; o.asked.IsZero() || o.asked.Before(downBy) {
+			return ""
+		}
+	}
+	most := walEnd(in.Observations[syncByWAL[0]].obs.Postgres)
+	var ahead []string
+	for _, c := range cands {
+		if walEnd(in.Observations[c].obs.Postgres) > most {
+			ahead = append(ahead, c)
+		}
+	}
+	if len(ahead) == 0 {
+		return ""
+	}
+	sortByWAL(in, ahead)
+	return ahead[0]
 }
 
 // walEnd is how far a standby's WAL reaches: the greater of what it

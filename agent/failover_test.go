@@ -33,6 +33,13 @@ func obsAt(at time.Time, pg postgres.Status) memberView {
 	return memberView{reachable: true, lastSeen: at, obs: Observation{DataDir: "valid", Postgres: pg}}
 }
 
+// polledAt is obsAt from a poll sent at asked.
+func polledAt(at, asked time.Time, pg postgres.Status) memberView {
+	v := obsAt(at, pg)
+	v.asked = asked
+	return v
+}
+
 // startingUp is a member whose agent has just started and not yet acted.
 func startingUp(at time.Time, pg postgres.Status) memberView {
 	v := obsAt(at, pg)
@@ -211,6 +218,58 @@ func TestDecideFailover(t *testing.T) {
 			name:      "sync set of two: the greatest of received and replayed wins",
 			state:     state3("n2", "n3"),
 			obs:       map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(900)), "n3": obsAt(now, postgres.Status{Running: true, InRecovery: true, ReceivedLSN: 0, ReplayedLSN: 1000})},
+			wantPromo: "n3",
+		},
+		{
+			// Promoting n2 would leave n3 past the new timeline's fork: a
+			// pg_rewind while the new primary's commits wait for it.
+			name:      "an asynchronous standby ahead of the synchronous one, both polled after the primary stopped: promote it",
+			state:     state3("n2"),
+			obs:       map[string]memberView{"n1": obsAt(now.Add(-300*time.Millisecond), pgDown), "n2": polledAt(now, now.Add(-100*time.Millisecond), standbyAt(900)), "n3": polledAt(now, now.Add(-100*time.Millisecond), standbyAt(1000))},
+			wantPromo: "n3",
+		},
+		{
+			name:      "the synchronous standby polled before the primary was seen stopped: it may have acknowledged more since, promote it",
+			state:     state3("n2"),
+			obs:       map[string]memberView{"n1": obsAt(now.Add(-300*time.Millisecond), pgDown), "n2": polledAt(now, now.Add(-500*time.Millisecond), standbyAt(900)), "n3": polledAt(now, now.Add(-100*time.Millisecond), standbyAt(1000))},
+			wantPromo: "n2",
+		},
+		{
+			name:      "pushed news of the synchronous standby says nothing of when: promote it",
+			state:     state3("n2"),
+			obs:       map[string]memberView{"n1": obsAt(now.Add(-300*time.Millisecond), pgDown), "n2": obsAt(now, standbyAt(900)), "n3": polledAt(now, now.Add(-100*time.Millisecond), standbyAt(1000))},
+			wantPromo: "n2",
+		},
+		{
+			name:      "as much WAL as the synchronous standby, not more: the synchronous standby",
+			state:     state3("n2"),
+			obs:       map[string]memberView{"n1": obsAt(now.Add(-300*time.Millisecond), pgDown), "n2": polledAt(now, now.Add(-100*time.Millisecond), standbyAt(1000)), "n3": polledAt(now, now.Add(-100*time.Millisecond), standbyAt(1000))},
+			wantPromo: "n2",
+		},
+		{
+			name:      "silent primary: the synchronous standby polled after the fence deadline, the other one ahead: promote the other",
+			state:     state3("n2"),
+			obs:       map[string]memberView{"n1": silentSince(now.Add(-3 * time.Second)), "n2": polledAt(now, now.Add(-50*time.Millisecond), standbyAt(900)), "n3": polledAt(now, now.Add(-50*time.Millisecond), standbyAt(1000))},
+			answers:   &no,
+			wantPromo: "n3",
+		},
+		{
+			name:      "silent primary: the synchronous standby polled before the fence deadline: promote it",
+			state:     state3("n2"),
+			obs:       map[string]memberView{"n1": silentSince(now.Add(-3 * time.Second)), "n2": polledAt(now, now.Add(-2*time.Second), standbyAt(900)), "n3": polledAt(now, now.Add(-50*time.Millisecond), standbyAt(1000))},
+			answers:   &no,
+			wantPromo: "n2",
+		},
+		{
+			name: "the synchronous standby tagged nofailover, the other one ahead of it and polled after: promote the other",
+			state: func() consensus.State {
+				s := state3("n2")
+				m := s.Members["n2"]
+				m.NoFailover = true
+				s.Members["n2"] = m
+				return s
+			}(),
+			obs:       map[string]memberView{"n1": obsAt(now.Add(-300*time.Millisecond), pgDown), "n2": polledAt(now, now.Add(-100*time.Millisecond), standbyAt(1000)), "n3": polledAt(now, now.Add(-100*time.Millisecond), standbyAt(1100))},
 			wantPromo: "n3",
 		},
 		{
