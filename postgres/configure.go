@@ -132,12 +132,10 @@ func (i *Instance) pghaSettings(standby *Standby, sync []string) []setting {
 		{"hot_standby_feedback", "on"},
 		{"password_encryption", "scram-sha-256"},
 		// A standby whose upstream just changed (failover) retries the new
-		// primary four times a second, not every five seconds. It also
-		// bounds a promotion: a promote request that reaches the startup
-		// process as it begins this wait is acted on only when the wait
-		// ends (a failover measured a full second between "received
-		// promote request" and "redo done" at 1s). A retry against a dead
-		// primary is one refused connect.
+		// primary four times a second, not every five seconds. A promote
+		// request that reaches the startup process as it begins this wait
+		// would be acted on only when the wait ends; Promote wakes it. A
+		// retry against a dead primary is one refused connect.
 		{"wal_retrieve_retry_interval", "250ms"},
 	}
 	// A primary gets empty upstream settings (overriding any operator line)
