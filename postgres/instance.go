@@ -379,15 +379,32 @@ func (i *Instance) Stop(ctx context.Context, mode StopMode) error {
 	}
 	off := i.logOffset()
 	i.log.Info("stopping postgres", "mode", string(mode))
-	_, err := i.run(ctx, true, "pg_ctl", "stop", "-D", dir, "-m", string(mode), "-w",
-		"-t", strconv.Itoa(seconds(i.cfg.StopTimeout)))
+	// pg_ctl's own wait (-w) looks ten times a second, and a switchover
+	// waits for this stop: signal without waiting and watch postmaster.pid,
+	// which the postmaster removes last.
+	_, err := i.run(ctx, true, "pg_ctl", "stop", "-D", dir, "-m", string(mode), "-W")
 	if err != nil {
 		if pid, perr := i.PostmasterPID(); pid == 0 && perr == nil {
 			return nil
 		}
 		return fmt.Errorf("stop postgres in %s (%s): %w\nserver log %s:\n%s", dir, mode, err, i.cfg.LogFile, i.logTail(off, 20))
 	}
-	return nil
+	ctx, cancel := context.WithTimeout(ctx, i.cfg.StopTimeout)
+	defer cancel()
+	for {
+		pid, err := i.PostmasterPID()
+		if err == nil && pid == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = fmt.Errorf("postmaster %d is still there", pid)
+			}
+			return fmt.Errorf("stop postgres in %s (%s): not stopped within %s: %w\nserver log %s:\n%s", dir, mode, i.cfg.StopTimeout, err, i.cfg.LogFile, i.logTail(off, 20))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // Restart stops the server with mode (if it runs) and starts it again.
@@ -429,8 +446,7 @@ func (i *Instance) Promote(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, i.cfg.StartTimeout)
 	defer cancel()
-	signalled := time.Now()
-	var woken time.Time
+	signalled, wakes := time.Now(), 0
 	for {
 		var inRecovery bool
 		qctx, qcancel := context.WithTimeout(ctx, time.Second)
@@ -446,11 +462,13 @@ func (i *Instance) Promote(ctx context.Context) error {
 		// streaming sleeps that out before it ends recovery (PostgreSQL 15:
 		// 0.2-0.25 s of every failover). A SIGHUP, passed on to the startup
 		// process, wakes it from that sleep; it then finds the request.
-		if now := time.Now(); now.Sub(signalled) >= 15*time.Millisecond && now.Sub(woken) >= 50*time.Millisecond {
+		// Twice at most: every process rereads its configuration on each,
+		// which slows the end of recovery they would interrupt.
+		if since := time.Since(signalled); wakes == 0 && since >= 15*time.Millisecond || wakes == 1 && since >= 150*time.Millisecond {
 			if pid, _ := i.PostmasterPID(); pid > 0 {
 				_ = syscall.Kill(pid, syscall.SIGHUP)
 			}
-			woken = now
+			wakes++
 		}
 		select {
 		case <-ctx.Done():
