@@ -59,7 +59,7 @@ type Config struct {
 	// StartTimeout bounds pg_ctl start -w and pg_ctl promote -w (default 5m;
 	// crash recovery of a big instance can be slow).
 	StartTimeout time.Duration
-	// StopTimeout bounds pg_ctl stop -w (default 5m).
+	// StopTimeout bounds how long Stop waits for the server to go (default 5m).
 	StopTimeout time.Duration
 	// InitdbArgs are extra initdb arguments, e.g. "--locale=C.UTF-8".
 	InitdbArgs []string
