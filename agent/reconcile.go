@@ -728,8 +728,17 @@ func (a *Agent) primaryTimeline(st consensus.State) (uint32, []postgres.Timeline
 // rewindFrom runs pg_rewind against the primary; if rewinding is impossible
 // it re-clones, keeping the old data directory until the clone is in place.
 func (a *Agent) rewindFrom(ctx context.Context, st consensus.State, p consensus.Member, why string) error {
-	a.log.Info("rewinding", "from", st.Primary, "epoch", st.Epoch, "reason", why)
-	if o, ok := a.obs.snapshot()[st.Primary]; !ok || !o.reachable || !o.obs.Postgres.Running || o.obs.Postgres.InRecovery {
+	runsAsPrimary := func() bool {
+		o, ok := a.obs.snapshot()[st.Primary]
+		return ok && o.reachable && o.obs.Postgres.Running && !o.obs.Postgres.InRecovery
+	}
+	if !runsAsPrimary() {
+		// A restarted agent has not polled anyone yet, and the primary
+		// may have finished its promotion since the last poll: ask now
+		// rather than wait a loop_interval.
+		a.refresh(ctx, st, st.Primary)
+	}
+	if !runsAsPrimary() {
 		// Let the new primary finish its promotion first: the checkpoint
 		// below would otherwise be a restartpoint that slows it down.
 		return errWaiting{"waiting for " + st.Primary + " to run as the primary before pg_rewind"}
@@ -738,6 +747,7 @@ func (a *Agent) rewindFrom(ctx context.Context, st consensus.State, p consensus.
 		// The crashed postmaster (or its last children) has not gone yet.
 		return errWaiting{fmt.Sprintf("waiting for the old postmaster (pid %d) to exit before pg_rewind", pid)}
 	}
+	a.log.Info("rewinding", "from", st.Primary, "epoch", st.Epoch, "reason", why)
 	a.setActivity("rewinding")
 	if err := a.checkpointSource(ctx, p); err != nil {
 		a.setActivity("")
