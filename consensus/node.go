@@ -27,9 +27,12 @@ const (
 	DefaultHeartbeatTimeout   = time.Second
 	DefaultElectionTimeout    = time.Second
 	DefaultLeaderLeaseTimeout = 500 * time.Millisecond
-	DefaultCommitTimeout      = 50 * time.Millisecond
-	DefaultSnapshotThreshold  = 1024
-	DefaultRaftLogLevel       = "warn"
+	// DefaultCommitTimeout is how soon followers hear that an entry was
+	// committed when nothing else is sent (raft waits up to twice this):
+	// a member named the primary acts on the promotion only then.
+	DefaultCommitTimeout     = 10 * time.Millisecond
+	DefaultSnapshotThreshold = 1024
+	DefaultRaftLogLevel      = "warn"
 )
 
 const (

@@ -418,11 +418,20 @@ func (i *Instance) Restart(ctx context.Context, mode StopMode) error {
 	return nil
 }
 
-// Reload makes the running server re-read its configuration files
-// (pg_ctl reload). See PendingRestart for settings that need a restart.
+// Reload makes the running server re-read its configuration files: what
+// pg_ctl reload does (SIGHUP to the postmaster, which passes it on), without
+// starting a process for it: a promotion waits for one. See PendingRestart
+// for settings that need a restart.
 func (i *Instance) Reload(ctx context.Context) error {
-	if _, err := i.run(ctx, true, "pg_ctl", "reload", "-D", i.cfg.DataDir); err != nil {
+	pid, err := i.PostmasterPID()
+	switch {
+	case err != nil:
 		return fmt.Errorf("reload postgres in %s: %w", i.cfg.DataDir, err)
+	case pid == 0:
+		return fmt.Errorf("reload postgres in %s: no server running", i.cfg.DataDir)
+	}
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		return fmt.Errorf("reload postgres in %s: signal postmaster %d: %w", i.cfg.DataDir, pid, err)
 	}
 	return nil
 }
