@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"net"
+	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -48,5 +50,29 @@ func TestMayBeWriter(t *testing.T) {
 	closed := pgtest.FreePort(t)
 	if mayBeWriter(ctx, "127.0.0.1", closed, pgtest.MonitorUser, pgtest.MonitorPassword, dial) {
 		t.Error("a port where nothing listens was judged alive")
+	}
+}
+
+// A host that drops packets answers no connect. pgx would dial once per
+// fallback (sslmode=prefer: TLS, then plain), each waiting out the dial
+// timeout; the check dials once, so it stays within the budget the leader
+// plans for (directCheckBudget). Measured before on the network-namespace
+// cluster: a two-try check took 1.0 s against a 0.5 s budget, and the
+// failover waited for it.
+func TestMayBeWriterDialsOnceWhenUnanswered(t *testing.T) {
+	var dials atomic.Int32
+	dropped := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond): // the dial timeout
+		}
+		return nil, &net.OpError{Op: "dial", Net: network, Err: os.ErrDeadlineExceeded}
+	}
+	if mayBeWriterVia(context.Background(), "127.0.0.1", 5432, "pgha_monitor", "x", dropped) {
+		t.Error("a host that answers no connect counts as a possible writer")
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("dialed %d times; want 1 (each unanswered dial waits out the dial timeout)", n)
 	}
 }
