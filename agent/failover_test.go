@@ -33,6 +33,14 @@ func obsAt(at time.Time, pg postgres.Status) memberView {
 	return memberView{reachable: true, lastSeen: at, obs: Observation{DataDir: "valid", Postgres: pg}}
 }
 
+// noFailover is s with member tagged nofailover.
+func noFailover(s consensus.State, member string) consensus.State {
+	m := s.Members[member]
+	m.NoFailover = true
+	s.Members[member] = m
+	return s
+}
+
 // polledAt is obsAt from a poll sent at asked.
 func polledAt(at, asked time.Time, pg postgres.Status) memberView {
 	v := obsAt(at, pg)
@@ -114,14 +122,8 @@ func TestDecideFailover(t *testing.T) {
 			wantInWait: "no synchronous standby is recorded",
 		},
 		{
-			name: "sync standby tagged nofailover: nobody",
-			state: func() consensus.State {
-				s := state3("n2")
-				m := s.Members["n2"]
-				m.NoFailover = true
-				s.Members["n2"] = m
-				return s
-			}(),
+			name:       "sync standby tagged nofailover: nobody",
+			state:      noFailover(state3("n2"), "n2"),
 			obs:        map[string]memberView{"n1": obsAt(now, pgDown), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))},
 			wantInWait: "cannot be promoted",
 		},
@@ -261,14 +263,8 @@ func TestDecideFailover(t *testing.T) {
 			wantPromo: "n2",
 		},
 		{
-			name: "the synchronous standby tagged nofailover, the other one ahead of it and polled after: promote the other",
-			state: func() consensus.State {
-				s := state3("n2")
-				m := s.Members["n2"]
-				m.NoFailover = true
-				s.Members["n2"] = m
-				return s
-			}(),
+			name:      "the synchronous standby tagged nofailover, the other one ahead of it and polled after: promote the other",
+			state:     noFailover(state3("n2"), "n2"),
 			obs:       map[string]memberView{"n1": obsAt(now.Add(-300*time.Millisecond), pgDown), "n2": polledAt(now, now.Add(-100*time.Millisecond), standbyAt(1000)), "n3": polledAt(now, now.Add(-100*time.Millisecond), standbyAt(1100))},
 			wantPromo: "n3",
 		},

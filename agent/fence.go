@@ -45,7 +45,12 @@ func (a *Agent) outOfContact(now time.Time) bool {
 // The agent's start counts as a renewal: a restarted agent does not stop the
 // primary it finds running before it could reach the leader (lease.go).
 func (a *Agent) leaseHolds(epoch uint64, now time.Time) bool {
-	return a.lease.valid(epoch, now) || now.Before(a.started.Add(a.cfg.Timing.FenceTimeout))
+	return now.Before(a.leaseEnd(epoch))
+}
+
+// leaseEnd is when this primary's lease for epoch runs out.
+func (a *Agent) leaseEnd(epoch uint64) time.Time {
+	return a.lease.end(epoch, a.started, a.cfg.Timing.FenceTimeout)
 }
 
 // fenceLoop enforces the "One writer" rule on this node (DESIGN): a primary
@@ -65,7 +70,7 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		if st.Primary != a.cfg.Name || !st.Initialized() || a.leaseHolds(st.Epoch, time.Now()) {
 			continue
 		}
-		if budget := renewalBudget(a.lease.end(st.Epoch, a.started, a.cfg.Timing.FenceTimeout), time.Now(), a.leaseRoundTrip()); budget > 0 {
+		if budget := renewalBudget(a.leaseEnd(st.Epoch), time.Now(), a.leaseRoundTrip()); budget > 0 {
 			if err := a.renewLeaseWithin(ctx, st, budget); err == nil {
 				continue
 			}

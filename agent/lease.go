@@ -60,13 +60,6 @@ func (l *lease) renewed(epoch uint64, sent time.Time, d time.Duration) {
 	}
 }
 
-// valid reports whether the lease for epoch holds at now.
-func (l *lease) valid(epoch uint64, now time.Time) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.epoch == epoch && now.Before(l.until)
-}
-
 // end is when the lease for epoch runs out: at the latest of the last
 // renewal's end and the agent's start plus fence_timeout (leaseHolds).
 func (l *lease) end(epoch uint64, started time.Time, d time.Duration) time.Time {

@@ -17,17 +17,7 @@ func TestLeaderContactCoversVerifications(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real raft over TCP")
 	}
-	base := t.TempDir()
-	var nodes []*Node
-	var servers []Server
-	for _, id := range []string{"n1", "n2", "n3"} {
-		n := openNode(t, id, filepath.Join(base, id), "127.0.0.1:0")
-		nodes = append(nodes, n)
-		servers = append(servers, Server{ID: id, Addr: n.Addr()})
-	}
-	if err := nodes[0].Bootstrap(servers); err != nil {
-		t.Fatal(err)
-	}
+	nodes := bootstrappedThree(t)
 	leader := waitLeader(t, nodes...)
 	asked := time.Now() // a lease's renewal starts before the verification
 	if err := leader.VerifyLeader(ctxT(t)); err != nil {
@@ -80,17 +70,7 @@ func TestLeaderContactBeforeTheVote(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real raft over TCP")
 	}
-	base := t.TempDir()
-	var nodes []*Node
-	var servers []Server
-	for _, id := range []string{"n1", "n2", "n3"} {
-		n := openNode(t, id, filepath.Join(base, id), "127.0.0.1:0")
-		nodes = append(nodes, n)
-		servers = append(servers, Server{ID: id, Addr: n.Addr()})
-	}
-	if err := nodes[0].Bootstrap(servers); err != nil {
-		t.Fatal(err)
-	}
+	nodes := bootstrappedThree(t)
 	old := waitLeader(t, nodes...)
 	asked := time.Now()
 	if err := old.VerifyLeader(ctxT(t)); err != nil {
@@ -123,4 +103,22 @@ func TestLeaderContactBeforeTheVote(t *testing.T) {
 	if got := voter.LeaderContactBefore(term + 1); !got.After(lost) {
 		t.Errorf("asked about a later term, %s reports %v, from before the election", voter.ID(), got)
 	}
+}
+
+// bootstrappedThree opens n1, n2 and n3 on loopback and bootstraps them as
+// one cluster from n1.
+func bootstrappedThree(t *testing.T) []*Node {
+	t.Helper()
+	base := t.TempDir()
+	var nodes []*Node
+	var servers []Server
+	for _, id := range []string{"n1", "n2", "n3"} {
+		n := openNode(t, id, filepath.Join(base, id), "127.0.0.1:0")
+		nodes = append(nodes, n)
+		servers = append(servers, Server{ID: id, Addr: n.Addr()})
+	}
+	if err := nodes[0].Bootstrap(servers); err != nil {
+		t.Fatal(err)
+	}
+	return nodes
 }

@@ -70,7 +70,7 @@ func follow(t *testing.T, ctx context.Context, inst, primary *postgres.Instance,
 // primaryAndStandby starts a primary "a" holding table t with the row
 // "common", and a standby "b" cloned from it through slot pgha_b, streaming
 // and holding that row.
-func primaryAndStandby(t *testing.T, ctx context.Context, passFile string) (a, b *postgres.Instance) {
+func primaryAndStandby(t *testing.T, ctx context.Context, passFile string, bConfig ...func(*postgres.Config)) (a, b *postgres.Instance) {
 	t.Helper()
 	a = pgtest.StartPrimaryWith(t, pgtest.Config(t, "a"))
 	if err := a.Exec(ctx, "CREATE TABLE t (v text); INSERT INTO t VALUES ('common')"); err != nil {
@@ -79,7 +79,11 @@ func primaryAndStandby(t *testing.T, ctx context.Context, passFile string) (a, b
 	if err := a.EnsureSlots(ctx, []string{"pgha_b"}); err != nil {
 		t.Fatal(err)
 	}
-	b = pgtest.NewInstanceWith(t, pgtest.Config(t, "b"))
+	cfg := pgtest.Config(t, "b")
+	for _, f := range bConfig {
+		f(&cfg)
+	}
+	b = pgtest.NewInstanceWith(t, cfg)
 	if err := recovery.Clone(ctx, b.Config().BinDir, b.Config().DataDir, source(a, passFile, "pgha_b"), pgtest.RunAs(), nil); err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,6 @@ import (
 	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/postgres"
 	"github.com/pgha/pgha/postgres/pgtest"
-	"github.com/pgha/pgha/recovery"
 )
 
 // A standby promoted after ReserveTimeline takes the committed timeline,
@@ -59,17 +58,9 @@ func TestPromoteDoesNotWaitOutTheRetryInterval(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
 	passFile := writeRolesPassFile(t)
-	a := pgtest.StartPrimaryWith(t, pgtest.Config(t, "a"))
-	if err := a.EnsureSlots(ctx, []string{"pgha_b"}); err != nil {
-		t.Fatal(err)
-	}
-	cfg := pgtest.Config(t, "b")
-	cfg.Parameters = map[string]string{"wal_retrieve_retry_interval": "10s"}
-	b := pgtest.NewInstanceWith(t, cfg)
-	if err := recovery.Clone(ctx, b.Config().BinDir, b.Config().DataDir, source(a, passFile, "pgha_b"), pgtest.RunAs(), nil); err != nil {
-		t.Fatal(err)
-	}
-	follow(t, ctx, b, a, passFile, "pgha_b")
+	a, b := primaryAndStandby(t, ctx, passFile, func(c *postgres.Config) {
+		c.Parameters = map[string]string{"wal_retrieve_retry_interval": "10s"}
+	})
 	if err := a.Stop(ctx, postgres.StopFast); err != nil {
 		t.Fatal(err)
 	}

@@ -51,11 +51,7 @@ func main() {
 	}
 }
 
-// keepLogs: -keep was given; trials print when they struck.
-var keepLogs bool
-
 func run(trials, switchovers int, hostDown time.Duration, keep bool) error {
-	keepLogs = keep
 	bin, cleanup, err := itest.BuildAgent()
 	if err != nil {
 		return err
@@ -121,7 +117,7 @@ func run(trials, switchovers int, hostDown time.Duration, keep bool) error {
 		if i%2 == 1 {
 			kind = "host loss"
 		}
-		t, err := failoverTrial(lc, w, i+1, kind, hostDown)
+		t, err := failoverTrial(lc, w, i+1, kind, hostDown, keep)
 		if err != nil {
 			return fmt.Errorf("trial %d (%s): %w", i+1, kind, err)
 		}
@@ -141,7 +137,9 @@ func run(trials, switchovers int, hostDown time.Duration, keep bool) error {
 	return nil
 }
 
-func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string, hostDown time.Duration) (trial, error) {
+// failoverTrial kills the primary's postgres or its host; with keep it
+// prints when, to find the fault in the kept agents' logs.
+func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string, hostDown time.Duration, keep bool) (trial, error) {
 	v, err := itest.AwaitHealthy(context.Background(), lc, 3, 2*time.Minute)
 	if err != nil {
 		return trial{}, err
@@ -150,8 +148,7 @@ func failoverTrial(lc *localcluster.Cluster, w *itest.Writer, n int, kind string
 	node := lc.Node(old)
 	errorsBefore, _ := w.Errors()
 	killed := time.Now()
-	if keepLogs {
-		// To find the fault in the kept agents' logs.
+	if keep {
 		fmt.Printf("trial %2d: %s of %s at %s\n", n, kind, old, killed.UTC().Format("15:04:05.000"))
 	}
 	switch kind {
