@@ -2,6 +2,8 @@ package consensus
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"path/filepath"
 	"testing"
 	"time"
@@ -121,4 +123,124 @@ func bootstrappedThree(t *testing.T) []*Node {
 		t.Fatal(err)
 	}
 	return nodes
+}
+
+// Raft counts towards a verification the acknowledgement of a request sent
+// before it was asked for, if it arrives after. With every answer delayed
+// on the wire (a slow link, not a lost one) there is nearly always such a
+// request in flight; VerifyLeader must still return only once a quorum
+// handled one sent after the call, or the followers' LeaderContact would
+// not cover it. Fails with raft's VerifyLeader alone.
+func TestVerifyLeaderWaitsForRequestsSentAfterIt(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real raft over TCP")
+	}
+	const delay = 30 * time.Millisecond
+	base := t.TempDir()
+	var nodes []*Node
+	var servers []Server
+	for _, id := range []string{"n1", "n2", "n3"} {
+		bind := freeLoopbackAddr(t)
+		proxy := delayAnswers(t, bind, delay)
+		cfg := testConfig(id, filepath.Join(base, id), bind)
+		cfg.AdvertiseAddr = proxy
+		n, err := Open(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = n.Close() })
+		nodes = append(nodes, n)
+		servers = append(servers, Server{ID: id, Addr: proxy})
+	}
+	if err := nodes[0].Bootstrap(servers); err != nil {
+		t.Fatal(err)
+	}
+	leader := waitLeader(t, nodes...)
+	followers := others(nodes, leader)
+	for i := range 20 {
+		asked := time.Now()
+		if err := leader.VerifyLeader(ctxT(t)); err != nil {
+			t.Fatal(err)
+		}
+		latest := followers[0].LeaderContact()
+		if lc := followers[1].LeaderContact(); lc.After(latest) {
+			latest = lc
+		}
+		if latest.Before(asked) {
+			t.Fatalf("verification %d: the followers' latest contact is %v before it was asked for", i, asked.Sub(latest))
+		}
+		// Different phases against the heartbeats (pacing, not waiting
+		// for anything).
+		time.Sleep(time.Duration(i%4) * 7 * time.Millisecond)
+	}
+}
+
+// freeLoopbackAddr returns a loopback address with a port free just now.
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+// delayAnswers listens on a new loopback port and forwards each connection
+// to target; what target sends back arrives delay later, in order.
+func delayAnswers(t *testing.T, target string, delay time.Duration) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			t.Cleanup(func() { _, _ = c.Close(), s.Close() })
+			go func() { _, _ = io.Copy(s, c) }()
+			go copyLate(c, s, delay)
+		}
+	}()
+	return l.Addr().String()
+}
+
+// copyLate copies src to dst, each chunk delay after it was read.
+func copyLate(dst io.Writer, src io.Reader, delay time.Duration) {
+	type chunk struct {
+		b  []byte
+		at time.Time
+	}
+	chunks := make(chan chunk, 1024)
+	go func() {
+		defer close(chunks)
+		for {
+			b := make([]byte, 32<<10)
+			n, err := src.Read(b)
+			if n > 0 {
+				chunks <- chunk{b[:n], time.Now().Add(delay)}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for c := range chunks {
+		time.Sleep(time.Until(c.at))
+		if _, err := dst.Write(c.b); err != nil {
+			return
+		}
+	}
 }

@@ -144,7 +144,7 @@ type Node struct {
 	fsm   *fsm
 	store *raftboltdb.BoltStore
 	snaps *raft.FileSnapshotStore
-	trans *raft.NetworkTransport
+	trans *ackTransport
 
 	observer *raft.Observer
 	obsCh    chan raft.Observation
@@ -273,21 +273,29 @@ func Open(cfg Config) (n *Node, err error) {
 	return n, nil
 }
 
-// newTransport returns raft's TCP transport, over mutual TLS if cfg says so.
-func newTransport(cfg Config, advertise net.Addr, hl hclog.Logger, logger *slog.Logger) (*raft.NetworkTransport, error) {
+// newTransport returns raft's TCP transport, over mutual TLS if cfg says so,
+// recording acknowledgements for VerifyLeader (ackTransport). One request
+// in flight per peer turns pipelined replication off.
+func newTransport(cfg Config, advertise net.Addr, hl hclog.Logger, logger *slog.Logger) (*ackTransport, error) {
+	tc := &raft.NetworkTransportConfig{
+		MaxPool:         transportMaxPool,
+		MaxRPCsInFlight: 1,
+		Timeout:         transportTimeout,
+		Logger:          hl,
+	}
 	if cfg.ServerTLS == nil {
-		return raft.NewTCPTransportWithLogger(cfg.BindAddr, advertise, transportMaxPool, transportTimeout, hl)
+		t, err := raft.NewTCPTransportWithConfig(cfg.BindAddr, advertise, tc)
+		if err != nil {
+			return nil, err
+		}
+		return newAckTransport(t), nil
 	}
 	stream, err := newTLSStreamLayer(cfg.BindAddr, advertise, cfg.ServerTLS, cfg.ClientTLS, logger)
 	if err != nil {
 		return nil, err
 	}
-	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  stream,
-		MaxPool: transportMaxPool,
-		Timeout: transportTimeout,
-		Logger:  hl,
-	}), nil
+	tc.Stream = stream
+	return newAckTransport(raft.NewNetworkTransportWithConfig(tc)), nil
 }
 
 // observe turns raft's leadership and state observations into Watch and
@@ -421,8 +429,12 @@ func (n *Node) Watch() (<-chan struct{}, func()) { return n.watchers.subscribe()
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
 // VerifyLeader confirms with a quorum that this node is still the leader, so
-// a decision taken now is not taken by a deposed leader.
+// a decision taken now is not taken by a deposed leader. It returns once a
+// quorum of voters, this node included, accepted a request of this leader
+// sent after the call began: each of them reports a LeaderContact no earlier
+// than that (see ackTransport for why raft's own verification is not enough).
 func (n *Node) VerifyLeader(ctx context.Context) error {
+	asked := time.Now()
 	f := n.raft.VerifyLeader()
 	done := make(chan error, 1)
 	go func() { done <- f.Error() }()
@@ -431,10 +443,24 @@ func (n *Node) VerifyLeader(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
-		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	var peers []raft.ServerID
+	voters := 0
+	for _, s := range n.raft.GetConfiguration().Configuration().Servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if s.ID != raft.ServerID(n.id) {
+			peers = append(peers, s.ID)
+		}
+	}
+	if err := n.trans.waitAccepted(ctx, asked, peers, voters/2); err != nil {
+		return fmt.Errorf("verify leadership: no quorum accepted a request sent since %s ago: %w", time.Since(asked).Round(time.Millisecond), err)
+	}
+	return nil
 }
 
 // Leader returns the ID and address of the leader as this node knows it;
