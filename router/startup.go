@@ -75,7 +75,6 @@ func (r *Router) serveClient(conn net.Conn, role Role) {
 	}
 	c.conn.SetDeadline(time.Time{})
 	c.be.SetMaxBodyLen(r.cfg.MaxMessageSize)
-	r.stats.ClientsAccepted.Add(1)
 	if pc, ok := c.conn.(*poller.Conn); ok && c.txnMode {
 		c.fast = &fastPath{c: c, cc: pc, back: make(chan fastResult, 1)}
 		c.fastOK = true
@@ -140,6 +139,9 @@ func (c *client) startup() (bool, error) {
 	}
 	c.send(&pgproto3.BackendKeyData{ProcessID: c.pid, SecretKey: c.secret})
 	c.send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	// Counted before the client can see that it is in: whoever saw the
+	// ReadyForQuery also sees the count.
+	c.r.stats.ClientsAccepted.Add(1)
 	return true, c.flushClient()
 }
 
