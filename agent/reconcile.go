@@ -183,7 +183,8 @@ func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds pos
 		}
 		pg = a.pgStatus(ctx)
 	}
-	change, err := a.inst.Configure(nil, a.syncNames(st, pg))
+	names := a.syncNames(st, pg)
+	change, err := a.inst.Configure(nil, names)
 	if err != nil {
 		return fmt.Errorf("configure primary: %w", err)
 	}
@@ -219,6 +220,13 @@ func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds pos
 	defer a.dbMu.Unlock()
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
+	if slices.Contains(change.What, "synchronous_standby_names") && len(names) > 0 {
+		// Commits that waited for a standby the setting no longer names
+		// go through now, not at that standby's next report.
+		if err := a.inst.ReleaseSyncWaiters(qctx, names); err != nil {
+			a.log.Warn("commits waiting for a synchronous standby wait for its next report", "err", err)
+		}
+	}
 	// Roles once per postmaster: their GRANTs write WAL even when nothing changes.
 	if a.rolesPID != pg.PID {
 		if err := a.inst.EnsureRoles(qctx); err != nil {

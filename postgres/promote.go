@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -206,6 +207,42 @@ func (i *Instance) ReserveTimeline(current, next uint32) error {
 			return fmt.Errorf("reserve timeline %d: %w", next, err)
 		}
 		i.log.Info("wrote a placeholder timeline history", "timeline", tli, "reason", "another primary took it; promotion must take "+strconv.Itoa(int(next)))
+	}
+	return nil
+}
+
+// ReleaseSyncWaiters wakes commits that wait for a synchronous standby
+// once synchronous_standby_names names (the caller wrote and reloaded it).
+// PostgreSQL releases them only when a standby of the new setting replies,
+// and an idle standby that already holds their WAL replies only every
+// wal_receiver_status_interval (10 s by default): writes that waited on a
+// lost standby would wait that long, or until their statement timeout,
+// after the setting named a live one. A transaction of the agent's own
+// (its session commits with synchronous_commit=local, see connString)
+// sends the standbys new WAL, and each replies at once. The waiters are
+// still released only by a standby the setting names.
+//
+// It first waits until the agent's session shows the new setting: the
+// postmaster has then passed the reload on to every process, and a WAL
+// sender handles a pending reload before it sends anything.
+func (i *Instance) ReleaseSyncWaiters(ctx context.Context, names []string) error {
+	want := SyncStandbyNames(1, names)
+	for {
+		got, err := i.ShowSetting(ctx, "synchronous_standby_names")
+		if err != nil {
+			return fmt.Errorf("release synchronous waiters: %w", err)
+		}
+		if got == want {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("release synchronous waiters: synchronous_standby_names is %q, not yet %q: %w", got, want, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if err := i.Exec(ctx, "SELECT pg_current_xact_id()"); err != nil {
+		return fmt.Errorf("release synchronous waiters: %w", err)
 	}
 	return nil
 }
