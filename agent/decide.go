@@ -644,9 +644,15 @@ func syncDecisions(in Inputs) Plan {
 	if len(others) == 0 {
 		return Plan{}
 	}
+	// Here a standby streams only while its agent answers every poll: one
+	// that has missed two health intervals is likely gone (a poll of a lost
+	// host fails only at its timeout, a second), and every commit waits
+	// for it meanwhile. Taking a live one for gone only moves the
+	// synchronous name to another streaming standby, the set grown first.
 	streaming := func(name string) bool {
 		o, ok := fresh(in, name)
-		return ok && o.obs.Postgres.Running && o.obs.Postgres.InRecovery && o.obs.Postgres.Streaming
+		overdue := in.Policy.HealthInterval > 0 && in.Now.Sub(o.lastSeen) > 2*in.Policy.HealthInterval
+		return ok && !overdue && o.obs.Postgres.Running && o.obs.Postgres.InRecovery && o.obs.Postgres.Streaming
 	}
 	S := st.SyncStandbys
 	if len(S) == 0 {
