@@ -126,6 +126,29 @@ func (c *client) unregister() {
 // starts on, logging in once if the pool has none yet (which also reports
 // a missing database or role as PostgreSQL words it).
 func (c *client) serverParams() (map[string]string, error) {
+	// As connect: a backend that went away (a failover under way, or its
+	// pool retired by one) is not the client's problem while the topology
+	// may still name another within PrimaryWait and the login timeout.
+	deadline := time.Now().Add(c.r.cfg.PrimaryWait)
+	if !c.loginDeadline.IsZero() && c.loginDeadline.Before(deadline) {
+		deadline = c.loginDeadline
+	}
+	for {
+		params, err := c.serverParamsOnce()
+		var down *serverDownError
+		switch {
+		case err == nil || !time.Now().Before(deadline):
+			return params, err
+		case errors.Is(err, errRetired):
+		case errors.As(err, &down):
+			c.r.waitViewChange(deadline)
+		default:
+			return nil, err
+		}
+	}
+}
+
+func (c *client) serverParamsOnce() (map[string]string, error) {
 	v := c.r.view.Load()
 	b, ok := v.primaryBackend()
 	if c.role == ReadOnly || !ok {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/router"
 )
@@ -155,4 +157,61 @@ func testHoldWaitsForDial(t *testing.T, cl *cluster) {
 		t.Fatalf("Hold: %v", err)
 	}
 	tr.Resume()
+}
+
+// A client logging in while the primary does not answer (a lost host: no
+// SYN-ACK, no reply) is logged in on the new primary as soon as the
+// topology names it: the dial to the old one ends when its pool retires,
+// not at server_connect_timeout. Chaos, host loss of the leader and the
+// primary: writers that reconnected through the VIP during the failover
+// were refused 0.4 s after the new primary was routed, when the SYN to
+// the lost host was finally answered by a reset.
+func testLoginFollowsFailover(t *testing.T, cl *cluster) {
+	ctx := testContext(t)
+	cfg := routerConfig(router.PoolTransaction)
+	cfg.PrimaryWait = 20 * time.Second
+	cfg.ServerConnectTimeout = 30 * time.Second
+	cfg.DisableLoadBalance = true // the query below shows where writes go
+	tr := startRouter(t, cl, cfg)
+	bs := cl.backends()
+	g := newGate(t, net.JoinHostPort(bs[0].Host, strconv.Itoa(bs[0].Port)))
+	g.shut.Store(true)
+	bs[0].Port = g.port()
+	tr.topo.Set(bs...)
+	wait.For(t, 10*time.Second, "the topology change", func() (bool, string) {
+		return tr.PoolNodes()[0].Port == g.port(), "topology change not applied"
+	})
+
+	type result struct {
+		port int
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		c, err := pgx.Connect(ctx, connString(tr.rw, trustUser, ""))
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		defer c.Close(context.Background())
+		var port int
+		err = c.QueryRow(ctx, "SELECT inet_server_port()").Scan(&port)
+		got <- result{port, err}
+	}()
+	wait.For(t, 10*time.Second, "the login to wait on the unanswering primary", func() (bool, string) {
+		return g.waiting.Load() > 0, "the router has not dialed the primary"
+	})
+
+	tr.topo.Set(cl.backends()...) // the failover: another primary
+	select {
+	case r := <-got:
+		if r.err != nil {
+			t.Fatalf("login during the failover: %v", r.err)
+		}
+		if name := cl.portName(r.port); name != cl.names[0] {
+			t.Fatalf("the session ran on %s, want the primary %s", name, cl.names[0])
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the login still waits on the old primary 5 s after the topology named the new one")
+	}
 }

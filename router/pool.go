@@ -36,6 +36,12 @@ type pool struct {
 	params  map[string]string
 	retired bool // backend gone or changed role: no new connections
 
+	// ctx ends when the pool retires: a dial still in progress gives up
+	// then, not at its timeout (a primary whose host is lost answers no
+	// SYN; the clients waiting on it belong on the new one).
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	// Counters (atomic): SHOW POOLS / SHOW STATS.
 	active     atomic.Int64 // connections handed to clients now
 	waiting    atomic.Int64 // clients waiting for a connection now
@@ -330,6 +336,7 @@ func (p *pool) release(sc *serverConn, reusable bool) {
 // retire closes every connection of the pool, idle and in use, and refuses
 // new ones. Clients attached to one see their server connection fail.
 func (p *pool) retire() {
+	p.cancel()
 	p.mu.Lock()
 	p.retired = true
 	conns := make([]*serverConn, 0, len(p.all))
@@ -391,9 +398,16 @@ func (p *pool) dial(ctx context.Context) (*serverConn, error) {
 	cfg := &p.r.cfg
 	ctx, cancel := context.WithTimeout(ctx, cfg.ServerConnectTimeout)
 	defer cancel()
+	// Retiring the pool ends the connect, and the login after it (the
+	// connection is closed), whatever the timeouts.
+	stopDial := context.AfterFunc(p.ctx, cancel)
+	defer stopDial()
 	d := net.Dialer{KeepAlive: 15 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp", p.key.addr)
 	if err != nil {
+		if p.ctx.Err() != nil {
+			return nil, errRetired
+		}
 		p.r.stats.ConnectErrors.Add(1)
 		return nil, &serverDownError{fmt.Errorf("connect to %s: %w", p.key.addr, err)}
 	}
@@ -413,7 +427,12 @@ func (p *pool) dial(ctx context.Context) (*serverConn, error) {
 	sc := &serverConn{pool: p, conn: conn, mr: mr, fe: pgproto3.NewFrontend(mr, conn), created: now, lastUsed: now,
 		prepared: map[string]bool{}, closed: make(chan struct{})}
 	sc.fe.SetMaxBodyLen(cfg.MaxMessageSize)
+	stopLogin := context.AfterFunc(p.ctx, func() { conn.Close() })
 	params, err := sc.login(p.r, p.key.db, p.key.user)
+	if !stopLogin() {
+		conn.Close()
+		return nil, errRetired
+	}
 	if err != nil {
 		conn.Close()
 		p.r.stats.ConnectErrors.Add(1)

@@ -478,6 +478,7 @@ func (r *Router) pool(addr, db, user string) *pool {
 	p := r.pools[k]
 	if p == nil {
 		p = &pool{r: r, key: k, all: map[*serverConn]bool{}}
+		p.ctx, p.cancel = context.WithCancel(r.ctx)
 		r.pools[k] = p
 	}
 	return p

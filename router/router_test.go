@@ -68,6 +68,7 @@ func TestRouter(t *testing.T) {
 	t.Run("Hostile", func(t *testing.T) { testHostile(t, cl) })
 	t.Run("Switch", func(t *testing.T) { testSwitch(t, cl) })
 	t.Run("HoldWaitsForDial", func(t *testing.T) { testHoldWaitsForDial(t, cl) })
+	t.Run("LoginFollowsFailover", func(t *testing.T) { testLoginFollowsFailover(t, cl) })
 	t.Run("PrepareWhilePoolBusy", func(t *testing.T) { testPrepareWhilePoolBusy(t, cl) })
 	t.Run("FastPath", func(t *testing.T) { testFastPath(t, cl) })
 }
