@@ -264,12 +264,42 @@ func (a *Agent) policy() Policy {
 // out its whole timeout; one that is up answers a connect at once from its
 // kernel, however loaded its postmaster. So the connect is bounded tightly
 // (directDialTimeout), what follows it loosely (two seconds): a failover of
-// a host cut off costs two short dial timeouts, not two long ones.
+// a host cut off costs a short dial timeout and a stagger (twoTries).
 func (a *Agent) directCheck(ctx context.Context, m consensus.Member) bool {
-	// Two tries: a SYN may be lost, and a wrong "no" starts a failover.
-	for try := 0; try < 2; try++ {
-		if a.directCheckOnce(ctx, m) {
-			return true
+	return twoTries(ctx, directCheckStagger, func(ctx context.Context) bool { return a.directCheckOnce(ctx, m) })
+}
+
+// directCheckStagger is how long the second try of a direct check waits
+// for the first before it starts too: two SYNs, so one lost does not start
+// a failover, and a host that drops packets costs one dial timeout and
+// this, not two dial timeouts.
+const directCheckStagger = 50 * time.Millisecond
+
+// twoTries runs try, and again stagger later or as soon as the first says
+// no, whichever is first: alive if either says so (the other is cancelled),
+// down only if both say down.
+func twoTries(ctx context.Context, stagger time.Duration, try func(context.Context) bool) bool {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	answers := make(chan bool, 2)
+	run := func() { answers <- try(ctx) }
+	go run()
+	second := time.NewTimer(stagger)
+	defer second.Stop()
+	started, pending := 1, 1
+	for pending > 0 {
+		select {
+		case alive := <-answers:
+			pending--
+			if alive {
+				return true
+			}
+		case <-second.C:
+		}
+		if started < 2 {
+			started++
+			pending++
+			go run()
 		}
 	}
 	return false
@@ -282,10 +312,10 @@ func (a *Agent) directDialTimeout() time.Duration {
 }
 
 // directCheckBudget is how long a direct check of a host that drops packets
-// takes: both tries' connects time out. A host that answers is judged
-// sooner.
+// takes: the second try's connect times out last. A host that answers is
+// judged sooner.
 func (a *Agent) directCheckBudget() time.Duration {
-	return 2 * a.directDialTimeout()
+	return directCheckStagger + a.directDialTimeout()
 }
 
 // wakeAt runs the leader's loop again at t.
