@@ -2,8 +2,11 @@ package consensus
 
 import (
 	"context"
+	"errors"
 	"io"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -95,4 +98,42 @@ func (t *ackTransport) waitAccepted(ctx context.Context, since time.Time, peers 
 			return ctx.Err()
 		}
 	}
+}
+
+// RequestVote and RequestPreVote try again when the connection broke under
+// them. The transport pools connections, and a member that restarted left
+// every pooled connection to it dead: the first vote request of an
+// election went out on one, failed at once, and the candidate lost the
+// round (an election timeout, 0.5-1 s, with the primary's host lost).
+// A repeated vote request is harmless: a member grants one vote per term.
+func (t *ackTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
+	return retryBroken(func() error { return t.NetworkTransport.RequestVote(id, target, args, resp) })
+}
+
+func (t *ackTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	return retryBroken(func() error { return t.NetworkTransport.RequestPreVote(id, target, args, resp) })
+}
+
+// retryBroken runs rpc until it does not fail on a broken connection, at
+// most once per pooled connection and once on a new one. A timeout is not
+// retried: the member does not answer.
+func retryBroken(rpc func() error) error {
+	var err error
+	for range transportMaxPool + 1 {
+		if err = rpc(); err == nil || !brokenConn(err) {
+			return err
+		}
+	}
+	return err
+}
+
+// brokenConn reports whether err is a connection closed by the other side.
+// The transport's decoder does not always wrap what it read, so the text
+// is checked too.
+func brokenConn(err error) bool {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	msg := err.Error()
+	return strings.HasSuffix(msg, "EOF") || strings.Contains(msg, "connection reset by peer") || strings.Contains(msg, "broken pipe")
 }
