@@ -41,6 +41,7 @@ func (a *Agent) routes() http.Handler {
 	}
 	mux.HandleFunc("/liveness", a.handleLiveness)
 	mux.HandleFunc("GET /cluster", a.handleCluster)
+	mux.HandleFunc("GET /history", a.handleHistory)
 	mux.Handle("GET /metrics", a.metricsHandler())
 	mux.HandleFunc("GET /internal/observation", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.observeSelf(r.Context()))
@@ -226,6 +227,38 @@ func (a *Agent) handleLiveness(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) handleCluster(w http.ResponseWriter, r *http.Request) {
 	leader, _ := a.node.Leader()
 	writeJSON(w, http.StatusOK, buildView(a.cfg.Cluster.Name, leader, a.node.State(), a.obs.snapshot()))
+}
+
+// HistoryEntry is one promotion as GET /history shows it (Patroni's
+// history: timeline, LSN, reason, time, new leader; plus the epoch, the
+// old primary and the kind).
+type HistoryEntry struct {
+	Epoch    uint64    `json:"epoch"`
+	Timeline uint32    `json:"timeline,omitempty"`
+	LSN      string    `json:"lsn,omitempty"`
+	At       time.Time `json:"at,omitzero"`
+	From     string    `json:"from,omitempty"`
+	Primary  string    `json:"primary"`
+	Kind     string    `json:"kind,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+}
+
+// historyEntries turns the committed history into what GET /history shows.
+func historyEntries(st consensus.State) []HistoryEntry {
+	out := make([]HistoryEntry, 0, len(st.History))
+	for _, p := range st.History {
+		e := HistoryEntry{Epoch: p.Epoch, Timeline: p.Timeline, At: p.At, From: p.From, Primary: p.Primary, Kind: p.Kind, Reason: p.Reason}
+		if p.LSN != 0 {
+			e.LSN = postgres.LSN(p.LSN).String()
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// handleHistory lists the committed promotions, oldest first.
+func (a *Agent) handleHistory(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, historyEntries(a.node.State()))
 }
 
 // handleJoin adds a member; a follower forwards the request to the leader.

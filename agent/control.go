@@ -323,7 +323,7 @@ func (a *Agent) commitFailover(w http.ResponseWriter, r *http.Request, req Contr
 	if req.Force {
 		why += " (--force: the old primary may still be writable and commits only it held may be lost)"
 	}
-	d := promotion(in, cand, false, why)
+	d := promotion(in, cand, kindForcedFailover, why)
 	a.log.Info("decision", "command", "promote", "epoch", st.Epoch, "reason", d.Reason)
 	if err := a.node.Apply(r.Context(), d.Command); err != nil {
 		writeError(w, err)

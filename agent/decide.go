@@ -307,7 +307,7 @@ func decide(in Inputs) Plan {
 		if name == "" {
 			return Plan{Waiting: "the primary has failed (" + why + ") but no member can be promoted safely: " + reason}
 		}
-		return Plan{Decisions: []Decision{promotion(in, name, false, fmt.Sprintf("failover: %s; %s", why, reason))}}
+		return Plan{Decisions: []Decision{promotion(in, name, kindFailover, fmt.Sprintf("failover: %s; %s", why, reason))}}
 	}
 	if why != "" {
 		return Plan{Waiting: why}
@@ -578,8 +578,9 @@ func sortByWAL(in Inputs, names []string) {
 // The timeline is one above every timeline recorded or observed: the
 // history file of a short-lived timeline may never have reached cand, and
 // PostgreSQL would then take that timeline's ID again.
-func promotion(in Inputs, cand string, switchover bool, reason string) Decision {
+func promotion(in Inputs, cand string, kind promotionKind, reason string) Decision {
 	st := in.State
+	switchover := kind == kindSwitchover
 	var set []string
 	if in.Policy.Synchronous {
 		set = []string{}
@@ -608,11 +609,24 @@ func promotion(in Inputs, cand string, switchover bool, reason string) Decision 
 	for _, o := range in.Observations {
 		tli = max(tli, o.obs.Postgres.Timeline)
 	}
+	rec := consensus.PromotionRecord{Kind: string(kind), From: st.Primary, Reason: reason, At: in.Now}
+	if o, ok := in.Observations[cand]; ok {
+		rec.LSN = uint64(walEnd(o.obs.Postgres))
+	}
 	return Decision{
-		Command: consensus.PromoteWith(cand, st.Epoch+1, set, tli+1),
+		Command: consensus.PromoteRecorded(cand, st.Epoch+1, set, tli+1, rec),
 		Reason:  reason,
 	}
 }
+
+// promotionKind is what the history calls a promotion.
+type promotionKind string
+
+const (
+	kindFailover       promotionKind = "failover"        // the leader's, on evidence
+	kindSwitchover     promotionKind = "switchover"      // planned: the old primary stopped cleanly
+	kindForcedFailover promotionKind = "forced failover" // an operator's POST /failover
+)
 
 // syncDecisions keeps the synchronous set right while the primary is healthy.
 //
@@ -753,5 +767,5 @@ func switchoverDecisions(in Inputs) Plan {
 		// Poll again soon: the leader's loop is woken by news, not by this.
 		return Plan{Retry: true, Waiting: fmt.Sprintf("switchover: %s has received %s, waiting for %s", sw.To, to.obs.Postgres.ReceivedLSN, from.obs.StoppedLSN)}
 	}
-	return Plan{Decisions: []Decision{promotion(in, sw.To, true, fmt.Sprintf("switchover: %s stopped cleanly at %s and %s has received all of it", sw.From, from.obs.StoppedLSN, sw.To))}}
+	return Plan{Decisions: []Decision{promotion(in, sw.To, kindSwitchover, fmt.Sprintf("switchover: %s stopped cleanly at %s and %s has received all of it", sw.From, from.obs.StoppedLSN, sw.To))}}
 }

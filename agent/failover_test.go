@@ -457,6 +457,11 @@ func TestPromotionCarriesSyncSetAndTimeline(t *testing.T) {
 	if d.Primary != "n2" || !slices.Equal(d.SyncStandbys, []string{"n3"}) || d.Timeline != 10 {
 		t.Fatalf("promotion %+v, want n2 with set [n3] onto timeline 10", d)
 	}
+	// What the history keeps of it (issue 19): kind, old primary, reason,
+	// the leader's time and the candidate's WAL end.
+	if r := d.Record; r.Kind != "failover" || r.From != "n1" || r.Reason != plan.Decisions[0].Reason || !r.At.Equal(now) || r.LSN != 1000 {
+		t.Fatalf("record %+v, want a failover from n1 at %v, LSN 1000, with the decision's reason", r, now)
+	}
 
 	// The double fault: n2, promoted with set [n3], fails at once; n3 is
 	// the survivor of the set and is promoted without n1 (still down).
@@ -484,6 +489,9 @@ func TestPromotionCarriesSyncSetAndTimeline(t *testing.T) {
 	d = plan.Decisions[0].Command.Data.(consensus.PromoteData)
 	if d.Primary != "n2" || !slices.Equal(d.SyncStandbys, []string{"n1"}) {
 		t.Fatalf("switchover: promotion %+v, want n2 with set [n1]", d)
+	}
+	if d.Record.Kind != "switchover" || d.Record.From != "n1" {
+		t.Fatalf("switchover: record %+v", d.Record)
 	}
 }
 

@@ -73,6 +73,9 @@ type (
 		// file of a short-lived timeline never reached the next candidate.
 		// 0 (version 1): not reserved.
 		Timeline uint32 `json:"timeline,omitempty"`
+		// Record says why, when and from whom, for State.History
+		// (version 3; empty before).
+		Record PromotionRecord `json:"record,omitzero"`
 	}
 	SetPausedData struct {
 		Paused bool `json:"paused"`
@@ -112,12 +115,17 @@ func Promote(name string, epoch uint64) Command {
 }
 
 // PromoteVersion is the payload version of PromoteWith's commands.
-const PromoteVersion = 2
+const PromoteVersion = 3
 
 // PromoteWith promotes name for epoch with the synchronous set of the new
 // epoch and the timeline it reserves (see PromoteData).
 func PromoteWith(name string, epoch uint64, syncStandbys []string, timeline uint32) Command {
-	return Command{CmdPromote, PromoteVersion, PromoteData{Primary: name, Epoch: epoch, SyncStandbys: syncStandbys, Timeline: timeline}}
+	return PromoteRecorded(name, epoch, syncStandbys, timeline, PromotionRecord{})
+}
+
+// PromoteRecorded is PromoteWith with what State.History keeps of it.
+func PromoteRecorded(name string, epoch uint64, syncStandbys []string, timeline uint32, rec PromotionRecord) Command {
+	return Command{CmdPromote, PromoteVersion, PromoteData{Primary: name, Epoch: epoch, SyncStandbys: syncStandbys, Timeline: timeline, Record: rec}}
 }
 
 // SetPaused turns automatic failover off (true) or on (false).

@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -66,12 +67,23 @@ func v1[T any](apply func(*State, T) error) commandSpec {
 	}
 }
 
-// promoteSpec accepts version 1 (primary and epoch) and version 2 (with the
-// new epoch's synchronous set and reserved timeline); both decode into
-// PromoteData.
+// promoteSpec accepts version 1 (primary and epoch), version 2 (with the
+// new epoch's synchronous set and reserved timeline) and version 3 (with
+// the record for the history); all decode into PromoteData.
 func promoteSpec() commandSpec {
 	spec := v1(applyPromote)
+	// Version 3 adds the record; a version 2 payload has none.
 	spec.decoders[2] = func(raw json.RawMessage) (any, error) {
+		var d PromoteData
+		if err := strictUnmarshal(raw, &d); err != nil {
+			return nil, err
+		}
+		if d.Record != (PromotionRecord{}) {
+			return nil, errors.New("a version 2 promote has no record")
+		}
+		return d, nil
+	}
+	spec.decoders[3] = func(raw json.RawMessage) (any, error) {
 		var d PromoteData
 		if err := strictUnmarshal(raw, &d); err != nil {
 			return nil, err
@@ -187,6 +199,10 @@ func applyPromote(s *State, d PromoteData) error {
 	}
 	if d.Timeline != 0 && d.Timeline <= s.Timeline {
 		return refuse("promote %s onto timeline %d: timelines up to %d are taken", d.Primary, d.Timeline, s.Timeline)
+	}
+	s.History = append(s.History, Promotion{Epoch: d.Epoch, Timeline: d.Timeline, Primary: d.Primary, PromotionRecord: d.Record})
+	if over := len(s.History) - historyLimit; over > 0 {
+		s.History = slices.Delete(s.History, 0, over)
 	}
 	s.Primary = d.Primary
 	s.Epoch = d.Epoch

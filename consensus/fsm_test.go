@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -615,5 +616,47 @@ func TestFSMPromoteWithSyncSetAndTimeline(t *testing.T) {
 	// Version 1 payloads with version 2's fields are malformed.
 	if err := tf.applyRaw([]byte(`{"type":"promote","version":1,"data":{"primary":"b","epoch":5,"timeline":9}}`)); !errors.Is(err, ErrUnknownCommand) {
 		t.Errorf("v1 with a timeline: err = %v, want ErrUnknownCommand", err)
+	}
+}
+
+// Every committed promotion is kept in History with its record, oldest
+// first and at most historyLimit; a refused one leaves no entry. Version 2
+// payloads carry no record.
+func TestFSMPromotionHistory(t *testing.T) {
+	tf := newTestFSM(t)
+	tf.mustApply(initialised...)
+	at := time.Date(2026, 12, 6, 7, 0, 0, 0, time.UTC)
+	rec := PromotionRecord{Kind: "switchover", From: "a", Reason: "operator asked", At: at, LSN: 0x3000060}
+	tf.mustApply(PromoteRecorded("b", 2, []string{"c"}, 2, rec))
+	if err := tf.apply(PromoteRecorded("c", 2, nil, 3, rec)); !errors.Is(err, ErrRefused) {
+		t.Fatalf("stale promotion: %v", err)
+	}
+	want := []Promotion{{Epoch: 2, Timeline: 2, Primary: "b", PromotionRecord: rec}}
+	if got := tf.f.state().History; !reflect.DeepEqual(got, want) {
+		t.Fatalf("history %+v, want %+v", got, want)
+	}
+	// Through the wire form too: the time survives the round trip.
+	snap := tf.f.state()
+	if b, err := PromoteRecorded("c", 3, nil, 3, rec).Encode(); err != nil || !bytes.Contains(b, []byte(`"reason":"operator asked"`)) {
+		t.Fatalf("encoded record: %s %v", b, err)
+	}
+	if err := tf.applyRaw([]byte(`{"type":"promote","version":2,"data":{"primary":"c","epoch":3,"record":{"kind":"failover"}}}`)); !errors.Is(err, ErrUnknownCommand) {
+		t.Errorf("v2 with a record: err = %v, want ErrUnknownCommand", err)
+	}
+	if got := tf.f.state(); !reflect.DeepEqual(got.History, snap.History) {
+		t.Fatalf("a malformed promotion changed the history: %+v", got.History)
+	}
+	for epoch := uint64(3); epoch < 3+historyLimit+5; epoch++ {
+		next := []string{"a", "b", "c"}[epoch%3]
+		tf.mustApply(PromoteRecorded(next, epoch, nil, 0, PromotionRecord{Kind: "failover", Reason: strconv.FormatUint(epoch, 10)}))
+	}
+	h := tf.f.state().History
+	if len(h) != historyLimit || h[len(h)-1].Epoch != 2+historyLimit+5 || h[0].Epoch != h[len(h)-1].Epoch-historyLimit+1 {
+		t.Fatalf("history of %d entries, epochs %d..%d; want the last %d", len(h), h[0].Epoch, h[len(h)-1].Epoch, historyLimit)
+	}
+	c := tf.f.state()
+	c.History[0].Reason = "changed"
+	if tf.f.state().History[0].Reason == "changed" {
+		t.Error("State() shares the history with the FSM")
 	}
 }

@@ -1,6 +1,9 @@
 package consensus
 
-import "slices"
+import (
+	"slices"
+	"time"
+)
 
 // Member is one node of the pgha cluster as recorded in Raft.
 type Member struct {
@@ -32,6 +35,8 @@ type State struct {
 	// Switchover is a planned hand-over in progress (zero when none): the
 	// primary From stops writes cleanly, then the leader promotes To.
 	Switchover Switchover `json:"switchover,omitempty"`
+	// History lists the promotions, oldest first, at most historyLimit.
+	History []Promotion `json:"history,omitempty"`
 	// Index is the Raft log index of the last entry that changed this State.
 	// Refused commands leave the whole State, Index included, untouched.
 	Index uint64 `json:"index"`
@@ -44,6 +49,30 @@ type Switchover struct {
 	To    string `json:"to,omitempty"`
 	Epoch uint64 `json:"epoch,omitempty"`
 }
+
+// PromotionRecord is what the leader that decided a promotion says of it.
+type PromotionRecord struct {
+	Kind   string    `json:"kind,omitempty"`   // "failover", "switchover" or "forced failover"
+	From   string    `json:"from,omitempty"`   // the primary before
+	Reason string    `json:"reason,omitempty"` // the evidence, or who asked
+	At     time.Time `json:"at,omitzero"`      // on the deciding leader's clock
+	// LSN is the new primary's WAL end as the leader last saw it when it
+	// decided: where the new timeline begins, give or take what it still
+	// replayed (its timeline history has the exact switch point).
+	LSN uint64 `json:"lsn,omitempty"`
+}
+
+// Promotion is one entry of State.History: a committed promotion.
+type Promotion struct {
+	Epoch    uint64 `json:"epoch"`
+	Timeline uint32 `json:"timeline,omitempty"` // reserved for it; 0 if none was
+	Primary  string `json:"primary"`
+	PromotionRecord
+}
+
+// historyLimit bounds State.History, so the state (and every snapshot of
+// it) stays small however often the cluster fails over.
+const historyLimit = 200
 
 // Active reports whether a switchover is in progress.
 func (s Switchover) Active() bool { return s.To != "" }
@@ -64,6 +93,7 @@ func (s State) Clone() State {
 		}
 	}
 	c.SyncStandbys = slices.Clone(s.SyncStandbys)
+	c.History = slices.Clone(s.History)
 	return c
 }
 

@@ -6,6 +6,7 @@ package failover
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -544,5 +545,41 @@ func TestFailover(t *testing.T) {
 			t.Errorf("the kept copy %s does not hold the old data: %q, %v", kept[0], b, err)
 		}
 		itest.WaitHealthy(t, lc, 3, 60*time.Second)
+	})
+
+	must(t, "history lists every promotion above with its kind and reason", func(t *testing.T) {
+		v := itest.WaitHealthy(t, lc, 3, 60*time.Second)
+		var h []agent.HistoryEntry
+		if err := json.Unmarshal([]byte(cli(t, lc, "history", "--format", "json")), &h); err != nil {
+			t.Fatal(err)
+		}
+		// Epoch 1 is the first primary's; every later one is a promotion.
+		if len(h) != int(v.Epoch-1) {
+			t.Fatalf("%d entries for epoch %d: %+v", len(h), v.Epoch, h)
+		}
+		var kinds []string
+		for i, e := range h {
+			kinds = append(kinds, e.Kind)
+			if e.Epoch != uint64(i+2) || e.Reason == "" || e.From == "" || e.From == e.Primary || e.LSN == "" || e.At.IsZero() {
+				t.Errorf("entry %d: %+v", i, e)
+			}
+			if i > 0 && (e.Timeline <= h[i-1].Timeline || e.At.Before(h[i-1].At) || e.From != h[i-1].Primary) {
+				t.Errorf("entry %d does not follow entry %d: %+v after %+v", i, i-1, e, h[i-1])
+			}
+		}
+		// The subtests above: a postmaster kill and a host loss (failovers),
+		// a switchover there and back, a forced failover while paused.
+		want := []string{"failover", "failover", "switchover", "switchover"}
+		if len(kinds) < len(want)+1 || !slices.Equal(kinds[:len(want)], want) || !slices.Contains(kinds, "forced failover") {
+			t.Errorf("kinds %v, want %v first and a forced failover later", kinds, want)
+		}
+		if e := h[2]; !strings.Contains(e.Reason, "switchover") {
+			t.Errorf("the switchover's reason: %q", e.Reason)
+		}
+		table := cli(t, lc, "history")
+		t.Logf("history:\n%s", table)
+		if !strings.Contains(table, "forced failover") || strings.Count(table, "\n") != len(h)+1 {
+			t.Errorf("history table:\n%s", table)
+		}
 	})
 }
