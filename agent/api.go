@@ -167,7 +167,8 @@ func (a *Agent) healthHandler(ok func(*http.Request, localHealth) bool) http.Han
 // replicaCheck is /replica: a running standby, and with ?lag=N no more than
 // N bytes behind the primary's last observed position.
 func (a *Agent) replicaCheck(r *http.Request, h localHealth) bool {
-	if !h.replicaOK() {
+	// Tagged noloadbalance: load balancers send it no reads (as Patroni).
+	if !h.replicaOK() || h.st.Members[h.name].NoLoadBalance {
 		return false
 	}
 	raw := r.Form.Get("lag")

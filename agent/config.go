@@ -160,8 +160,10 @@ func (r RoleConfig) Password() string { return r.password }
 
 // TagsConfig are per-member hints for the leader's decisions.
 type TagsConfig struct {
-	NoFailover bool `yaml:"nofailover"`
-	Priority   int  `yaml:"priority"`
+	NoFailover    bool `yaml:"nofailover"`    // never promoted, never synchronous while another member can be
+	NoSync        bool `yaml:"nosync"`        // never synchronous while another member can be
+	NoLoadBalance bool `yaml:"noloadbalance"` // the router sends it no reads
+	Priority      int  `yaml:"priority"`      // among standbys with equal WAL, the higher is promoted
 }
 
 // Defaults applied by Load before validation.

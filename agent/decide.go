@@ -539,6 +539,17 @@ func aheadOfSyncSet(in Inputs, cands, syncByWAL []string) string {
 	return ahead[0]
 }
 
+// syncCandidates orders names for the synchronous set, most WAL first,
+// and leaves out the members that may not be synchronous (tagged
+// nofailover or nosync) if one that may streams.
+func syncCandidates(in Inputs, names []string, streaming func(string) bool) []string {
+	sortByWAL(in, names)
+	if slices.ContainsFunc(names, func(n string) bool { return in.State.Members[n].SyncEligible() && streaming(n) }) {
+		return slices.DeleteFunc(slices.Clone(names), func(n string) bool { return !in.State.Members[n].SyncEligible() })
+	}
+	return names
+}
+
 // walEnd is how far a standby's WAL reaches: the greater of what it
 // received and what it replayed (a restarted standby's receive position
 // starts over at its replay position, or is unknown).
@@ -592,7 +603,7 @@ func promotion(in Inputs, cand string, kind promotionKind, reason string) Decisi
 				set = append(set, name)
 			}
 		}
-		sortByWAL(in, set)
+		set = syncCandidates(in, set, func(string) bool { return true })
 		if switchover && st.Primary != cand {
 			set = append(set, st.Primary)
 		}
@@ -670,7 +681,7 @@ func syncDecisions(in Inputs) Plan {
 	}
 	S := st.SyncStandbys
 	if len(S) == 0 {
-		sortByWAL(in, others)
+		others = syncCandidates(in, others, streaming)
 		return Plan{Decisions: []Decision{{
 			Command: consensus.SetSyncStandbys(others, st.Epoch),
 			Reason:  "synchronous mode: no synchronous standby recorded for this epoch; record every standby, then narrow to one",
@@ -698,7 +709,7 @@ func syncDecisions(in Inputs) Plan {
 			}
 		}
 		if len(spare) > 0 {
-			sortByWAL(in, spare)
+			spare = syncCandidates(in, spare, streaming)
 			return Plan{Decisions: []Decision{{
 				Command: consensus.SetSyncStandbys(append([]string{spare[0]}, S...), st.Epoch),
 				Reason:  fmt.Sprintf("synchronous standby %s is not streaming; add %s so the primary's writes do not block", strings.Join(S, ","), spare[0]),
@@ -720,6 +731,28 @@ func syncDecisions(in Inputs) Plan {
 					Reason:  fmt.Sprintf("synchronous standby %s is not streaming but %s is; name %s first so the primary's writes do not wait for %s", S[0], b, b, S[0]),
 				}}}
 			}
+		}
+	}
+	// 2c. S[0] may not be synchronous (tagged nofailover or nosync) while
+	// a member that may streams: put it first, adding it to S if needed
+	// (growing S keeps the invariant), so the set narrows to it. A
+	// nofailover synchronous standby can be the only member holding every
+	// acknowledged commit, and then nobody may be promoted.
+	if !st.Members[S[0]].SyncEligible() {
+		var ok []string
+		for _, o := range others {
+			if st.Members[o].SyncEligible() && streaming(o) {
+				ok = append(ok, o)
+			}
+		}
+		if len(ok) > 0 {
+			sortByWAL(in, ok)
+			b := ok[0]
+			next := append([]string{b}, slices.DeleteFunc(slices.Clone(S), func(s string) bool { return s == b })...)
+			return Plan{Decisions: []Decision{{
+				Command: consensus.SetSyncStandbys(next, st.Epoch),
+				Reason:  fmt.Sprintf("synchronous standby %s is tagged nofailover or nosync and %s streams: name %s first", S[0], b, b),
+			}}}
 		}
 	}
 	if len(S) > 1 {

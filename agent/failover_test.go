@@ -59,6 +59,22 @@ func state3(sync ...string) consensus.State {
 	return consensus.State{ClusterID: "c", SystemID: 7, Members: members("n1", "n2", "n3"), Primary: "n1", Epoch: 4, SyncStandbys: sync}
 }
 
+// tagged sets tag on member name of st (a copy of the map).
+func tagged(st consensus.State, name string, tag func(*consensus.Member)) consensus.State {
+	ms := make(map[string]consensus.Member, len(st.Members))
+	for k, v := range st.Members {
+		ms[k] = v
+	}
+	m := ms[name]
+	tag(&m)
+	ms[name] = m
+	st.Members = ms
+	return st
+}
+
+func noFailoverTag(m *consensus.Member) { m.NoFailover = true }
+func noSyncTag(m *consensus.Member)     { m.NoSync = true }
+
 func TestDecideFailover(t *testing.T) {
 	yes, no := true, false
 	now := t0
@@ -379,6 +395,20 @@ func TestDecideSyncSet(t *testing.T) {
 			map[string]memberView{"n1": obsAt(now, primaryUp), "n3": obsAt(now, standbyAt(900))}, syncMark{Epoch: 4, Names: `ANY 1 ("n3")`, LSN: 990}, nil},
 		{"first of two not streaming, the second streams: put the second first", state3("n3", "n2"),
 			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": obsAt(now, standbyAt(1000)), "n3": silentSince(now.Add(-5 * time.Second))}, syncMark{}, sync("n2", "n3")},
+		// Tags (issue 19): a nofailover or nosync member is never in the set
+		// while another member that may be streams.
+		{"new epoch, empty set, n3 tagged nofailover: only n2", tagged(state3(), "n3", noFailoverTag),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": obsAt(now, standbyAt(900)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, sync("n2")},
+		{"new epoch, empty set, n3 nosync and n2 not streaming: both, n3 first", tagged(state3(), "n3", noSyncTag),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": silentSince(now.Add(-5 * time.Second)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, sync("n3", "n2")},
+		{"the synchronous standby tagged nofailover, n2 streams: n2 first", tagged(state3("n3"), "n3", noFailoverTag),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": obsAt(now, standbyAt(900)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, sync("n2", "n3")},
+		{"the synchronous standby tagged nosync, n2 down: keep it", tagged(state3("n3"), "n3", noSyncTag),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": silentSince(now.Add(-5 * time.Second)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, nil},
+		{"sync standby gone, the only spare is nofailover: add it rather than block", tagged(state3("n2"), "n3", noFailoverTag),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": silentSince(now.Add(-5 * time.Second)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, sync("n3", "n2")},
+		{"then n2 is back: n2 first again", tagged(state3("n3", "n2"), "n3", noFailoverTag),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, sync("n2", "n3")},
 		{"do not narrow while the primary still names both", state3("n3", "n2"),
 			map[string]memberView{"n1": obsAt(now, primaryUp), "n3": obsAt(now, standbyAt(1000))}, syncMark{Epoch: 4, Names: `ANY 1 ("n3","n2")`, LSN: 990}, nil},
 	}

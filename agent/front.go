@@ -310,7 +310,7 @@ func backendsOf(st consensus.State, obs map[string]memberView, now time.Time, st
 	out := make([]router.Backend, 0, len(names))
 	for _, name := range names {
 		m := st.Members[name]
-		b := router.Backend{Name: name, Host: m.PGHost, Port: m.PGPort, Primary: name == st.Primary}
+		b := router.Backend{Name: name, Host: m.PGHost, Port: m.PGPort, Primary: name == st.Primary, NoLoadBalance: m.NoLoadBalance}
 		v, seen := obs[name]
 		pg := v.obs.Postgres
 		if b.Primary {

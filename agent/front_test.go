@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -135,5 +136,34 @@ func TestBackendsOf(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The noloadbalance tag reaches the router (which then sends the member no
+// reads) and /replica answers 503 for it, as Patroni's does.
+func TestNoLoadBalanceTag(t *testing.T) {
+	now := time.Now()
+	st := tagged(consensus.State{Members: members("n1", "n2", "n3"), Primary: "n2", Epoch: 4}, "n3", func(m *consensus.Member) { m.NoLoadBalance = true })
+	standby := postgres.Status{Running: true, InRecovery: true, Streaming: true, UpstreamHost: "n2", UpstreamPort: 5432}
+	obs := map[string]memberView{
+		"n1": {reachable: true, lastSeen: now, obs: Observation{Postgres: standby}},
+		"n2": {reachable: true, lastSeen: now, obs: Observation{Postgres: postgres.Status{Running: true}}},
+		"n3": {reachable: true, lastSeen: now, obs: Observation{Postgres: standby}},
+	}
+	for _, b := range backendsOf(st, obs, now, time.Second, false) {
+		if b.NoLoadBalance != (b.Name == "n3") {
+			t.Errorf("%s: NoLoadBalance %v", b.Name, b.NoLoadBalance)
+		}
+	}
+	a := &Agent{}
+	r := httptest.NewRequest("GET", "/replica", nil)
+	for name, want := range map[string]bool{"n1": true, "n3": false} {
+		h := localHealth{name: name, pg: standby, st: st}
+		if !h.replicaOK() {
+			t.Fatalf("%s is not a healthy replica to begin with", name)
+		}
+		if got := a.replicaCheck(r, h); got != want {
+			t.Errorf("/replica on %s: %v, want %v", name, got, want)
+		}
 	}
 }

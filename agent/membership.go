@@ -79,13 +79,15 @@ type raftInfo struct {
 // selfMember is this node's record as it should be in the committed state.
 func (a *Agent) selfMember() consensus.Member {
 	return consensus.Member{
-		Name:       a.cfg.Name,
-		RaftAddr:   a.cfg.Raft.Advertise,
-		APIURL:     a.cfg.API.Advertise,
-		PGHost:     a.cfg.Postgres.Host,
-		PGPort:     a.cfg.Postgres.Port,
-		NoFailover: a.cfg.Tags.NoFailover,
-		Priority:   a.cfg.Tags.Priority,
+		Name:          a.cfg.Name,
+		RaftAddr:      a.cfg.Raft.Advertise,
+		APIURL:        a.cfg.API.Advertise,
+		PGHost:        a.cfg.Postgres.Host,
+		PGPort:        a.cfg.Postgres.Port,
+		NoFailover:    a.cfg.Tags.NoFailover,
+		Priority:      a.cfg.Tags.Priority,
+		NoSync:        a.cfg.Tags.NoSync,
+		NoLoadBalance: a.cfg.Tags.NoLoadBalance,
 	}
 }
 

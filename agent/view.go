@@ -46,6 +46,8 @@ type MemberStatus struct {
 	ReplayedLSN postgres.LSN `json:"replayed_lsn,omitempty"`
 	Epoch       uint64       `json:"epoch"` // the epoch this member's agent has applied
 	NoFailover  bool         `json:"nofailover,omitempty"`
+	NoSync      bool         `json:"nosync,omitempty"`
+	NoLoadBal   bool         `json:"noloadbalance,omitempty"`
 	Priority    int          `json:"priority,omitempty"`
 	Activity    string       `json:"activity,omitempty"`
 	Problem     string       `json:"problem,omitempty"`
@@ -126,6 +128,8 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 			RaftRole:   o.obs.RaftState,
 			Epoch:      o.obs.Epoch,
 			NoFailover: m.NoFailover,
+			NoSync:     m.NoSync,
+			NoLoadBal:  m.NoLoadBalance,
 			Priority:   m.Priority,
 			Activity:   o.obs.Activity,
 			Problem:    o.obs.Problem,

@@ -14,7 +14,17 @@ type Member struct {
 	PGPort     int    `json:"pg_port"`
 	NoFailover bool   `json:"nofailover,omitempty"`
 	Priority   int    `json:"priority,omitempty"`
+	// NoSync: never a synchronous standby while another member can be.
+	NoSync bool `json:"nosync,omitempty"`
+	// NoLoadBalance: the router sends it no reads.
+	NoLoadBalance bool `json:"noloadbalance,omitempty"`
 }
+
+// SyncEligible reports whether m may be a synchronous standby when another
+// member that streams could be instead: not tagged nosync, and not
+// nofailover (a synchronous standby may be the only member holding every
+// acknowledged commit, so it must be one the leader may promote).
+func (m Member) SyncEligible() bool { return !m.NoSync && !m.NoFailover }
 
 // State is the committed cluster state. Every agent holds a replica of it in
 // its FSM; it changes only by applying a Command through Raft.

@@ -19,6 +19,8 @@ type Backend struct {
 	LagBytes  int64  // replay lag behind the primary; meaningful for standbys
 	ReplayLSN uint64 // last replayed WAL position of a standby (pg_last_wal_replay_lsn); 0 = unknown
 	Weight    int    // relative share of reads among standbys; 0 counts as 1
+	// NoLoadBalance: never chosen for reads (a member tagged noloadbalance).
+	NoLoadBalance bool
 	// ReplicationState and ReplicationSyncState are shown by SHOW POOL_NODES
 	// ("streaming", "sync"/"async"/"quorum"); empty when unknown.
 	ReplicationState     string
@@ -158,7 +160,7 @@ func (v *view) pickStandby(maxLag int64, minLSN uint64) (Backend, bool) {
 }
 
 func (v *view) eligible(b Backend, maxLag int64, minLSN uint64) bool {
-	return !b.Primary && b.Healthy && (maxLag <= 0 || b.LagBytes <= maxLag) && (minLSN == 0 || b.ReplayLSN >= minLSN)
+	return !b.Primary && b.Healthy && !b.NoLoadBalance && (maxLag <= 0 || b.LagBytes <= maxLag) && (minLSN == 0 || b.ReplayLSN >= minLSN)
 }
 
 func weight(b Backend) int {
