@@ -100,6 +100,8 @@ type Agent struct {
 	// stoppedWAL caches where the stopped data directory's WAL ends (adopt.go).
 	stoppedWAL stoppedWALCache
 
+	callbacks *callbacks // the operator's hooks (callbacks.go)
+
 	mu       sync.Mutex
 	activity string // what the reconcile loop is busy with (initdb, cloning)
 	problem  string // what stops it converging, in words
@@ -147,6 +149,7 @@ func New(cfg *Config, log *slog.Logger) (*Agent, error) {
 
 		removalHint: make(chan struct{}, 1),
 		wakeLeader:  make(chan struct{}, 1),
+		callbacks:   newCallbacks(cfg.Callbacks, cfg.Cluster.Name, cfg.Name, log.With("component", "callbacks")),
 	}, nil
 }
 
@@ -208,7 +211,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){a.reconcileLoop, a.observeLoop, a.leadLoop, a.registerLoop, a.leaseLoop, a.fenceLoop, a.frontLoop} {
+	for _, loop := range []func(context.Context){a.reconcileLoop, a.observeLoop, a.leadLoop, a.registerLoop, a.leaseLoop, a.fenceLoop, a.frontLoop, a.callbacks.run} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

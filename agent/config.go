@@ -36,6 +36,9 @@ type Config struct {
 	Router   RouterConfig   `yaml:"router"`
 	VIP      vip.Config     `yaml:"vip"`
 	TLS      TLSConfig      `yaml:"tls"` // agent-to-agent mutual TLS (config_security.go)
+	// Callbacks are the operator's hooks on start, stop, restart, reload
+	// and role change (callbacks.go).
+	Callbacks CallbacksConfig `yaml:"callbacks"`
 }
 
 // ClusterConfig says how this node finds its cluster.
@@ -408,6 +411,7 @@ func (c *Config) Validate() error {
 	}
 	c.validateSecurity(bad)
 	c.Router.validate(bad)
+	c.Callbacks.validate(bad)
 	if err := c.VIP.Validate(); err != nil {
 		errs = append(errs, err)
 	}

@@ -40,6 +40,8 @@ type Observation struct {
 	// KeptDataDirs are the data directories re-clones replaced and kept
 	// aside as evidence (evidence.go), oldest first.
 	KeptDataDirs []string `json:"kept_data_dirs,omitempty"`
+	// CallbackProblem is the last callback's failure ("" if it succeeded).
+	CallbackProblem string `json:"callback_problem,omitempty"`
 	// TimelineHistory is, on a running primary, the history of its
 	// timeline (Postgres.Timeline): where each ancestor timeline ended.
 	// Standbys check against it that their WAL did not go past the fork.
@@ -128,7 +130,9 @@ func (a *Agent) observeLoop(ctx context.Context) {
 	for {
 		st := a.node.State()
 		a.obs.forget(st.Members)
-		a.obs.set(a.cfg.Name, a.selfView(ctx))
+		self := a.selfView(ctx)
+		a.obs.set(a.cfg.Name, self)
+		a.callbacks.observe(self.obs.Postgres, st)
 		for name, m := range st.Members {
 			if name == a.cfg.Name {
 				continue
@@ -203,6 +207,7 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 		o.LastRejoin = r
 	}
 	o.KeptDataDirs = a.keptDataDirs()
+	o.CallbackProblem = a.callbacks.lastProblem()
 	o.DataDirWAL, o.DataDirWALError = a.adoptionWAL(ctx, o.Postgres, dds)
 	if !o.Postgres.Running && dds == postgres.DataDirValid {
 		if state, err := a.inst.ClusterState(ctx); err == nil && state == "shut down" {

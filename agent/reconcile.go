@@ -207,6 +207,7 @@ func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds pos
 		if err := a.inst.Reload(ctx); err != nil {
 			return err
 		}
+		a.callbacks.fire("on_reload", "primary", st)
 	}
 	pg = a.pgStatus(ctx)
 	if !pg.Running || pg.InRecovery {
@@ -596,6 +597,7 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 		if err := a.inst.Reload(ctx); err != nil {
 			return err
 		}
+		a.callbacks.fire("on_reload", "replica", st)
 	}
 	if pg.Running {
 		a.slotsAhead(ctx, st, pg)

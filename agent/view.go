@@ -55,6 +55,8 @@ type MemberStatus struct {
 	// KeptDataDirs are data directories re-clones replaced, kept aside on
 	// that host as evidence (paths there), oldest first.
 	KeptDataDirs []string `json:"kept_data_dirs,omitempty"`
+	// CallbackProblem is the member's last callback failure (callbacks.go).
+	CallbackProblem string `json:"callback_problem,omitempty"`
 }
 
 // Lag is a byte count, or unknown. It marshals as Patroni does: a number or "unknown".
@@ -135,7 +137,8 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 			Problem:    o.obs.Problem,
 			RejoinedBy: o.obs.LastRejoin,
 
-			KeptDataDirs: o.obs.KeptDataDirs,
+			KeptDataDirs:    o.obs.KeptDataDirs,
+			CallbackProblem: o.obs.CallbackProblem,
 		}
 		pg := o.obs.Postgres
 		ms.State = stateOf(o, name == st.Primary)
