@@ -32,9 +32,9 @@ func TestCallbackEventsFromObservations(t *testing.T) {
 	}{
 		{standby, nil}, // found running at start
 		{standby, nil},
-		{primary, []string{"on_role_change primary"}},                   // promoted
-		{postgres.Status{PID: 10, Error: "timeout"}, nil},                // cannot query it: no event
-		{postgres.Status{}, []string{"on_stop primary"}},                 // gone
+		{primary, []string{"on_role_change primary"}},     // promoted
+		{postgres.Status{PID: 10, Error: "timeout"}, nil}, // cannot query it: no event
+		{postgres.Status{}, []string{"on_stop primary"}},  // gone
 		{func() postgres.Status { s := standby; s.PID = 11; return s }(), // back as a replica
 			[]string{"on_start replica", "on_role_change replica"}},
 		{func() postgres.Status { s := standby; s.PID = 12; return s }(), []string{"on_restart replica"}},
