@@ -12,7 +12,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/pgha/pgha/internal/itest"
 	"github.com/pgha/pgha/internal/localcluster"
 	"github.com/pgha/pgha/internal/wait"
+	"github.com/pgha/pgha/postgres/pgtest"
 )
 
 var agentBinary string
@@ -191,12 +194,14 @@ func must(t *testing.T, name string, f func(t *testing.T)) {
 }
 
 func TestFailover(t *testing.T) {
-	lc := itest.NewCluster(t, agentBinary, 3)
+	cb := newCallbackRecorder(t)
+	lc := itest.NewCluster(t, agentBinary, 3, func(o *localcluster.Options) { o.ExtraConfig = cb.config })
 	if err := lc.StartAll(); err != nil {
 		t.Fatal(err)
 	}
 
 	must(t, "kill -9 of the primary's postgres: a standby is promoted, the old primary rejoins by rewind", func(t *testing.T) {
+		calls := cb.mark()
 		s := start(t, lc, "w_pgkill")
 		old := itest.PrimaryOf(t, s.before)
 		logFrom := map[string]int64{}
@@ -211,6 +216,9 @@ func TestFailover(t *testing.T) {
 		}
 		ack := s.awaitNewWrites(killed, 30*time.Second, old.Name)
 		t.Logf("writes resumed on %s %.2fs after the kill", ack.Host, ack.At.Sub(killed).Seconds())
+		// The new primary's on_role_change callback hangs (sleep 1000):
+		// the failover above did not wait for it, it is still running.
+		cb.awaitHanging(t, calls, ack.Host)
 		v := s.finish()
 		// The standbys find their replication slots on the new primary at
 		// once (created ahead on every standby): none is refused and made
@@ -278,6 +286,7 @@ func TestFailover(t *testing.T) {
 	})
 
 	must(t, "switchover there and back", func(t *testing.T) {
+		calls := cb.mark()
 		s := start(t, lc, "w_switchover")
 		old := itest.PrimaryOf(t, s.before)
 		var cand string
@@ -327,6 +336,14 @@ func TestFailover(t *testing.T) {
 			t.Errorf("%s, primary before switching back, rejoined by %q, want follow", cand, m.RejoinedBy)
 		}
 		s.finish()
+		// Callbacks with Patroni's arguments: the candidate became the
+		// primary and the old primary a replica, then back.
+		for _, want := range []string{
+			cand + " on_role_change primary itest epoch=", old.Name + " on_role_change replica itest",
+			old.Name + " on_role_change primary itest", cand + " on_role_change replica itest",
+		} {
+			cb.await(t, calls, want)
+		}
 	})
 
 	must(t, "kill of the Raft leader's agent while it is not the primary: no failover", func(t *testing.T) {
@@ -582,4 +599,60 @@ func TestFailover(t *testing.T) {
 			t.Errorf("history table:\n%s", table)
 		}
 	})
+}
+
+// callbackRecorder configures every agent's callbacks with a script that
+// records each call (node, arguments, epoch and primary from PGHA_*). Its
+// on_role_change to primary hangs, as a broken hook would.
+type callbackRecorder struct {
+	dir, log string
+}
+
+func newCallbackRecorder(t *testing.T) *callbackRecorder {
+	dir := pgtest.TempDir(t) // readable and writable by the agents' user
+	cb := &callbackRecorder{dir: dir, log: filepath.Join(dir, "calls")}
+	script := "#!/bin/sh\n" +
+		"echo \"$PGHA_NODE $* epoch=$PGHA_EPOCH primary=$PGHA_PRIMARY\" >> " + cb.log + "\n" +
+		"if [ \"$1 $2\" = \"on_role_change primary\" ]; then echo $$ > " + dir + "/hang.$PGHA_NODE; exec sleep 1000; fi\n"
+	if err := os.WriteFile(filepath.Join(dir, "cb.sh"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return cb
+}
+
+func (cb *callbackRecorder) config(string) string {
+	sh := filepath.Join(cb.dir, "cb.sh")
+	return fmt.Sprintf("callbacks:\n  on_start: %s\n  on_stop: %s\n  on_role_change: %s\n  timeout: 10m\n", sh, sh, sh)
+}
+
+// mark is where the calls recorded from now on begin.
+func (cb *callbackRecorder) mark() int {
+	b, _ := os.ReadFile(cb.log)
+	return len(b)
+}
+
+// await waits until a call recorded after mark from contains want.
+func (cb *callbackRecorder) await(t *testing.T, from int, want string) {
+	t.Helper()
+	wait.For(t, 30*time.Second, "callback "+want, func() (bool, string) {
+		b, _ := os.ReadFile(cb.log)
+		b = b[min(from, len(b)):]
+		return strings.Contains(string(b), want), "calls since the step began:\n" + string(b)
+	})
+}
+
+// awaitHanging waits until node's on_role_change to primary runs, and
+// checks that it still runs.
+func (cb *callbackRecorder) awaitHanging(t *testing.T, from int, node string) {
+	t.Helper()
+	cb.await(t, from, node+" on_role_change primary itest")
+	var pid int
+	wait.For(t, 10*time.Second, "the hanging callback's pid", func() (bool, string) {
+		b, err := os.ReadFile(filepath.Join(cb.dir, "hang."+node))
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil && pid > 0, fmt.Sprint(err)
+	})
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Errorf("%s's on_role_change callback (pid %d) is not running any more: %v", node, pid, err)
+	}
 }

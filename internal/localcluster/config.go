@@ -81,5 +81,8 @@ tls:
   key: %s
 `, n.TLS.CA, n.TLS.Cert, n.TLS.Key)
 	}
+	if c.opts.ExtraConfig != nil {
+		b.WriteString("\n" + c.opts.ExtraConfig(n.Name))
+	}
 	return b.String()
 }

@@ -48,6 +48,9 @@ type Options struct {
 	TLS bool
 	// SecureRouter: the router requires TLS and SCRAM (see router.go).
 	SecureRouter bool
+	// ExtraConfig, if set, returns YAML appended to each node's config
+	// (top-level sections the defaults leave out, such as callbacks).
+	ExtraConfig func(name string) string
 }
 
 // Cluster is a set of local nodes.
