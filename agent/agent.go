@@ -101,6 +101,9 @@ type Agent struct {
 	stoppedWAL stoppedWALCache
 
 	callbacks *callbacks // the operator's hooks (callbacks.go)
+	// configNoted is the cluster-wide configuration version whose
+	// differences from this node's file were last logged.
+	configNoted atomic.Uint64
 
 	mu       sync.Mutex
 	activity string // what the reconcile loop is busy with (initdb, cloning)

@@ -42,6 +42,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("/liveness", a.handleLiveness)
 	mux.HandleFunc("GET /cluster", a.handleCluster)
 	mux.HandleFunc("GET /history", a.handleHistory)
+	mux.HandleFunc("GET /config", a.handleConfig)
 	mux.Handle("GET /metrics", a.metricsHandler())
 	mux.HandleFunc("GET /internal/observation", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.observeSelf(r.Context()))

@@ -50,7 +50,7 @@ func (a *Agent) guardInternal(next http.Handler) http.Handler {
 		// With TLS the cluster's state (members, addresses, roles, LSNs) is
 		// for holders of a cluster certificate or the token, not for anyone
 		// who can reach the port; the health checks stay open.
-		if a.cfg.TLS.Enabled() && (r.URL.Path == "/cluster" || r.URL.Path == "/history" || r.URL.Path == "/metrics") {
+		if a.cfg.TLS.Enabled() && (r.URL.Path == "/cluster" || r.URL.Path == "/history" || r.URL.Path == "/config" || r.URL.Path == "/metrics") {
 			a.authorized(next.ServeHTTP)(w, r)
 			return
 		}

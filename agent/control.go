@@ -49,6 +49,7 @@ func (a *Agent) controlRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /pause", a.authorized(a.leaderOnly(func(w http.ResponseWriter, r *http.Request, _ []byte) { a.setPaused(w, r, true) })))
 	mux.HandleFunc("POST /resume", a.authorized(a.leaderOnly(func(w http.ResponseWriter, r *http.Request, _ []byte) { a.setPaused(w, r, false) })))
 	mux.HandleFunc("POST /reinit", a.authorized(a.handleReinit))
+	mux.HandleFunc("PATCH /config", a.authorized(a.leaderOnly(a.handlePatchConfig)))
 	mux.HandleFunc("POST /internal/permit", a.authorized(a.leaderOnly(a.handlePermit)))
 	mux.HandleFunc("POST /internal/lease", a.authorized(a.leaderOnly(a.handleLease)))
 	mux.HandleFunc("POST /internal/checkpoint", a.authorized(a.handleCheckpoint))

@@ -31,7 +31,10 @@ type Inputs struct {
 	Self         string   // the Raft leader making the decision
 	Voters       []string // Raft's current voters
 	NewClusterID string   // used if the cluster is initialised now
-	Policy       Policy
+	// BootstrapConfig is committed as the cluster-wide configuration's
+	// version 1 when there is none (the leader's own file's values).
+	BootstrapConfig consensus.ClusterConfig
+	Policy          Policy
 
 	// LeaderSince is when this node became leader.
 	LeaderSince time.Time
@@ -312,7 +315,13 @@ func decide(in Inputs) Plan {
 	if why != "" {
 		return Plan{Waiting: why}
 	}
-	return syncDecisions(in)
+	if p := syncDecisions(in); len(p.Decisions) > 0 || st.Config.Version != 0 {
+		return p
+	}
+	return Plan{Decisions: []Decision{{
+		Command: consensus.SetConfig(0, in.BootstrapConfig),
+		Reason:  "no cluster-wide configuration yet: record this leader's (postgres.parameters from its file) as version 1",
+	}}}
 }
 
 // fresh reports whether a member's agent answered within the fence timeout.

@@ -92,8 +92,15 @@ func TestDecideFirstPrimary(t *testing.T) {
 			wantType: "",
 		},
 		{
-			name:     "system identifier known, sync standby streaming: nothing",
+			name:     "system identifier known, sync standby streaming, no cluster-wide configuration: record the leader's",
 			state:    consensus.State{Members: members("n1", "n2", "n3"), Primary: "n1", Epoch: 1, SystemID: 7, SyncStandbys: []string{"n2"}},
+			obs:      map[string]memberView{"n1": seen("valid", up), "n2": seen("valid", postgres.Status{Running: true, InRecovery: true, Streaming: true})},
+			voters:   []string{"n1", "n2", "n3"},
+			wantType: consensus.CmdSetConfig,
+		},
+		{
+			name:     "system identifier known, sync standby streaming, configuration recorded: nothing",
+			state:    consensus.State{Members: members("n1", "n2", "n3"), Primary: "n1", Epoch: 1, SystemID: 7, SyncStandbys: []string{"n2"}, Config: consensus.ClusterConfig{Version: 1}},
 			obs:      map[string]memberView{"n1": seen("valid", up), "n2": seen("valid", postgres.Status{Running: true, InRecovery: true, Streaming: true})},
 			voters:   []string{"n1", "n2", "n3"},
 			wantType: "",

@@ -101,6 +101,8 @@ func (a *Agent) leadOnce(ctx context.Context) {
 		Voters:       voters,
 		NewClusterID: newClusterID(),
 		Policy:       widenForPrimary(a.policy(), obs[st.Primary]),
+
+		BootstrapConfig: a.bootstrapConfig(),
 	}
 	// The direct check is I/O, so it happens here, before deciding, and
 	// only when the primary's agent has gone quiet and its fence deadline
@@ -143,7 +145,7 @@ func (a *Agent) leadOnce(ctx context.Context) {
 	// above by I/O.
 	var next Inputs
 	next, l.leaderMemory = inputs(st, obs, time.Now(), l.leaderMemory)
-	next.Self, next.Voters, next.NewClusterID = in.Self, in.Voters, in.NewClusterID
+	next.Self, next.Voters, next.NewClusterID, next.BootstrapConfig = in.Self, in.Voters, in.NewClusterID, in.BootstrapConfig
 	next.Policy, next.PrimaryAnswers = in.Policy, in.PrimaryAnswers
 	in = next
 

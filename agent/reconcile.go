@@ -88,6 +88,7 @@ func (a *Agent) reconcileOnce(ctx context.Context) error {
 	if _, ok := st.Members[a.cfg.Name]; !ok {
 		return errWaiting{"waiting to be registered as a member"}
 	}
+	a.useClusterConfig(st)
 	dds, err := a.inst.DataDirState()
 	if err != nil {
 		return fmt.Errorf("inspect postgres.data_dir: %w", err)

@@ -55,6 +55,9 @@ type MemberStatus struct {
 	// KeptDataDirs are data directories re-clones replaced, kept aside on
 	// that host as evidence (paths there), oldest first.
 	KeptDataDirs []string `json:"kept_data_dirs,omitempty"`
+	// PendingRestart are PostgreSQL settings changed (the cluster-wide
+	// configuration) that take effect only when this member restarts.
+	PendingRestart []string `json:"pending_restart,omitempty"`
 	// CallbackProblem is the member's last callback failure (callbacks.go).
 	CallbackProblem string `json:"callback_problem,omitempty"`
 }
@@ -138,6 +141,7 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 			RejoinedBy: o.obs.LastRejoin,
 
 			KeptDataDirs:    o.obs.KeptDataDirs,
+			PendingRestart:  o.obs.Postgres.PendingRestart,
 			CallbackProblem: o.obs.CallbackProblem,
 		}
 		pg := o.obs.Postgres

@@ -23,6 +23,7 @@ const (
 	CmdSetPaused       CommandType = "set_paused"        // SetPausedData
 	CmdSetSwitchover   CommandType = "set_switchover"    // SetSwitchoverData
 	CmdSetSyncStandbys CommandType = "set_sync_standbys" // SetSyncStandbysData; epoch must equal Epoch
+	CmdSetConfig       CommandType = "set_config"        // SetConfigData; base must equal Config.Version
 )
 
 // CurrentVersion is the payload version the constructors in this package
@@ -87,6 +88,13 @@ type (
 		Names []string `json:"names"`
 		Epoch uint64   `json:"epoch"`
 	}
+	// SetConfigData replaces the cluster-wide configuration. Base is the
+	// version it was edited from: a concurrent edit committed first makes
+	// this one refused, never silently lost.
+	SetConfigData struct {
+		Base   uint64        `json:"base"`
+		Config ClusterConfig `json:"config"`
+	}
 )
 
 // InitCluster records the cluster identity and its first primary (epoch 1).
@@ -142,6 +150,12 @@ func SetSwitchover(sw Switchover) Command {
 // SetSyncStandbys sets the synchronous standby set for the current epoch.
 func SetSyncStandbys(names []string, epoch uint64) Command {
 	return Command{CmdSetSyncStandbys, CurrentVersion, SetSyncStandbysData{Names: names, Epoch: epoch}}
+}
+
+// SetConfig replaces the cluster-wide configuration edited from version
+// base; the committed copy gets version base+1.
+func SetConfig(base uint64, c ClusterConfig) Command {
+	return Command{CmdSetConfig, CurrentVersion, SetConfigData{Base: base, Config: c}}
 }
 
 // envelope is the wire form of a Command.

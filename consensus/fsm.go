@@ -42,6 +42,7 @@ var commands = map[CommandType]commandSpec{
 	CmdSetPaused:       v1(applySetPaused),
 	CmdSetSyncStandbys: v1(applySetSyncStandbys),
 	CmdSetSwitchover:   v1(applySetSwitchover),
+	CmdSetConfig:       v1(applySetConfig),
 }
 
 // v1 builds the row of a command whose only accepted version is 1 and whose
@@ -247,6 +248,16 @@ func applySetSwitchover(s *State, d SetSwitchoverData) error {
 		return refuse("switchover to %s: not a member", sw.To)
 	}
 	s.Switchover = sw
+	return nil
+}
+
+func applySetConfig(s *State, d SetConfigData) error {
+	if d.Base != s.Config.Version {
+		return refuse("set config edited from version %d: version %d was committed meanwhile; edit it again", d.Base, s.Config.Version)
+	}
+	c := d.Config.Clone()
+	c.Version = s.Config.Version + 1
+	s.Config = c
 	return nil
 }
 

@@ -660,3 +660,28 @@ func TestFSMPromotionHistory(t *testing.T) {
 		t.Error("State() shares the history with the FSM")
 	}
 }
+
+// The cluster-wide configuration changes only from the version it was
+// edited from; each committed change gets the next version, whatever the
+// command said.
+func TestFSMSetConfig(t *testing.T) {
+	tf := newTestFSM(t)
+	tf.mustApply(initialised...)
+	tf.mustApply(SetConfig(0, ClusterConfig{Version: 99, Parameters: map[string]string{"work_mem": "8MB"}}))
+	st := tf.f.state()
+	if st.Config.Version != 1 || st.Config.Parameters["work_mem"] != "8MB" {
+		t.Fatalf("config %+v, want version 1 with work_mem", st.Config)
+	}
+	if err := tf.apply(SetConfig(0, ClusterConfig{})); !errors.Is(err, ErrRefused) {
+		t.Fatalf("an edit of version 0 after version 1: %v", err)
+	}
+	tf.mustApply(SetConfig(1, ClusterConfig{Parameters: map[string]string{"work_mem": "16MB"}}))
+	c := tf.f.state()
+	if c.Config.Version != 2 || c.Config.Parameters["work_mem"] != "16MB" {
+		t.Fatalf("config %+v", c.Config)
+	}
+	c.Config.Parameters["work_mem"] = "changed"
+	if tf.f.state().Config.Parameters["work_mem"] != "16MB" {
+		t.Error("State() shares the configuration with the FSM")
+	}
+}

@@ -1,6 +1,7 @@
 package consensus
 
 import (
+	"maps"
 	"slices"
 	"time"
 )
@@ -45,6 +46,9 @@ type State struct {
 	// Switchover is a planned hand-over in progress (zero when none): the
 	// primary From stops writes cleanly, then the leader promotes To.
 	Switchover Switchover `json:"switchover,omitempty"`
+	// Config is what every member shares (Version 0: never set; each agent
+	// then uses its own file).
+	Config ClusterConfig `json:"config,omitzero"`
 	// History lists the promotions, oldest first, at most historyLimit.
 	History []Promotion `json:"history,omitempty"`
 	// Index is the Raft log index of the last entry that changed this State.
@@ -58,6 +62,24 @@ type Switchover struct {
 	From  string `json:"from,omitempty"`
 	To    string `json:"to,omitempty"`
 	Epoch uint64 `json:"epoch,omitempty"`
+}
+
+// ClusterConfig is the configuration every member shares, kept in Raft so
+// that no two members disagree. It begins as the first leader's file (the
+// leader commits version 1); afterwards only PATCH /config changes it.
+type ClusterConfig struct {
+	Version uint64 `json:"version"` // set by the FSM: one per committed change
+	// Parameters are PostgreSQL settings for every member's pgha.conf
+	// (never the ones pgha manages itself; the agent validates them).
+	Parameters map[string]string `json:"postgresql_parameters,omitempty"`
+}
+
+// Clone returns a deep copy of c.
+func (c ClusterConfig) Clone() ClusterConfig {
+	if c.Parameters != nil {
+		c.Parameters = maps.Clone(c.Parameters)
+	}
+	return c
 }
 
 // PromotionRecord is what the leader that decided a promotion says of it.
@@ -104,6 +126,7 @@ func (s State) Clone() State {
 	}
 	c.SyncStandbys = slices.Clone(s.SyncStandbys)
 	c.History = slices.Clone(s.History)
+	c.Config = s.Config.Clone()
 	return c
 }
 

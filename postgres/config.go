@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -159,19 +161,8 @@ func (cfg Config) withDefaults() (Config, error) {
 			return cfg, fmt.Errorf("postgres config: %s.Password is required for role %q", r.field, r.role.Name)
 		}
 	}
-	for k, v := range cfg.Parameters {
-		if !paramRe.MatchString(k) {
-			return cfg, fmt.Errorf("postgres config: Parameters key %q is not a parameter name", k)
-		}
-		if owner, ok := reservedParams[strings.ToLower(k)]; ok {
-			if owner == "" {
-				return cfg, fmt.Errorf("postgres config: Parameters may not set %q", k)
-			}
-			return cfg, fmt.Errorf("postgres config: Parameters may not set %q; pgha sets it from %s", k, owner)
-		}
-		if strings.ContainsAny(v, "\n\r\x00") {
-			return cfg, fmt.Errorf("postgres config: Parameters[%q] contains a newline", k)
-		}
+	if err := ValidateParameters(cfg.Parameters); err != nil {
+		return cfg, fmt.Errorf("postgres config: Parameters: %w", err)
 	}
 	for i, l := range cfg.HBA {
 		if strings.ContainsAny(l, "\n\r") || strings.TrimSpace(l) == "" {
@@ -210,4 +201,27 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return cfg, nil
+}
+
+// ValidateParameters checks PostgreSQL settings an operator asks for (in a
+// node's file or the cluster-wide configuration): a parameter name, not one
+// pgha manages itself, one line. The first bad key in name order is named.
+func ValidateParameters(params map[string]string) error {
+	keys := slices.Sorted(maps.Keys(params))
+	for _, k := range keys {
+		v := params[k]
+		if !paramRe.MatchString(k) {
+			return fmt.Errorf("%q is not a parameter name", k)
+		}
+		if owner, ok := reservedParams[strings.ToLower(k)]; ok {
+			if owner == "" {
+				return fmt.Errorf("%q is set by pgha and may not be changed", k)
+			}
+			return fmt.Errorf("%q is set by pgha from %s", k, owner)
+		}
+		if strings.ContainsAny(v, "\n\r\x00") {
+			return fmt.Errorf("%q: the value contains a newline", k)
+		}
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -150,17 +151,18 @@ func (i *Instance) pghaSettings(standby *Standby, sync []string) []setting {
 	}
 	s = append(s, setting{"recovery_target_timeline", "latest"})
 	s = append(s, setting{"synchronous_standby_names", SyncStandbyNames(1, sync)})
-	keys := make([]string, 0, len(c.Parameters))
-	for k := range c.Parameters {
+	params := i.parameters()
+	keys := make([]string, 0, len(params))
+	for k := range params {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
 		if j := slices.IndexFunc(s, func(x setting) bool { return x.name == strings.ToLower(k) }); j >= 0 {
-			s[j].value = c.Parameters[k] // the operator overrides a pgha default
+			s[j].value = params[k] // the operator overrides a pgha default
 			continue
 		}
-		s = append(s, setting{k, c.Parameters[k]})
+		s = append(s, setting{k, params[k]})
 	}
 	return s
 }
@@ -343,18 +345,30 @@ func (i *Instance) Configure(standby *Standby, sync []string) (ConfigChange, err
 	newText := renderPghaConf(settings)
 	if newText != oldText {
 		old := parsePghaConf(oldText)
+		// Only pgha's own settings make the agent restart the server. An
+		// operator's parameter that needs a restart is left to PostgreSQL,
+		// which marks it pending_restart (PendingRestart) until the
+		// operator's restart: a configuration edit never restarts a
+		// server by surprise.
+		operator := map[string]bool{}
+		for k := range i.parameters() {
+			operator[strings.ToLower(k)] = true
+		}
+		restarts := func(name string) bool {
+			n := strings.ToLower(name)
+			return restartParams[n] && !operator[n] && slices.ContainsFunc(settings, func(s setting) bool { return s.name == n })
+		}
 		seen := map[string]bool{}
 		for _, s := range settings {
 			seen[s.name] = true
 			if v, ok := old[s.name]; !ok || v != s.value {
 				ch.What = append(ch.What, s.name)
-				ch.NeedsRestart = ch.NeedsRestart || restartParams[strings.ToLower(s.name)]
+				ch.NeedsRestart = ch.NeedsRestart || restarts(s.name)
 			}
 		}
 		for k := range old {
 			if !seen[k] {
-				ch.What = append(ch.What, k)
-				ch.NeedsRestart = ch.NeedsRestart || restartParams[strings.ToLower(k)]
+				ch.What = append(ch.What, k) // an operator's parameter taken out
 			}
 		}
 		if err := WriteFileAs(path, []byte(newText), 0o600, i.cfg.RunAs); err != nil {
@@ -440,4 +454,24 @@ func readIfExists(path string) (string, error) {
 		return "", fmt.Errorf("read %s: %w", path, err)
 	}
 	return string(b), nil
+}
+
+// SetParameters replaces the operator's PostgreSQL parameters (Config's
+// Parameters at first): the next Configure writes them. The agent sets the
+// cluster-wide ones from Raft here.
+func (i *Instance) SetParameters(params map[string]string) error {
+	if err := ValidateParameters(params); err != nil {
+		return err
+	}
+	i.paramsMu.Lock()
+	defer i.paramsMu.Unlock()
+	i.params = maps.Clone(params)
+	return nil
+}
+
+// parameters returns the operator's parameters in force.
+func (i *Instance) parameters() map[string]string {
+	i.paramsMu.Lock()
+	defer i.paramsMu.Unlock()
+	return i.params
 }

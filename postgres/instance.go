@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -33,6 +35,9 @@ type Instance struct {
 	log  *slog.Logger
 	conn connSlot // Exec, EnsureRoles, EnsureSlots
 	stat connSlot // Status
+
+	paramsMu sync.Mutex
+	params   map[string]string // the operator's parameters (SetParameters); never modified in place
 }
 
 // New validates cfg, fills in defaults and returns an Instance. It does not
@@ -42,7 +47,7 @@ func New(cfg Config) (*Instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	i := &Instance{cfg: cfg, log: cfg.Logger.With("data_dir", cfg.DataDir, "port", cfg.Port)}
+	i := &Instance{cfg: cfg, log: cfg.Logger.With("data_dir", cfg.DataDir, "port", cfg.Port), params: maps.Clone(cfg.Parameters)}
 	i.conn.init()
 	i.stat.init()
 	return i, nil

@@ -34,7 +34,10 @@ type Status struct {
 	Replication      []Replica `json:"replication"` // pg_stat_replication
 	Slots            []Slot    `json:"slots"`       // pg_replication_slots
 	SyncStandbyNames string    `json:"sync_standby_names"`
-	Error            string    `json:"error,omitempty"`
+	// PendingRestart are the settings changed in the configuration files
+	// that take effect only at the next restart (pg_settings.pending_restart).
+	PendingRestart []string `json:"pending_restart,omitempty"`
+	Error          string   `json:"error,omitempty"`
 }
 
 // Replica is one row of pg_stat_replication.
@@ -69,7 +72,8 @@ SELECT pg_is_in_recovery(),
        pg_last_wal_replay_lsn()::text,
        pg_last_xact_replay_timestamp(),
        current_setting('synchronous_standby_names'),
-       w.status, w.received_tli, w.sender_host, w.sender_port
+       w.status, w.received_tli, w.sender_host, w.sender_port,
+       ARRAY(SELECT name FROM pg_settings WHERE pending_restart ORDER BY name)
 FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS w ON true`
 
 const replicationSQL = `
@@ -140,7 +144,7 @@ func queryStatus(ctx context.Context, c *pgx.Conn, st *Status) error {
 		senderHost                            *string
 	)
 	err := br.QueryRow().Scan(&st.InRecovery, &sysID, &ckptTLI, &cur, &walfile, &recv, &replay,
-		&replayTime, &st.SyncStandbyNames, &walStatus, &recvTLI, &senderHost, &senderPort)
+		&replayTime, &st.SyncStandbyNames, &walStatus, &recvTLI, &senderHost, &senderPort, &st.PendingRestart)
 	if err != nil {
 		return err
 	}

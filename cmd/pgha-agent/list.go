@@ -102,6 +102,12 @@ func printView(w io.Writer, v agent.ClusterView) {
 		for _, d := range m.KeptDataDirs {
 			fmt.Fprintf(w, "  %s keeps a replaced data directory: %s\n", m.Name, d)
 		}
+		if len(m.PendingRestart) > 0 {
+			fmt.Fprintf(w, "  %s needs a restart for: %s\n", m.Name, strings.Join(m.PendingRestart, ", "))
+		}
+		if m.CallbackProblem != "" {
+			fmt.Fprintf(w, "  %s callback failed: %s\n", m.Name, m.CallbackProblem)
+		}
 	}
 	if v.Waiting != "" {
 		fmt.Fprintln(w, "  leader: "+v.Waiting)

@@ -2,6 +2,8 @@ package localcluster
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/pgha/pgha/pki"
@@ -61,7 +63,7 @@ postgres:
   parameters:
     shared_buffers: "32MB"
     max_connections: "100"
-
+%s
 router:
   # Every agent is configured alike; only the Raft leader listens.
   listen: "127.0.0.1"
@@ -70,7 +72,7 @@ router:
   pool_size: 20
 %s`, n.APIPort, n.APIURL, c.TokenFile(), n.RaftPort, n.RaftPort, c.opts.LoopInterval, c.opts.HealthInterval,
 		c.opts.BinDir, n.PGData, n.PGPort, n.SocketDir,
-		c.secret("replication"), c.secret("monitor"), c.secret("rewind"),
+		c.secret("replication"), c.secret("monitor"), c.secret("rewind"), c.extraParameters(n.Name),
 		c.opts.RouterPort, c.opts.RouterReadOnlyPort, c.routerYAML())
 	if n.TLS != (pki.TLSFiles{}) {
 		fmt.Fprintf(&b, `
@@ -83,6 +85,19 @@ tls:
 	}
 	if c.opts.ExtraConfig != nil {
 		b.WriteString("\n" + c.opts.ExtraConfig(n.Name))
+	}
+	return b.String()
+}
+
+// extraParameters renders Options.Parameters for a node's postgres.parameters.
+func (c *Cluster) extraParameters(name string) string {
+	if c.opts.Parameters == nil {
+		return ""
+	}
+	params := c.opts.Parameters(name)
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		fmt.Fprintf(&b, "    %s: %q\n", k, params[k])
 	}
 	return b.String()
 }

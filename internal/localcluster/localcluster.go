@@ -51,6 +51,9 @@ type Options struct {
 	// ExtraConfig, if set, returns YAML appended to each node's config
 	// (top-level sections the defaults leave out, such as callbacks).
 	ExtraConfig func(name string) string
+	// Parameters, if set, returns PostgreSQL parameters added to a node's
+	// postgres.parameters (a node whose file disagrees with the others).
+	Parameters func(name string) map[string]string
 }
 
 // Cluster is a set of local nodes.

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
+
+	"github.com/pgha/pgha/agent"
+)
+
+// The cluster-wide configuration (GET and PATCH /config): what every member
+// shares, kept in Raft. show-config prints it; edit-config changes it,
+// from flags or in $EDITOR, as one committed change.
+
+func showConfigCmd() *cobra.Command {
+	var f apiFlags
+	var format string
+	cmd := &cobra.Command{
+		Use:   "show-config [--format yaml|json]",
+		Short: "Print the cluster-wide configuration (kept in Raft) and its version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "yaml" && format != "json" {
+				return fmt.Errorf("--format: %q is not yaml or json", format)
+			}
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			v, err := fetchConfig(cmd, c)
+			if err != nil {
+				return err
+			}
+			if format == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(v)
+			}
+			_, err = io.WriteString(cmd.OutOrStdout(), renderConfig(v))
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&format, "format", "yaml", "yaml or json")
+	f.register(cmd, true)
+	return cmd
+}
+
+func editConfigCmd() *cobra.Command {
+	var f apiFlags
+	var pg []string
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "edit-config [--pg NAME=VALUE ...] [--yes]",
+		Short: "Change the cluster-wide configuration: in $EDITOR, or with --pg for scripts",
+		Long: `Change the cluster-wide configuration, kept in Raft and applied by every
+agent: parameters PostgreSQL can reload take effect everywhere at once;
+the ones that need a restart show as pending_restart in list until then.
+
+Without --pg, the configuration opens in $EDITOR (vi if unset); the
+change is shown and applied after you confirm. --pg NAME=VALUE sets a
+PostgreSQL parameter, --pg NAME= removes it. A bad value is refused with
+its key named, and nothing changes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			cur, err := fetchConfig(cmd, c)
+			if err != nil {
+				return err
+			}
+			next := maps.Clone(cur.PostgreSQL.Parameters)
+			if len(pg) > 0 {
+				for _, kv := range pg {
+					k, v, ok := strings.Cut(kv, "=")
+					if !ok || k == "" {
+						return fmt.Errorf("--pg %q: want NAME=VALUE (NAME= removes it)", kv)
+					}
+					if v == "" {
+						delete(next, k)
+					} else {
+						next[k] = v
+					}
+				}
+			} else if next, err = editInEditor(cur); err != nil {
+				return err
+			}
+			diff := configDiff(cur.PostgreSQL.Parameters, next)
+			if len(diff) == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "no change")
+				return nil
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), strings.Join(diff, "\n"))
+			if len(pg) == 0 && !yes && !confirm(cmd, "Apply these changes?") {
+				return errors.New("not applied")
+			}
+			patch := map[string]any{"version": cur.Version, "postgresql": map[string]any{"parameters": mergePatch(cur.PostgreSQL.Parameters, next)}}
+			body, _ := json.Marshal(patch)
+			return c.each(func(base string) error {
+				var v agent.ConfigView
+				if err := c.call(cmd.Context(), "PATCH", base+"/config", body, &v); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "applied: version %d\n", v.Version)
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringArrayVar(&pg, "pg", nil, "set a PostgreSQL parameter (NAME=VALUE; NAME= removes it); repeatable")
+	cmd.Flags().BoolVar(&yes, "yes", false, "apply an $EDITOR change without asking")
+	f.register(cmd, true)
+	return cmd
+}
+
+func fetchConfig(cmd *cobra.Command, c *apiClient) (agent.ConfigView, error) {
+	var v agent.ConfigView
+	err := c.each(func(base string) error { return c.call(cmd.Context(), "GET", base+"/config", nil, &v) })
+	if v.PostgreSQL.Parameters == nil {
+		v.PostgreSQL.Parameters = map[string]string{}
+	}
+	return v, err
+}
+
+// editable is the YAML an operator edits.
+type editable struct {
+	PostgreSQL struct {
+		Parameters map[string]string `yaml:"parameters"`
+	} `yaml:"postgresql"`
+}
+
+func renderConfig(v agent.ConfigView) string {
+	var e editable
+	e.PostgreSQL.Parameters = v.PostgreSQL.Parameters
+	b, _ := yaml.Marshal(e)
+	return fmt.Sprintf("# pgha cluster-wide configuration, version %d (kept in Raft; every member applies it)\n%s", v.Version, b)
+}
+
+// editInEditor opens the configuration in $EDITOR and returns the
+// parameters it holds when the editor exits.
+func editInEditor(cur agent.ConfigView) (map[string]string, error) {
+	dir, err := os.MkdirTemp("", "pgha-edit-config-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(path, []byte(renderConfig(cur)), 0o600); err != nil {
+		return nil, err
+	}
+	editor := os.Getenv("EDITOR")
+	if editor == "" {
+		editor = "vi"
+	}
+	args := append(strings.Fields(editor), path)
+	ed := exec.Command(args[0], args[1:]...)
+	ed.Stdin, ed.Stdout, ed.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := ed.Run(); err != nil {
+		return nil, fmt.Errorf("editor %s: %w", editor, err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var e editable
+	dec := yaml.NewDecoder(strings.NewReader(string(b)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&e); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("the edited configuration: %w (nothing applied)", err)
+	}
+	if e.PostgreSQL.Parameters == nil {
+		e.PostgreSQL.Parameters = map[string]string{}
+	}
+	return e.PostgreSQL.Parameters, nil
+}
+
+// configDiff lists the changes from cur to next, one line each, by name.
+func configDiff(cur, next map[string]string) []string {
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(next)) {
+		if v, ok := cur[k]; !ok {
+			out = append(out, fmt.Sprintf("+ postgresql.parameters.%s: %s", k, next[k]))
+		} else if v != next[k] {
+			out = append(out, fmt.Sprintf("~ postgresql.parameters.%s: %s -> %s", k, v, next[k]))
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(cur)) {
+		if _, ok := next[k]; !ok {
+			out = append(out, fmt.Sprintf("- postgresql.parameters.%s (was %s)", k, cur[k]))
+		}
+	}
+	return out
+}
+
+// mergePatch is the JSON merge patch from cur to next: changed values, and
+// null for the removed ones.
+func mergePatch(cur, next map[string]string) map[string]any {
+	p := map[string]any{}
+	for k, v := range next {
+		if cur[k] != v {
+			p[k] = v
+		}
+	}
+	for k := range cur {
+		if _, ok := next[k]; !ok {
+			p[k] = nil
+		}
+	}
+	return p
+}
+
+func confirm(cmd *cobra.Command, q string) bool {
+	fmt.Fprintf(cmd.OutOrStdout(), "%s [y/N] ", q)
+	line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+	a := strings.ToLower(strings.TrimSpace(line))
+	return a == "y" || a == "yes"
+}

@@ -1,0 +1,131 @@
+package failover
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgha/pgha/agent"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/localcluster"
+	"github.com/pgha/pgha/internal/wait"
+)
+
+// The cluster-wide configuration in Raft (issue 19), on three real
+// servers: the first leader's file becomes version 1 even where another
+// node's file disagrees; a reloadable parameter changed with edit-config
+// reaches every server without a restart; a parameter that needs one is
+// pending_restart on every member and restarts nothing; a bad edit is
+// refused with its key named and changes nothing.
+func TestClusterConfig(t *testing.T) {
+	lc := itest.NewCluster(t, agentBinary, 3, func(o *localcluster.Options) {
+		o.Parameters = func(name string) map[string]string {
+			if name == "node3" {
+				return map[string]string{"work_mem": "7MB"} // one file disagrees
+			}
+			return nil
+		}
+	})
+	if err := lc.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+	itest.WaitHealthy(t, lc, 3, 90*time.Second)
+
+	show := func(name, setting string) string {
+		var v string
+		conn := itest.Connect(t, lc.Node(name).PGPort)
+		if err := conn.QueryRow(context.Background(), "SELECT current_setting($1)", setting).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	startedAt := func(name string) string {
+		var v string
+		conn := itest.Connect(t, lc.Node(name).PGPort)
+		if err := conn.QueryRow(context.Background(), "SELECT pg_postmaster_start_time()::text").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	config := func() agent.ConfigView {
+		var v agent.ConfigView
+		if err := json.Unmarshal([]byte(cli(t, lc, "show-config", "--format", "json")), &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	var v1 agent.ConfigView
+	wait.For(t, 30*time.Second, "version 1 of the cluster-wide configuration", func() (bool, string) {
+		v1 = config()
+		return v1.Version >= 1, fmt.Sprintf("%+v", v1)
+	})
+	// Version 1 is the first leader's file: node3's work_mem if it led,
+	// else none (the server's default). Either way all three agree.
+	want := v1.PostgreSQL.Parameters["work_mem"]
+	if want == "" {
+		want = show("node1", "work_mem") // the server default
+	}
+	wait.For(t, 30*time.Second, "every server on the replicated work_mem", func() (bool, string) {
+		var got []string
+		for _, n := range lc.Nodes() {
+			got = append(got, show(n.Name, "work_mem"))
+		}
+		return slices.Equal(got, []string{want, want, want}), fmt.Sprintf("work_mem %v, want %s everywhere (version 1: %v)", got, want, v1.PostgreSQL.Parameters)
+	})
+
+	started := map[string]string{}
+	for _, n := range lc.Nodes() {
+		started[n.Name] = startedAt(n.Name)
+	}
+	out := cli(t, lc, "edit-config", "--pg", "work_mem=12MB")
+	t.Logf("edit-config: %s", out)
+	wait.For(t, 30*time.Second, "work_mem 12MB on every server", func() (bool, string) {
+		var got []string
+		for _, n := range lc.Nodes() {
+			got = append(got, show(n.Name, "work_mem"))
+		}
+		return slices.Equal(got, []string{"12MB", "12MB", "12MB"}), fmt.Sprint(got)
+	})
+
+	cli(t, lc, "edit-config", "--pg", "shared_buffers=48MB")
+	wait.For(t, 30*time.Second, "shared_buffers pending restart on every member", func() (bool, string) {
+		v, err := lc.View(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		n := 0
+		for _, m := range v.Members {
+			if slices.Contains(m.PendingRestart, "shared_buffers") {
+				n++
+			}
+		}
+		return n == 3, itest.Describe(v)
+	})
+	if out := cli(t, lc, "list"); !strings.Contains(out, "needs a restart for: shared_buffers") {
+		t.Errorf("list does not say who needs a restart:\n%s", out)
+	}
+	for _, n := range lc.Nodes() {
+		if at := startedAt(n.Name); at != started[n.Name] {
+			t.Errorf("%s restarted (postmaster started %s, before %s): pgha must leave that to the operator", n.Name, at, started[n.Name])
+		}
+	}
+
+	before := config()
+	for _, bad := range []struct{ arg, key string }{
+		{"port=6000", `"port"`},
+		{"synchronous_standby_names=*", `"synchronous_standby_names"`},
+		{"bad name=1", `"bad name"`},
+	} {
+		out, err := cliErr(lc, "edit-config", "--pg", "work_mem=1MB", "--pg", bad.arg)
+		if err == nil || !strings.Contains(out, bad.key) {
+			t.Errorf("edit-config --pg %s: %v, want a refusal naming %s:\n%s", bad.arg, err, bad.key, out)
+		}
+	}
+	if after := config(); after.Version != before.Version || after.PostgreSQL.Parameters["work_mem"] != "12MB" {
+		t.Errorf("a refused edit changed the configuration: %+v -> %+v", before, after)
+	}
+}
