@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strings"
 
 	"github.com/pgha/pgha/consensus"
 	"github.com/pgha/pgha/postgres"
@@ -128,6 +129,14 @@ func (a *Agent) handlePatchConfig(w http.ResponseWriter, r *http.Request, body [
 	}
 	if err := postgres.ValidateParameters(next.Parameters); err != nil {
 		writeJSON(w, http.StatusBadRequest, apiError{Error: "postgresql.parameters: " + err.Error() + "; nothing was changed"})
+		return
+	}
+	// In synchronous mode every acknowledged commit must be on a standby of
+	// the synchronous set (DESIGN): a cluster-wide synchronous_commit that
+	// acknowledges before the standby has it would lose commits at the next
+	// failover. (A session may still choose it for itself.)
+	if sc := strings.ToLower(next.Parameters["synchronous_commit"]); a.cfg.Failover.Synchronous() && (sc == "off" || sc == "local" || sc == "false" || sc == "no" || sc == "0") {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: fmt.Sprintf("postgresql.parameters: \"synchronous_commit\" = %q acknowledges commits no standby holds, which synchronous mode exists to prevent; nothing was changed", next.Parameters["synchronous_commit"])})
 		return
 	}
 	if maps.Equal(next.Parameters, st.Config.Parameters) && base != 0 {

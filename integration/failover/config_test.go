@@ -119,6 +119,7 @@ func TestClusterConfig(t *testing.T) {
 		{"port=6000", `"port"`},
 		{"synchronous_standby_names=*", `"synchronous_standby_names"`},
 		{"bad name=1", `"bad name"`},
+		{"synchronous_commit=local", `"synchronous_commit"`},
 	} {
 		out, err := cliErr(lc, "edit-config", "--pg", "work_mem=1MB", "--pg", bad.arg)
 		if err == nil || !strings.Contains(out, bad.key) {
