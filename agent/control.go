@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -50,6 +53,7 @@ func (a *Agent) controlRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /resume", a.authorized(a.leaderOnly(func(w http.ResponseWriter, r *http.Request, _ []byte) { a.setPaused(w, r, false) })))
 	mux.HandleFunc("POST /reinit", a.authorized(a.handleReinit))
 	mux.HandleFunc("PATCH /config", a.authorized(a.leaderOnly(a.handlePatchConfig)))
+	mux.HandleFunc("POST /reload", a.authorized(a.handleReload))
 	mux.HandleFunc("POST /internal/permit", a.authorized(a.leaderOnly(a.handlePermit)))
 	mux.HandleFunc("POST /internal/lease", a.authorized(a.leaderOnly(a.handleLease)))
 	mux.HandleFunc("POST /internal/checkpoint", a.authorized(a.handleCheckpoint))
@@ -404,6 +408,79 @@ func (a *Agent) handleReinit(w http.ResponseWriter, r *http.Request) {
 	a.log.Info("reinit requested", "reason", "operator request")
 	a.reinit.Store(true)
 	writeJSON(w, http.StatusAccepted, ControlResult{Message: "re-cloning " + req.Member + " from the primary"})
+}
+
+// handleReload makes the named member's PostgreSQL read its configuration
+// files again (what pg_ctl reload does: an ALTER SYSTEM, an edit of
+// postgresql.conf), after its agent has rewritten pgha.conf from the
+// cluster-wide configuration; a call without a member is forwarded to each.
+func (a *Agent) handleReload(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
+		return
+	}
+	req, ok := decodeControl(w, body)
+	if !ok {
+		return
+	}
+	st := a.node.State()
+	if req.Member == "" {
+		var done, failed []string
+		for _, name := range slices.Sorted(maps.Keys(st.Members)) {
+			var err error
+			if name == a.cfg.Name {
+				err = a.reloadHere(r.Context(), st)
+			} else {
+				b, _ := json.Marshal(ControlRequest{Member: name})
+				err = postJSON(r.Context(), a.http, st.Members[name].APIURL+"/reload", b, nil)
+			}
+			if err != nil {
+				failed = append(failed, fmt.Sprintf("%s: %v", name, err))
+				continue
+			}
+			done = append(done, name)
+		}
+		if len(failed) > 0 {
+			writeJSON(w, http.StatusServiceUnavailable, apiError{Error: fmt.Sprintf("reloaded %s; not reloaded: %s", strings.Join(done, ", "), strings.Join(failed, "; "))})
+			return
+		}
+		writeJSON(w, http.StatusOK, ControlResult{Message: "reloaded " + strings.Join(done, ", ")})
+		return
+	}
+	m, ok := st.Members[req.Member]
+	if !ok {
+		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no member named %q", req.Member)})
+		return
+	}
+	if req.Member != a.cfg.Name {
+		if r.Header.Get("X-Pgha-Forwarded") != "" {
+			writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "reload: forwarded to the wrong member"})
+			return
+		}
+		a.forwardTo(w, r, m.APIURL, body)
+		return
+	}
+	if err := a.reloadHere(r.Context(), st); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "reload " + req.Member + ": " + err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, ControlResult{Message: "reloaded " + req.Member})
+}
+
+// reloadHere signals this node's PostgreSQL to read its configuration.
+func (a *Agent) reloadHere(ctx context.Context, st consensus.State) error {
+	a.useClusterConfig(st)
+	if err := a.inst.Reload(ctx); err != nil {
+		return err
+	}
+	role := "replica"
+	if st.Primary == a.cfg.Name {
+		role = "primary"
+	}
+	a.log.Info("reloaded PostgreSQL", "reason", "operator request")
+	a.callbacks.fire("on_reload", role, st)
+	return nil
 }
 
 func (a *Agent) handlePermit(w http.ResponseWriter, r *http.Request, body []byte) {

@@ -97,6 +97,29 @@ func reinitCmd() *cobra.Command {
 	return cmd
 }
 
+func reloadCmd() *cobra.Command {
+	var f apiFlags
+	cmd := &cobra.Command{
+		Use:   "reload [NODE]",
+		Short: "Make PostgreSQL read its configuration files again, on NODE or on every member",
+		Long: `Make PostgreSQL read its configuration files again (pg_ctl reload), on NODE
+or on every member: for an ALTER SYSTEM or a hand edit of postgresql.conf.
+The agent first rewrites its own settings from the cluster-wide
+configuration (which edit-config applies by itself). Settings that need a
+restart are listed by list as pending.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var req agent.ControlRequest
+			if len(args) == 1 {
+				req.Member = args[0]
+			}
+			return control(cmd, &f, "/reload", req)
+		},
+	}
+	f.register(cmd, true)
+	return cmd
+}
+
 // followReinit shows the member's progress until it streams again.
 func followReinit(cmd *cobra.Command, f *apiFlags, name string) error {
 	c, err := f.client()

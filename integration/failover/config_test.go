@@ -91,6 +91,27 @@ func TestClusterConfig(t *testing.T) {
 		return slices.Equal(got, []string{"12MB", "12MB", "12MB"}), fmt.Sprint(got)
 	})
 
+	// reload: an ALTER SYSTEM on one server takes effect there when the
+	// operator reloads it, as with pg_ctl reload.
+	if _, err := itest.Connect(t, lc.Node("node1").PGPort).Exec(context.Background(), "ALTER SYSTEM SET work_mem = '13MB'"); err != nil {
+		t.Fatal(err)
+	}
+	if out := cli(t, lc, "reload", "node1"); !strings.Contains(out, "reloaded node1") {
+		t.Errorf("reload node1: %s", out)
+	}
+	wait.For(t, 10*time.Second, "node1's ALTER SYSTEM in force", func() (bool, string) {
+		return show("node1", "work_mem") == "13MB", show("node1", "work_mem")
+	})
+	if _, err := itest.Connect(t, lc.Node("node1").PGPort).Exec(context.Background(), "ALTER SYSTEM RESET work_mem"); err != nil {
+		t.Fatal(err)
+	}
+	if out := cli(t, lc, "reload"); !strings.Contains(out, "reloaded node1, node2, node3") {
+		t.Errorf("reload of every member: %s", out)
+	}
+	wait.For(t, 10*time.Second, "node1 back on the cluster-wide work_mem", func() (bool, string) {
+		return show("node1", "work_mem") == "12MB", show("node1", "work_mem")
+	})
+
 	cli(t, lc, "edit-config", "--pg", "shared_buffers=48MB")
 	wait.For(t, 30*time.Second, "shared_buffers pending restart on every member", func() (bool, string) {
 		v, err := lc.View(context.Background())
