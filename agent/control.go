@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/consensus"
+	"github.com/pgha/pgha/postgres"
 )
 
 // Control operations: switchover, failover, pause, resume, reinit (REST and
@@ -30,6 +31,9 @@ type ControlRequest struct {
 	// Force: failover even though the old primary may still be writable,
 	// or to a candidate not known to hold every acknowledged commit.
 	Force bool `json:"force,omitempty"`
+	// InPlace: restart the primary itself, writes unavailable meanwhile,
+	// instead of refusing (a rolling restart switches over first).
+	InPlace bool `json:"in_place,omitempty"`
 }
 
 // ControlResult is what the control calls answer.
@@ -54,6 +58,7 @@ func (a *Agent) controlRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /reinit", a.authorized(a.handleReinit))
 	mux.HandleFunc("PATCH /config", a.authorized(a.leaderOnly(a.handlePatchConfig)))
 	mux.HandleFunc("POST /reload", a.authorized(a.handleReload))
+	mux.HandleFunc("POST /restart", a.authorized(a.handleRestart))
 	mux.HandleFunc("POST /internal/permit", a.authorized(a.leaderOnly(a.handlePermit)))
 	mux.HandleFunc("POST /internal/lease", a.authorized(a.leaderOnly(a.handleLease)))
 	mux.HandleFunc("POST /internal/checkpoint", a.authorized(a.handleCheckpoint))
@@ -466,6 +471,77 @@ func (a *Agent) handleReload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, ControlResult{Message: "reloaded " + req.Member})
+}
+
+// handleRestart restarts the named member's PostgreSQL (fast shutdown, then
+// start), answering once it runs again. A standby's restart costs its
+// reads only; the primary's makes writes unavailable, so it is refused
+// unless in_place is asked for (pgha-agent restart switches over first,
+// which restarts the old primary as a standby). The primary's restart
+// holds a start permit, so the leader does not fail it over meanwhile.
+func (a *Agent) handleRestart(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
+		return
+	}
+	req, ok := decodeControl(w, body)
+	if !ok {
+		return
+	}
+	st := a.node.State()
+	m, ok := st.Members[req.Member]
+	switch {
+	case req.Member == "":
+		writeJSON(w, http.StatusBadRequest, apiError{Error: "body must name the member: {\"member\": \"node2\"}"})
+		return
+	case !ok:
+		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no member named %q", req.Member)})
+		return
+	case req.Member == st.Primary && !req.InPlace:
+		writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("restart refused: %s is the primary; switch over first (pgha-agent restart does), or restart it in place (in_place, writes unavailable meanwhile)", req.Member)})
+		return
+	}
+	if req.Member != a.cfg.Name {
+		if r.Header.Get("X-Pgha-Forwarded") != "" {
+			writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "restart: forwarded to the wrong member"})
+			return
+		}
+		a.forwardTo(w, r, m.APIURL, body)
+		return
+	}
+	ctx := r.Context()
+	if st.Primary == a.cfg.Name {
+		until, err := a.requestPermit(ctx, st.Epoch, true)
+		if err != nil {
+			writeJSON(w, http.StatusConflict, apiError{Error: "restart refused: " + err.Error()})
+			return
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, until)
+		defer cancel()
+	}
+	a.log.Info("restarting PostgreSQL", "reason", "operator request")
+	a.pgMu.Lock()
+	err = a.inst.Restart(ctx, postgres.StopFast)
+	a.pgMu.Unlock()
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "restart " + req.Member + ": " + err.Error()})
+		return
+	}
+	if st.Primary != a.cfg.Name {
+		// A rolling restart goes on to the next member only once this
+		// one streams again: never two standbys down at once.
+		deadline := time.Now().Add(time.Minute)
+		for pg := a.inst.Status(ctx); !(pg.Running && pg.InRecovery && pg.Streaming); pg = a.inst.Status(ctx) {
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "restarted " + req.Member + ", but it does not stream again within a minute"})
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	writeJSON(w, http.StatusOK, ControlResult{Message: "restarted " + req.Member})
 }
 
 // reloadHere signals this node's PostgreSQL to read its configuration.
