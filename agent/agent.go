@@ -134,7 +134,7 @@ func New(cfg *Config, log *slog.Logger) (*Agent, error) {
 		Logger:          log,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("postgres: %w", err)
+		return nil, err // "postgres config: ..." already says whose
 	}
 	var vipm vip.Manager
 	if cfg.VIP.Enabled() {

@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/pgha/pgha/postgres"
 	"github.com/pgha/pgha/vip"
 )
 
@@ -402,8 +403,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	for i, n := range p.AllowedNetworks {
-		if _, _, err := net.ParseCIDR(n); err != nil {
-			bad(fmt.Sprintf("postgres.allowed_networks[%d]", i), "%q is not a CIDR such as 10.0.0.0/24", n)
+		if err := postgres.ValidateAllowedNetwork(n); err != nil {
+			bad(fmt.Sprintf("postgres.allowed_networks[%d]", i), "%v", err)
 		}
 	}
 	if len(p.AllowedNetworks) == 0 {

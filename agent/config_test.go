@@ -100,6 +100,7 @@ func TestParseConfigErrorsNameTheKey(t *testing.T) {
 		}, "xpassword_file"},
 		{"missing secret file", func(s string) string { return strings.Replace(s, "/rew}", "/nonexistent}", 1) }, "postgres.rewind.password_file"},
 		{"bad network", func(s string) string { return strings.Replace(s, "10.0.0.0/24", "10.0.0.0", 1) }, "postgres.allowed_networks[0]"},
+		{"callback that cannot run", func(s string) string { return s + "callbacks:\n  on_role_change: /nonexistent/hook\n" }, "callbacks.on_role_change"},
 		{"missing pg host", func(s string) string { return strings.Replace(s, "  host: 10.0.0.11\n", "", 1) }, "postgres.host"},
 		{"bad port", func(s string) string {
 			return strings.Replace(s, "  host: 10.0.0.11\n", "  host: 10.0.0.11\n  port: 70000\n", 1)
@@ -205,6 +206,16 @@ func TestParseBytes(t *testing.T) {
 	for _, bad := range []string{"", "-1", "abc", "1.5MB"} {
 		if _, err := parseBytes(bad); err == nil {
 			t.Errorf("parseBytes(%q) accepted", bad)
+		}
+	}
+}
+
+// allowed_networks takes what PostgreSQL's pg_hba.conf and the postgres
+// package take, samehost and samenet included (they disagreed).
+func TestConfigAllowedNetworksAsPostgres(t *testing.T) {
+	for _, n := range []string{"samehost", "samenet", "10.1.0.0/16"} {
+		if _, err := ParseConfig([]byte(strings.Replace(validConfig(t), "10.0.0.0/24", n, 1))); err != nil {
+			t.Errorf("allowed_networks [%s]: %v", n, err)
 		}
 	}
 }

@@ -170,11 +170,8 @@ func (cfg Config) withDefaults() (Config, error) {
 		}
 	}
 	for i, n := range cfg.AllowedNetworks {
-		if n == "samehost" || n == "samenet" {
-			continue
-		}
-		if _, _, err := net.ParseCIDR(n); err != nil {
-			return cfg, fmt.Errorf("postgres config: AllowedNetworks[%d] %q is not a CIDR (e.g. 10.0.0.0/24): %w", i, n, err)
+		if err := ValidateAllowedNetwork(n); err != nil {
+			return cfg, fmt.Errorf("postgres config: AllowedNetworks[%d]: %w", i, err)
 		}
 	}
 	if os.Geteuid() == 0 {
@@ -222,6 +219,19 @@ func ValidateParameters(params map[string]string) error {
 		if strings.ContainsAny(v, "\n\r\x00") {
 			return fmt.Errorf("%q: the value contains a newline", k)
 		}
+	}
+	return nil
+}
+
+// ValidateAllowedNetwork checks one address a pg_hba.conf line of pgha's
+// roles may name: a CIDR, or PostgreSQL's samehost or samenet. The agent's
+// configuration uses it too, so the two never disagree.
+func ValidateAllowedNetwork(n string) error {
+	if n == "samehost" || n == "samenet" {
+		return nil
+	}
+	if _, _, err := net.ParseCIDR(n); err != nil {
+		return fmt.Errorf("%q is not a CIDR such as 10.0.0.0/24, nor samehost or samenet", n)
 	}
 	return nil
 }
