@@ -104,6 +104,8 @@ type Agent struct {
 	// configNoted is the cluster-wide configuration version whose
 	// differences from this node's file were last logged.
 	configNoted atomic.Uint64
+	// scheduledRunning: the leader is starting a scheduled switchover.
+	scheduledRunning atomic.Bool
 
 	mu       sync.Mutex
 	activity string // what the reconcile loop is busy with (initdb, cloning)

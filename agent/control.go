@@ -34,6 +34,9 @@ type ControlRequest struct {
 	// InPlace: restart the primary itself, writes unavailable meanwhile,
 	// instead of refusing (a rolling restart switches over first).
 	InPlace bool `json:"in_place,omitempty"`
+	// At: switchover at this time instead of now (kept in Raft; the leader
+	// of that time starts it).
+	At *time.Time `json:"at,omitempty"`
 }
 
 // ControlResult is what the control calls answer.
@@ -52,6 +55,7 @@ type permitRequest struct {
 func (a *Agent) controlRoutes(mux *http.ServeMux) {
 	// Every one changes the cluster: authorized first (auth.go).
 	mux.HandleFunc("POST /switchover", a.authorized(a.leaderOnly(a.handleSwitchover)))
+	mux.HandleFunc("DELETE /switchover", a.authorized(a.leaderOnly(a.handleFlushSwitchover)))
 	mux.HandleFunc("POST /failover", a.authorized(a.leaderOnly(a.handleFailover)))
 	mux.HandleFunc("POST /pause", a.authorized(a.leaderOnly(func(w http.ResponseWriter, r *http.Request, _ []byte) { a.setPaused(w, r, true) })))
 	mux.HandleFunc("POST /resume", a.authorized(a.leaderOnly(func(w http.ResponseWriter, r *http.Request, _ []byte) { a.setPaused(w, r, false) })))
@@ -121,54 +125,145 @@ func (a *Agent) handleSwitchover(w http.ResponseWriter, r *http.Request, body []
 	if !ok {
 		return
 	}
+	if req.At != nil {
+		a.scheduleSwitchover(w, r, req)
+		return
+	}
+	cand, err := a.startSwitchover(r.Context(), req, "operator asked")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	a.awaitPrimary(w, r, cand, a.cfg.Timing.SwitchoverTimeout+2*time.Second)
+}
+
+// startSwitchover checks that a switchover to req.Candidate (or the best
+// standby) may start and starts it: the primary checkpoints, the router
+// holds new transactions, the switchover is committed. It returns the
+// candidate, or a consensus.ErrRefused error saying why not. On the leader.
+func (a *Agent) startSwitchover(ctx context.Context, req ControlRequest, who string) (string, error) {
 	st := a.node.State()
-	a.refresh(r.Context(), st, st.Primary, req.Candidate)
+	a.refresh(ctx, st, st.Primary, req.Candidate)
 	in := Inputs{State: st, Observations: a.obs.snapshot(), Now: time.Now(), Policy: a.policy()}
-	refuse := func(format string, args ...any) {
-		writeJSON(w, http.StatusConflict, apiError{Error: "switchover refused: " + fmt.Sprintf(format, args...)})
+	refuse := func(format string, args ...any) error {
+		return refusedError{"switchover refused: " + fmt.Sprintf(format, args...)}
 	}
 	switch {
 	case st.Paused:
-		refuse("the cluster is paused; resume it first")
-		return
+		return "", refuse("the cluster is paused; resume it first")
 	case st.Switchover.Active():
-		refuse("a switchover to %s is already in progress", st.Switchover.To)
-		return
+		return "", refuse("a switchover to %s is already in progress", st.Switchover.To)
 	case req.Leader != "" && req.Leader != st.Primary:
-		refuse("%s is not the primary (%s is)", req.Leader, st.Primary)
-		return
+		return "", refuse("%s is not the primary (%s is)", req.Leader, st.Primary)
 	}
 	if p, ok := fresh(in, st.Primary); !ok || !p.obs.Postgres.Running || p.obs.Postgres.InRecovery {
-		refuse("the primary %s is not healthy; use failover", st.Primary)
-		return
+		return "", refuse("the primary %s is not healthy; use failover", st.Primary)
 	}
 	cand := req.Candidate
 	if cand == "" {
 		cand = a.bestSwitchoverCandidate(in)
 		if cand == "" {
-			refuse("no healthy streaming standby to switch over to")
-			return
+			return "", refuse("no healthy streaming standby to switch over to")
 		}
 	}
 	if why := a.switchoverCandidateProblem(in, cand); why != "" {
-		refuse("%s", why)
-		return
+		return "", refuse("%s", why)
 	}
 	sw := consensus.Switchover{From: st.Primary, To: cand, Epoch: st.Epoch}
-	a.checkpointPrimary(r.Context(), st)
+	a.checkpointPrimary(ctx, st)
 	// Queue new transactions in the router and let running ones finish
 	// before the old primary is told to stop.
-	if err := a.holdForSwitchover(r.Context()); err != nil {
+	if err := a.holdForSwitchover(ctx); err != nil {
 		a.log.Warn("switchover: transactions still running on the primary after router.drain_timeout; they will get an error", "err", err)
 	}
-	a.log.Info("decision", "command", "set_switchover", "epoch", st.Epoch, "reason", fmt.Sprintf("operator asked to switch over from %s to %s", sw.From, sw.To))
-	if err := a.node.Apply(r.Context(), consensus.SetSwitchover(sw)); err != nil {
+	a.log.Info("decision", "command", "set_switchover", "epoch", st.Epoch, "reason", fmt.Sprintf("%s to switch over from %s to %s", who, sw.From, sw.To))
+	if err := a.node.Apply(ctx, consensus.SetSwitchover(sw)); err != nil {
 		a.releaseHold()
+		return "", err
+	}
+	a.wake()
+	return cand, nil
+}
+
+// refusedError is a control call refused for the reason it says (409).
+type refusedError struct{ msg string }
+
+func (e refusedError) Error() string        { return e.msg }
+func (e refusedError) Is(target error) bool { return target == consensus.ErrRefused }
+
+// scheduleSwitchover records a switchover for req.At; the leader of that
+// time starts it (runScheduled). On the leader.
+func (a *Agent) scheduleSwitchover(w http.ResponseWriter, r *http.Request, req ControlRequest) {
+	st := a.node.State()
+	switch {
+	case !req.At.After(time.Now()):
+		writeJSON(w, http.StatusBadRequest, apiError{Error: fmt.Sprintf("at %s is not in the future", req.At.Format(time.RFC3339))})
+		return
+	case req.Leader != "" && req.Leader != st.Primary:
+		writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("switchover refused: %s is not the primary (%s is)", req.Leader, st.Primary)})
+		return
+	}
+	sw := consensus.ScheduledSwitchover{At: req.At.UTC(), From: st.Primary, To: req.Candidate}
+	a.log.Info("decision", "command", "schedule_switchover", "at", sw.At, "from", sw.From, "to", sw.To, "reason", "operator request")
+	if err := a.node.Apply(r.Context(), consensus.ScheduleSwitchover(sw)); err != nil {
 		writeError(w, err)
 		return
 	}
-	a.wake()
-	a.awaitPrimary(w, r, cand, a.cfg.Timing.SwitchoverTimeout+2*time.Second)
+	a.wake() // the leader's loop watches the time (runScheduled)
+	to := sw.To
+	if to == "" {
+		to = "the best standby then"
+	}
+	writeJSON(w, http.StatusAccepted, ControlResult{Message: fmt.Sprintf("switchover from %s to %s scheduled at %s", sw.From, to, sw.At.Format(time.RFC3339))})
+}
+
+// handleFlushSwitchover cancels a scheduled switchover (DELETE /switchover).
+func (a *Agent) handleFlushSwitchover(w http.ResponseWriter, r *http.Request, _ []byte) {
+	sw := a.node.State().ScheduledSwitchover
+	if sw.At.IsZero() {
+		writeJSON(w, http.StatusNotFound, apiError{Error: "no switchover is scheduled"})
+		return
+	}
+	a.log.Info("decision", "command", "schedule_switchover", "reason", "operator cancelled the switchover scheduled at "+sw.At.Format(time.RFC3339))
+	if err := a.node.Apply(r.Context(), consensus.ScheduleSwitchover(consensus.ScheduledSwitchover{})); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ControlResult{Message: "the switchover scheduled at " + sw.At.Format(time.RFC3339) + " is cancelled"})
+}
+
+// runScheduled starts a scheduled switchover once it is due, on the
+// leader, off the leader's loop (a switchover waits for a checkpoint and
+// the router). The schedule is cleared first: a leader lost in between
+// must not switch over twice. One that cannot start (the primary changed,
+// no healthy standby) is logged and dropped, as Patroni does.
+func (a *Agent) runScheduled(ctx context.Context, st consensus.State) {
+	sw := st.ScheduledSwitchover
+	if sw.At.IsZero() {
+		return
+	}
+	if wait := time.Until(sw.At); wait > 0 {
+		if wait <= a.cfg.Timing.LoopInterval {
+			a.wakeAt(ctx, sw.At) // on time, not at the next loop
+		}
+		return
+	}
+	if !a.scheduledRunning.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer a.scheduledRunning.Store(false)
+		if err := a.node.Apply(ctx, consensus.ScheduleSwitchover(consensus.ScheduledSwitchover{})); err != nil {
+			a.log.Warn("scheduled switchover: not cleared, will retry", "err", err)
+			return
+		}
+		cand, err := a.startSwitchover(ctx, ControlRequest{Leader: sw.From, Candidate: sw.To}, fmt.Sprintf("switchover scheduled for %s", sw.At.Format(time.RFC3339)))
+		if err != nil {
+			a.log.Warn("scheduled switchover not done", "at", sw.At, "err", err)
+			return
+		}
+		a.log.Info("scheduled switchover started", "at", sw.At, "from", sw.From, "to", cand)
+	}()
 }
 
 // checkpointPrimary asks the primary for a CHECKPOINT before a switchover

@@ -81,6 +81,7 @@ func (a *Agent) leadOnce(ctx context.Context) {
 		voters = append(voters, s.ID)
 	}
 	st := a.node.State()
+	a.runScheduled(ctx, st)
 	// The leader's view of itself is taken now, never from a poll.
 	a.obs.set(a.cfg.Name, a.selfView(ctx))
 	if sw := st.Switchover; sw.Active() {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"time"
 
 	"github.com/pgha/pgha/consensus"
 	"github.com/pgha/pgha/postgres"
@@ -26,6 +27,16 @@ type ClusterView struct {
 	Members    []MemberStatus `json:"members"`
 	Problems   []string       `json:"problems,omitempty"` // why the cluster is not converged, if known
 	Waiting    string         `json:"waiting,omitempty"`  // why the leader holds back (no safe candidate, paused...)
+	// ScheduledSwitchover is Patroni's: a switchover planned for later.
+	ScheduledSwitchover *ScheduledSwitchoverView `json:"scheduled_switchover,omitempty"`
+}
+
+// ScheduledSwitchoverView is ClusterView's scheduled switchover ("to" is
+// empty for the best standby at that time).
+type ScheduledSwitchoverView struct {
+	At   time.Time `json:"at"`
+	From string    `json:"from"`
+	To   string    `json:"to,omitempty"`
 }
 
 // MemberStatus is one member in ClusterView. The first eight fields are Patroni's.
@@ -110,6 +121,9 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 	}
 	if st.SystemID != 0 {
 		v.SystemID = strconv.FormatUint(st.SystemID, 10)
+	}
+	if sw := st.ScheduledSwitchover; !sw.At.IsZero() {
+		v.ScheduledSwitchover = &ScheduledSwitchoverView{At: sw.At, From: sw.From, To: sw.To}
 	}
 	if l, ok := obs[raftLeader]; ok && l.reachable {
 		v.Waiting = l.obs.LeaderWaiting

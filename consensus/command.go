@@ -24,6 +24,9 @@ const (
 	CmdSetSwitchover   CommandType = "set_switchover"    // SetSwitchoverData
 	CmdSetSyncStandbys CommandType = "set_sync_standbys" // SetSyncStandbysData; epoch must equal Epoch
 	CmdSetConfig       CommandType = "set_config"        // SetConfigData; base must equal Config.Version
+	// ScheduleSwitchoverData; refused if one is scheduled already (a zero
+	// one clears it: flush)
+	CmdScheduleSwitchover CommandType = "schedule_switchover"
 )
 
 // CurrentVersion is the payload version the constructors in this package
@@ -91,6 +94,9 @@ type (
 	// SetConfigData replaces the cluster-wide configuration. Base is the
 	// version it was edited from: a concurrent edit committed first makes
 	// this one refused, never silently lost.
+	ScheduleSwitchoverData struct {
+		Switchover ScheduledSwitchover `json:"switchover"`
+	}
 	SetConfigData struct {
 		Base   uint64        `json:"base"`
 		Config ClusterConfig `json:"config"`
@@ -150,6 +156,11 @@ func SetSwitchover(sw Switchover) Command {
 // SetSyncStandbys sets the synchronous standby set for the current epoch.
 func SetSyncStandbys(names []string, epoch uint64) Command {
 	return Command{CmdSetSyncStandbys, CurrentVersion, SetSyncStandbysData{Names: names, Epoch: epoch}}
+}
+
+// ScheduleSwitchover records a switchover for later; a zero one clears it.
+func ScheduleSwitchover(sw ScheduledSwitchover) Command {
+	return Command{CmdScheduleSwitchover, CurrentVersion, ScheduleSwitchoverData{Switchover: sw}}
 }
 
 // SetConfig replaces the cluster-wide configuration edited from version

@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -34,15 +35,16 @@ type commandSpec struct {
 
 // commands is the table. It is never modified after package init.
 var commands = map[CommandType]commandSpec{
-	CmdInitCluster:     v1(applyInitCluster),
-	CmdSetSystemID:     v1(applySetSystemID),
-	CmdUpsertMember:    v1(applyUpsertMember),
-	CmdRemoveMember:    v1(applyRemoveMember),
-	CmdPromote:         promoteSpec(),
-	CmdSetPaused:       v1(applySetPaused),
-	CmdSetSyncStandbys: v1(applySetSyncStandbys),
-	CmdSetSwitchover:   v1(applySetSwitchover),
-	CmdSetConfig:       v1(applySetConfig),
+	CmdInitCluster:        v1(applyInitCluster),
+	CmdSetSystemID:        v1(applySetSystemID),
+	CmdUpsertMember:       v1(applyUpsertMember),
+	CmdRemoveMember:       v1(applyRemoveMember),
+	CmdPromote:            promoteSpec(),
+	CmdSetPaused:          v1(applySetPaused),
+	CmdSetSyncStandbys:    v1(applySetSyncStandbys),
+	CmdSetSwitchover:      v1(applySetSwitchover),
+	CmdSetConfig:          v1(applySetConfig),
+	CmdScheduleSwitchover: v1(applyScheduleSwitchover),
 }
 
 // v1 builds the row of a command whose only accepted version is 1 and whose
@@ -248,6 +250,25 @@ func applySetSwitchover(s *State, d SetSwitchoverData) error {
 		return refuse("switchover to %s: not a member", sw.To)
 	}
 	s.Switchover = sw
+	return nil
+}
+
+func applyScheduleSwitchover(s *State, d ScheduleSwitchoverData) error {
+	sw := d.Switchover
+	if sw.At.IsZero() {
+		s.ScheduledSwitchover = ScheduledSwitchover{}
+		return nil
+	}
+	if !s.ScheduledSwitchover.At.IsZero() {
+		return refuse("a switchover is already scheduled at %s; flush it first", s.ScheduledSwitchover.At.UTC().Format(time.RFC3339))
+	}
+	if _, ok := s.Members[sw.From]; !ok || sw.From != s.Primary {
+		return refuse("schedule a switchover from %s: not the primary (%s is)", sw.From, s.Primary)
+	}
+	if _, ok := s.Members[sw.To]; sw.To != "" && (!ok || sw.To == sw.From) {
+		return refuse("schedule a switchover to %s: not another member", sw.To)
+	}
+	s.ScheduledSwitchover = sw
 	return nil
 }
 

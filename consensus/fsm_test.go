@@ -685,3 +685,27 @@ func TestFSMSetConfig(t *testing.T) {
 		t.Error("State() shares the configuration with the FSM")
 	}
 }
+
+// A switchover scheduled for later is kept until flushed (or started): one
+// at a time, from the primary, to another member.
+func TestFSMScheduleSwitchover(t *testing.T) {
+	tf := newTestFSM(t)
+	tf.mustApply(initialised...)
+	at := time.Date(2026, 12, 24, 3, 0, 0, 0, time.UTC)
+	for _, bad := range []ScheduledSwitchover{{At: at, From: "b"}, {At: at, From: "a", To: "a"}, {At: at, From: "a", To: "z"}} {
+		if err := tf.apply(ScheduleSwitchover(bad)); !errors.Is(err, ErrRefused) {
+			t.Errorf("%+v: %v, want refused", bad, err)
+		}
+	}
+	tf.mustApply(ScheduleSwitchover(ScheduledSwitchover{At: at, From: "a", To: "b"}))
+	if got := tf.f.state().ScheduledSwitchover; !got.At.Equal(at) || got.To != "b" {
+		t.Fatalf("scheduled %+v", got)
+	}
+	if err := tf.apply(ScheduleSwitchover(ScheduledSwitchover{At: at.Add(time.Hour), From: "a"})); !errors.Is(err, ErrRefused) {
+		t.Errorf("a second schedule: %v, want refused", err)
+	}
+	tf.mustApply(ScheduleSwitchover(ScheduledSwitchover{}))
+	if got := tf.f.state().ScheduledSwitchover; !got.At.IsZero() {
+		t.Fatalf("after flush: %+v", got)
+	}
+}

@@ -49,6 +49,9 @@ type State struct {
 	// Config is what every member shares (Version 0: never set; each agent
 	// then uses its own file).
 	Config ClusterConfig `json:"config,omitzero"`
+	// ScheduledSwitchover is a switchover an operator asked for at a
+	// later time (zero At: none); the leader of that time starts it.
+	ScheduledSwitchover ScheduledSwitchover `json:"scheduled_switchover,omitzero"`
 	// History lists the promotions, oldest first, at most historyLimit.
 	History []Promotion `json:"history,omitempty"`
 	// Index is the Raft log index of the last entry that changed this State.
@@ -105,6 +108,14 @@ type Promotion struct {
 // historyLimit bounds State.History, so the state (and every snapshot of
 // it) stays small however often the cluster fails over.
 const historyLimit = 200
+
+// ScheduledSwitchover is a planned switchover from From (the primary when
+// it was scheduled) to To ("" for the best standby then) at At.
+type ScheduledSwitchover struct {
+	At   time.Time `json:"at,omitzero"`
+	From string    `json:"from,omitempty"`
+	To   string    `json:"to,omitempty"`
+}
 
 // Active reports whether a switchover is in progress.
 func (s Switchover) Active() bool { return s.To != "" }

@@ -18,16 +18,30 @@ import (
 
 func switchoverCmd() *cobra.Command {
 	var f apiFlags
-	var candidate string
+	var candidate, scheduled string
 	cmd := &cobra.Command{
-		Use:   "switchover [--candidate NODE]",
+		Use:   "switchover [--candidate NODE] [--scheduled TIME]",
 		Short: "Move the primary role to a standby with no data loss (the old primary stops cleanly and follows)",
-		Args:  cobra.NoArgs,
+		Long: `Move the primary role to a standby with no data loss: the old primary
+stops cleanly and follows. With --scheduled (RFC 3339, e.g.
+2026-12-24T03:00:00Z, or 2026-12-24T03:00 in local time) it is kept in
+Raft and started by whichever agent leads at that time; list shows it and
+pgha-agent flush cancels it.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return control(cmd, &f, "/switchover", agent.ControlRequest{Candidate: candidate})
+			req := agent.ControlRequest{Candidate: candidate}
+			if scheduled != "" {
+				at, err := parseWhen(scheduled)
+				if err != nil {
+					return err
+				}
+				req.At = &at
+			}
+			return control(cmd, &f, "/switchover", req)
 		},
 	}
 	cmd.Flags().StringVar(&candidate, "candidate", "", "the standby to promote (default: the most up-to-date healthy standby)")
+	cmd.Flags().StringVar(&scheduled, "scheduled", "", "switch over at this time instead of now")
 	f.register(cmd, true)
 	return cmd
 }
@@ -169,4 +183,42 @@ func control(cmd *cobra.Command, f *apiFlags, path string, req agent.ControlRequ
 		fmt.Fprintln(cmd.OutOrStdout(), res.Message)
 		return nil
 	})
+}
+
+// parseWhen reads an RFC 3339 time, or one without a zone in local time.
+func parseWhen(s string) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	for _, layout := range []string{"2006-01-02T15:04:05", "2006-01-02T15:04", "2006-01-02 15:04"} {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("--scheduled %q: want a time such as 2026-12-24T03:00:00Z", s)
+}
+
+func flushCmd() *cobra.Command {
+	var f apiFlags
+	cmd := &cobra.Command{
+		Use:   "flush",
+		Short: "Cancel the scheduled switchover",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			return c.each(func(base string) error {
+				var res agent.ControlResult
+				if err := c.call(cmd.Context(), "DELETE", base+"/switchover", nil, &res); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), res.Message)
+				return nil
+			})
+		},
+	}
+	f.register(cmd, true)
+	return cmd
 }

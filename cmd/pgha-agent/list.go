@@ -109,6 +109,13 @@ func printView(w io.Writer, v agent.ClusterView) {
 			fmt.Fprintf(w, "  %s callback failed: %s\n", m.Name, m.CallbackProblem)
 		}
 	}
+	if sw := v.ScheduledSwitchover; sw != nil {
+		to := sw.To
+		if to == "" {
+			to = "the best standby then"
+		}
+		fmt.Fprintf(w, "  switchover scheduled at %s: %s -> %s (pgha-agent flush cancels it)\n", sw.At.UTC().Format(time.RFC3339), sw.From, to)
+	}
 	if v.Waiting != "" {
 		fmt.Fprintln(w, "  leader: "+v.Waiting)
 	}

@@ -1,0 +1,80 @@
+package failover
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgha/pgha/agent"
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/wait"
+)
+
+// A switchover scheduled for later is kept in Raft: list shows it, flush
+// cancels it, and one that is due after the leader that accepted it has
+// gone is started by the next leader, not before its time.
+func TestScheduledSwitchover(t *testing.T) {
+	lc := itest.NewCluster(t, agentBinary, 3)
+	if err := lc.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+	v := itest.WaitHealthy(t, lc, 3, 90*time.Second)
+	old := itest.PrimaryOf(t, v).Name
+
+	later := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	cli(t, lc, "switchover", "--scheduled", later.Format(time.RFC3339))
+	if out := cli(t, lc, "list"); !strings.Contains(out, "switchover scheduled at "+later.Format(time.RFC3339)) {
+		t.Errorf("list does not show the scheduled switchover:\n%s", out)
+	}
+	if out, err := cliErr(lc, "switchover", "--scheduled", later.Add(time.Minute).Format(time.RFC3339)); err == nil || !strings.Contains(out, "already scheduled") {
+		t.Errorf("a second schedule was not refused: %v\n%s", err, out)
+	}
+	cli(t, lc, "flush")
+	if v, err := lc.View(context.Background()); err != nil || v.ScheduledSwitchover != nil {
+		t.Fatalf("after flush: %+v, %v", v.ScheduledSwitchover, err)
+	}
+
+	// Due in a few seconds; the leader's agent dies meanwhile.
+	at := time.Now().Add(6 * time.Second)
+	cli(t, lc, "switchover", "--scheduled", at.UTC().Format(time.RFC3339Nano))
+	leader := lc.Node(v.RaftLeader)
+	lc.KillAgent(leader)
+	wait.For(t, 30*time.Second, "another leader", func() (bool, string) {
+		v, err := lc.View(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		return v.RaftLeader != "" && v.RaftLeader != leader.Name, "leader " + v.RaftLeader
+	})
+	if err := lc.Start(leader); err != nil {
+		t.Fatal(err)
+	}
+	var switched time.Time
+	wait.For(t, 60*time.Second, "the scheduled switchover", func() (bool, string) {
+		v, err := lc.View(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, m := range v.Members {
+			if m.Role == "leader" && m.State == "running" && m.Name != old {
+				switched = time.Now()
+				return true, ""
+			}
+		}
+		return false, itest.Describe(v)
+	})
+	var h []agent.HistoryEntry
+	if err := json.Unmarshal([]byte(cli(t, lc, "history", "--format", "json")), &h); err != nil {
+		t.Fatal(err)
+	}
+	if len(h) == 0 || h[len(h)-1].Kind != "switchover" || h[len(h)-1].From != old {
+		t.Fatalf("history does not end with the switchover from %s: %+v", old, h)
+	}
+	if e := h[len(h)-1]; e.At.Before(at) {
+		t.Errorf("switched over at %s, before its time %s", e.At, at)
+	}
+	t.Logf("scheduled for %s, promoted at %s (seen %s)", at.Format(time.RFC3339Nano), h[len(h)-1].At.Format(time.RFC3339Nano), switched.Format(time.RFC3339Nano))
+	itest.WaitHealthy(t, lc, 3, 60*time.Second)
+}
