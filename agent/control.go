@@ -63,6 +63,7 @@ func (a *Agent) controlRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("PATCH /config", a.authorized(a.leaderOnly(a.handlePatchConfig)))
 	mux.HandleFunc("POST /reload", a.authorized(a.handleReload))
 	mux.HandleFunc("POST /restart", a.authorized(a.handleRestart))
+	mux.HandleFunc("POST /tags", a.authorized(a.leaderOnly(a.handleTags)))
 	mux.HandleFunc("POST /internal/permit", a.authorized(a.leaderOnly(a.handlePermit)))
 	mux.HandleFunc("POST /internal/lease", a.authorized(a.leaderOnly(a.handleLease)))
 	mux.HandleFunc("POST /internal/checkpoint", a.authorized(a.handleCheckpoint))
@@ -183,6 +184,31 @@ func (a *Agent) startSwitchover(ctx context.Context, req ControlRequest, who str
 	}
 	a.wake()
 	return cand, nil
+}
+
+// TagsRequest is POST /tags: run-time tags of a member ("" removes one,
+// and the member's file's value applies again).
+type TagsRequest struct {
+	Member string            `json:"member"`
+	Tags   map[string]string `json:"tags"`
+}
+
+// handleTags commits run-time tags; the FSM checks keys and values.
+func (a *Agent) handleTags(w http.ResponseWriter, r *http.Request, body []byte) {
+	var req TagsRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil || req.Member == "" || len(req.Tags) == 0 {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: `body must be {"member": "node2", "tags": {"nofailover": "true", "priority": ""}}`})
+		return
+	}
+	a.log.Info("decision", "command", "set_tags", "member", req.Member, "tags", req.Tags, "reason", "operator request")
+	if err := a.node.Apply(r.Context(), consensus.SetTags(req.Member, req.Tags)); err != nil {
+		writeError(w, err)
+		return
+	}
+	m := a.node.State().Members[req.Member]
+	writeJSON(w, http.StatusOK, ControlResult{Message: fmt.Sprintf("%s: nofailover=%t nosync=%t noloadbalance=%t priority=%d", m.Name, m.NoFailover, m.NoSync, m.NoLoadBalance, m.Priority)})
 }
 
 // refusedError is a control call refused for the reason it says (409).

@@ -104,7 +104,9 @@ func (a *Agent) registerLoop(ctx context.Context) {
 			a.checkRemoved(ctx) // a removed node hears nothing more from the leader
 		}
 		st := a.node.State()
-		if cur, ok := st.Members[want.Name]; ok && cur == want {
+		// The committed record shows the operator's run-time tags over the
+		// file's (pgha-agent tag): compare like with like.
+		if cur, ok := st.Members[want.Name]; ok && cur == st.TagOverrides[want.Name].Apply(want) {
 			lastErr = ""
 		} else if err := a.requestJoin(ctx, want); err != nil {
 			if err.Error() != lastErr {

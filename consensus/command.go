@@ -27,6 +27,7 @@ const (
 	// ScheduleSwitchoverData; refused if one is scheduled already (a zero
 	// one clears it: flush)
 	CmdScheduleSwitchover CommandType = "schedule_switchover"
+	CmdSetTags            CommandType = "set_tags" // SetTagsData; the member must exist, keys and values valid
 )
 
 // CurrentVersion is the payload version the constructors in this package
@@ -94,6 +95,13 @@ type (
 	// SetConfigData replaces the cluster-wide configuration. Base is the
 	// version it was edited from: a concurrent edit committed first makes
 	// this one refused, never silently lost.
+	// SetTagsData sets (or, with "", removes) run-time tags of a member:
+	// nofailover, nosync, noloadbalance ("true"/"false") and priority (an
+	// integer).
+	SetTagsData struct {
+		Member string            `json:"member"`
+		Tags   map[string]string `json:"tags"`
+	}
 	ScheduleSwitchoverData struct {
 		Switchover ScheduledSwitchover `json:"switchover"`
 	}
@@ -156,6 +164,11 @@ func SetSwitchover(sw Switchover) Command {
 // SetSyncStandbys sets the synchronous standby set for the current epoch.
 func SetSyncStandbys(names []string, epoch uint64) Command {
 	return Command{CmdSetSyncStandbys, CurrentVersion, SetSyncStandbysData{Names: names, Epoch: epoch}}
+}
+
+// SetTags sets or removes run-time tags of member (see SetTagsData).
+func SetTags(member string, tags map[string]string) Command {
+	return Command{CmdSetTags, CurrentVersion, SetTagsData{Member: member, Tags: tags}}
 }
 
 // ScheduleSwitchover records a switchover for later; a zero one clears it.

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -45,6 +47,7 @@ var commands = map[CommandType]commandSpec{
 	CmdSetSwitchover:      v1(applySetSwitchover),
 	CmdSetConfig:          v1(applySetConfig),
 	CmdScheduleSwitchover: v1(applyScheduleSwitchover),
+	CmdSetTags:            v1(applySetTags),
 }
 
 // v1 builds the row of a command whose only accepted version is 1 and whose
@@ -177,6 +180,7 @@ func applyRemoveMember(s *State, d RemoveMemberData) error {
 	// Removing an absent member succeeds, so a caller may retry after an
 	// Apply whose outcome it could not learn.
 	delete(s.Members, d.Name)
+	delete(s.TagOverrides, d.Name)
 	s.SyncStandbys = slices.DeleteFunc(s.SyncStandbys, func(n string) bool { return n == d.Name })
 	return nil
 }
@@ -250,6 +254,56 @@ func applySetSwitchover(s *State, d SetSwitchoverData) error {
 		return refuse("switchover to %s: not a member", sw.To)
 	}
 	s.Switchover = sw
+	return nil
+}
+
+func applySetTags(s *State, d SetTagsData) error {
+	if _, ok := s.Members[d.Member]; !ok {
+		return refuse("tag %s: not a member", d.Member)
+	}
+	o := s.TagOverrides[d.Member]
+	for _, k := range slices.Sorted(maps.Keys(d.Tags)) {
+		v := d.Tags[k]
+		switch k {
+		case "nofailover", "nosync", "noloadbalance":
+			var b *bool
+			if v != "" {
+				parsed, err := strconv.ParseBool(v)
+				if err != nil {
+					return refuse("tag %s: %s=%q is not true or false", d.Member, k, v)
+				}
+				b = &parsed
+			}
+			switch k {
+			case "nofailover":
+				o.NoFailover = b
+			case "nosync":
+				o.NoSync = b
+			default:
+				o.NoLoadBalance = b
+			}
+		case "priority":
+			var p *int
+			if v != "" {
+				parsed, err := strconv.Atoi(v)
+				if err != nil {
+					return refuse("tag %s: priority=%q is not an integer", d.Member, v)
+				}
+				p = &parsed
+			}
+			o.Priority = p
+		default:
+			return refuse("tag %s: unknown tag %q (nofailover, nosync, noloadbalance, priority)", d.Member, k)
+		}
+	}
+	if s.TagOverrides == nil {
+		s.TagOverrides = map[string]TagOverride{}
+	}
+	if o.Empty() {
+		delete(s.TagOverrides, d.Member)
+	} else {
+		s.TagOverrides[d.Member] = o
+	}
 	return nil
 }
 

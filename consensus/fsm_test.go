@@ -709,3 +709,38 @@ func TestFSMScheduleSwitchover(t *testing.T) {
 		t.Fatalf("after flush: %+v", got)
 	}
 }
+
+// Run-time tags override a member's registered ones in what State shows,
+// and removing one brings the registered value back; bad keys or values
+// are refused and change nothing.
+func TestFSMSetTags(t *testing.T) {
+	tf := newTestFSM(t)
+	b := member("b")
+	b.Priority = 3
+	tf.mustApply(initialised...)
+	tf.mustApply(UpsertMember(b))
+	tf.mustApply(SetTags("b", map[string]string{"nofailover": "true", "priority": "9"}))
+	st := tf.f.state().withTagOverrides()
+	if m := st.Members["b"]; !m.NoFailover || m.Priority != 9 {
+		t.Fatalf("with overrides: %+v", m)
+	}
+	if m := tf.f.state().Members["b"]; m != b {
+		t.Fatalf("the FSM keeps the registered record: %+v, want %+v", m, b)
+	}
+	for _, bad := range []map[string]string{{"nofailover": "maybe"}, {"priority": "high"}, {"color": "red"}} {
+		if err := tf.apply(SetTags("b", bad)); !errors.Is(err, ErrRefused) {
+			t.Errorf("%v: %v, want refused", bad, err)
+		}
+	}
+	if err := tf.apply(SetTags("z", map[string]string{"nosync": "true"})); !errors.Is(err, ErrRefused) {
+		t.Errorf("a tag on a non-member: %v", err)
+	}
+	tf.mustApply(SetTags("b", map[string]string{"nofailover": "", "priority": ""}))
+	if m := tf.f.state().withTagOverrides().Members["b"]; m != b || len(tf.f.state().TagOverrides) != 0 {
+		t.Fatalf("after removing the overrides: %+v (%v), want %+v", m, tf.f.state().TagOverrides, b)
+	}
+	tf.mustApply(SetTags("c", map[string]string{"noloadbalance": "true"}), RemoveMember("c"))
+	if _, ok := tf.f.state().TagOverrides["c"]; ok {
+		t.Error("a removed member's overrides are kept")
+	}
+}

@@ -415,7 +415,7 @@ func (n *Node) Apply(ctx context.Context, c Command) error {
 // State returns a deep copy of the committed state as applied on this node.
 // On a follower it may lag the leader; Barrier on the leader, or Index,
 // tell how far it is.
-func (n *Node) State() State { return n.fsm.state() }
+func (n *Node) State() State { return n.fsm.state().withTagOverrides() }
 
 // Watch returns a channel that receives after each change of State and
 // each change of leadership or raft state (this node's, or who the leader

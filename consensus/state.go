@@ -52,6 +52,8 @@ type State struct {
 	// ScheduledSwitchover is a switchover an operator asked for at a
 	// later time (zero At: none); the leader of that time starts it.
 	ScheduledSwitchover ScheduledSwitchover `json:"scheduled_switchover,omitzero"`
+	// TagOverrides are the tags operators set at run time, by member.
+	TagOverrides map[string]TagOverride `json:"tag_overrides,omitempty"`
 	// History lists the promotions, oldest first, at most historyLimit.
 	History []Promotion `json:"history,omitempty"`
 	// Index is the Raft log index of the last entry that changed this State.
@@ -83,6 +85,48 @@ func (c ClusterConfig) Clone() ClusterConfig {
 		c.Parameters = maps.Clone(c.Parameters)
 	}
 	return c
+}
+
+// TagOverride is a member's tags as an operator set them at run time
+// (pgha-agent tag); a nil field leaves the value of the member's own file.
+// The pointed-to values are never modified.
+type TagOverride struct {
+	NoFailover    *bool `json:"nofailover,omitempty"`
+	NoSync        *bool `json:"nosync,omitempty"`
+	NoLoadBalance *bool `json:"noloadbalance,omitempty"`
+	Priority      *int  `json:"priority,omitempty"`
+}
+
+// Apply returns m with o's tags in place of its own.
+func (o TagOverride) Apply(m Member) Member {
+	if o.NoFailover != nil {
+		m.NoFailover = *o.NoFailover
+	}
+	if o.NoSync != nil {
+		m.NoSync = *o.NoSync
+	}
+	if o.NoLoadBalance != nil {
+		m.NoLoadBalance = *o.NoLoadBalance
+	}
+	if o.Priority != nil {
+		m.Priority = *o.Priority
+	}
+	return m
+}
+
+// Empty reports whether o overrides nothing.
+func (o TagOverride) Empty() bool { return o == TagOverride{} }
+
+// withTagOverrides returns s with every member's run-time tags applied:
+// what Node.State answers. The FSM keeps each member as its agent
+// registered it, so that removing an override restores the file's value.
+func (s State) withTagOverrides() State {
+	for name, o := range s.TagOverrides {
+		if m, ok := s.Members[name]; ok {
+			s.Members[name] = o.Apply(m)
+		}
+	}
+	return s
 }
 
 // PromotionRecord is what the leader that decided a promotion says of it.
@@ -137,6 +181,7 @@ func (s State) Clone() State {
 	}
 	c.SyncStandbys = slices.Clone(s.SyncStandbys)
 	c.History = slices.Clone(s.History)
+	c.TagOverrides = maps.Clone(s.TagOverrides)
 	c.Config = s.Config.Clone()
 	return c
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -212,6 +213,40 @@ func flushCmd() *cobra.Command {
 			return c.each(func(base string) error {
 				var res agent.ControlResult
 				if err := c.call(cmd.Context(), "DELETE", base+"/switchover", nil, &res); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), res.Message)
+				return nil
+			})
+		},
+	}
+	f.register(cmd, true)
+	return cmd
+}
+
+func tagCmd() *cobra.Command {
+	var f apiFlags
+	cmd := &cobra.Command{
+		Use:   "tag NODE KEY=VALUE...",
+		Short: "Set a member's tags at run time: nofailover, nosync, noloadbalance (true/false), priority (KEY= goes back to its file's value)",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := agent.TagsRequest{Member: args[0], Tags: map[string]string{}}
+			for _, kv := range args[1:] {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok || k == "" {
+					return fmt.Errorf("%q: want KEY=VALUE (KEY= removes the run-time value)", kv)
+				}
+				req.Tags[k] = v
+			}
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			body, _ := json.Marshal(req)
+			return c.each(func(base string) error {
+				var res agent.ControlResult
+				if err := c.call(cmd.Context(), "POST", base+"/tags", body, &res); err != nil {
 					return err
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), res.Message)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -134,6 +135,34 @@ func TestClusterConfig(t *testing.T) {
 			t.Errorf("%s restarted (postmaster started %s, before %s): pgha must leave that to the operator", n.Name, at, started[n.Name])
 		}
 	}
+
+	// Tags at run time: noloadbalance on a standby makes its /replica 503,
+	// and removing it (back to the file's value) makes it 200 again.
+	v := itest.WaitHealthy(t, lc, 3, 60*time.Second)
+	var standby string
+	for _, m := range v.Members {
+		if m.Role != "leader" {
+			standby = m.Name
+		}
+	}
+	replica := func() int {
+		resp, err := http.Get(lc.Node(standby).APIURL + "/replica")
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := replica(); code != http.StatusOK {
+		t.Fatalf("/replica on %s: %d before any tag", standby, code)
+	}
+	cli(t, lc, "tag", standby, "noloadbalance=true")
+	wait.For(t, 10*time.Second, standby+"'s /replica to answer 503", func() (bool, string) { c := replica(); return c == http.StatusServiceUnavailable, fmt.Sprint(c) })
+	if out, err := cliErr(lc, "tag", standby, "nofailover=perhaps"); err == nil || !strings.Contains(out, "nofailover") {
+		t.Errorf("a bad tag value was not refused: %v\n%s", err, out)
+	}
+	cli(t, lc, "tag", standby, "noloadbalance=")
+	wait.For(t, 10*time.Second, standby+"'s /replica to answer 200 again", func() (bool, string) { c := replica(); return c == http.StatusOK, fmt.Sprint(c) })
 
 	before := config()
 	for _, bad := range []struct{ arg, key string }{
