@@ -24,26 +24,26 @@ import (
 // bootstrapConfig is what this node records as version 1 when it leads a
 // cluster that has none.
 func (a *Agent) bootstrapConfig() consensus.ClusterConfig {
-	return consensus.ClusterConfig{Parameters: maps.Clone(a.cfg.Postgres.Parameters)}
+	return consensus.ClusterConfig{Parameters: maps.Clone(a.cfg.Postgres.Parameters), HBA: slices.Clone(a.cfg.Postgres.HBA)}
 }
 
-// clusterParameters are the PostgreSQL parameters in force: the replicated
-// ones, or this node's file's before the cluster has a configuration.
-func (a *Agent) clusterParameters(st consensus.State) map[string]string {
-	if st.Config.Version == 0 {
-		return a.cfg.Postgres.Parameters
-	}
-	return st.Config.Parameters
-}
-
-// useClusterConfig hands the parameters in force to the PostgreSQL
-// instance (written by the next Configure), and says once per version
-// which of this node's file's parameters it ignores.
+// useClusterConfig hands the parameters and pg_hba lines in force (the
+// replicated ones, or this node's file's before the cluster has a
+// configuration) to the PostgreSQL instance, written by the next
+// Configure, and says once per version what of this node's file it ignores.
 func (a *Agent) useClusterConfig(st consensus.State) {
-	params := a.clusterParameters(st)
+	params, hba := a.cfg.Postgres.Parameters, a.cfg.Postgres.HBA
+	if st.Config.Version != 0 {
+		params, hba = st.Config.Parameters, st.Config.HBA
+	}
+	// Both were validated before they were committed; an error here means
+	// an agent with other rules (an older version): keep what runs.
 	if err := a.inst.SetParameters(params); err != nil {
-		// Validated before it was committed: an older agent's rules?
 		a.log.Error("the cluster-wide PostgreSQL parameters are not valid here; keeping the previous ones", "version", st.Config.Version, "err", err)
+		return
+	}
+	if err := a.inst.SetHBA(hba); err != nil {
+		a.log.Error("the cluster-wide pg_hba lines are not valid here; keeping the previous ones", "version", st.Config.Version, "err", err)
 		return
 	}
 	if st.Config.Version == 0 || a.configNoted.Swap(st.Config.Version) == st.Config.Version {
@@ -54,6 +54,9 @@ func (a *Agent) useClusterConfig(st consensus.State) {
 		if cv, ok := st.Config.Parameters[k]; !ok || cv != v {
 			ignored = append(ignored, fmt.Sprintf("%s=%s", k, v))
 		}
+	}
+	if len(a.cfg.Postgres.HBA) > 0 && !slices.Equal(a.cfg.Postgres.HBA, st.Config.HBA) {
+		ignored = append(ignored, "postgres.hba")
 	}
 	if len(ignored) > 0 {
 		slices.Sort(ignored)
@@ -71,6 +74,7 @@ type ConfigView struct {
 // ConfigPostgresView is the postgresql section of ConfigView.
 type ConfigPostgresView struct {
 	Parameters map[string]string `json:"parameters"`
+	HBA        []string          `json:"pg_hba"`
 }
 
 func configView(st consensus.State) ConfigView {
@@ -78,7 +82,11 @@ func configView(st consensus.State) ConfigView {
 	if params == nil {
 		params = map[string]string{}
 	}
-	return ConfigView{Version: st.Config.Version, PostgreSQL: ConfigPostgresView{Parameters: params}}
+	hba := slices.Clone(st.Config.HBA)
+	if hba == nil {
+		hba = []string{}
+	}
+	return ConfigView{Version: st.Config.Version, PostgreSQL: ConfigPostgresView{Parameters: params, HBA: hba}}
 }
 
 func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) {
@@ -92,6 +100,7 @@ type configPatch struct {
 	Version    *uint64 `json:"version"`
 	PostgreSQL *struct {
 		Parameters map[string]*string `json:"parameters"`
+		HBA        *[]string          `json:"pg_hba"` // replaces the list (a merge patch replaces arrays)
 	} `json:"postgresql"`
 }
 
@@ -119,6 +128,9 @@ func (a *Agent) handlePatchConfig(w http.ResponseWriter, r *http.Request, body [
 		next.Parameters = map[string]string{}
 	}
 	if p.PostgreSQL != nil {
+		if p.PostgreSQL.HBA != nil {
+			next.HBA = slices.Clone(*p.PostgreSQL.HBA)
+		}
 		for k, v := range p.PostgreSQL.Parameters {
 			if v == nil {
 				delete(next.Parameters, k)
@@ -139,7 +151,11 @@ func (a *Agent) handlePatchConfig(w http.ResponseWriter, r *http.Request, body [
 		writeJSON(w, http.StatusBadRequest, apiError{Error: fmt.Sprintf("postgresql.parameters: \"synchronous_commit\" = %q acknowledges commits no standby holds, which synchronous mode exists to prevent; nothing was changed", next.Parameters["synchronous_commit"])})
 		return
 	}
-	if maps.Equal(next.Parameters, st.Config.Parameters) && base != 0 {
+	if err := postgres.ValidateHBA(next.HBA); err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: "postgresql.pg_hba" + err.Error() + "; nothing was changed"})
+		return
+	}
+	if maps.Equal(next.Parameters, st.Config.Parameters) && slices.Equal(next.HBA, st.Config.HBA) && base != 0 {
 		writeJSON(w, http.StatusOK, configView(st))
 		return
 	}

@@ -77,6 +77,8 @@ type ClusterConfig struct {
 	// Parameters are PostgreSQL settings for every member's pgha.conf
 	// (never the ones pgha manages itself; the agent validates them).
 	Parameters map[string]string `json:"postgresql_parameters,omitempty"`
+	// HBA are pg_hba.conf lines for every member, after pgha's own.
+	HBA []string `json:"pg_hba,omitempty"`
 }
 
 // Clone returns a deep copy of c.
@@ -84,6 +86,7 @@ func (c ClusterConfig) Clone() ClusterConfig {
 	if c.Parameters != nil {
 		c.Parameters = maps.Clone(c.Parameters)
 	}
+	c.HBA = slices.Clone(c.HBA)
 	return c
 }
 

@@ -164,10 +164,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	if err := ValidateParameters(cfg.Parameters); err != nil {
 		return cfg, fmt.Errorf("postgres config: Parameters: %w", err)
 	}
-	for i, l := range cfg.HBA {
-		if strings.ContainsAny(l, "\n\r") || strings.TrimSpace(l) == "" {
-			return cfg, fmt.Errorf("postgres config: HBA[%d] %q must be one non-empty line", i, l)
-		}
+	if err := ValidateHBA(cfg.HBA); err != nil {
+		return cfg, fmt.Errorf("postgres config: HBA%w", err)
 	}
 	for i, n := range cfg.AllowedNetworks {
 		if err := ValidateAllowedNetwork(n); err != nil {
@@ -235,3 +233,41 @@ func ValidateAllowedNetwork(n string) error {
 	}
 	return nil
 }
+
+// ValidateHBA checks an operator's pg_hba.conf lines: one line each, a
+// connection type PostgreSQL knows, enough fields, and an authentication
+// method it knows where the method goes. A line PostgreSQL rejects keeps
+// the old rules in force at a reload but stops the server from starting,
+// so the obvious mistakes are refused here, before any server sees them.
+func ValidateHBA(lines []string) error {
+	for i, l := range lines {
+		if strings.ContainsAny(l, "\n\r\x00") || strings.TrimSpace(l) == "" {
+			return fmt.Errorf("[%d] %q must be one non-empty line", i, l)
+		}
+		f := strings.Fields(l)
+		if strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		method := 3 // local DATABASE USER METHOD
+		switch f[0] {
+		case "local":
+		case "host", "hostssl", "hostnossl", "hostgssenc", "hostnogssenc":
+			method = 4 // host DATABASE USER ADDRESS METHOD
+			if len(f) > 5 && strings.Count(f[3], "/") == 0 && net.ParseIP(f[3]) != nil && net.ParseIP(f[4]) != nil {
+				method = 5 // ADDRESS MASK
+			}
+		default:
+			return fmt.Errorf("[%d] %q: %q is not a connection type (local, host, hostssl, hostnossl, hostgssenc, hostnogssenc)", i, l, f[0])
+		}
+		if len(f) <= method {
+			return fmt.Errorf("[%d] %q: too few fields", i, l)
+		}
+		if !hbaMethods[f[method]] {
+			return fmt.Errorf("[%d] %q: %q is not an authentication method", i, l, f[method])
+		}
+	}
+	return nil
+}
+
+var hbaMethods = map[string]bool{"trust": true, "reject": true, "scram-sha-256": true, "md5": true, "password": true,
+	"gss": true, "sspi": true, "ident": true, "peer": true, "ldap": true, "radius": true, "cert": true, "pam": true, "bsd": true}

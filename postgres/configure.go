@@ -270,7 +270,7 @@ func (i *Instance) hbaBlock() []string {
 			lines = append(lines, fmt.Sprintf("host all %s %s scram-sha-256", c.Rewind.Name, n))
 		}
 	}
-	return append(lines, c.HBA...)
+	return append(lines, i.hbaLines()...)
 }
 
 // identBlock is the managed part of pg_ident.conf: the OS users allowed to
@@ -474,4 +474,22 @@ func (i *Instance) parameters() map[string]string {
 	i.paramsMu.Lock()
 	defer i.paramsMu.Unlock()
 	return i.params
+}
+
+// SetHBA replaces the operator's pg_hba.conf lines (Config's HBA at first),
+// placed after pgha's own in the managed block by the next Configure.
+func (i *Instance) SetHBA(lines []string) error {
+	if err := ValidateHBA(lines); err != nil {
+		return err
+	}
+	i.paramsMu.Lock()
+	defer i.paramsMu.Unlock()
+	i.hba = slices.Clone(lines)
+	return nil
+}
+
+func (i *Instance) hbaLines() []string {
+	i.paramsMu.Lock()
+	defer i.paramsMu.Unlock()
+	return i.hba
 }

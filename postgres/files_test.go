@@ -311,3 +311,17 @@ func TestSCRAMVerifier(t *testing.T) {
 		t.Error("verifierMatches accepted garbage")
 	}
 }
+
+// The operator's pg_hba.conf lines are checked before any server sees
+// them: a line PostgreSQL rejects would stop it from starting.
+func TestValidateHBA(t *testing.T) {
+	good := []string{"host all all 10.0.0.0/24 scram-sha-256", "local all postgres peer map=x", "hostssl app app 10.0.0.1 255.255.255.255 cert", "# a comment"}
+	if err := ValidateHBA(good); err != nil {
+		t.Errorf("good lines refused: %v", err)
+	}
+	for _, bad := range []string{"hots all all 10.0.0.0/24 trust", "host all all 10.0.0.0/24", "host all all 10.0.0.0/24 trusted", "local all", ""} {
+		if err := ValidateHBA([]string{bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,7 @@ type Instance struct {
 
 	paramsMu sync.Mutex
 	params   map[string]string // the operator's parameters (SetParameters); never modified in place
+	hba      []string          // the operator's pg_hba.conf lines (SetHBA); never modified in place
 }
 
 // New validates cfg, fills in defaults and returns an Instance. It does not
@@ -47,7 +49,7 @@ func New(cfg Config) (*Instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	i := &Instance{cfg: cfg, log: cfg.Logger.With("data_dir", cfg.DataDir, "port", cfg.Port), params: maps.Clone(cfg.Parameters)}
+	i := &Instance{cfg: cfg, log: cfg.Logger.With("data_dir", cfg.DataDir, "port", cfg.Port), params: maps.Clone(cfg.Parameters), hba: slices.Clone(cfg.HBA)}
 	i.conn.init()
 	i.stat.init()
 	return i, nil

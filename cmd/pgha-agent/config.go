@@ -58,19 +58,20 @@ func showConfigCmd() *cobra.Command {
 
 func editConfigCmd() *cobra.Command {
 	var f apiFlags
-	var pg []string
+	var pg, hbaAdd, hbaRemove []string
 	var yes bool
 	cmd := &cobra.Command{
-		Use:   "edit-config [--pg NAME=VALUE ...] [--yes]",
+		Use:   "edit-config [--pg NAME=VALUE ...] [--hba-add LINE] [--hba-remove LINE] [--yes]",
 		Short: "Change the cluster-wide configuration: in $EDITOR, or with --pg for scripts",
 		Long: `Change the cluster-wide configuration, kept in Raft and applied by every
 agent: parameters PostgreSQL can reload take effect everywhere at once;
 the ones that need a restart show as pending_restart in list until then.
 
-Without --pg, the configuration opens in $EDITOR (vi if unset); the
+Without flags, the configuration opens in $EDITOR (vi if unset); the
 change is shown and applied after you confirm. --pg NAME=VALUE sets a
-PostgreSQL parameter, --pg NAME= removes it. A bad value is refused with
-its key named, and nothing changes.`,
+PostgreSQL parameter, --pg NAME= removes it; --hba-add and --hba-remove
+change the pg_hba.conf lines every member gets after pgha's own. A bad
+value is refused with its key named, and nothing changes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := f.client()
@@ -82,7 +83,17 @@ its key named, and nothing changes.`,
 				return err
 			}
 			next := maps.Clone(cur.PostgreSQL.Parameters)
-			if len(pg) > 0 {
+			nextHBA := slices.Clone(cur.PostgreSQL.HBA)
+			scripted := len(pg)+len(hbaAdd)+len(hbaRemove) > 0
+			if scripted {
+				for _, l := range hbaRemove {
+					i := slices.Index(nextHBA, l)
+					if i < 0 {
+						return fmt.Errorf("--hba-remove %q: no such line in the configuration", l)
+					}
+					nextHBA = slices.Delete(nextHBA, i, i+1)
+				}
+				nextHBA = append(nextHBA, hbaAdd...)
 				for _, kv := range pg {
 					k, v, ok := strings.Cut(kv, "=")
 					if !ok || k == "" {
@@ -94,19 +105,24 @@ its key named, and nothing changes.`,
 						next[k] = v
 					}
 				}
-			} else if next, err = editInEditor(cur); err != nil {
+			} else if next, nextHBA, err = editInEditor(cur); err != nil {
 				return err
 			}
 			diff := configDiff(cur.PostgreSQL.Parameters, next)
+			diff = append(diff, hbaDiff(cur.PostgreSQL.HBA, nextHBA)...)
 			if len(diff) == 0 {
 				fmt.Fprintln(cmd.OutOrStdout(), "no change")
 				return nil
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), strings.Join(diff, "\n"))
-			if len(pg) == 0 && !yes && !confirm(cmd, "Apply these changes?") {
+			if !scripted && !yes && !confirm(cmd, "Apply these changes?") {
 				return errors.New("not applied")
 			}
-			patch := map[string]any{"version": cur.Version, "postgresql": map[string]any{"parameters": mergePatch(cur.PostgreSQL.Parameters, next)}}
+			section := map[string]any{"parameters": mergePatch(cur.PostgreSQL.Parameters, next)}
+			if !slices.Equal(cur.PostgreSQL.HBA, nextHBA) {
+				section["pg_hba"] = nextHBA
+			}
+			patch := map[string]any{"version": cur.Version, "postgresql": section}
 			body, _ := json.Marshal(patch)
 			return c.each(func(base string) error {
 				var v agent.ConfigView
@@ -119,6 +135,8 @@ its key named, and nothing changes.`,
 		},
 	}
 	cmd.Flags().StringArrayVar(&pg, "pg", nil, "set a PostgreSQL parameter (NAME=VALUE; NAME= removes it); repeatable")
+	cmd.Flags().StringArrayVar(&hbaAdd, "hba-add", nil, "append a pg_hba.conf line (after pgha's own); repeatable")
+	cmd.Flags().StringArrayVar(&hbaRemove, "hba-remove", nil, "remove a pg_hba.conf line, written exactly as shown; repeatable")
 	cmd.Flags().BoolVar(&yes, "yes", false, "apply an $EDITOR change without asking")
 	f.register(cmd, true)
 	return cmd
@@ -137,27 +155,29 @@ func fetchConfig(cmd *cobra.Command, c *apiClient) (agent.ConfigView, error) {
 type editable struct {
 	PostgreSQL struct {
 		Parameters map[string]string `yaml:"parameters"`
+		HBA        []string          `yaml:"pg_hba"`
 	} `yaml:"postgresql"`
 }
 
 func renderConfig(v agent.ConfigView) string {
 	var e editable
 	e.PostgreSQL.Parameters = v.PostgreSQL.Parameters
+	e.PostgreSQL.HBA = v.PostgreSQL.HBA
 	b, _ := yaml.Marshal(e)
 	return fmt.Sprintf("# pgha cluster-wide configuration, version %d (kept in Raft; every member applies it)\n%s", v.Version, b)
 }
 
 // editInEditor opens the configuration in $EDITOR and returns the
-// parameters it holds when the editor exits.
-func editInEditor(cur agent.ConfigView) (map[string]string, error) {
+// parameters and pg_hba lines it holds when the editor exits.
+func editInEditor(cur agent.ConfigView) (map[string]string, []string, error) {
 	dir, err := os.MkdirTemp("", "pgha-edit-config-")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(path, []byte(renderConfig(cur)), 0o600); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	editor := os.Getenv("EDITOR")
 	if editor == "" {
@@ -167,22 +187,41 @@ func editInEditor(cur agent.ConfigView) (map[string]string, error) {
 	ed := exec.Command(args[0], args[1:]...)
 	ed.Stdin, ed.Stdout, ed.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := ed.Run(); err != nil {
-		return nil, fmt.Errorf("editor %s: %w", editor, err)
+		return nil, nil, fmt.Errorf("editor %s: %w", editor, err)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var e editable
 	dec := yaml.NewDecoder(strings.NewReader(string(b)))
 	dec.KnownFields(true)
 	if err := dec.Decode(&e); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("the edited configuration: %w (nothing applied)", err)
+		return nil, nil, fmt.Errorf("the edited configuration: %w (nothing applied)", err)
 	}
 	if e.PostgreSQL.Parameters == nil {
 		e.PostgreSQL.Parameters = map[string]string{}
 	}
-	return e.PostgreSQL.Parameters, nil
+	return e.PostgreSQL.Parameters, e.PostgreSQL.HBA, nil
+}
+
+// hbaDiff lists the pg_hba lines taken out and added.
+func hbaDiff(cur, next []string) []string {
+	var out []string
+	for _, l := range cur {
+		if !slices.Contains(next, l) {
+			out = append(out, "- postgresql.pg_hba: "+l)
+		}
+	}
+	for _, l := range next {
+		if !slices.Contains(cur, l) {
+			out = append(out, "+ postgresql.pg_hba: "+l)
+		}
+	}
+	if len(out) == 0 && !slices.Equal(cur, next) {
+		out = append(out, "~ postgresql.pg_hba: the same lines in another order")
+	}
+	return out
 }
 
 // configDiff lists the changes from cur to next, one line each, by name.

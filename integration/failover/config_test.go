@@ -136,6 +136,26 @@ func TestClusterConfig(t *testing.T) {
 		}
 	}
 
+	// pg_hba lines for every member, after pgha's own, in force at once.
+	rule := "host all pgha_test_nobody 127.0.0.1/32 reject"
+	cli(t, lc, "edit-config", "--hba-add", rule)
+	wait.For(t, 30*time.Second, "the pg_hba line on every server", func() (bool, string) {
+		n := 0
+		for _, node := range lc.Nodes() {
+			var found bool
+			err := itest.Connect(t, node.PGPort).QueryRow(context.Background(),
+				"SELECT count(*) > 0 FROM pg_hba_file_rules WHERE 'pgha_test_nobody' = ANY(user_name) AND auth_method = 'reject' AND error IS NULL").Scan(&found)
+			if err == nil && found {
+				n++
+			}
+		}
+		return n == 3, fmt.Sprintf("%d of 3", n)
+	})
+	if out, err := cliErr(lc, "edit-config", "--hba-add", "hots all all 10.0.0.0/8 trust"); err == nil || !strings.Contains(out, "connection type") {
+		t.Errorf("a bad pg_hba line was not refused: %v\n%s", err, out)
+	}
+	cli(t, lc, "edit-config", "--hba-remove", rule)
+
 	// Tags at run time: noloadbalance on a standby makes its /replica 503,
 	// and removing it (back to the file's value) makes it 200 again.
 	v := itest.WaitHealthy(t, lc, 3, 60*time.Second)
