@@ -44,14 +44,15 @@ func main() {
 	switchovers := flag.Int("switchovers", 4, "switchover trials")
 	hostDown := flag.Duration("host-down", 10*time.Second, "how long a lost host stays down")
 	keep := flag.Bool("keep", false, "keep the cluster's directory (agent and PostgreSQL logs) and print its path")
+	hang := flag.Bool("hanging-callbacks", false, "give every agent callbacks that never return (the failover must not wait for them)")
 	flag.Parse()
-	if err := run(*trials, *switchovers, *hostDown, *keep); err != nil {
+	if err := run(*trials, *switchovers, *hostDown, *keep, *hang); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-failover:", err)
 		os.Exit(1)
 	}
 }
 
-func run(trials, switchovers int, hostDown time.Duration, keep bool) error {
+func run(trials, switchovers int, hostDown time.Duration, keep, hang bool) error {
 	bin, cleanup, err := itest.BuildAgent()
 	if err != nil {
 		return err
@@ -85,7 +86,19 @@ func run(trials, switchovers int, hostDown time.Duration, keep bool) error {
 			pg = append(pg, p)
 		}
 	}
-	lc, err := localcluster.New(localcluster.Options{Dir: dir, Binary: bin, BinDir: pgBin, Name: "bench", APIPorts: api, RaftPorts: raft, PGPorts: pg})
+	opts := localcluster.Options{Dir: dir, Binary: bin, BinDir: pgBin, Name: "bench", APIPorts: api, RaftPorts: raft, PGPorts: pg}
+	if hang {
+		script, err := hangingScript()
+		if err != nil {
+			return err
+		}
+		defer os.Remove(script)
+		opts.ExtraConfig = func(string) string {
+			return fmt.Sprintf("callbacks:\n  on_start: %[1]s\n  on_stop: %[1]s\n  on_restart: %[1]s\n  on_reload: %[1]s\n  on_role_change: %[1]s\n  timeout: 30m\n", script)
+		}
+		fmt.Println("every callback hangs (sleep 1000)")
+	}
+	lc, err := localcluster.New(opts)
 	if err != nil {
 		return err
 	}
@@ -306,4 +319,21 @@ func waitAck(w *itest.Writer, after time.Time, notOn string, timeout time.Durati
 		time.Sleep(5 * time.Millisecond)
 	}
 	return itest.Ack{}, fmt.Errorf("no write acknowledged by a new primary within %s", timeout)
+}
+
+// hangingScript writes a callback that never returns, executable by the
+// agents' user.
+func hangingScript() (string, error) {
+	f, err := os.CreateTemp("", "pgha-hang-*.sh")
+	if err != nil {
+		return "", err
+	}
+	if _, err := f.WriteString("#!/bin/sh\nexec sleep 1000\n"); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	return f.Name(), os.Chmod(f.Name(), 0o755)
 }
