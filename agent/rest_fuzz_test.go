@@ -105,6 +105,14 @@ func FuzzREST(f *testing.F) {
 		{"HEAD", "/primary", "", ""},
 		{"PUT", "/metrics", strings.Repeat("x", 70000), ""},
 		{"GET", "/../../etc/passwd", "", ""},
+		{"PATCH", "/config", `{"postgresql": {"parameters": {"work_mem": "8MB"}}}`, ""},
+		{"GET", "/config", "", ""},
+		{"GET", "/history", "", ""},
+		{"POST", "/tags", `{"member": "node1", "tags": {"nofailover": "true"}}`, ""},
+		{"POST", "/restart", `{"member": "node1"}`, ""},
+		{"POST", "/reload", ``, ""},
+		{"POST", "/switchover", `{"at": "2030-01-01T00:00:00Z"}`, ""},
+		{"DELETE", "/switchover", "", ""},
 	} {
 		f.Add(s.method, s.path, []byte(s.body), s.auth)
 	}
@@ -124,7 +132,8 @@ func FuzzREST(f *testing.F) {
 			t.Fatalf("%s %s: %d %s", method, path, w.Code, w.Body.String())
 		}
 		after := a.node.State()
-		if after.Epoch != before.Epoch || after.Paused != before.Paused || len(after.Members) != len(before.Members) || after.Switchover != before.Switchover {
+		if after.Epoch != before.Epoch || after.Paused != before.Paused || len(after.Members) != len(before.Members) || after.Switchover != before.Switchover ||
+			after.Config.Version != before.Config.Version || len(after.TagOverrides) != len(before.TagOverrides) || after.ScheduledSwitchover != before.ScheduledSwitchover {
 			t.Fatalf("%s %s without the token changed the cluster: %+v -> %+v", method, path, before, after)
 		}
 	})
