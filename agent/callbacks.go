@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,7 +54,9 @@ func (c CallbacksConfig) validate(bad func(key, format string, args ...any)) {
 	if c.Timeout < 0 {
 		bad("callbacks.timeout", "%s is negative", c.Timeout)
 	}
-	for action, cmd := range c.commands() {
+	cmds := c.commands()
+	for _, action := range slices.Sorted(maps.Keys(cmds)) {
+		cmd := cmds[action]
 		if cmd == "" {
 			continue
 		}

@@ -397,9 +397,13 @@ func (c *Config) Validate() error {
 	if p.Port < 1 || p.Port > 65535 {
 		bad("postgres.port", "%d is not a TCP port", p.Port)
 	}
-	for key, r := range map[string]RoleConfig{"postgres.replication": p.Replication, "postgres.monitor": p.Monitor, "postgres.rewind": p.Rewind} {
-		if r.PasswordFile == "" && r.PasswordEnv == "" {
-			bad(key+".password_file", "missing; give a file (mode 0600) holding the %s role's password, or password_env", r.User)
+	// In a fixed order (not a map's): the same file gives the same errors.
+	for _, kr := range []struct {
+		key string
+		r   RoleConfig
+	}{{"postgres.replication", p.Replication}, {"postgres.monitor", p.Monitor}, {"postgres.rewind", p.Rewind}} {
+		if kr.r.PasswordFile == "" && kr.r.PasswordEnv == "" {
+			bad(kr.key+".password_file", "missing; give a file (mode 0600) holding the %s role's password, or password_env", kr.r.User)
 		}
 	}
 	for i, n := range p.AllowedNetworks {

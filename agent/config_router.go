@@ -116,9 +116,12 @@ func (r *RouterConfig) validate(bad func(string, string, ...any)) {
 	if ip := net.ParseIP(r.Listen); ip == nil {
 		bad("router.listen", "%q is not an IP address (give the host only; the ports are router.port and router.read_only_port)", r.Listen)
 	}
-	for key, p := range map[string]int{"router.port": r.Port, "router.read_only_port": r.ReadOnlyPort} {
-		if p < 1 || p > 65535 {
-			bad(key, "%d is not a TCP port", p)
+	for _, kp := range []struct {
+		key  string
+		port int
+	}{{"router.port", r.Port}, {"router.read_only_port", r.ReadOnlyPort}} {
+		if kp.port < 1 || kp.port > 65535 {
+			bad(kp.key, "%d is not a TCP port", kp.port)
 		}
 	}
 	if r.Port == r.ReadOnlyPort {

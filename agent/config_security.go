@@ -41,20 +41,21 @@ func (a APIConfig) Token() string { return a.token }
 func (c *Config) validateSecurity(bad func(string, string, ...any)) {
 	t := c.TLS
 	if t.Enabled() {
-		for key, v := range map[string]string{"tls.ca": t.CA, "tls.cert": t.Cert, "tls.key": t.Key} {
-			if v == "" {
-				bad(key, "missing; tls needs ca, cert and key together (pgha-agent certs writes them)")
+		for _, kv := range [][2]string{{"tls.ca", t.CA}, {"tls.cert", t.Cert}, {"tls.key", t.Key}} {
+			if kv[1] == "" {
+				bad(kv[0], "missing; tls needs ca, cert and key together (pgha-agent certs writes them)")
 			}
 		}
 	}
-	urls := map[string]string{"api.advertise": c.API.Advertise}
+	urls := [][2]string{{"api.advertise", c.API.Advertise}}
 	for i, m := range c.Cluster.Members {
-		urls[fmt.Sprintf("cluster.members[%d].api", i)] = m.API
+		urls = append(urls, [2]string{fmt.Sprintf("cluster.members[%d].api", i), m.API})
 	}
 	for i, u := range c.Cluster.Join {
-		urls[fmt.Sprintf("cluster.join[%d]", i)] = u
+		urls = append(urls, [2]string{fmt.Sprintf("cluster.join[%d]", i), u})
 	}
-	for key, raw := range urls {
+	for _, kv := range urls {
+		key, raw := kv[0], kv[1]
 		u, err := url.Parse(raw)
 		if err != nil || raw == "" {
 			continue // checkURL reports it

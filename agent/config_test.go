@@ -219,3 +219,19 @@ func TestConfigAllowedNetworksAsPostgres(t *testing.T) {
 		}
 	}
 }
+
+// The same file gives the same errors in the same order, every time.
+func TestConfigErrorsInStableOrder(t *testing.T) {
+	raw := strings.NewReplacer("replication: {password_file: DIR/repl}", "replication: {user: r}", "monitor: {password_file: DIR/mon}", "monitor: {user: m}",
+		"rewind: {password_file: DIR/rew}", "rewind: {user: w}").Replace(validConfig(t)) +
+		"router:\n  port: 0\n  read_only_port: 70000\ntls:\n  ca: /x\ncallbacks:\n  on_stop: /nonexistent/a\n  on_start: /nonexistent/b\n"
+	_, first := ParseConfig([]byte(raw))
+	if first == nil || strings.Count(first.Error(), "\n") < 3 {
+		t.Fatalf("want several errors, got %v", first)
+	}
+	for range 20 {
+		if _, err := ParseConfig([]byte(raw)); err == nil || err.Error() != first.Error() {
+			t.Fatalf("errors changed between two reads:\n%v\n---\n%v", first, err)
+		}
+	}
+}
