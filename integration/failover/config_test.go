@@ -127,9 +127,10 @@ func TestClusterConfig(t *testing.T) {
 		}
 		return n == 3, itest.Describe(v)
 	})
-	if out := cli(t, lc, "list"); !strings.Contains(out, "needs a restart for: shared_buffers") {
-		t.Errorf("list does not say who needs a restart:\n%s", out)
-	}
+	wait.For(t, 10*time.Second, "list to say who needs a restart", func() (bool, string) {
+		out := cli(t, lc, "list") // any member answers, from its own polls
+		return strings.Count(out, "needs a restart for: shared_buffers") == 3, out
+	})
 	for _, n := range lc.Nodes() {
 		if at := startedAt(n.Name); at != started[n.Name] {
 			t.Errorf("%s restarted (postmaster started %s, before %s): pgha must leave that to the operator", n.Name, at, started[n.Name])

@@ -3,6 +3,7 @@ package failover
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -25,16 +26,20 @@ func TestScheduledSwitchover(t *testing.T) {
 
 	later := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
 	cli(t, lc, "switchover", "--scheduled", later.Format(time.RFC3339))
-	if out := cli(t, lc, "list"); !strings.Contains(out, "switchover scheduled at "+later.Format(time.RFC3339)) {
-		t.Errorf("list does not show the scheduled switchover:\n%s", out)
-	}
+	// Any member answers list; a follower shows the schedule once it has
+	// applied the entry the leader committed.
+	wait.For(t, 10*time.Second, "list to show the scheduled switchover", func() (bool, string) {
+		out := cli(t, lc, "list")
+		return strings.Contains(out, "switchover scheduled at "+later.Format(time.RFC3339)), out
+	})
 	if out, err := cliErr(lc, "switchover", "--scheduled", later.Add(time.Minute).Format(time.RFC3339)); err == nil || !strings.Contains(out, "already scheduled") {
 		t.Errorf("a second schedule was not refused: %v\n%s", err, out)
 	}
 	cli(t, lc, "flush")
-	if v, err := lc.View(context.Background()); err != nil || v.ScheduledSwitchover != nil {
-		t.Fatalf("after flush: %+v, %v", v.ScheduledSwitchover, err)
-	}
+	wait.For(t, 10*time.Second, "the flushed switchover to be gone", func() (bool, string) {
+		v, err := lc.View(context.Background())
+		return err == nil && v.ScheduledSwitchover == nil, fmt.Sprintf("%+v, %v", v.ScheduledSwitchover, err)
+	})
 
 	// Due in a few seconds; the leader's agent dies meanwhile.
 	at := time.Now().Add(6 * time.Second)
