@@ -613,10 +613,24 @@ func newCallbackRecorder(t *testing.T) *callbackRecorder {
 	cb := &callbackRecorder{dir: dir, log: filepath.Join(dir, "calls")}
 	script := "#!/bin/sh\n" +
 		"echo \"$PGHA_NODE $* epoch=$PGHA_EPOCH primary=$PGHA_PRIMARY\" >> " + cb.log + "\n" +
-		"if [ \"$1 $2\" = \"on_role_change primary\" ]; then echo $$ > " + dir + "/hang.$PGHA_NODE; exec sleep 1000; fi\n"
+		"if [ \"$1 $2\" = \"on_role_change primary\" ]; then echo $$ >> " + dir + "/hang.$PGHA_NODE; exec sleep 1000; fi\n"
 	if err := os.WriteFile(filepath.Join(dir, "cb.sh"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// An agent killed with SIGKILL leaves its callbacks running (they have
+	// their own process group, as on a real host until it goes down): end
+	// the hanging ones with the test.
+	t.Cleanup(func() {
+		files, _ := filepath.Glob(filepath.Join(dir, "hang.*"))
+		for _, f := range files {
+			b, _ := os.ReadFile(f)
+			for _, line := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(line); err == nil && pid > 0 {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+	})
 	return cb
 }
 
@@ -649,7 +663,9 @@ func (cb *callbackRecorder) awaitHanging(t *testing.T, from int, node string) {
 	var pid int
 	wait.For(t, 10*time.Second, "the hanging callback's pid", func() (bool, string) {
 		b, err := os.ReadFile(filepath.Join(cb.dir, "hang."+node))
-		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		if pids := strings.Fields(string(b)); len(pids) > 0 {
+			pid, _ = strconv.Atoi(pids[len(pids)-1]) // the latest
+		}
 		return err == nil && pid > 0, fmt.Sprint(err)
 	})
 	if err := syscall.Kill(pid, 0); err != nil {

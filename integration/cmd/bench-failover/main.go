@@ -18,7 +18,9 @@ import (
 	"os"
 	"os/exec"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -93,6 +95,7 @@ func run(trials, switchovers int, hostDown time.Duration, keep, hang bool) error
 			return err
 		}
 		defer os.Remove(script)
+		defer killHanging(script + ".pids")
 		opts.ExtraConfig = func(string) string {
 			return fmt.Sprintf("callbacks:\n  on_start: %[1]s\n  on_stop: %[1]s\n  on_restart: %[1]s\n  on_reload: %[1]s\n  on_role_change: %[1]s\n  timeout: 30m\n", script)
 		}
@@ -328,7 +331,7 @@ func hangingScript() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if _, err := f.WriteString("#!/bin/sh\nexec sleep 1000\n"); err != nil {
+	if _, err := f.WriteString("#!/bin/sh\necho $$ >> " + f.Name() + ".pids\nexec sleep 1000\n"); err != nil {
 		f.Close()
 		return "", err
 	}
@@ -336,4 +339,16 @@ func hangingScript() (string, error) {
 		return "", err
 	}
 	return f.Name(), os.Chmod(f.Name(), 0o755)
+}
+
+// killHanging ends the callbacks still running: an agent killed with its
+// host in this harness leaves them behind (their own process group).
+func killHanging(pidFile string) {
+	b, _ := os.ReadFile(pidFile)
+	for _, line := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(line); err == nil && pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	_ = os.Remove(pidFile)
 }
