@@ -499,36 +499,54 @@ func (a *Agent) setPaused(w http.ResponseWriter, r *http.Request, paused bool) {
 	writeJSON(w, http.StatusOK, ControlResult{Message: msg})
 }
 
-// handleReinit re-clones a standby; it runs on that member's own agent.
-func (a *Agent) handleReinit(w http.ResponseWriter, r *http.Request) {
+// onMember reads a control call about one member and forwards it to that
+// member's agent unless it is this one. It answers the call itself (and
+// returns false) for a bad body, an unknown member, or a refusal that
+// refuse returns ("" lets it through); on true the caller acts here.
+func (a *Agent) onMember(w http.ResponseWriter, r *http.Request, verb string, refuse func(st consensus.State, req ControlRequest) string) (ControlRequest, consensus.State, bool) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
 		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
-		return
+		return ControlRequest{}, consensus.State{}, false
 	}
 	req, ok := decodeControl(w, body)
 	if !ok {
-		return
+		return req, consensus.State{}, false
 	}
 	st := a.node.State()
 	m, ok := st.Members[req.Member]
 	switch {
 	case req.Member == "":
 		writeJSON(w, http.StatusBadRequest, apiError{Error: "body must name the member: {\"member\": \"node2\"}"})
-		return
+		return req, st, false
 	case !ok:
 		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no member named %q", req.Member)})
-		return
-	case req.Member == st.Primary:
-		writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("reinit refused: %s is the primary", req.Member)})
-		return
+		return req, st, false
+	}
+	if why := refuse(st, req); why != "" {
+		writeJSON(w, http.StatusConflict, apiError{Error: verb + " refused: " + why})
+		return req, st, false
 	}
 	if req.Member != a.cfg.Name {
 		if r.Header.Get("X-Pgha-Forwarded") != "" {
-			writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "reinit: forwarded to the wrong member"})
-			return
+			writeJSON(w, http.StatusServiceUnavailable, apiError{Error: verb + ": forwarded to the wrong member"})
+		} else {
+			a.forwardTo(w, r, m.APIURL, body)
 		}
-		a.forwardTo(w, r, m.APIURL, body)
+		return req, st, false
+	}
+	return req, st, true
+}
+
+// handleReinit re-clones a standby; it runs on that member's own agent.
+func (a *Agent) handleReinit(w http.ResponseWriter, r *http.Request) {
+	req, _, ok := a.onMember(w, r, "reinit", func(st consensus.State, req ControlRequest) string {
+		if req.Member == st.Primary {
+			return req.Member + " is the primary"
+		}
+		return ""
+	})
+	if !ok {
 		return
 	}
 	a.log.Info("reinit requested", "reason", "operator request")
@@ -574,17 +592,9 @@ func (a *Agent) handleReload(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, ControlResult{Message: "reloaded " + strings.Join(done, ", ")})
 		return
 	}
-	m, ok := st.Members[req.Member]
-	if !ok {
-		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no member named %q", req.Member)})
-		return
-	}
-	if req.Member != a.cfg.Name {
-		if r.Header.Get("X-Pgha-Forwarded") != "" {
-			writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "reload: forwarded to the wrong member"})
-			return
-		}
-		a.forwardTo(w, r, m.APIURL, body)
+	// One member: as reinit and restart do (the body is read again there).
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	if _, st, ok = a.onMember(w, r, "reload", func(consensus.State, ControlRequest) string { return "" }); !ok {
 		return
 	}
 	if err := a.reloadHere(r.Context(), st); err != nil {
@@ -601,34 +611,13 @@ func (a *Agent) handleReload(w http.ResponseWriter, r *http.Request) {
 // which restarts the old primary as a standby). The primary's restart
 // holds a start permit, so the leader does not fail it over meanwhile.
 func (a *Agent) handleRestart(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
-		return
-	}
-	req, ok := decodeControl(w, body)
-	if !ok {
-		return
-	}
-	st := a.node.State()
-	m, ok := st.Members[req.Member]
-	switch {
-	case req.Member == "":
-		writeJSON(w, http.StatusBadRequest, apiError{Error: "body must name the member: {\"member\": \"node2\"}"})
-		return
-	case !ok:
-		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no member named %q", req.Member)})
-		return
-	case req.Member == st.Primary && !req.InPlace:
-		writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("restart refused: %s is the primary; switch over first (pgha-agent restart does), or restart it in place (in_place, writes unavailable meanwhile)", req.Member)})
-		return
-	}
-	if req.Member != a.cfg.Name {
-		if r.Header.Get("X-Pgha-Forwarded") != "" {
-			writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "restart: forwarded to the wrong member"})
-			return
+	req, st, ok := a.onMember(w, r, "restart", func(st consensus.State, req ControlRequest) string {
+		if req.Member == st.Primary && !req.InPlace {
+			return req.Member + " is the primary; switch over first (pgha-agent restart does), or restart it in place (in_place, writes unavailable meanwhile)"
 		}
-		a.forwardTo(w, r, m.APIURL, body)
+		return ""
+	})
+	if !ok {
 		return
 	}
 	ctx := r.Context()
@@ -644,7 +633,7 @@ func (a *Agent) handleRestart(w http.ResponseWriter, r *http.Request) {
 	}
 	a.log.Info("restarting PostgreSQL", "reason", "operator request")
 	a.pgMu.Lock()
-	err = a.inst.Restart(ctx, postgres.StopFast)
+	err := a.inst.Restart(ctx, postgres.StopFast)
 	a.pgMu.Unlock()
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "restart " + req.Member + ": " + err.Error()})

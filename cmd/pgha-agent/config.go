@@ -144,7 +144,7 @@ value is refused with its key named, and nothing changes.`,
 
 func fetchConfig(cmd *cobra.Command, c *apiClient) (agent.ConfigView, error) {
 	var v agent.ConfigView
-	err := c.each(func(base string) error { return c.call(cmd.Context(), "GET", base+"/config", nil, &v) })
+	err := getFirst(cmd.Context(), c, "/config", &v)
 	if v.PostgreSQL.Parameters == nil {
 		v.PostgreSQL.Parameters = map[string]string{}
 	}

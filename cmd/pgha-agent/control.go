@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 
@@ -171,14 +172,23 @@ func followReinit(cmd *cobra.Command, f *apiFlags, name string) error {
 
 // control POSTs req to the first member that answers and prints the result.
 func control(cmd *cobra.Command, f *apiFlags, path string, req agent.ControlRequest) error {
+	return send(cmd, f, http.MethodPost, path, req)
+}
+
+// send makes a control call with req as its JSON body (none if nil) at the
+// first member that answers, and prints the result's message.
+func send(cmd *cobra.Command, f *apiFlags, method, path string, req any) error {
 	c, err := f.client()
 	if err != nil {
 		return err
 	}
-	body, _ := json.Marshal(req)
+	var body []byte
+	if req != nil {
+		body, _ = json.Marshal(req)
+	}
 	return c.each(func(base string) error {
 		var res agent.ControlResult
-		if err := c.call(cmd.Context(), "POST", base+path, body, &res); err != nil {
+		if err := c.call(cmd.Context(), method, base+path, body, &res); err != nil {
 			return err
 		}
 		fmt.Fprintln(cmd.OutOrStdout(), res.Message)
@@ -206,18 +216,7 @@ func flushCmd() *cobra.Command {
 		Short: "Cancel the scheduled switchover",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := f.client()
-			if err != nil {
-				return err
-			}
-			return c.each(func(base string) error {
-				var res agent.ControlResult
-				if err := c.call(cmd.Context(), "DELETE", base+"/switchover", nil, &res); err != nil {
-					return err
-				}
-				fmt.Fprintln(cmd.OutOrStdout(), res.Message)
-				return nil
-			})
+			return send(cmd, &f, http.MethodDelete, "/switchover", nil)
 		},
 	}
 	f.register(cmd, true)
@@ -239,19 +238,7 @@ func tagCmd() *cobra.Command {
 				}
 				req.Tags[k] = v
 			}
-			c, err := f.client()
-			if err != nil {
-				return err
-			}
-			body, _ := json.Marshal(req)
-			return c.each(func(base string) error {
-				var res agent.ControlResult
-				if err := c.call(cmd.Context(), "POST", base+"/tags", body, &res); err != nil {
-					return err
-				}
-				fmt.Fprintln(cmd.OutOrStdout(), res.Message)
-				return nil
-			})
+			return send(cmd, &f, http.MethodPost, "/tags", req)
 		},
 	}
 	f.register(cmd, true)

@@ -3,13 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -51,21 +47,8 @@ func historyCmd() *cobra.Command {
 
 // fetchHistory asks the agents in turn; any member answers for the cluster.
 func fetchHistory(ctx context.Context, c *apiClient) ([]agent.HistoryEntry, error) {
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	var errs []error
-	for _, u := range c.apis {
-		var h []agent.HistoryEntry
-		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err := c.call(cctx, http.MethodGet, strings.TrimRight(u, "/")+"/history", nil, &h)
-		cancel()
-		if err == nil {
-			return h, nil
-		}
-		errs = append(errs, err)
-	}
-	return nil, fmt.Errorf("no agent answered: %w", errors.Join(errs...))
+	var h []agent.HistoryEntry
+	return h, getFirst(ctx, c, "/history", &h)
 }
 
 // printHistory prints the promotions as a table, like patronictl history.

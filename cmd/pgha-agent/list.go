@@ -53,21 +53,27 @@ func listCmd() *cobra.Command {
 }
 
 func fetchView(ctx context.Context, c *apiClient) (agent.ClusterView, error) {
+	var v agent.ClusterView
+	return v, getFirst(ctx, c, "/cluster", &v)
+}
+
+// getFirst GETs path from the agents in turn into out; any member answers
+// for the cluster, and a dead host must not stall the others.
+func getFirst(ctx context.Context, c *apiClient, path string, out any) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	var errs []error
 	for _, u := range c.apis {
-		var v agent.ClusterView
-		cctx, cancel := context.WithTimeout(ctx, 3*time.Second) // a dead host must not stall the others
-		err := c.call(cctx, http.MethodGet, strings.TrimRight(u, "/")+"/cluster", nil, &v)
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := c.call(cctx, http.MethodGet, strings.TrimRight(u, "/")+path, nil, out)
 		cancel()
 		if err == nil {
-			return v, nil
+			return nil
 		}
 		errs = append(errs, err)
 	}
-	return agent.ClusterView{}, fmt.Errorf("no agent answered: %w", errors.Join(errs...))
+	return fmt.Errorf("no agent answered: %w", errors.Join(errs...))
 }
 
 // printView prints the cluster as a table, like patronictl list / SHOW POOL_NODES.
