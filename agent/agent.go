@@ -169,6 +169,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.writePassfile(); err != nil {
 		return err
 	}
+	a.killFrozenAtStart()
 	ln, err := net.Listen("tcp", a.cfg.API.Listen)
 	if err != nil {
 		return fmt.Errorf("api.listen %s: %w", a.cfg.API.Listen, err)

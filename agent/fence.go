@@ -2,7 +2,11 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"time"
+
+	"github.com/pgha/pgha/consensus"
+	"github.com/pgha/pgha/postgres"
 )
 
 // fenced reports whether this node must not accept writes nor claim to be
@@ -54,12 +58,25 @@ func (a *Agent) leaseEnd(epoch uint64) time.Time {
 }
 
 // fenceLoop enforces the "One writer" rule on this node (DESIGN): a primary
-// whose lease ran out stops its PostgreSQL before the leader's promotion
+// whose lease ran out freezes its PostgreSQL before the leader's promotion
 // deadline (fenceDeadline). It checks often, and it never waits for the
-// reconcile loop's locks: the stop is a signal to the postmaster.
+// reconcile loop's locks: the freeze is a signal to every process of the
+// server.
+//
+// Freezing (SIGSTOP, postgres/freeze.go), not stopping: a frozen server
+// acknowledges nothing, as a stopped one, but it resumes in place, with
+// its clients' connections and transactions, when the lease is renewed
+// after all. That is the common case of a lease that ran out: the Raft
+// leader's host was lost, and the election of the next one took longer
+// than the lease; the next leader keeps the primary and renews its lease.
+// A stop turned that into a crash recovery and a restart under a permit
+// (2.3 s of writes lost, against the election's time). A frozen server is
+// killed when it is not to resume: the renewal was refused or did not come
+// within frozenMax, or the committed state names another primary.
 func (a *Agent) fenceLoop(ctx context.Context) {
 	t := time.NewTicker(25 * time.Millisecond)
 	defer t.Stop()
+	var frozen frozenServer
 	for {
 		select {
 		case <-ctx.Done():
@@ -67,6 +84,10 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		st := a.node.State()
+		if frozen.pid != 0 {
+			frozen = a.keepFrozen(ctx, st, frozen)
+			continue
+		}
 		if st.Primary != a.cfg.Name || !st.Initialized() || a.leaseHolds(st.Epoch, time.Now()) {
 			continue
 		}
@@ -87,13 +108,79 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		if err == nil && state == "in archive recovery" {
 			continue
 		}
-		a.log.Warn("fencing: stopping PostgreSQL at once", "reason", "the lease ran out: no contact with the Raft leader for fence_timeout", "fence_timeout", a.cfg.Timing.FenceTimeout, "epoch", st.Epoch, "pid", pid)
-		// A fence is not a crash: if this node is still the primary when
-		// it hears from the leader again, it starts in place.
-		a.writableEpoch.Store(0)
-		if err := a.inst.Kill(ctx, pid); err != nil {
-			a.log.Error("fencing: could not stop PostgreSQL", "err", err)
+		reason := "the lease ran out: no contact with the Raft leader for fence_timeout"
+		if err := a.inst.Freeze(pid); err != nil {
+			a.log.Error("fencing: could not freeze PostgreSQL; stopping it", "err", err, "pid", pid)
+			a.stopFenced(ctx, pid, reason)
+			continue
 		}
+		a.log.Warn("fencing: PostgreSQL frozen (SIGSTOP)", "reason", reason, "fence_timeout", a.cfg.Timing.FenceTimeout, "epoch", st.Epoch, "pid", pid, "resumes", "if the lease is renewed within "+a.frozenMax().String())
+		frozen = frozenServer{pid: pid, epoch: st.Epoch, at: time.Now()}
+	}
+}
+
+// frozenServer is the fence's record of the PostgreSQL it froze.
+type frozenServer struct {
+	pid   int
+	epoch uint64    // the epoch whose lease ran out
+	at    time.Time // when it was frozen
+}
+
+// frozenMax is how long a frozen primary waits for its lease to be renewed
+// before it is killed: twice the lease, for an election that took long.
+// Past it, its clients are better served by an error than by a hang.
+func (a *Agent) frozenMax() time.Duration {
+	return 2 * a.cfg.Timing.FenceTimeout
+}
+
+// keepFrozen decides, on every pass of the fence loop, what becomes of the
+// server it froze, and returns the record to keep (zero: none).
+//   - The lease of the same epoch holds again (a renewal granted by the
+//     leader after a quorum check, which pushed its promotion deadline past
+//     the lease's end): thaw it. A renewal is what makes a running primary
+//     writable, so it makes a frozen one writable too.
+//   - The committed state names another primary or epoch, or frozenMax has
+//     passed: kill it.
+//   - Otherwise keep it frozen (again: something may have resumed a part
+//     of it; SIGCONT is not only ours to send).
+func (a *Agent) keepFrozen(ctx context.Context, st consensus.State, f frozenServer) frozenServer {
+	now := time.Now()
+	if pid, _ := a.inst.PostmasterPID(); pid != f.pid {
+		return frozenServer{} // gone: killed, or crashed
+	}
+	mine := st.Primary == a.cfg.Name && st.Epoch == f.epoch
+	switch {
+	case mine && a.leaseHolds(f.epoch, now):
+		if err := a.inst.Thaw(f.pid); err != nil {
+			a.log.Error("fencing: could not thaw PostgreSQL; stopping it", "err", err, "pid", f.pid)
+			a.stopFenced(ctx, f.pid, "it could not be thawed")
+			return frozenServer{}
+		}
+		a.log.Info("fence lifted: PostgreSQL thawed", "reason", "the lease was renewed", "epoch", f.epoch, "frozen_for", now.Sub(f.at).Round(time.Millisecond))
+		return frozenServer{}
+	case !mine:
+		a.stopFenced(ctx, f.pid, fmt.Sprintf("the committed primary is now %s (epoch %d)", st.Primary, st.Epoch))
+		return frozenServer{}
+	case now.Sub(f.at) > a.frozenMax():
+		a.stopFenced(ctx, f.pid, "the lease was not renewed within "+a.frozenMax().String())
+		return frozenServer{}
+	}
+	if err := a.inst.Freeze(f.pid); err != nil {
+		a.log.Error("fencing: could not keep PostgreSQL frozen; stopping it", "err", err, "pid", f.pid)
+		a.stopFenced(ctx, f.pid, "it could not be kept frozen")
+		return frozenServer{}
+	}
+	return f
+}
+
+// stopFenced kills the fenced server. A fence is not a crash: if this node
+// is still the primary when it hears from the leader again, it starts in
+// place under a permit.
+func (a *Agent) stopFenced(ctx context.Context, pid int, reason string) {
+	a.log.Warn("fencing: stopping PostgreSQL at once", "reason", reason, "pid", pid)
+	a.writableEpoch.Store(0)
+	if err := a.inst.Kill(ctx, pid); err != nil {
+		a.log.Error("fencing: could not stop PostgreSQL", "err", err)
 	}
 }
 
@@ -119,5 +206,21 @@ func renewalBudget(end, now time.Time, roundTrip time.Duration) time.Duration {
 		return 0
 	default:
 		return roundTrip
+	}
+}
+
+// killFrozenAtStart kills a PostgreSQL this agent finds frozen when it
+// starts: an earlier run of it fenced the server and died before the lease
+// was renewed. Only a renewal granted after the freeze may thaw a server,
+// and this run has no record of when that was: a crash is the safe reading
+// (the start as primary then needs the leader's permit, as after any crash).
+func (a *Agent) killFrozenAtStart() {
+	pid, err := a.inst.PostmasterPID()
+	if err != nil || pid == 0 || !postgres.Stopped(pid) {
+		return
+	}
+	a.log.Warn("stopping PostgreSQL", "reason", "it is frozen (SIGSTOP), as the fence of an earlier run of this agent left it", "pid", pid)
+	if err := a.inst.Kill(context.Background(), pid); err != nil {
+		a.log.Error("could not stop the frozen PostgreSQL", "err", err)
 	}
 }

@@ -383,6 +383,9 @@ func (i *Instance) Stop(ctx context.Context, mode StopMode) error {
 		return fmt.Errorf("stop postgres in %s: %w", dir, err)
 	} else if pid == 0 {
 		return nil
+	} else if Stopped(pid) {
+		// A frozen postmaster cannot act on pg_ctl's signal.
+		return i.killFrozen(pid)
 	}
 	off := i.logOffset()
 	i.log.Info("stopping postgres", "mode", string(mode))

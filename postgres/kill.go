@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -15,10 +13,14 @@ import (
 // wait behind a slow close or a busy connection. SIGQUIT is PostgreSQL's
 // immediate shutdown (every backend exits at once, no commit is
 // acknowledged after it); if the postmaster is still there after a second,
-// SIGKILL, and its children notice their postmaster's death.
+// SIGKILL, and its children notice their postmaster's death. A frozen
+// server (freeze.go) is killed with all its processes at once.
 func (i *Instance) Kill(ctx context.Context, pid int) error {
 	if pid <= 0 {
 		return nil
+	}
+	if Stopped(pid) {
+		return i.killFrozen(pid)
 	}
 	for _, sig := range []syscall.Signal{syscall.SIGQUIT, syscall.SIGKILL} {
 		if err := syscall.Kill(pid, sig); err != nil {
@@ -59,13 +61,6 @@ func processAlive(pid int) bool {
 
 // isZombie reads /proc/PID/stat's state field.
 func isZombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	if j := strings.LastIndexByte(s, ')'); j >= 0 && j+2 < len(s) {
-		return s[j+2] == 'Z'
-	}
-	return false
+	s, ok := procState(pid)
+	return ok && s == 'Z'
 }

@@ -108,23 +108,33 @@ func (i *Instance) Status(ctx context.Context) Status {
 	if pid == 0 {
 		return st
 	}
+	if Stopped(pid) {
+		// Frozen (freeze.go): a query would only wait out its timeout.
+		// pg_control says what it was.
+		st = Status{PID: pid, Unresponsive: true, Error: fmt.Sprintf("the postmaster (pid %d) is stopped (SIGSTOP): frozen", pid)}
+		st.InRecovery = i.inRecoveryByControl()
+		return st
+	}
 	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
 	defer cancel()
 	err = i.with(ctx, &i.stat, func(c *pgx.Conn) error { return queryStatus(ctx, c, &st) })
 	if err != nil {
 		st = Status{PID: pid, Unresponsive: true, Error: fmt.Sprintf("query status: %v", err)}
-		// pg_control says what the live server is, without a connection.
-		cctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
-		defer cancel()
-		if state, cerr := i.ClusterState(cctx); cerr == nil {
-			st.InRecovery = state != "in production"
-		} else {
-			st.InRecovery = false // unknown: judged as a possible writer
-		}
+		st.InRecovery = i.inRecoveryByControl()
 		return st
 	}
 	st.Running = true
 	return st
+}
+
+// inRecoveryByControl says from pg_control, without a connection, whether
+// the live server is a standby; false when unknown (judged as a possible
+// writer).
+func (i *Instance) inRecoveryByControl() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+	defer cancel()
+	state, err := i.ClusterState(ctx)
+	return err == nil && state != "in production"
 }
 
 func queryStatus(ctx context.Context, c *pgx.Conn, st *Status) error {

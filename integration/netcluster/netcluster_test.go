@@ -372,6 +372,60 @@ func TestNetCluster(t *testing.T) {
 		}
 	})
 
+	// The primary's lease runs out because no Raft leader can renew it
+	// (the leader's and the third host's agents hang), and a leader comes
+	// back: the fence froze PostgreSQL (it acknowledged nothing meanwhile)
+	// and thaws it on the renewal, the same postmaster, no failover. A stop
+	// instead turned every leader election longer than the lease into a
+	// crash recovery and a restart under a permit.
+	must(t, "no leader for longer than the lease, then one again: the primary is frozen, then thawed in place", func(t *testing.T) {
+		leaderApartFromPrimary(t, c)
+		s := start(t, c, "w_lease_gap")
+		primary := c.Host(netcluster.Primary(s.before))
+		var others []*netcluster.Host
+		for _, h := range c.Hosts {
+			if h != primary {
+				others = append(others, h)
+			}
+		}
+		pid := c.PostmasterPID(primary)
+		freezes, lifts := len(c.GrepLog(primary, "PostgreSQL frozen")), len(c.GrepLog(primary, "fence lifted"))
+		frozen := time.Now()
+		for _, h := range others {
+			if err := c.FreezeAgent(h); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = c.ThawAgent(h) })
+		}
+		wait.For(t, 5*time.Second, primary.Name+"'s agent to fence (its lease runs out with no leader to renew it)", func() (bool, string) {
+			lines := c.GrepLog(primary, "PostgreSQL frozen")
+			return len(lines) > freezes, "no freeze in its log yet"
+		})
+		t.Logf("%s fenced %.2fs after the others' agents froze", primary.Name, time.Since(frozen).Seconds())
+		if ok, err := c.IsPrimary(context.Background(), primary); ok {
+			t.Errorf("%s's PostgreSQL answers as a writable primary while fenced (err %v)", primary.Name, err)
+		}
+		// Within frozenMax (twice the lease) of the freeze.
+		for _, h := range others {
+			if err := c.ThawAgent(h); err != nil {
+				t.Fatal(err)
+			}
+		}
+		thawed := time.Now()
+		ack := s.resumed(thawed)
+		t.Logf("writes resumed on %s %.2fs after the agents woke (%s)", ack.Host, ack.At.Sub(thawed).Seconds(), s.w.Status())
+		if lines := c.GrepLog(primary, "fence lifted"); len(lines) <= lifts {
+			t.Errorf("%s's PostgreSQL was not thawed; its fencing lines: %v", primary.Name, c.GrepLog(primary, "fencing"))
+		}
+		if now := c.PostmasterPID(primary); now != pid {
+			t.Errorf("%s's postmaster is pid %d, was %d: it was restarted, not thawed", primary.Name, now, pid)
+		}
+		v := s.finish()
+		if v.Epoch != s.before.Epoch || netcluster.Primary(v) != primary.Name {
+			t.Errorf("a needless failover: %s; before: primary %s, epoch %d", netcluster.Describe(v), primary.Name, s.before.Epoch)
+		}
+	})
+
 	// A hung agent (SIGSTOP, a GC stall) on the host that both leads Raft
 	// and runs the primary: its PostgreSQL runs on and its kernel keeps
 	// the VIP and answers ARP for it. The next leader must take the VIP

@@ -1,0 +1,147 @@
+package postgres
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// A frozen server: every process of it stopped by SIGSTOP.
+//
+// The fence's first step (agent/fence.go). A stopped backend makes no
+// progress, so nothing it runs can be acknowledged; unlike a shutdown it
+// keeps every client connection, every transaction and the shared buffers,
+// so SIGCONT resumes the server where it stopped, in microseconds, when the
+// lease is renewed after all (a Raft election that took longer than the
+// lease). A server that is not to resume is killed with SIGKILL: a stopped
+// process cannot act on a shutdown signal, and its children would stay
+// stopped beside a dead postmaster, holding its shared memory.
+
+// Freeze stops the postmaster pid (first, so that it forks nothing more),
+// then every process it started, and waits until the kernel shows them all
+// stopped. Freezing a frozen server again is harmless: it stops whatever
+// something else resumed.
+func (i *Instance) Freeze(pid int) error {
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		return fmt.Errorf("freeze postmaster %d: %w", pid, err)
+	}
+	procs := append([]int{pid}, Descendants(pid)...)
+	for _, p := range procs[1:] {
+		_ = syscall.Kill(p, syscall.SIGSTOP) // one that exited meanwhile is fine
+	}
+	// kill(2) only queues the signal: a process running on another CPU
+	// stops at its next entry to the kernel, within a scheduler tick.
+	deadline := time.Now().Add(100 * time.Millisecond)
+	for _, p := range procs {
+		for !stoppedOrGone(p) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("freeze postmaster %d: process %d is not stopped after 100ms", pid, p)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// Thaw resumes a frozen server, its children first.
+func (i *Instance) Thaw(pid int) error {
+	var errs []error
+	for _, p := range Descendants(pid) {
+		if err := syscall.Kill(p, syscall.SIGCONT); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, err)
+		}
+	}
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("thaw postmaster %d: %w", pid, err)
+	}
+	return nil
+}
+
+// Stopped reports whether the process pid is stopped by a signal (SIGSTOP):
+// a frozen postmaster, by the fence or by anything else.
+func Stopped(pid int) bool {
+	s, ok := procState(pid)
+	return ok && (s == 'T' || s == 't')
+}
+
+func stoppedOrGone(pid int) bool {
+	s, ok := procState(pid)
+	return !ok || s == 'T' || s == 't' || s == 'Z' || s == 'X'
+}
+
+// killFrozen ends a stopped server and every process it started with
+// SIGKILL, the children listed before the postmaster dies (they are
+// re-parented then), and waits up to a second for the postmaster to go.
+func (i *Instance) killFrozen(pid int) error {
+	children := Descendants(pid)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("kill frozen postmaster %d: %w", pid, err)
+	}
+	for _, p := range children {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(time.Second)
+	for processAlive(pid) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("frozen postmaster %d is still there after SIGKILL", pid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	i.log.Info("frozen postgres killed", "pid", pid, "processes", len(children)+1)
+	return nil
+}
+
+// Descendants lists the processes pid started, and theirs, from /proc.
+func Descendants(pid int) []int {
+	children := map[int][]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f, ok := procStat(p); ok && len(f) > 1 {
+			if ppid, err := strconv.Atoi(f[1]); err == nil {
+				children[ppid] = append(children[ppid], p)
+			}
+		}
+	}
+	var out []int
+	for queue := children[pid]; len(queue) > 0; queue = queue[1:] {
+		out = append(out, queue[0])
+		queue = append(queue, children[queue[0]]...)
+	}
+	return out
+}
+
+// procStat returns the fields of /proc/PID/stat after the command name:
+// state, ppid, ... (the name may hold spaces and parentheses).
+func procStat(pid int) ([]string, bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return nil, false
+	}
+	s := string(b)
+	j := strings.LastIndexByte(s, ')')
+	if j < 0 {
+		return nil, false
+	}
+	f := strings.Fields(s[j+1:])
+	return f, len(f) > 0
+}
+
+func procState(pid int) (byte, bool) {
+	f, ok := procStat(pid)
+	if !ok || f[0] == "" {
+		return 0, false
+	}
+	return f[0][0], true
+}
