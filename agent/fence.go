@@ -109,7 +109,7 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			continue
 		}
 		reason := "the lease ran out: no contact with the Raft leader for fence_timeout"
-		if err := a.inst.Freeze(pid); err != nil {
+		if err := a.inst.Freeze(pid, a.reaperAfter()); err != nil {
 			a.log.Error("fencing: could not freeze PostgreSQL; stopping it", "err", err, "pid", pid)
 			a.stopFenced(ctx, pid, reason)
 			continue
@@ -131,6 +131,13 @@ type frozenServer struct {
 // Past it, its clients are better served by an error than by a hang.
 func (a *Agent) frozenMax() time.Duration {
 	return 2 * a.cfg.Timing.FenceTimeout
+}
+
+// reaperAfter is when the freeze ends by itself if this agent cannot end
+// it (it died, or hangs): a little after frozenMax, so that normally the
+// agent's own kill, logged with its reason, comes first.
+func (a *Agent) reaperAfter() time.Duration {
+	return a.frozenMax() + fenceMargin
 }
 
 // keepFrozen decides, on every pass of the fence loop, what becomes of the
@@ -165,7 +172,7 @@ func (a *Agent) keepFrozen(ctx context.Context, st consensus.State, f frozenServ
 		a.stopFenced(ctx, f.pid, "the lease was not renewed within "+a.frozenMax().String())
 		return frozenServer{}
 	}
-	if err := a.inst.Freeze(f.pid); err != nil {
+	if err := a.inst.Freeze(f.pid, a.reaperAfter()); err != nil {
 		a.log.Error("fencing: could not keep PostgreSQL frozen; stopping it", "err", err, "pid", f.pid)
 		a.stopFenced(ctx, f.pid, "it could not be kept frozen")
 		return frozenServer{}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -26,13 +27,23 @@ import (
 // then every process it started, and waits until the kernel shows them all
 // stopped. Freezing a frozen server again is harmless: it stops whatever
 // something else resumed.
-func (i *Instance) Freeze(pid int) error {
+//
+// A freeze ends by itself: unless Thaw or a kill comes first, a reaper
+// process started here kills every process that is still stopped after
+// killAfter. It runs in its own session, so it outlives the agent: a
+// frozen server accepts TCP connections from its kernel, and the leader's
+// direct check takes that for a live server, so a server left frozen by an
+// agent that died and cannot restart would never be failed over.
+func (i *Instance) Freeze(pid int, killAfter time.Duration) error {
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		return fmt.Errorf("freeze postmaster %d: %w", pid, err)
 	}
 	procs := append([]int{pid}, Descendants(pid)...)
 	for _, p := range procs[1:] {
 		_ = syscall.Kill(p, syscall.SIGSTOP) // one that exited meanwhile is fine
+	}
+	if err := i.startReaper(procs, killAfter); err != nil {
+		return fmt.Errorf("freeze postmaster %d: %w", pid, err)
 	}
 	// kill(2) only queues the signal: a process running on another CPU
 	// stops at its next entry to the kernel, within a scheduler tick.
@@ -48,8 +59,11 @@ func (i *Instance) Freeze(pid int) error {
 	return nil
 }
 
-// Thaw resumes a frozen server, its children first.
+// Thaw resumes a frozen server, its children first, once its reaper is
+// gone (if the reaper was quicker, the server is dead: a crash, never a
+// thaw half killed).
 func (i *Instance) Thaw(pid int) error {
+	i.stopReaper()
 	var errs []error
 	for _, p := range Descendants(pid) {
 		if err := syscall.Kill(p, syscall.SIGCONT); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -81,6 +95,7 @@ func stoppedOrGone(pid int) bool {
 // SIGKILL, the children listed before the postmaster dies (they are
 // re-parented then), and waits up to a second for the postmaster to go.
 func (i *Instance) killFrozen(pid int) error {
+	defer i.stopReaper()
 	children := Descendants(pid)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("kill frozen postmaster %d: %w", pid, err)
@@ -97,6 +112,51 @@ func (i *Instance) killFrozen(pid int) error {
 	}
 	i.log.Info("frozen postgres killed", "pid", pid, "processes", len(children)+1)
 	return nil
+}
+
+// reaperScript kills, after $1 seconds, each of the other arguments that is
+// still stopped ("T" in /proc/PID/stat; PostgreSQL's processes are named
+// "postgres", without spaces): a PID reused meanwhile is left alone.
+const reaperScript = `sleep "$1"; shift; for p in "$@"; do s=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null); [ "$s" = T ] && kill -KILL "$p"; done; exit 0`
+
+// startReaper starts the reaper of a freeze, unless one runs already.
+func (i *Instance) startReaper(procs []int, after time.Duration) error {
+	i.reaperMu.Lock()
+	defer i.reaperMu.Unlock()
+	if i.reaper != nil {
+		return nil
+	}
+	args := []string{"-c", reaperScript, "pgha-freeze-reaper", strconv.FormatFloat(after.Seconds(), 'f', 3, 64)}
+	for _, p := range procs {
+		args = append(args, strconv.Itoa(p))
+	}
+	cmd := exec.Command("/bin/sh", args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the reaper that ends the freeze: %w", err)
+	}
+	i.reaper = cmd
+	done := cmd.Process
+	go func() {
+		_, _ = done.Wait()
+	}()
+	return nil
+}
+
+// stopReaper kills the reaper and its sleep (its process group) and waits
+// until it is gone.
+func (i *Instance) stopReaper() {
+	i.reaperMu.Lock()
+	defer i.reaperMu.Unlock()
+	if i.reaper == nil {
+		return
+	}
+	pid := i.reaper.Process.Pid
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	for deadline := time.Now().Add(time.Second); processAlive(pid) && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	i.reaper = nil
 }
 
 // Descendants lists the processes pid started, and theirs, from /proc.

@@ -41,7 +41,7 @@ func TestFreezeThawAndKillFrozen(t *testing.T) {
 	if err != nil || pm == 0 {
 		t.Fatalf("PostmasterPID = %d, %v", pm, err)
 	}
-	if err := inst.Freeze(pm); err != nil {
+	if err := inst.Freeze(pm, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	procs := append([]int{pm}, postgres.Descendants(pm)...)
@@ -101,7 +101,7 @@ func TestFreezeThawAndKillFrozen(t *testing.T) {
 		{"Kill", func(pid int) error { return inst.Kill(ctx, pid) }},
 	} {
 		pm, _ := inst.PostmasterPID()
-		if err := inst.Freeze(pm); err != nil {
+		if err := inst.Freeze(pm, time.Minute); err != nil {
 			t.Fatal(err)
 		}
 		procs := append([]int{pm}, postgres.Descendants(pm)...)
@@ -166,4 +166,60 @@ func procZombie(pid int) bool {
 	s := string(b)
 	j := strings.LastIndexByte(s, ')')
 	return err == nil && j >= 0 && j+2 < len(s) && s[j+2] == 'Z'
+}
+
+// TestFrozenServerIsKilledByItsReaper: a freeze that nobody ends (the agent
+// died with the server frozen) ends by itself: every process of the server
+// is killed at the deadline, and the server can start again.
+func TestFrozenServerIsKilledByItsReaper(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	inst := pgtest.StartPrimary(t)
+	pm, err := inst.PostmasterPID()
+	if err != nil || pm == 0 {
+		t.Fatalf("PostmasterPID = %d, %v", pm, err)
+	}
+	procs := append([]int{pm}, postgres.Descendants(pm)...)
+	frozen := time.Now()
+	if err := inst.Freeze(pm, 500*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range procs {
+		waitGone(t, p)
+	}
+	if took := time.Since(frozen); took < 500*time.Millisecond {
+		t.Errorf("the frozen server was gone %s after the freeze, before its deadline", took)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if pid, err := inst.PostmasterPID(); pid == 0 && err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("postmaster.pid still names the killed postmaster")
+		}
+	}
+	if err := inst.Start(ctx); err != nil {
+		t.Fatalf("start after the reaper killed the frozen server: %v", err)
+	}
+}
+
+// TestThawStopsTheReaper: a server thawed before the deadline runs on past it.
+func TestThawStopsTheReaper(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	inst := pgtest.StartPrimary(t)
+	pm, _ := inst.PostmasterPID()
+	if err := inst.Freeze(pm, 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Thaw(pm); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(600 * time.Millisecond) // past the reaper's deadline: nothing may happen
+	if pid, _ := inst.PostmasterPID(); pid != pm {
+		t.Fatalf("postmaster %d, was %d", pid, pm)
+	}
+	if err := inst.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("the thawed server does not answer past the reaper's deadline: %v", err)
+	}
 }

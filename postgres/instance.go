@@ -40,6 +40,9 @@ type Instance struct {
 	paramsMu sync.Mutex
 	params   map[string]string // the operator's parameters (SetParameters); never modified in place
 	hba      []string          // the operator's pg_hba.conf lines (SetHBA); never modified in place
+
+	reaperMu sync.Mutex
+	reaper   *exec.Cmd // kills a frozen server at its deadline (freeze.go)
 }
 
 // New validates cfg, fills in defaults and returns an Instance. It does not
