@@ -182,6 +182,10 @@ func (a *Agent) convergePrimary(ctx context.Context, st consensus.State, dds pos
 		if err := a.becomeWritable(ctx, st, pg); err != nil {
 			return err
 		}
+		// The router on the leader serves writes once the leader sees
+		// this primary running: tell it now, not at its next poll (up to
+		// a health interval of writes refused after every failover).
+		a.pushObservation(ctx)
 		pg = a.pgStatus(ctx)
 	}
 	names := a.syncNames(st, pg)
