@@ -182,8 +182,13 @@ const (
 	// replaced stays aside as evidence.
 	DefaultKeepReplacedDataDirs = 1
 	// Raft timing tuned for failover in seconds on a LAN; raise them on
-	// slow or distant networks.
-	DefaultHeartbeatTimeout   = 500 * time.Millisecond
+	// slow or distant networks. A follower notices a lost leader after one
+	// to three heartbeat timeouts, and an election needs both survivors to
+	// have noticed (each refuses votes while it still has a leader): with
+	// 500 ms, the lost leader's successor came 1.1-1.4 s after the loss
+	// (chaos host-loss, seed 778); 300 ms halves that. A stall that long
+	// already costs the leader its lease (leader_lease_timeout, 250 ms).
+	DefaultHeartbeatTimeout   = 300 * time.Millisecond
 	DefaultElectionTimeout    = 500 * time.Millisecond
 	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
 )
