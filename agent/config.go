@@ -168,6 +168,7 @@ type TagsConfig struct {
 	NoSync        bool `yaml:"nosync"`        // never synchronous while another member can be
 	NoLoadBalance bool `yaml:"noloadbalance"` // the router sends it no reads
 	Priority      int  `yaml:"priority"`      // among standbys with equal WAL, the higher is promoted
+	CloneFrom     bool `yaml:"clonefrom"`     // preferred source of base backups for new and reinitialised standbys
 }
 
 // Defaults applied by Load before validation.

@@ -208,7 +208,7 @@ func (a *Agent) handleTags(w http.ResponseWriter, r *http.Request, body []byte) 
 		return
 	}
 	m := a.node.State().Members[req.Member]
-	writeJSON(w, http.StatusOK, ControlResult{Message: fmt.Sprintf("%s: nofailover=%t nosync=%t noloadbalance=%t priority=%d", m.Name, m.NoFailover, m.NoSync, m.NoLoadBalance, m.Priority)})
+	writeJSON(w, http.StatusOK, ControlResult{Message: fmt.Sprintf("%s: nofailover=%t nosync=%t noloadbalance=%t clonefrom=%t priority=%d", m.Name, m.NoFailover, m.NoSync, m.NoLoadBalance, m.CloneFrom, m.Priority)})
 }
 
 // refusedError is a control call refused for the reason it says (409).

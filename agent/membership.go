@@ -88,6 +88,7 @@ func (a *Agent) selfMember() consensus.Member {
 		Priority:      a.cfg.Tags.Priority,
 		NoSync:        a.cfg.Tags.NoSync,
 		NoLoadBalance: a.cfg.Tags.NoLoadBalance,
+		CloneFrom:     a.cfg.Tags.CloneFrom,
 	}
 }
 

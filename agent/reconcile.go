@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -540,14 +541,15 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 		dds = postgres.DataDirValid
 	}
 	if dds.IsEmpty() {
-		a.log.Info("cloning", "from", st.Primary, "slot", SlotName(a.cfg.Name), "reason", "no data directory: a new standby starts from a base backup of the primary")
 		a.setActivity("cloning")
-		err := recovery.Clone(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, a.cloneSource(p), a.cfg.Postgres.RunAs, a.progress("cloning"))
+		from, err := a.cloneFromBest(ctx, st, p, "no data directory: a new standby starts from a base backup", func(src recovery.Source) error {
+			return recovery.Clone(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, src, a.cfg.Postgres.RunAs, a.progress("cloning"))
+		})
 		a.setActivity("")
 		if err != nil {
-			return fmt.Errorf("clone from %s: %w", st.Primary, err)
+			return fmt.Errorf("clone from %s: %w", from, err)
 		}
-		a.log.Info("clone finished", "from", st.Primary)
+		a.log.Info("clone finished", "from", from)
 	} else if err := a.checkSystemID(ctx, st); err != nil {
 		return err
 	}
@@ -853,7 +855,6 @@ func (a *Agent) checkpointSource(ctx context.Context, p consensus.Member) error 
 
 // reinitFrom replaces the data directory with a fresh clone of the primary.
 func (a *Agent) reinitFrom(ctx context.Context, st consensus.State, p consensus.Member, why string) error {
-	a.log.Info("re-cloning", "from", st.Primary, "reason", why)
 	a.setActivity("reinit")
 	defer a.setActivity("")
 	a.pgMu.Lock()
@@ -862,15 +863,71 @@ func (a *Agent) reinitFrom(ctx context.Context, st consensus.State, p consensus.
 	if err := a.inst.Stop(ctx, postgres.StopFast); err != nil {
 		return err
 	}
-	kept, err := recovery.ReinitKeeping(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, a.cloneSource(p), a.cfg.Postgres.RunAs, a.keepReplaced(), a.progress("reinit"))
-	a.logKept(kept, why)
+	from, err := a.cloneFromBest(ctx, st, p, "re-clone: "+why, func(src recovery.Source) error {
+		kept, err := recovery.ReinitKeeping(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, src, a.cfg.Postgres.RunAs, a.keepReplaced(), a.progress("reinit"))
+		a.logKept(kept, why)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("re-clone from %s: %w", st.Primary, err)
+		return fmt.Errorf("re-clone from %s: %w", from, err)
 	}
 	a.lastRejoin.Store("clone")
 	a.forked.Store("")
-	a.log.Info("re-clone finished", "from", st.Primary)
+	a.log.Info("re-clone finished", "from", from)
 	return nil
+}
+
+// cloneFromBest runs clone against the best source of a base backup:
+// first each member tagged clonefrom that streams from the primary p right
+// now (as its agent reports: a backup of a standby that lags or follows
+// another timeline would only need a rewind after), then the primary if
+// those fail. It returns the name of the last source tried.
+//
+// A standby source is cloned without a slot: a new member's slot may not
+// be on the standbys yet. The WAL the clone needs comes in the backup
+// (-X stream); what follows it the primary keeps in this member's slot
+// there, which reserves WAL from its creation, before any clone.
+func (a *Agent) cloneFromBest(ctx context.Context, st consensus.State, p consensus.Member, why string, clone func(recovery.Source) error) (string, error) {
+	var err error
+	for _, name := range a.cloneFromTagged(ctx, st, p) {
+		m := st.Members[name]
+		src := a.cloneSource(m)
+		src.SlotName = ""
+		a.log.Info("cloning", "from", name, "tag", "clonefrom", "primary", st.Primary, "reason", why)
+		if err = clone(src); err == nil {
+			return name, nil
+		}
+		a.log.Warn("clone from a clonefrom member failed; trying the next source", "from", name, "err", err)
+	}
+	a.log.Info("cloning", "from", st.Primary, "slot", SlotName(a.cfg.Name), "reason", why)
+	return st.Primary, clone(a.cloneSource(p))
+}
+
+// cloneFromTagged lists the members tagged clonefrom, other than this one
+// and the primary, whose agents say now that they stream from p in the
+// current epoch; in name order.
+func (a *Agent) cloneFromTagged(ctx context.Context, st consensus.State, p consensus.Member) []string {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(st.Members)) {
+		m := st.Members[name]
+		if !m.CloneFrom || name == a.cfg.Name || name == st.Primary || m.APIURL == "" {
+			continue
+		}
+		octx, cancel := context.WithTimeout(ctx, time.Second)
+		var o Observation
+		err := getJSON(octx, a.http, m.APIURL+"/internal/observation", &o)
+		cancel()
+		pg := o.Postgres
+		switch {
+		case err != nil:
+			a.log.Info("not cloning from a clonefrom member", "member", name, "reason", "its agent does not answer: "+err.Error())
+		case o.Epoch != st.Epoch || !pg.Running || !pg.InRecovery || !pg.Streaming || pg.UpstreamHost != p.PGHost || pg.UpstreamPort != p.PGPort:
+			a.log.Info("not cloning from a clonefrom member", "member", name, "reason", "it does not stream from the primary "+st.Primary+" in this epoch")
+		default:
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // progress turns pg_basebackup / pg_rewind progress lines into the activity

@@ -59,6 +59,7 @@ type MemberStatus struct {
 	NoFailover  bool         `json:"nofailover,omitempty"`
 	NoSync      bool         `json:"nosync,omitempty"`
 	NoLoadBal   bool         `json:"noloadbalance,omitempty"`
+	CloneFrom   bool         `json:"clonefrom,omitempty"`
 	Priority    int          `json:"priority,omitempty"`
 	Activity    string       `json:"activity,omitempty"`
 	Problem     string       `json:"problem,omitempty"`
@@ -149,6 +150,7 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 			NoFailover: m.NoFailover,
 			NoSync:     m.NoSync,
 			NoLoadBal:  m.NoLoadBalance,
+			CloneFrom:  m.CloneFrom,
 			Priority:   m.Priority,
 			Activity:   o.obs.Activity,
 			Problem:    o.obs.Problem,

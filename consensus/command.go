@@ -96,7 +96,7 @@ type (
 	// version it was edited from: a concurrent edit committed first makes
 	// this one refused, never silently lost.
 	// SetTagsData sets (or, with "", removes) run-time tags of a member:
-	// nofailover, nosync, noloadbalance ("true"/"false") and priority (an
+	// nofailover, nosync, noloadbalance, clonefrom ("true"/"false") and priority (an
 	// integer).
 	SetTagsData struct {
 		Member string            `json:"member"`

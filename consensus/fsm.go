@@ -265,7 +265,7 @@ func applySetTags(s *State, d SetTagsData) error {
 	for _, k := range slices.Sorted(maps.Keys(d.Tags)) {
 		v := d.Tags[k]
 		switch k {
-		case "nofailover", "nosync", "noloadbalance":
+		case "nofailover", "nosync", "noloadbalance", "clonefrom":
 			var b *bool
 			if v != "" {
 				parsed, err := strconv.ParseBool(v)
@@ -279,6 +279,8 @@ func applySetTags(s *State, d SetTagsData) error {
 				o.NoFailover = b
 			case "nosync":
 				o.NoSync = b
+			case "clonefrom":
+				o.CloneFrom = b
 			default:
 				o.NoLoadBalance = b
 			}
@@ -293,7 +295,7 @@ func applySetTags(s *State, d SetTagsData) error {
 			}
 			o.Priority = p
 		default:
-			return refuse("tag %s: unknown tag %q (nofailover, nosync, noloadbalance, priority)", d.Member, k)
+			return refuse("tag %s: unknown tag %q (nofailover, nosync, noloadbalance, clonefrom, priority)", d.Member, k)
 		}
 	}
 	if s.TagOverrides == nil {

@@ -19,6 +19,10 @@ type Member struct {
 	NoSync bool `json:"nosync,omitempty"`
 	// NoLoadBalance: the router sends it no reads.
 	NoLoadBalance bool `json:"noloadbalance,omitempty"`
+	// CloneFrom: new and reinitialised standbys take their base backup
+	// from it (while it streams from the primary) rather than from the
+	// primary.
+	CloneFrom bool `json:"clonefrom,omitempty"`
 }
 
 // SyncEligible reports whether m may be a synchronous standby when another
@@ -98,6 +102,7 @@ type TagOverride struct {
 	NoSync        *bool `json:"nosync,omitempty"`
 	NoLoadBalance *bool `json:"noloadbalance,omitempty"`
 	Priority      *int  `json:"priority,omitempty"`
+	CloneFrom     *bool `json:"clonefrom,omitempty"`
 }
 
 // Apply returns m with o's tags in place of its own.
@@ -113,6 +118,9 @@ func (o TagOverride) Apply(m Member) Member {
 	}
 	if o.Priority != nil {
 		m.Priority = *o.Priority
+	}
+	if o.CloneFrom != nil {
+		m.CloneFrom = *o.CloneFrom
 	}
 	return m
 }

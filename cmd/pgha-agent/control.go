@@ -227,7 +227,7 @@ func tagCmd() *cobra.Command {
 	var f apiFlags
 	cmd := &cobra.Command{
 		Use:   "tag NODE KEY=VALUE...",
-		Short: "Set a member's tags at run time: nofailover, nosync, noloadbalance (true/false), priority (KEY= goes back to its file's value)",
+		Short: "Set a member's tags at run time: nofailover, nosync, noloadbalance, clonefrom (true/false), priority (KEY= goes back to its file's value)",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := agent.TagsRequest{Member: args[0], Tags: map[string]string{}}

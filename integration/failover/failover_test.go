@@ -531,14 +531,22 @@ func TestFailover(t *testing.T) {
 		s.finish()
 	})
 
-	must(t, "reinit re-clones a standby on demand, showing progress", func(t *testing.T) {
+	must(t, "reinit re-clones a standby on demand, from the member tagged clonefrom, showing progress", func(t *testing.T) {
 		v := itest.WaitHealthy(t, lc, 3, 60*time.Second)
-		var standby string
+		var standby, source string
 		for _, m := range v.Members {
 			if m.Role != "leader" {
-				standby = m.Name
+				source, standby = standby, m.Name
 			}
 		}
+		// The other standby is the preferred source of base backups.
+		cli(t, lc, "tag", source, "clonefrom=true")
+		defer cli(t, lc, "tag", source, "clonefrom=")
+		wait.For(t, 10*time.Second, source+" tagged clonefrom in /cluster", func() (bool, string) {
+			v := itest.WaitHealthy(t, lc, 3, 10*time.Second)
+			return memberOf(v, source).CloneFrom, ""
+		})
+		logFrom := fileSize(lc.Node(standby).Log)
 		n := lc.Node(standby)
 		marker := filepath.Join(n.PGData, "pgha-test-marker")
 		if err := os.WriteFile(marker, []byte("old data"), 0o600); err != nil {
@@ -554,6 +562,11 @@ func TestFailover(t *testing.T) {
 		}
 		if _, err := os.Stat(marker); !os.IsNotExist(err) {
 			t.Errorf("the standby's data directory was not replaced (marker still there: %v)", err)
+		}
+		if b, err := os.ReadFile(lc.Node(standby).Log); err != nil {
+			t.Error(err)
+		} else if log := string(b[min(logFrom, int64(len(b))):]); !strings.Contains(log, `msg="re-clone finished" node=`+standby+` from=`+source) {
+			t.Errorf("%s was not re-cloned from %s, tagged clonefrom; its log since:\n%s", standby, source, itest.TailLines(log, 20))
 		}
 		// The replaced directory is kept aside (postgres.keep_replaced_data_dirs, 1 by default).
 		if kept, _ := filepath.Glob(n.PGData + ".pgha-*"); len(kept) != 1 {
@@ -671,4 +684,13 @@ func (cb *callbackRecorder) awaitHanging(t *testing.T, from int, node string) {
 	if err := syscall.Kill(pid, 0); err != nil {
 		t.Errorf("%s's on_role_change callback (pid %d) is not running any more: %v", node, pid, err)
 	}
+}
+
+// fileSize is the size of the file at path, 0 if it cannot be read.
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
 }
