@@ -106,6 +106,8 @@ type Agent struct {
 	configNoted atomic.Uint64
 	// scheduledRunning: the leader is starting a scheduled switchover.
 	scheduledRunning atomic.Bool
+	// restartsRunning: the leader is running scheduled restarts.
+	restartsRunning atomic.Bool
 
 	mu       sync.Mutex
 	activity string // what the reconcile loop is busy with (initdb, cloning)

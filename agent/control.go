@@ -34,9 +34,12 @@ type ControlRequest struct {
 	// InPlace: restart the primary itself, writes unavailable meanwhile,
 	// instead of refusing (a rolling restart switches over first).
 	InPlace bool `json:"in_place,omitempty"`
-	// At: switchover at this time instead of now (kept in Raft; the leader
-	// of that time starts it).
+	// At: switchover or restart at this time instead of now (kept in
+	// Raft; the leader of that time starts it).
 	At *time.Time `json:"at,omitempty"`
+	// Pending: a scheduled restart happens only if a setting is pending a
+	// restart then.
+	Pending bool `json:"pending,omitempty"`
 }
 
 // ControlResult is what the control calls answer.
@@ -62,7 +65,8 @@ func (a *Agent) controlRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /reinit", a.authorized(a.handleReinit))
 	mux.HandleFunc("PATCH /config", a.authorized(a.leaderOnly(a.handlePatchConfig)))
 	mux.HandleFunc("POST /reload", a.authorized(a.handleReload))
-	mux.HandleFunc("POST /restart", a.authorized(a.handleRestart))
+	mux.HandleFunc("POST /restart", a.authorized(a.handleRestartOrSchedule))
+	mux.HandleFunc("DELETE /restart", a.authorized(a.leaderOnly(a.handleFlushRestarts)))
 	mux.HandleFunc("POST /tags", a.authorized(a.leaderOnly(a.handleTags)))
 	mux.HandleFunc("POST /internal/permit", a.authorized(a.leaderOnly(a.handlePermit)))
 	mux.HandleFunc("POST /internal/lease", a.authorized(a.leaderOnly(a.handleLease)))

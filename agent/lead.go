@@ -82,6 +82,7 @@ func (a *Agent) leadOnce(ctx context.Context) {
 	}
 	st := a.node.State()
 	a.runScheduled(ctx, st)
+	a.runScheduledRestarts(ctx, st)
 	// The leader's view of itself is taken now, never from a poll.
 	a.obs.set(a.cfg.Name, a.selfView(ctx))
 	if sw := st.Switchover; sw.Active() {

@@ -70,6 +70,9 @@ type MemberStatus struct {
 	// PendingRestart are PostgreSQL settings changed (the cluster-wide
 	// configuration) that take effect only when this member restarts.
 	PendingRestart []string `json:"pending_restart,omitempty"`
+	// ScheduledRestart is Patroni's: a restart of this member planned for
+	// later (pgha-agent restart --scheduled).
+	ScheduledRestart *consensus.ScheduledRestart `json:"scheduled_restart,omitempty"`
 	// CallbackProblem is the member's last callback failure (callbacks.go).
 	CallbackProblem string `json:"callback_problem,omitempty"`
 }
@@ -159,6 +162,9 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 			KeptDataDirs:    o.obs.KeptDataDirs,
 			PendingRestart:  o.obs.Postgres.PendingRestart,
 			CallbackProblem: o.obs.CallbackProblem,
+		}
+		if sr, ok := st.ScheduledRestarts[name]; ok {
+			ms.ScheduledRestart = &sr
 		}
 		pg := o.obs.Postgres
 		ms.State = stateOf(o, name == st.Primary)

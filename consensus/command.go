@@ -28,6 +28,9 @@ const (
 	// one clears it: flush)
 	CmdScheduleSwitchover CommandType = "schedule_switchover"
 	CmdSetTags            CommandType = "set_tags" // SetTagsData; the member must exist, keys and values valid
+	// ScheduleRestartData; the member must exist, and have none scheduled
+	// already (a zero At clears it: flush)
+	CmdScheduleRestart CommandType = "schedule_restart"
 )
 
 // CurrentVersion is the payload version the constructors in this package
@@ -105,6 +108,10 @@ type (
 	ScheduleSwitchoverData struct {
 		Switchover ScheduledSwitchover `json:"switchover"`
 	}
+	ScheduleRestartData struct {
+		Member  string           `json:"member"`
+		Restart ScheduledRestart `json:"restart"`
+	}
 	SetConfigData struct {
 		Base   uint64        `json:"base"`
 		Config ClusterConfig `json:"config"`
@@ -169,6 +176,12 @@ func SetSyncStandbys(names []string, epoch uint64) Command {
 // SetTags sets or removes run-time tags of member (see SetTagsData).
 func SetTags(member string, tags map[string]string) Command {
 	return Command{CmdSetTags, CurrentVersion, SetTagsData{Member: member, Tags: tags}}
+}
+
+// ScheduleRestart records a restart of member's PostgreSQL for later; a
+// zero one clears it.
+func ScheduleRestart(member string, r ScheduledRestart) Command {
+	return Command{CmdScheduleRestart, CurrentVersion, ScheduleRestartData{Member: member, Restart: r}}
 }
 
 // ScheduleSwitchover records a switchover for later; a zero one clears it.

@@ -48,6 +48,7 @@ var commands = map[CommandType]commandSpec{
 	CmdSetConfig:          v1(applySetConfig),
 	CmdScheduleSwitchover: v1(applyScheduleSwitchover),
 	CmdSetTags:            v1(applySetTags),
+	CmdScheduleRestart:    v1(applyScheduleRestart),
 }
 
 // v1 builds the row of a command whose only accepted version is 1 and whose
@@ -181,6 +182,7 @@ func applyRemoveMember(s *State, d RemoveMemberData) error {
 	// Apply whose outcome it could not learn.
 	delete(s.Members, d.Name)
 	delete(s.TagOverrides, d.Name)
+	delete(s.ScheduledRestarts, d.Name)
 	s.SyncStandbys = slices.DeleteFunc(s.SyncStandbys, func(n string) bool { return n == d.Name })
 	return nil
 }
@@ -306,6 +308,26 @@ func applySetTags(s *State, d SetTagsData) error {
 	} else {
 		s.TagOverrides[d.Member] = o
 	}
+	return nil
+}
+
+func applyScheduleRestart(s *State, d ScheduleRestartData) error {
+	if d.Restart.At.IsZero() {
+		// Clearing an absent one succeeds: the leader clears before it
+		// restarts, and may retry after an Apply whose outcome it lost.
+		delete(s.ScheduledRestarts, d.Member)
+		return nil
+	}
+	if _, ok := s.Members[d.Member]; !ok {
+		return refuse("schedule a restart of %s: not a member", d.Member)
+	}
+	if r, ok := s.ScheduledRestarts[d.Member]; ok {
+		return refuse("a restart of %s is already scheduled at %s; flush it first", d.Member, r.At.UTC().Format(time.RFC3339))
+	}
+	if s.ScheduledRestarts == nil {
+		s.ScheduledRestarts = map[string]ScheduledRestart{}
+	}
+	s.ScheduledRestarts[d.Member] = d.Restart
 	return nil
 }
 

@@ -710,6 +710,32 @@ func TestFSMScheduleSwitchover(t *testing.T) {
 	}
 }
 
+// Scheduled restarts: one per member, of members only; a zero one clears
+// it (absent or not); removing the member removes its schedule.
+func TestFSMScheduleRestart(t *testing.T) {
+	tf := newTestFSM(t)
+	tf.mustApply(initialised...)
+	tf.mustApply(UpsertMember(member("b")))
+	at := time.Date(2026, 12, 24, 3, 0, 0, 0, time.UTC)
+	if err := tf.apply(ScheduleRestart("z", ScheduledRestart{At: at})); !errors.Is(err, ErrRefused) {
+		t.Errorf("a restart of a non-member: %v, want refused", err)
+	}
+	tf.mustApply(ScheduleRestart("b", ScheduledRestart{At: at, Pending: true}))
+	tf.mustApply(ScheduleRestart("a", ScheduledRestart{At: at.Add(time.Hour)}))
+	if got := tf.f.state().ScheduledRestarts; len(got) != 2 || !got["b"].At.Equal(at) || !got["b"].Pending || got["a"].Pending {
+		t.Fatalf("scheduled %+v", got)
+	}
+	if err := tf.apply(ScheduleRestart("b", ScheduledRestart{At: at.Add(time.Minute)})); !errors.Is(err, ErrRefused) {
+		t.Errorf("a second restart of b: %v, want refused", err)
+	}
+	tf.mustApply(ScheduleRestart("a", ScheduledRestart{}))
+	tf.mustApply(ScheduleRestart("a", ScheduledRestart{})) // again: nothing to clear
+	tf.mustApply(RemoveMember("b"))
+	if got := tf.f.state().ScheduledRestarts; len(got) != 0 {
+		t.Fatalf("after flushing a and removing b: %+v", got)
+	}
+}
+
 // Run-time tags override a member's registered ones in what State shows,
 // and removing one brings the registered value back; bad keys or values
 // are refused and change nothing.

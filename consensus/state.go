@@ -56,6 +56,10 @@ type State struct {
 	// ScheduledSwitchover is a switchover an operator asked for at a
 	// later time (zero At: none); the leader of that time starts it.
 	ScheduledSwitchover ScheduledSwitchover `json:"scheduled_switchover,omitzero"`
+	// ScheduledRestarts are restarts of members' PostgreSQL an operator
+	// asked for at a later time, by member; the leader of that time runs
+	// them (standbys first, each streaming again before the next).
+	ScheduledRestarts map[string]ScheduledRestart `json:"scheduled_restarts,omitempty"`
 	// TagOverrides are the tags operators set at run time, by member.
 	TagOverrides map[string]TagOverride `json:"tag_overrides,omitempty"`
 	// History lists the promotions, oldest first, at most historyLimit.
@@ -172,6 +176,14 @@ type ScheduledSwitchover struct {
 	To   string    `json:"to,omitempty"`
 }
 
+// ScheduledRestart is a planned restart of one member's PostgreSQL at At
+// (the primary's in place: writes unavailable meanwhile).
+type ScheduledRestart struct {
+	At time.Time `json:"at"`
+	// Pending: only if a setting waits for a restart then.
+	Pending bool `json:"pending,omitempty"`
+}
+
 // Active reports whether a switchover is in progress.
 func (s Switchover) Active() bool { return s.To != "" }
 
@@ -193,6 +205,7 @@ func (s State) Clone() State {
 	c.SyncStandbys = slices.Clone(s.SyncStandbys)
 	c.History = slices.Clone(s.History)
 	c.TagOverrides = maps.Clone(s.TagOverrides)
+	c.ScheduledRestarts = maps.Clone(s.ScheduledRestarts)
 	c.Config = s.Config.Clone()
 	return c
 }

@@ -212,11 +212,21 @@ func parseWhen(s string) (time.Time, error) {
 func flushCmd() *cobra.Command {
 	var f apiFlags
 	cmd := &cobra.Command{
-		Use:   "flush",
-		Short: "Cancel the scheduled switchover",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return send(cmd, &f, http.MethodDelete, "/switchover", nil)
+		Use:   "flush [switchover | restart [NODE]]",
+		Short: "Cancel the scheduled switchover (default), or the scheduled restarts (of NODE only)",
+		Args:  cobra.MaximumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case len(args) == 0 || args[0] == "switchover" && len(args) == 1:
+				return send(cmd, &f, http.MethodDelete, "/switchover", nil)
+			case args[0] == "restart":
+				var req agent.ControlRequest
+				if len(args) == 2 {
+					req.Member = args[1]
+				}
+				return send(cmd, &f, http.MethodDelete, "/restart", req)
+			}
+			return fmt.Errorf("flush %s: want switchover, or restart [NODE]", strings.Join(args, " "))
 		},
 	}
 	f.register(cmd, true)

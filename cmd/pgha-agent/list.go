@@ -111,6 +111,13 @@ func printView(w io.Writer, v agent.ClusterView) {
 		if len(m.PendingRestart) > 0 {
 			fmt.Fprintf(w, "  %s needs a restart for: %s\n", m.Name, strings.Join(m.PendingRestart, ", "))
 		}
+		if sr := m.ScheduledRestart; sr != nil {
+			pending := ""
+			if sr.Pending {
+				pending = " if a setting is pending then"
+			}
+			fmt.Fprintf(w, "  %s restart scheduled at %s%s (pgha-agent flush restart cancels it)\n", m.Name, sr.At.UTC().Format(time.RFC3339), pending)
+		}
 		if m.CallbackProblem != "" {
 			fmt.Fprintf(w, "  %s callback failed: %s\n", m.Name, m.CallbackProblem)
 		}

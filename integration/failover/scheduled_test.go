@@ -10,6 +10,7 @@ import (
 
 	"github.com/pgha/pgha/agent"
 	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/localcluster"
 	"github.com/pgha/pgha/internal/wait"
 )
 
@@ -81,5 +82,69 @@ func TestScheduledSwitchover(t *testing.T) {
 		t.Errorf("switched over at %s, before its time %s", e.At, at)
 	}
 	t.Logf("scheduled for %s, promoted at %s (seen %s)", at.Format(time.RFC3339Nano), h[len(h)-1].At.Format(time.RFC3339Nano), switched.Format(time.RFC3339Nano))
+	scheduledRestarts(t, lc, itest.WaitHealthy(t, lc, 3, 60*time.Second))
+}
+
+// scheduledRestarts: restarts scheduled for later are kept in Raft, shown
+// by list, cancelled by flush restart, and run at their time by the
+// leader: the standbys restart (new postmasters, not before the time), a
+// primary scheduled with --pending and nothing pending does not.
+func scheduledRestarts(t *testing.T, lc *localcluster.Cluster, v agent.ClusterView) {
+	primary := itest.PrimaryOf(t, v).Name
+	var standbys []string
+	for _, m := range v.Members {
+		if m.Name != primary {
+			standbys = append(standbys, m.Name)
+		}
+	}
+	later := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	if out, err := cliErr(lc, "restart", "--scheduled", later.Format(time.RFC3339)); err == nil || !strings.Contains(out, "is the primary") {
+		t.Errorf("a scheduled restart of the primary without --no-switchover was not refused: %v\n%s", err, out)
+	}
+	cli(t, lc, "restart", standbys[0], "--scheduled", later.Format(time.RFC3339))
+	wait.For(t, 10*time.Second, "list to show the scheduled restart", func() (bool, string) {
+		out := cli(t, lc, "list")
+		return strings.Contains(out, standbys[0]+" restart scheduled at "+later.Format(time.RFC3339)), out
+	})
+	cli(t, lc, "flush", "restart")
+	wait.For(t, 10*time.Second, "the flushed restart to be gone", func() (bool, string) {
+		v, err := lc.View(context.Background())
+		return err == nil && memberOf(v, standbys[0]).ScheduledRestart == nil, fmt.Sprintf("%v", err)
+	})
+
+	pids := map[string]int{}
+	for _, m := range v.Members {
+		pids[m.Name] = lc.Node(m.Name).PostmasterPID()
+	}
+	at := time.Now().Add(4 * time.Second)
+	cli(t, lc, "restart", "--role", "replica", "--scheduled", at.UTC().Format(time.RFC3339Nano))
+	cli(t, lc, "restart", primary, "--pending", "--no-switchover", "--scheduled", at.UTC().Format(time.RFC3339Nano))
+	for _, name := range standbys {
+		wait.For(t, 60*time.Second, name+"'s scheduled restart", func() (bool, string) {
+			pid := lc.Node(name).PostmasterPID()
+			if pid != 0 && pid != pids[name] {
+				if now := time.Now(); now.Before(at) {
+					t.Errorf("%s restarted at %s, before its time %s", name, now.Format(time.RFC3339Nano), at.Format(time.RFC3339Nano))
+				}
+				return true, ""
+			}
+			return false, fmt.Sprintf("postmaster %d", pid)
+		})
+	}
+	wait.For(t, 30*time.Second, "every scheduled restart to be done", func() (bool, string) {
+		v, err := lc.View(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, m := range v.Members {
+			if m.ScheduledRestart != nil {
+				return false, m.Name + " still scheduled"
+			}
+		}
+		return true, ""
+	})
+	if pid := lc.Node(primary).PostmasterPID(); pid != pids[primary] {
+		t.Errorf("the primary %s restarted (postmaster %d, was %d) though nothing was pending", primary, pid, pids[primary])
+	}
 	itest.WaitHealthy(t, lc, 3, 60*time.Second)
 }
