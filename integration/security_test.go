@@ -29,6 +29,8 @@ func stateChanging(standby string) []struct{ method, path, body string } {
 		{"POST", "/switchover", `{"candidate": "` + standby + `"}`},
 		{"POST", "/failover", `{"candidate": "` + standby + `"}`},
 		{"POST", "/reinit", `{"member": "` + standby + `"}`},
+		{"POST", "/restart", `{"member": "` + standby + `", "at": "2099-01-01T00:00:00Z"}`},
+		{"DELETE", "/restart", ""},
 		{"DELETE", "/members/" + standby, ""},
 		{"POST", "/internal/join", `{"name": "intruder", "raft_addr": "127.0.0.1:1", "api_url": "http://127.0.0.1:1"}`},
 		{"POST", "/internal/permit", `{"member": "` + standby + `", "epoch": 99}`},
