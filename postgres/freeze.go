@@ -119,12 +119,23 @@ func (i *Instance) killFrozen(pid int) error {
 // "postgres", without spaces): a PID reused meanwhile is left alone.
 const reaperScript = `sleep "$1"; shift; for p in "$@"; do s=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null); [ "$s" = T ] && kill -KILL "$p"; done; exit 0`
 
-// startReaper starts the reaper of a freeze, unless one runs already.
+// reaper is a running reaper process; done is closed when it has exited.
+type reaper struct {
+	pid  int
+	done chan struct{}
+}
+
+// startReaper starts the reaper of a freeze, unless one runs already (a
+// freeze renewed on every pass of the fence loop keeps its first deadline).
 func (i *Instance) startReaper(procs []int, after time.Duration) error {
 	i.reaperMu.Lock()
 	defer i.reaperMu.Unlock()
 	if i.reaper != nil {
-		return nil
+		select {
+		case <-i.reaper.done: // it fired (or died): this is a new freeze
+		default:
+			return nil
+		}
 	}
 	args := []string{"-c", reaperScript, "pgha-freeze-reaper", strconv.FormatFloat(after.Seconds(), 'f', 3, 64)}
 	for _, p := range procs {
@@ -135,10 +146,11 @@ func (i *Instance) startReaper(procs []int, after time.Duration) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start the reaper that ends the freeze: %w", err)
 	}
-	i.reaper = cmd
-	done := cmd.Process
+	r := &reaper{pid: cmd.Process.Pid, done: make(chan struct{})}
+	i.reaper = r
 	go func() {
-		_, _ = done.Wait()
+		_ = cmd.Wait()
+		close(r.done)
 	}()
 	return nil
 }
@@ -151,10 +163,10 @@ func (i *Instance) stopReaper() {
 	if i.reaper == nil {
 		return
 	}
-	pid := i.reaper.Process.Pid
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
-	for deadline := time.Now().Add(time.Second); processAlive(pid) && time.Now().Before(deadline); {
-		time.Sleep(time.Millisecond)
+	_ = syscall.Kill(-i.reaper.pid, syscall.SIGKILL)
+	select {
+	case <-i.reaper.done:
+	case <-time.After(time.Second):
 	}
 	i.reaper = nil
 }

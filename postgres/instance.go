@@ -42,7 +42,7 @@ type Instance struct {
 	hba      []string          // the operator's pg_hba.conf lines (SetHBA); never modified in place
 
 	reaperMu sync.Mutex
-	reaper   *exec.Cmd // kills a frozen server at its deadline (freeze.go)
+	reaper   *reaper // kills a frozen server at its deadline (freeze.go)
 }
 
 // New validates cfg, fills in defaults and returns an Instance. It does not
