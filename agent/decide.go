@@ -423,8 +423,8 @@ func leaseDeadline(in Inputs, lastSeen bool) time.Time {
 
 // fenceDeadline is how long after the old primary's last renewal the leader
 // may promote: its lease lasts fence_timeout from the renewal's start, and
-// fenceMargin covers its fence loop noticing (25 ms) and the stop itself, a
-// signal; a last renewal try fits in it or is not made (renewalBudget).
+// fenceMargin covers its fence loop noticing (25 ms) and the freeze itself:
+// reading postmaster.pid and pg_control, then signals (fence.go).
 func fenceDeadline(p Policy) time.Duration {
 	return p.FenceTimeout + fenceMargin
 }

@@ -91,21 +91,15 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		if st.Primary != a.cfg.Name || !st.Initialized() || a.leaseHolds(st.Epoch, time.Now()) {
 			continue
 		}
-		if budget := renewalBudget(a.leaseEnd(st.Epoch), time.Now(), a.leaseRoundTrip()); budget > 0 {
-			if err := a.renewLeaseWithin(ctx, st, budget); err == nil {
-				continue
-			}
-		}
 		pid, _ := a.inst.PostmasterPID()
 		if pid == 0 {
 			continue
 		}
 		// A standby (this node about to be promoted, say) acknowledges no
-		// commit: pg_control says so without a connection or a lock.
-		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		state, err := a.inst.ClusterState(cctx)
-		cancel()
-		if err == nil && state == "in archive recovery" {
+		// commit: pg_control says so, read in place (no process to start:
+		// everything before the freeze must fit in the fence margin on a
+		// loaded host).
+		if state, err := a.inst.ClusterStateNow(); err == nil && state == "in archive recovery" {
 			continue
 		}
 		reason := "the lease ran out: no contact with the Raft leader for fence_timeout"
@@ -114,8 +108,18 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			a.stopFenced(ctx, pid, reason)
 			continue
 		}
-		a.log.Warn("fencing: PostgreSQL frozen (SIGSTOP)", "reason", reason, "fence_timeout", a.cfg.Timing.FenceTimeout, "epoch", st.Epoch, "pid", pid, "resumes", "if the lease is renewed within "+a.frozenMax().String())
+		end := a.leaseEnd(st.Epoch)
+		a.log.Warn("fencing: PostgreSQL frozen (SIGSTOP)", "reason", reason, "fence_timeout", a.cfg.Timing.FenceTimeout, "epoch", st.Epoch, "pid", pid,
+			"after_lease_end", time.Since(end).Round(time.Millisecond), "resumes", "if the lease is renewed within "+a.frozenMax().String())
 		frozen = frozenServer{pid: pid, epoch: st.Epoch, at: time.Now()}
+		// Freeze first, ask after: one renewal round trip now thaws at once
+		// a server whose agent only could not run for a while (a freeze of
+		// the agent, a long stall) while the leader kept it the primary.
+		// Asked before the freeze, that round trip would come out of the
+		// margin the leader leaves for the freeze itself.
+		if err := a.renewLeaseWithin(ctx, st, a.leaseRoundTrip()); err == nil {
+			frozen = a.keepFrozen(ctx, a.node.State(), frozen)
+		}
 	}
 }
 
@@ -188,31 +192,6 @@ func (a *Agent) stopFenced(ctx context.Context, pid int, reason string) {
 	a.writableEpoch.Store(0)
 	if err := a.inst.Kill(ctx, pid); err != nil {
 		a.log.Error("fencing: could not stop PostgreSQL", "err", err)
-	}
-}
-
-// renewalBudget is how long the fence loop may spend on one last renewal
-// before it stops a primary whose lease ended at end; zero: stop at once.
-//
-//   - Noticed within the fence margin (the normal case: this loop runs every
-//     25 ms): the leader cannot promote before end + fenceMargin, so a try
-//     that ends by end + 100 ms costs nothing and leaves the rest of the
-//     margin to the stop; less than 20 ms left is not worth a round trip.
-//   - Noticed later: this agent could not run for a while (a freeze, a long
-//     stall) and the lease ran out meanwhile, which says nothing about the
-//     cluster: if the leader kept this primary (its PostgreSQL answered the
-//     direct check), one round trip renews the lease and spares a needless
-//     failover; if it promoted someone, the renewal is refused. A lease
-//     round trip at most.
-func renewalBudget(end, now time.Time, roundTrip time.Duration) time.Duration {
-	left := end.Add(100 * time.Millisecond).Sub(now)
-	switch {
-	case left >= 20*time.Millisecond:
-		return min(left, roundTrip)
-	case now.Sub(end) < fenceMargin:
-		return 0
-	default:
-		return roundTrip
 	}
 }
 

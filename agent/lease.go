@@ -33,12 +33,13 @@ import (
 //     come after every r of an earlier leader (priorLeaseBound).
 //  3. The lease is measured on the monotonic clock. An agent that was
 //     frozen (SIGSTOP, a VM pause) wakes with a lease that ran out while it
-//     slept: it tries one renewal before it fences, so a freeze the cluster
-//     rode out (its PostgreSQL answered the leader's direct check) does not
-//     turn into a needless failover; if the leader promoted someone
-//     meanwhile, the renewal is refused and it fences. An agent that was
-//     running tries only a renewal that ends well inside the margin
-//     (renewalBudget), so the margin is the stop's, not the round trip's.
+//     slept: it freezes its PostgreSQL at once, as on any lapse, then tries
+//     one renewal and thaws it when that is granted, so a freeze the cluster
+//     rode out (its PostgreSQL answered the leader's direct check) costs one
+//     round trip of writes, not a failover; if the leader promoted someone
+//     meanwhile, the renewal is refused and the server stays frozen, then
+//     is killed. Nothing comes before the freeze but reading two files, so
+//     the margin is the freeze's alone.
 //  4. A grant of a start permit is a renewal too: it is the same round trip.
 //
 // The agent's start counts as a renewal (the lease runs from then), so a

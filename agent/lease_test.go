@@ -42,34 +42,3 @@ func TestContactBound(t *testing.T) {
 		})
 	}
 }
-
-func TestRenewalBudget(t *testing.T) {
-	end := time.Date(2026, 12, 6, 3, 0, 0, 0, time.UTC)
-	const roundTrip = 250 * time.Millisecond
-	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
-	for _, c := range []struct {
-		name  string
-		since time.Duration // how long ago the lease ended
-		want  time.Duration
-	}{
-		{"noticed at once: a try that ends 100 ms after the lease", 0, ms(100)},
-		{"noticed one fence tick late", ms(25), ms(75)},
-		{"too little left for a round trip: stop at once", ms(85), 0},
-		{"past the try's end, within the margin: stop at once", ms(200), 0},
-		{"at the leader's earliest promotion: a freeze, ask once", fenceMargin, roundTrip},
-		{"woken long after: ask once before acting on it", 20 * time.Second, roundTrip},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			if got := renewalBudget(end, end.Add(c.since), roundTrip); got != c.want {
-				t.Errorf("renewalBudget %v after the lease ended = %v, want %v", c.since, got, c.want)
-			}
-		})
-	}
-	// However the budget falls, a try made within the margin ends before
-	// the leader may promote, with time left for the stop.
-	for since := time.Duration(0); since < fenceMargin; since += ms(5) {
-		if b := renewalBudget(end, end.Add(since), roundTrip); b > 0 && since+b > fenceMargin-ms(100) {
-			t.Errorf("a try %v after the lease ended may last %v: it ends %v into the %v margin", since, b, since+b, fenceMargin)
-		}
-	}
-}

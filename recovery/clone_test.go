@@ -112,6 +112,10 @@ func TestCloneStreamPromote(t *testing.T) {
 			t.Errorf("slot pgha_node2 not active: %+v", pst.Slots)
 		}
 	}
+	// The fence reads the state from pg_control itself (no pg_controldata
+	// process); it must say what pg_controldata says.
+	assertControlState(t, standby, "in archive recovery")
+	assertControlState(t, primary, "in production")
 	if err := standby.EnsureRoles(ctx); err == nil || !strings.Contains(err.Error(), "recovery") {
 		t.Errorf("EnsureRoles on a standby: %v", err)
 	}
@@ -126,6 +130,7 @@ func TestCloneStreamPromote(t *testing.T) {
 	if err := standby.Exec(ctx, "INSERT INTO t VALUES ('on the new primary')"); err != nil {
 		t.Errorf("write after promotion: %v", err)
 	}
+	assertControlState(t, standby, "in production")
 	// The agent then rewrites the config as a primary: only reload-level changes.
 	ch, err := standby.Configure(nil, nil)
 	if err != nil {
@@ -224,5 +229,18 @@ func TestCloneWrongPassword(t *testing.T) {
 	err := recovery.Clone(ctx, pgtest.BinDir(t), filepath.Join(base, "noslot"), source(primary, pgtest.WritePassFile(t), "pgha_absent"), pgtest.RunAs(), nil)
 	if err == nil || !strings.Contains(err.Error(), "pgha_absent") {
 		t.Errorf("Clone with a missing slot: %v", err)
+	}
+}
+
+// assertControlState checks that ClusterStateNow (pg_control read in
+// place) and ClusterState (pg_controldata) both say want.
+func assertControlState(t *testing.T, inst *postgres.Instance, want string) {
+	t.Helper()
+	now, err := inst.ClusterStateNow()
+	if err != nil || now != want {
+		t.Errorf("%s: ClusterStateNow = %q, %v; want %q", inst.Config().DataDir, now, err, want)
+	}
+	if s, err := inst.ClusterState(testContext(t)); err != nil || s != want {
+		t.Errorf("%s: ClusterState (pg_controldata) = %q, %v; want %q", inst.Config().DataDir, s, err, want)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // LogTails returns the last agentLines of every agent's log and the last
@@ -101,4 +102,24 @@ func CloseOnSignal() (stop func()) {
 		signal.Stop(ch)
 		close(done)
 	}
+}
+
+// FenceDelays returns, for every freeze of a primary by its agent's fence
+// (agent/fence.go), how long after the end of its lease the server was
+// frozen, as the agent measured it (after_lease_end in its log). The
+// leader promotes no earlier than 250 ms after the lease's end; a delay
+// beyond that is a fence that relied on the leader being slower still,
+// unless the agent itself could not run (frozen, stalled), when the leader
+// kept the primary.
+func (c *Cluster) FenceDelays() map[string][]time.Duration {
+	out := map[string][]time.Duration{}
+	for _, h := range c.Hosts {
+		for _, l := range c.GrepLog(h, "PostgreSQL frozen (SIGSTOP)", "after_lease_end=") {
+			v, _, _ := strings.Cut(l[strings.Index(l, "after_lease_end=")+len("after_lease_end="):], " ")
+			if d, err := time.ParseDuration(v); err == nil {
+				out[h.Name] = append(out[h.Name], d)
+			}
+		}
+	}
+	return out
 }

@@ -43,6 +43,7 @@ func (s *scheduler) check(ctx context.Context, r *Report, p probes) {
 	r.DirectSummary = s.w.DirectSummary()
 	r.ProbeSummary = p.writable.Summary()
 	r.DivergenceSummary = p.divergence.Summary()
+	r.FenceSummary = FenceSummary(c.FenceDelays())
 	r.Reads = p.serving.Reads()
 
 	r.DoublePrimaries = p.writable.DoublePrimaries()

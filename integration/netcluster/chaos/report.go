@@ -43,6 +43,7 @@ type Report struct {
 	Final                        string // the final view, described
 	ProbeSummary                 string
 	DivergenceSummary            string
+	FenceSummary                 string
 	DirectSummary                string
 	// Problems lists every failed check; empty means the campaign passed.
 	Problems []string
@@ -234,6 +235,7 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "check: ends with one primary and two streaming standbys: %s (%s)\n", ok(r.FinalHealthy), r.Final)
 	fmt.Fprintf(w, "probes: %s\n", r.ProbeSummary)
 	fmt.Fprintf(w, "WAL positions: %s\n", r.DivergenceSummary)
+	fmt.Fprintf(w, "fences: %s\n", r.FenceSummary)
 	fmt.Fprint(w, definitions)
 	var details []string
 	for _, f := range r.Faults {
@@ -333,4 +335,33 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// fenceMargin is the agent's: the leader promotes no earlier than this
+// after the old primary's lease ended (agent/decide.go).
+const fenceMargin = 250 * time.Millisecond
+
+// FenceSummary describes how late after their leases' ends the agents
+// froze their primaries (netcluster.FenceDelays).
+func FenceSummary(delays map[string][]time.Duration) string {
+	var all []time.Duration
+	worst := ""
+	late := 0
+	for h, ds := range delays {
+		for _, d := range ds {
+			if len(all) == 0 || d > slices.Max(all) {
+				worst = h
+			}
+			all = append(all, d)
+			if d > fenceMargin {
+				late++
+			}
+		}
+	}
+	if len(all) == 0 {
+		return "no primary was frozen by its fence"
+	}
+	slices.Sort(all)
+	return fmt.Sprintf("%d freezes by a primary's fence, after its lease's end: p50 %s, max %s (%s); %d later than the leader's %s margin (a fence after its agent was frozen or killed may be: the leader kept that primary)",
+		len(all), all[len(all)/2], all[len(all)-1], worst, late, fenceMargin)
 }
