@@ -132,7 +132,7 @@ func (a *Agent) localHealth(ctx context.Context) localHealth {
 		pg:          a.pgStatus(ctx),
 		st:          a.node.State(),
 		fenced:      a.fenced(),
-		synchronous: a.cfg.Failover.Synchronous(),
+		synchronous: a.failover().Synchronous(),
 		diverged:    diverged,
 	}
 }
@@ -218,7 +218,7 @@ func (a *Agent) healthBody(h localHealth) healthBody {
 
 func (a *Agent) handleLiveness(w http.ResponseWriter, r *http.Request) {
 	last := time.Unix(0, a.lastLoop.Load())
-	limit := 5*a.cfg.Timing.LoopInterval + 10*time.Second
+	limit := 5*a.timing().LoopInterval + 10*time.Second
 	if time.Since(last) > limit {
 		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: fmt.Sprintf("reconcile loop last ran %s ago", time.Since(last).Round(time.Millisecond))})
 		return
@@ -338,7 +338,7 @@ func (a *Agent) forwardTo(w http.ResponseWriter, r *http.Request, base string, b
 	// Control calls wait for their outcome (a switchover takes seconds).
 	// The agent's own transport carries its certificate and token: the
 	// caller was authorised here (authorized runs before any forwarding).
-	client := &http.Client{Transport: a.http.Transport, CheckRedirect: a.http.CheckRedirect, Timeout: a.cfg.Timing.SwitchoverTimeout + 10*time.Second}
+	client := &http.Client{Transport: a.http.Transport, CheckRedirect: a.http.CheckRedirect, Timeout: a.timing().SwitchoverTimeout + 10*time.Second}
 	resp, err := client.Do(req)
 	if err != nil {
 		writeJSON(w, http.StatusBadGateway, apiError{Error: "forward to " + base + ": " + err.Error()})

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"reflect"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/pgha/pgha/consensus"
 	"github.com/pgha/pgha/postgres"
@@ -24,7 +26,12 @@ import (
 // bootstrapConfig is what this node records as version 1 when it leads a
 // cluster that has none.
 func (a *Agent) bootstrapConfig() consensus.ClusterConfig {
-	return consensus.ClusterConfig{Parameters: maps.Clone(a.cfg.Postgres.Parameters), HBA: slices.Clone(a.cfg.Postgres.HBA)}
+	return consensus.ClusterConfig{
+		Parameters: maps.Clone(a.cfg.Postgres.Parameters),
+		HBA:        slices.Clone(a.cfg.Postgres.HBA),
+		Timing:     clusterTiming(a.cfg.Timing),
+		Failover:   clusterFailover(a.cfg.Failover),
+	}
 }
 
 // useClusterConfig hands the parameters and pg_hba lines in force (the
@@ -58,17 +65,47 @@ func (a *Agent) useClusterConfig(st consensus.State) {
 	if len(a.cfg.Postgres.HBA) > 0 && !slices.Equal(a.cfg.Postgres.HBA, st.Config.HBA) {
 		ignored = append(ignored, "postgres.hba")
 	}
+	if t := st.Config.Timing; t != nil && *clusterTiming(a.cfg.Timing) != *t {
+		ignored = append(ignored, "timing")
+	}
+	if f := st.Config.Failover; f != nil && *clusterFailover(a.cfg.Failover) != *f {
+		ignored = append(ignored, "failover")
+	}
 	if len(ignored) > 0 {
 		slices.Sort(ignored)
-		a.log.Warn("postgres.parameters in this node's file differ from the cluster-wide configuration, which wins: edit it with pgha-agent edit-config", "version", st.Config.Version, "ignored", ignored)
+		a.log.Warn("settings in this node's file differ from the cluster-wide configuration, which wins: edit it with pgha-agent edit-config", "version", st.Config.Version, "ignored", ignored)
 	}
 }
 
 // ConfigView is GET /config: the cluster-wide configuration in Patroni's
-// shape where it maps (postgresql.parameters), with its version.
+// shape where it maps (postgresql.parameters), pgha's own sections as in a
+// node's file (timing, failover), with its version. Durations are written
+// as Go durations ("1s", "250ms").
 type ConfigView struct {
-	Version    uint64             `json:"version"`
-	PostgreSQL ConfigPostgresView `json:"postgresql"`
+	Version  uint64       `json:"version"`
+	Timing   TimingView   `json:"timing"`
+	Failover FailoverView `json:"failover"`
+	// PriorFenceTimeout is set from a change of fence_timeout until no
+	// lease granted under the earlier value can run: leaders judge leases
+	// by the longer of the two meanwhile.
+	PriorFenceTimeout string             `json:"prior_fence_timeout,omitempty"`
+	PostgreSQL        ConfigPostgresView `json:"postgresql"`
+}
+
+// TimingView is the timing section of ConfigView.
+type TimingView struct {
+	LoopInterval      string `json:"loop_interval" yaml:"loop_interval"`
+	HealthInterval    string `json:"health_interval" yaml:"health_interval"`
+	FenceTimeout      string `json:"fence_timeout" yaml:"fence_timeout"`
+	SwitchoverTimeout string `json:"switchover_timeout" yaml:"switchover_timeout"`
+}
+
+// FailoverView is the failover section of ConfigView.
+type FailoverView struct {
+	SynchronousMode        bool   `json:"synchronous_mode" yaml:"synchronous_mode"`
+	MaximumLagOnFailover   int64  `json:"maximum_lag_on_failover" yaml:"maximum_lag_on_failover"`
+	MaximumLagOnSwitchover int64  `json:"maximum_lag_on_switchover" yaml:"maximum_lag_on_switchover"`
+	PrimaryRestartWindow   string `json:"primary_restart_window" yaml:"primary_restart_window"`
 }
 
 // ConfigPostgresView is the postgresql section of ConfigView.
@@ -77,7 +114,9 @@ type ConfigPostgresView struct {
 	HBA        []string          `json:"pg_hba"`
 }
 
-func configView(st consensus.State) ConfigView {
+// configView is st's configuration; timing and failover not recorded yet
+// (a version written by an older agent) show as file says, this node's.
+func configView(st consensus.State, file *Config) ConfigView {
 	params := maps.Clone(st.Config.Parameters)
 	if params == nil {
 		params = map[string]string{}
@@ -86,18 +125,50 @@ func configView(st consensus.State) ConfigView {
 	if hba == nil {
 		hba = []string{}
 	}
-	return ConfigView{Version: st.Config.Version, PostgreSQL: ConfigPostgresView{Parameters: params, HBA: hba}}
+	t, f := timingOf(st.Config, file.Timing), failoverOf(st.Config, file.Failover)
+	v := ConfigView{
+		Version: st.Config.Version,
+		Timing: TimingView{
+			LoopInterval:      t.LoopInterval.String(),
+			HealthInterval:    t.HealthInterval.String(),
+			FenceTimeout:      t.FenceTimeout.String(),
+			SwitchoverTimeout: t.SwitchoverTimeout.String(),
+		},
+		Failover: FailoverView{
+			SynchronousMode:        f.Synchronous(),
+			MaximumLagOnFailover:   f.MaximumLagOnFailover,
+			MaximumLagOnSwitchover: f.MaximumLagOnSwitchover,
+			PrimaryRestartWindow:   f.PrimaryRestartWindow.String(),
+		},
+		PostgreSQL: ConfigPostgresView{Parameters: params, HBA: hba},
+	}
+	if p := st.Config.PriorFenceTimeout; p > 0 {
+		v.PriorFenceTimeout = p.String()
+	}
+	return v
 }
 
 func (a *Agent) handleConfig(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, configView(a.node.State()))
+	writeJSON(w, http.StatusOK, configView(a.node.State(), a.cfg))
 }
 
 // configPatch is PATCH /config's body, a JSON merge patch (RFC 7396) of
 // ConfigView: a parameter set to null is removed. "version", if given,
 // must be the version the change was made from.
 type configPatch struct {
-	Version    *uint64 `json:"version"`
+	Version *uint64 `json:"version"`
+	Timing  *struct {
+		LoopInterval      *string `json:"loop_interval"`
+		HealthInterval    *string `json:"health_interval"`
+		FenceTimeout      *string `json:"fence_timeout"`
+		SwitchoverTimeout *string `json:"switchover_timeout"`
+	} `json:"timing"`
+	Failover *struct {
+		SynchronousMode        *bool   `json:"synchronous_mode"`
+		MaximumLagOnFailover   *int64  `json:"maximum_lag_on_failover"`
+		MaximumLagOnSwitchover *int64  `json:"maximum_lag_on_switchover"`
+		PrimaryRestartWindow   *string `json:"primary_restart_window"`
+	} `json:"failover"`
 	PostgreSQL *struct {
 		Parameters map[string]*string `json:"parameters"`
 		HBA        *[]string          `json:"pg_hba"` // replaces the list (a merge patch replaces arrays)
@@ -139,6 +210,20 @@ func (a *Agent) handlePatchConfig(w http.ResponseWriter, r *http.Request, body [
 			}
 		}
 	}
+	t, f, errs := patchSettings(p, timingOf(next, a.cfg.Timing), failoverOf(next, a.cfg.Failover), a.cfg.Raft)
+	if len(errs) > 0 {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: strings.Join(errs, "; ") + "; nothing was changed"})
+		return
+	}
+	next.Timing, next.Failover = clusterTiming(t), clusterFailover(f)
+	// Leases granted under the fence timeout this leader judges by now may
+	// still run after a change to a shorter one: every leader keeps judging
+	// by it until they have ended (settleLeases).
+	if judged := widenForPrimary(a.policy(), a.obs.snapshot()[st.Primary]).FenceTimeout; judged > t.FenceTimeout {
+		next.PriorFenceTimeout = judged
+	} else {
+		next.PriorFenceTimeout = 0
+	}
 	if err := postgres.ValidateParameters(next.Parameters); err != nil {
 		writeJSON(w, http.StatusBadRequest, apiError{Error: "postgresql.parameters: " + err.Error() + "; nothing was changed"})
 		return
@@ -147,7 +232,7 @@ func (a *Agent) handlePatchConfig(w http.ResponseWriter, r *http.Request, body [
 	// the synchronous set (DESIGN): a cluster-wide synchronous_commit that
 	// acknowledges before the standby has it would lose commits at the next
 	// failover. (A session may still choose it for itself.)
-	if sc := strings.ToLower(next.Parameters["synchronous_commit"]); a.cfg.Failover.Synchronous() && (sc == "off" || sc == "local" || sc == "false" || sc == "no" || sc == "0") {
+	if sc := strings.ToLower(next.Parameters["synchronous_commit"]); f.Synchronous() && (sc == "off" || sc == "local" || sc == "false" || sc == "no" || sc == "0") {
 		writeJSON(w, http.StatusBadRequest, apiError{Error: fmt.Sprintf("postgresql.parameters: \"synchronous_commit\" = %q acknowledges commits no standby holds, which synchronous mode exists to prevent; nothing was changed", next.Parameters["synchronous_commit"])})
 		return
 	}
@@ -155,14 +240,67 @@ func (a *Agent) handlePatchConfig(w http.ResponseWriter, r *http.Request, body [
 		writeJSON(w, http.StatusBadRequest, apiError{Error: "postgresql.pg_hba" + err.Error() + "; nothing was changed"})
 		return
 	}
-	if maps.Equal(next.Parameters, st.Config.Parameters) && slices.Equal(next.HBA, st.Config.HBA) && base != 0 {
-		writeJSON(w, http.StatusOK, configView(st))
+	if base != 0 && sameConfig(next, st.Config) {
+		writeJSON(w, http.StatusOK, configView(st, a.cfg))
 		return
 	}
-	a.log.Info("decision", "command", "set_config", "version", base+1, "reason", "an operator changed the cluster-wide configuration")
+	a.log.Info("decision", "command", "set_config", "version", base+1, "reason", "an operator changed the cluster-wide configuration", "fence_timeout", t.FenceTimeout, "prior_fence_timeout", next.PriorFenceTimeout)
 	if err := a.node.Apply(r.Context(), consensus.SetConfig(base, next)); err != nil {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, configView(a.node.State()))
+	writeJSON(w, http.StatusOK, configView(a.node.State(), a.cfg))
+}
+
+// patchSettings applies the timing and failover parts of a patch to t and
+// f and validates the result as a node's file is validated (against this
+// leader's Raft timing); errs names every wrong key.
+func patchSettings(p configPatch, t TimingConfig, f FailoverConfig, r RaftConfig) (TimingConfig, FailoverConfig, []string) {
+	var errs []string
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, key+": "+fmt.Sprintf(format, args...))
+	}
+	duration := func(key string, v *string, into *time.Duration) {
+		if v == nil {
+			return
+		}
+		d, err := time.ParseDuration(*v)
+		if err != nil {
+			bad(key, "%q is not a duration such as 500ms or 2s", *v)
+			return
+		}
+		*into = d
+	}
+	if pt := p.Timing; pt != nil {
+		duration("timing.loop_interval", pt.LoopInterval, &t.LoopInterval)
+		duration("timing.health_interval", pt.HealthInterval, &t.HealthInterval)
+		duration("timing.fence_timeout", pt.FenceTimeout, &t.FenceTimeout)
+		duration("timing.switchover_timeout", pt.SwitchoverTimeout, &t.SwitchoverTimeout)
+	}
+	if pf := p.Failover; pf != nil {
+		if pf.SynchronousMode != nil {
+			sync := *pf.SynchronousMode
+			f.SynchronousMode = &sync
+		}
+		if pf.MaximumLagOnFailover != nil {
+			f.MaximumLagOnFailover = *pf.MaximumLagOnFailover
+		}
+		if pf.MaximumLagOnSwitchover != nil {
+			f.MaximumLagOnSwitchover = *pf.MaximumLagOnSwitchover
+		}
+		duration("failover.primary_restart_window", pf.PrimaryRestartWindow, &f.PrimaryRestartWindow)
+	}
+	if len(errs) > 0 {
+		return t, f, errs
+	}
+	validateTiming(bad, t, r)
+	validateFailover(bad, f)
+	return t, f, errs
+}
+
+// sameConfig reports whether a and b hold the same settings (versions aside).
+func sameConfig(a, b consensus.ClusterConfig) bool {
+	eq := func(x, y any) bool { return reflect.DeepEqual(x, y) }
+	return maps.Equal(a.Parameters, b.Parameters) && slices.Equal(a.HBA, b.HBA) &&
+		eq(a.Timing, b.Timing) && eq(a.Failover, b.Failover) && a.PriorFenceTimeout == b.PriorFenceTimeout
 }

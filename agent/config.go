@@ -306,6 +306,40 @@ func (c *Config) applyDefaults() {
 	}
 }
 
+// validateTiming checks the timing section, of a node's file or of a
+// cluster-wide change (PATCH /config), against this node's Raft timing.
+func validateTiming(bad func(key, format string, args ...any), t TimingConfig, r RaftConfig) {
+	if t.LoopInterval < 50*time.Millisecond || t.LoopInterval > time.Minute {
+		bad("timing.loop_interval", "%s is out of range; use 50ms to 1m", t.LoopInterval)
+	}
+	if t.HealthInterval < 50*time.Millisecond || t.HealthInterval > time.Minute {
+		bad("timing.health_interval", "%s is out of range; use 50ms to 1m", t.HealthInterval)
+	}
+	if t.FenceTimeout < r.LeaderLeaseTimeout {
+		bad("timing.fence_timeout", "%s is shorter than raft.leader_lease_timeout (%s); a primary would fence itself before Raft notices anything", t.FenceTimeout, r.LeaderLeaseTimeout)
+	}
+	if t.FenceTimeout > time.Minute {
+		bad("timing.fence_timeout", "%s is out of range; use raft.leader_lease_timeout (%s) to 1m", t.FenceTimeout, r.LeaderLeaseTimeout)
+	}
+	if t.SwitchoverTimeout < time.Second || t.SwitchoverTimeout > time.Hour {
+		bad("timing.switchover_timeout", "%s is out of range; use 1s to 1h", t.SwitchoverTimeout)
+	}
+}
+
+// validateFailover checks the failover section, of a node's file or of a
+// cluster-wide change.
+func validateFailover(bad func(key, format string, args ...any), f FailoverConfig) {
+	if f.MaximumLagOnFailover < 0 {
+		bad("failover.maximum_lag_on_failover", "must not be negative")
+	}
+	if f.MaximumLagOnSwitchover < 0 {
+		bad("failover.maximum_lag_on_switchover", "must not be negative")
+	}
+	if f.PrimaryRestartWindow < 0 {
+		bad("failover.primary_restart_window", "must not be negative")
+	}
+}
+
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,40}$`)
 
 // Validate checks every key and names the first wrong one with the fix.
@@ -370,22 +404,8 @@ func (c *Config) Validate() error {
 	if c.Raft.LeaderLeaseTimeout != 0 && c.Raft.ElectionTimeout != 0 && c.Raft.LeaderLeaseTimeout >= c.Raft.ElectionTimeout {
 		bad("raft.leader_lease_timeout", "must be shorter than raft.election_timeout, so a deposed leader steps down before a new one is elected")
 	}
-	if c.Timing.LoopInterval < 50*time.Millisecond || c.Timing.LoopInterval > time.Minute {
-		bad("timing.loop_interval", "%s is out of range; use 50ms to 1m", c.Timing.LoopInterval)
-	}
-	if c.Timing.HealthInterval < 50*time.Millisecond || c.Timing.HealthInterval > time.Minute {
-		bad("timing.health_interval", "%s is out of range; use 50ms to 1m", c.Timing.HealthInterval)
-	}
-
-	if c.Timing.FenceTimeout < c.Raft.LeaderLeaseTimeout {
-		bad("timing.fence_timeout", "%s is shorter than raft.leader_lease_timeout (%s); a primary would fence itself before Raft notices anything", c.Timing.FenceTimeout, c.Raft.LeaderLeaseTimeout)
-	}
-	if c.Failover.MaximumLagOnFailover < 0 || c.Failover.MaximumLagOnSwitchover < 0 {
-		bad("failover.maximum_lag_on_failover", "must not be negative")
-	}
-	if c.Failover.PrimaryRestartWindow < 0 {
-		bad("failover.primary_restart_window", "must not be negative")
-	}
+	validateTiming(bad, c.Timing, c.Raft)
+	validateFailover(bad, c.Failover)
 	p := c.Postgres
 	if p.BinDir == "" {
 		bad("postgres.bin_dir", "missing; the directory with pg_ctl and initdb, e.g. /usr/lib/postgresql/15/bin")

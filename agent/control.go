@@ -139,7 +139,7 @@ func (a *Agent) handleSwitchover(w http.ResponseWriter, r *http.Request, body []
 		writeError(w, err)
 		return
 	}
-	a.awaitPrimary(w, r, cand, a.cfg.Timing.SwitchoverTimeout+2*time.Second)
+	a.awaitPrimary(w, r, cand, a.timing().SwitchoverTimeout+2*time.Second)
 }
 
 // startSwitchover checks that a switchover to req.Candidate (or the best
@@ -273,7 +273,7 @@ func (a *Agent) runScheduled(ctx context.Context, st consensus.State) {
 		return
 	}
 	if wait := time.Until(sw.At); wait > 0 {
-		if wait <= a.cfg.Timing.LoopInterval {
+		if wait <= a.timing().LoopInterval {
 			a.wakeAt(ctx, sw.At) // on time, not at the next loop
 		}
 		return
@@ -370,8 +370,8 @@ func (a *Agent) switchoverCandidateProblem(in Inputs, name string) string {
 	}
 	if p, ok := in.Observations[in.State.Primary]; ok {
 		lag := int64(p.obs.Postgres.CurrentLSN) - int64(o.obs.Postgres.ReplayedLSN)
-		if lag > a.cfg.Failover.MaximumLagOnSwitchover {
-			return fmt.Sprintf("%s lags %d bytes behind, more than failover.maximum_lag_on_switchover (%d)", name, lag, a.cfg.Failover.MaximumLagOnSwitchover)
+		if lag > a.failover().MaximumLagOnSwitchover {
+			return fmt.Sprintf("%s lags %d bytes behind, more than failover.maximum_lag_on_switchover (%d)", name, lag, a.failover().MaximumLagOnSwitchover)
 		}
 	}
 	return ""
@@ -684,13 +684,15 @@ func (a *Agent) handlePermit(w http.ResponseWriter, r *http.Request, body []byte
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, permitResult{Message: "granted", Grace: left})
+	writeJSON(w, http.StatusOK, permitResult{Message: "granted", Grace: left, Lease: a.timing().FenceTimeout})
 }
 
-// permitResult answers a granted permit: how long its start grace has left.
+// permitResult answers a granted permit: how long its start grace has left,
+// and how long the lease it renews lasts (leaseGrant).
 type permitResult struct {
 	Message string        `json:"message"`
 	Grace   time.Duration `json:"grace_ns"`
+	Lease   time.Duration `json:"lease_ns,omitempty"`
 }
 
 // requestPermit asks the leader for permission to start or promote this
@@ -701,6 +703,7 @@ type permitResult struct {
 func (a *Agent) requestPermit(ctx context.Context, epoch uint64, restart bool) (time.Time, error) {
 	sent := time.Now()
 	var left time.Duration
+	lease := a.timing().FenceTimeout
 	if a.node.IsLeader() {
 		var err error
 		if left, err = a.grantPermit(ctx, a.cfg.Name, epoch, restart); err != nil {
@@ -719,8 +722,11 @@ func (a *Agent) requestPermit(ctx context.Context, epoch uint64, restart bool) (
 			return time.Time{}, err
 		}
 		left = res.Grace
+		if res.Lease > 0 { // an older leader says nothing: its own file's, as this one's
+			lease = res.Lease
+		}
 	}
-	a.lease.renewed(epoch, sent, a.cfg.Timing.FenceTimeout)
+	a.lease.renewed(epoch, sent, lease)
 	return sent.Add(left), nil
 }
 

@@ -42,7 +42,7 @@ func (a *Agent) outOfContact(now time.Time) bool {
 	if last.Before(a.started) {
 		last = a.started
 	}
-	return now.Sub(last) > a.cfg.Timing.FenceTimeout
+	return now.Sub(last) > a.timing().FenceTimeout
 }
 
 // leaseHolds reports whether this primary's lease for epoch holds at now.
@@ -54,7 +54,7 @@ func (a *Agent) leaseHolds(epoch uint64, now time.Time) bool {
 
 // leaseEnd is when this primary's lease for epoch runs out.
 func (a *Agent) leaseEnd(epoch uint64) time.Time {
-	return a.lease.end(epoch, a.started, a.cfg.Timing.FenceTimeout)
+	return a.lease.end(epoch, a.started, a.timing().FenceTimeout)
 }
 
 // fenceLoop enforces the "One writer" rule on this node (DESIGN): a primary
@@ -109,7 +109,7 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			continue
 		}
 		end := a.leaseEnd(st.Epoch)
-		a.log.Warn("fencing: PostgreSQL frozen (SIGSTOP)", "reason", reason, "fence_timeout", a.cfg.Timing.FenceTimeout, "epoch", st.Epoch, "pid", pid,
+		a.log.Warn("fencing: PostgreSQL frozen (SIGSTOP)", "reason", reason, "fence_timeout", a.timing().FenceTimeout, "epoch", st.Epoch, "pid", pid,
 			"after_lease_end", time.Since(end).Round(time.Millisecond), "resumes", "if the lease is renewed within "+a.frozenMax().String())
 		frozen = frozenServer{pid: pid, epoch: st.Epoch, at: time.Now()}
 		// Freeze first, ask after: one renewal round trip now thaws at once
@@ -134,7 +134,7 @@ type frozenServer struct {
 // before it is killed: twice the lease, for an election that took long.
 // Past it, its clients are better served by an error than by a hang.
 func (a *Agent) frozenMax() time.Duration {
-	return 2 * a.cfg.Timing.FenceTimeout
+	return 2 * a.timing().FenceTimeout
 }
 
 // reaperAfter is when the freeze ends by itself if this agent cannot end

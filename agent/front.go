@@ -224,7 +224,7 @@ func (a *Agent) updateTopologyLocked() {
 		f.sawSwitchover = true
 	}
 	hasPrimary := slices.ContainsFunc(next, func(b router.Backend) bool { return b.Primary && b.Healthy })
-	overdue := time.Since(f.heldSince) > a.cfg.Timing.SwitchoverTimeout+a.cfg.Router.DrainTimeout+5*time.Second
+	overdue := time.Since(f.heldSince) > a.timing().SwitchoverTimeout+a.cfg.Router.DrainTimeout+5*time.Second
 	if (f.sawSwitchover && !st.Switchover.Active() && hasPrimary) || overdue {
 		f.rt.Resume()
 		f.held = false
@@ -280,7 +280,7 @@ func (f *front) complainLocked(a *Agent, msg string) {
 // backends is the router's view of the members, from the committed state
 // and this node's latest observations.
 func (a *Agent) backends() []router.Backend {
-	return backendsOf(a.node.State(), a.obs.snapshot(), time.Now(), a.cfg.Timing.FenceTimeout, a.cfg.Failover.Synchronous())
+	return backendsOf(a.node.State(), a.obs.snapshot(), time.Now(), a.timing().FenceTimeout, a.failover().Synchronous())
 }
 
 // backendsOf derives the router's backends. The committed state says who is

@@ -34,15 +34,20 @@ type leader struct {
 	// waitingNow is waiting for readers that must not take mu (an
 	// observation is taken while mu is held: repollStandbys, refresh).
 	waitingNow atomic.Value
+	// configSeen is the configuration version this node last saw, from
+	// configSeenAt on (settleLeases).
+	configSeen   uint64
+	configSeenAt time.Time
 }
 
 // leadLoop runs the leader's policy every health_interval, and at once when
 // an agent pushes news. On followers it only waits: only the Raft leader
 // decides, and only through the Raft log.
 func (a *Agent) leadLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.Timing.HealthInterval)
+	t := newTicker(a.timing().HealthInterval)
 	defer t.Stop()
 	for {
+		t.follow(a.timing().HealthInterval)
 		if a.node.IsLeader() {
 			a.leadOnce(ctx)
 		} else {
@@ -70,6 +75,7 @@ func (a *Agent) leadOnce(ctx context.Context) {
 		return
 	}
 	l.mu.Unlock()
+	a.settleLeases(ctx)
 
 	servers, err := a.node.Servers()
 	if err != nil {
@@ -211,6 +217,38 @@ func (a *Agent) beginTenure(ctx context.Context) error {
 	return nil
 }
 
+// settleLeases clears the prior fence timeout of the configuration in force
+// (consensus.ClusterConfig.PriorFenceTimeout) once no lease granted under
+// an earlier value can still run. Leases are granted under the value the
+// granting leader has applied: this leader granted its last such lease
+// before it saw the change (configSeenAt, after applying it), earlier
+// leaders theirs before its tenure began (since). Each lasts at most the
+// prior value; the fence margin covers the freeze, as for any lease.
+func (a *Agent) settleLeases(ctx context.Context) {
+	c := a.node.Config()
+	l := &a.lead
+	l.mu.Lock()
+	if l.configSeen != c.Version || l.configSeenAt.IsZero() {
+		l.configSeen, l.configSeenAt = c.Version, time.Now()
+	}
+	from := l.configSeenAt
+	if l.since.After(from) {
+		from = l.since
+	}
+	l.mu.Unlock()
+	if c.PriorFenceTimeout == 0 {
+		return
+	}
+	if time.Since(from) < c.PriorFenceTimeout+fenceMargin {
+		return // a later pass (every health_interval) settles it
+	}
+	if err := a.node.Apply(ctx, consensus.SettleLeases(c.Version)); err != nil {
+		a.log.Warn("could not settle the leases of an earlier fence_timeout", "version", c.Version, "err", err)
+		return
+	}
+	a.log.Info("decision", "command", "settle_leases", "version", c.Version, "reason", fmt.Sprintf("no lease granted under the earlier fence_timeout (%s) can still run; leases are judged by %s alone now", c.PriorFenceTimeout, timingOf(c, a.cfg.Timing).FenceTimeout))
+}
+
 // verifyPrimary confirms with a quorum that this node still leads and
 // returns the committed state, which must name member the primary of epoch:
 // what a lease renewal and a start permit both need. Called with mu held.
@@ -243,13 +281,15 @@ func (a *Agent) repollStandbys(ctx context.Context, st consensus.State) {
 }
 
 func (a *Agent) policy() Policy {
+	c := a.node.Config()
+	t, f := timingOf(c, a.cfg.Timing), failoverOf(c, a.cfg.Failover)
 	return Policy{
-		Synchronous:          a.cfg.Failover.Synchronous(),
-		MaxLagOnFailover:     a.cfg.Failover.MaximumLagOnFailover,
-		FenceTimeout:         a.cfg.Timing.FenceTimeout,
-		HealthInterval:       a.cfg.Timing.HealthInterval,
-		PrimaryRestartWindow: a.cfg.Failover.PrimaryRestartWindow,
-		SwitchoverTimeout:    a.cfg.Timing.SwitchoverTimeout,
+		Synchronous:          f.Synchronous(),
+		MaxLagOnFailover:     f.MaximumLagOnFailover,
+		FenceTimeout:         leaseJudgedBy(c, t),
+		HealthInterval:       t.HealthInterval,
+		PrimaryRestartWindow: f.PrimaryRestartWindow,
+		SwitchoverTimeout:    t.SwitchoverTimeout,
 	}
 }
 
@@ -312,7 +352,7 @@ func twoTries(ctx context.Context, stagger time.Duration, try func(context.Conte
 // directDialTimeout bounds one TCP connect of the direct check: a quarter of
 // fence_timeout (the lease round trip's bound too), at least 250 ms.
 func (a *Agent) directDialTimeout() time.Duration {
-	return max(a.cfg.Timing.FenceTimeout/4, 250*time.Millisecond)
+	return max(a.timing().FenceTimeout/4, 250*time.Millisecond)
 }
 
 // directCheckBudget is how long a direct check of a host that drops packets
@@ -423,7 +463,7 @@ func (a *Agent) grantPermit(ctx context.Context, member string, epoch uint64, re
 		// restart in place; the operator decides (resume, or failover).
 		return 0, fmt.Errorf("%w: the cluster is paused: not restarting %s's PostgreSQL automatically", consensus.ErrRefused, member)
 	}
-	if restart && a.cfg.Failover.PrimaryRestartWindow == 0 {
+	if restart && a.failover().PrimaryRestartWindow == 0 {
 		in := Inputs{State: st, Observations: a.obs.snapshot(), Now: time.Now(), Policy: a.policy()}
 		if cand, _ := chooseCandidate(in, member); cand != "" {
 			a.wake() // fail over now rather than at the next tick

@@ -102,11 +102,22 @@ func (a *Agent) renewLeaseWithin(ctx context.Context, st consensus.State, d time
 	// The lease counts from before every attempt below: the leader's
 	// grant comes later, so its deadline covers this one.
 	sent := time.Now()
-	if err := a.askForLease(ctx, st.Epoch); err != nil {
+	d, err := a.askForLease(ctx, st.Epoch)
+	if err != nil {
 		return err
 	}
-	a.lease.renewed(st.Epoch, sent, a.cfg.Timing.FenceTimeout)
+	a.lease.renewed(st.Epoch, sent, d)
 	return nil
+}
+
+// leaseGrant answers a granted renewal with the lease's length: the fence
+// timeout in force on the leader that granted it, which judges it by that
+// length (or a longer one, see leaseJudgedBy). The primary takes the
+// leader's word over its own: during a change of fence_timeout the two may
+// not have applied it yet at the same moment.
+type leaseGrant struct {
+	Message string        `json:"message"`
+	Lease   time.Duration `json:"lease_ns"`
 }
 
 // askForLease asks the Raft leader for a renewal. The local Raft's idea of
@@ -116,31 +127,41 @@ func (a *Agent) renewLeaseWithin(ctx context.Context, st consensus.State, d time
 // seconds (the new leader backs off its heartbeats to a member that did
 // not answer), while its PostgreSQL is still the primary the cluster kept.
 // Without this it would fence on a lease that only the freeze let run out.
-func (a *Agent) askForLease(ctx context.Context, epoch uint64) error {
+func (a *Agent) askForLease(ctx context.Context, epoch uint64) (time.Duration, error) {
+	var d time.Duration
 	var err error
 	if a.node.IsLeader() {
 		// Half the time at most: a deposed leader's VerifyLeader may hang.
 		lctx, cancel := context.WithTimeout(ctx, a.leaseRoundTrip()/2)
-		err = a.grantLease(lctx, a.cfg.Name, epoch)
+		d, err = a.grantLease(lctx, a.cfg.Name, epoch)
 		cancel()
 	} else if base, lerr := a.leaderAPI(); lerr != nil {
 		err = lerr
 	} else {
-		err = a.postLease(ctx, base, epoch)
+		d, err = a.postLease(ctx, base, epoch)
 	}
 	if err == nil || errors.Is(err, consensus.ErrRefused) || ctx.Err() != nil {
-		return err
+		return d, err
 	}
 	base, ferr := a.findLeaderAPI(ctx)
 	if ferr != nil {
-		return fmt.Errorf("%w; asking the other members: %w", err, ferr)
+		return 0, fmt.Errorf("%w; asking the other members: %w", err, ferr)
 	}
 	return a.postLease(ctx, base, epoch)
 }
 
-func (a *Agent) postLease(ctx context.Context, base string, epoch uint64) error {
+// postLease asks the leader at base for a renewal and returns the lease's
+// length it granted.
+func (a *Agent) postLease(ctx context.Context, base string, epoch uint64) (time.Duration, error) {
 	body, _ := json.Marshal(leaseRequest{Member: a.cfg.Name, Epoch: epoch})
-	return postJSON(ctx, a.http, base+"/internal/lease", body, nil)
+	var g leaseGrant
+	if err := postJSON(ctx, a.http, base+"/internal/lease", body, &g); err != nil {
+		return 0, err
+	}
+	if g.Lease <= 0 { // an older leader says nothing: its own file's, as this one's
+		return a.timing().FenceTimeout, nil
+	}
+	return g.Lease, nil
 }
 
 // findLeaderAPI asks the other members at once who the Raft leader is and
@@ -181,22 +202,23 @@ func (a *Agent) findLeaderAPI(ctx context.Context) (string, error) {
 // leaseRoundTrip bounds one renewal: a small part of the lease, so a slow
 // leader never eats the time the fence needs.
 func (a *Agent) leaseRoundTrip() time.Duration {
-	return max(a.cfg.Timing.FenceTimeout/4, 50*time.Millisecond)
+	return max(a.timing().FenceTimeout/4, 50*time.Millisecond)
 }
 
 // leaseInterval is how often the primary renews: often enough that a
 // leader lost just after a renewal leaves most of the lease for the
 // election of the next one.
 func (a *Agent) leaseInterval() time.Duration {
-	return max(min(a.cfg.Timing.HealthInterval, a.cfg.Timing.FenceTimeout/8), 20*time.Millisecond)
+	return max(min(a.timing().HealthInterval, a.timing().FenceTimeout/8), 20*time.Millisecond)
 }
 
 // leaseLoop renews the lease while this node is the committed primary.
 func (a *Agent) leaseLoop(ctx context.Context) {
-	t := time.NewTicker(a.leaseInterval())
+	t := newTicker(a.leaseInterval())
 	defer t.Stop()
 	failing := ""
 	for {
+		t.follow(a.leaseInterval())
 		select {
 		case <-ctx.Done():
 			return
@@ -221,24 +243,24 @@ func (a *Agent) leaseLoop(ctx context.Context) {
 // grantLease runs on the leader. It is serialised with the leader's
 // decisions (lead.mu), so a renewal and a failover of the same primary
 // never both succeed.
-func (a *Agent) grantLease(ctx context.Context, member string, epoch uint64) error {
+func (a *Agent) grantLease(ctx context.Context, member string, epoch uint64) (time.Duration, error) {
 	if err := a.lead.lock(ctx); err != nil {
-		return err
+		return 0, err
 	}
 	defer a.lead.mu.Unlock()
 	if err := a.beginTenure(ctx); err != nil {
-		return err
+		return 0, err
 	}
 	if _, err := a.verifyPrimary(ctx, member, epoch); err != nil {
-		return err
+		return 0, err
 	}
 	if first, ok := a.lead.permitsOf(epoch)[member]; ok && time.Since(first) >= startGrace(a.policy()) {
 		// Its PostgreSQL did not start within the grace: the leader fails
 		// it over once this lease has run out.
-		return fmt.Errorf("%w: %s has not started PostgreSQL within %s of its first permit", consensus.ErrRefused, member, startGrace(a.policy()))
+		return 0, fmt.Errorf("%w: %s has not started PostgreSQL within %s of its first permit", consensus.ErrRefused, member, startGrace(a.policy()))
 	}
 	a.lead.leaderMemory = a.lead.noteLease(member, epoch, time.Now())
-	return nil
+	return a.timing().FenceTimeout, nil
 }
 
 // lock takes mu, or gives up when ctx ends: a renewal that waits behind a
@@ -260,11 +282,12 @@ func (a *Agent) handleLease(w http.ResponseWriter, r *http.Request, body []byte)
 		writeJSON(w, http.StatusBadRequest, apiError{Error: "body must be {\"member\", \"epoch\"}"})
 		return
 	}
-	if err := a.grantLease(r.Context(), req.Member, req.Epoch); err != nil {
+	d, err := a.grantLease(r.Context(), req.Member, req.Epoch)
+	if err != nil {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, ControlResult{Message: "granted"})
+	writeJSON(w, http.StatusOK, leaseGrant{Message: "granted", Lease: d})
 }
 
 // priorLeaseBound bounds, on a node that has just become leader, when the

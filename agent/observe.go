@@ -122,12 +122,13 @@ func (o *observations) forget(keep map[string]consensus.Member) {
 // delays the others nor this node's view of itself: each member is polled
 // by its own goroutine, at most one at a time.
 func (a *Agent) observeLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.Timing.HealthInterval)
+	t := newTicker(a.timing().HealthInterval)
 	defer t.Stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	inFlight := map[string]*atomic.Bool{}
 	for {
+		t.follow(a.timing().HealthInterval)
 		st := a.node.State()
 		a.obs.forget(st.Members)
 		self := a.selfView(ctx)
@@ -262,7 +263,7 @@ func (a *Agent) pollMember(ctx context.Context, name, apiURL string) {
 
 // pollTimeout bounds one poll so a dead member never delays the others' view.
 func (a *Agent) pollTimeout() time.Duration {
-	d := a.cfg.Timing.HealthInterval * 2
+	d := a.timing().HealthInterval * 2
 	if d < time.Second {
 		d = time.Second
 	}
@@ -296,10 +297,10 @@ type SafetySettings struct {
 
 func (a *Agent) safetySettings() *SafetySettings {
 	return &SafetySettings{
-		FenceTimeout:   a.cfg.Timing.FenceTimeout,
-		HealthInterval: a.cfg.Timing.HealthInterval,
-		Synchronous:    a.cfg.Failover.Synchronous(),
-		RestartWindow:  a.cfg.Failover.PrimaryRestartWindow,
+		FenceTimeout:   a.timing().FenceTimeout,
+		HealthInterval: a.timing().HealthInterval,
+		Synchronous:    a.failover().Synchronous(),
+		RestartWindow:  a.failover().PrimaryRestartWindow,
 	}
 }
 

@@ -26,5 +26,5 @@ func (a *Agent) Alive() bool {
 	busy := a.activity != ""
 	a.mu.Unlock()
 	last := a.lastLoop.Load()
-	return busy || last == 0 || time.Since(time.Unix(0, last)) < 10*a.cfg.Timing.LoopInterval+10*time.Second
+	return busy || last == 0 || time.Since(time.Unix(0, last)) < 10*a.timing().LoopInterval+10*time.Second
 }

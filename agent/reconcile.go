@@ -30,10 +30,11 @@ func (e errWaiting) Error() string { return e.why }
 func (a *Agent) reconcileLoop(ctx context.Context) {
 	changes, unsubscribe := a.node.Watch()
 	defer unsubscribe()
-	t := time.NewTicker(a.cfg.Timing.LoopInterval)
+	t := newTicker(a.timing().LoopInterval)
 	defer t.Stop()
 	failures := 0
 	for {
+		t.follow(a.timing().LoopInterval)
 		err := a.reconcileOnce(ctx)
 		var w errWaiting
 		switch {
@@ -271,7 +272,7 @@ func (a *Agent) slotsOfOthers(st consensus.State) []string {
 // router and /primary stop treating the node as writable meanwhile
 // (syncSafe), and this puts pgha's value back in force.
 func (a *Agent) keepSyncInForce(ctx context.Context, st consensus.State, pg postgres.Status) error {
-	ok, why := syncSafe(a.cfg.Failover.Synchronous(), st, a.cfg.Name, pg.SyncStandbyNames)
+	ok, why := syncSafe(a.failover().Synchronous(), st, a.cfg.Name, pg.SyncStandbyNames)
 	if ok {
 		return nil
 	}
@@ -406,7 +407,7 @@ func (a *Agent) startAndPromote(ctx context.Context, st consensus.State, pg post
 func (a *Agent) syncBeforePromote(ctx context.Context, st consensus.State, pg postgres.Status) error {
 	names := a.syncNames(st, pg)
 	want := syncNamesValue(names)
-	if ok, why := syncSafe(a.cfg.Failover.Synchronous(), st, a.cfg.Name, want); !ok {
+	if ok, why := syncSafe(a.failover().Synchronous(), st, a.cfg.Name, want); !ok {
 		return errors.New(why)
 	}
 	if err := a.inst.SetSyncStandbyNames(names); err != nil {
@@ -495,7 +496,7 @@ func (a *Agent) reportShutDown(ctx context.Context, stopped <-chan struct{}) {
 // that streams; if none does, the whole set (writes wait for one of them);
 // if the set is empty (a new primary), every other member.
 func (a *Agent) syncNames(st consensus.State, pg postgres.Status) []string {
-	if !a.cfg.Failover.Synchronous() {
+	if !a.failover().Synchronous() {
 		return nil
 	}
 	streaming := map[string]bool{}

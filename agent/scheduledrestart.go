@@ -120,7 +120,7 @@ func (a *Agent) runScheduledRestarts(ctx context.Context, st consensus.State) {
 	var due []string
 	for name, sr := range st.ScheduledRestarts {
 		if wait := time.Until(sr.At); wait > 0 {
-			if wait <= a.cfg.Timing.LoopInterval {
+			if wait <= a.timing().LoopInterval {
 				a.wakeAt(ctx, sr.At)
 			}
 			continue

@@ -31,6 +31,9 @@ const (
 	// ScheduleRestartData; the member must exist, and have none scheduled
 	// already (a zero At clears it: flush)
 	CmdScheduleRestart CommandType = "schedule_restart"
+	// SettleLeasesData; clears Config.PriorFenceTimeout if Config.Version
+	// is still the one given
+	CmdSettleLeases CommandType = "settle_leases"
 )
 
 // CurrentVersion is the payload version the constructors in this package
@@ -95,9 +98,6 @@ type (
 		Names []string `json:"names"`
 		Epoch uint64   `json:"epoch"`
 	}
-	// SetConfigData replaces the cluster-wide configuration. Base is the
-	// version it was edited from: a concurrent edit committed first makes
-	// this one refused, never silently lost.
 	// SetTagsData sets (or, with "", removes) run-time tags of a member:
 	// nofailover, nosync, noloadbalance, clonefrom ("true"/"false") and priority (an
 	// integer).
@@ -112,9 +112,17 @@ type (
 		Member  string           `json:"member"`
 		Restart ScheduledRestart `json:"restart"`
 	}
+	// SetConfigData replaces the cluster-wide configuration. Base is the
+	// version it was edited from: a concurrent edit committed first makes
+	// this one refused, never silently lost.
 	SetConfigData struct {
 		Base   uint64        `json:"base"`
 		Config ClusterConfig `json:"config"`
+	}
+	// SettleLeasesData says that no lease granted under a fence_timeout
+	// before Version's can still run.
+	SettleLeasesData struct {
+		Version uint64 `json:"version"`
 	}
 )
 
@@ -193,6 +201,11 @@ func ScheduleSwitchover(sw ScheduledSwitchover) Command {
 // base; the committed copy gets version base+1.
 func SetConfig(base uint64, c ClusterConfig) Command {
 	return Command{CmdSetConfig, CurrentVersion, SetConfigData{Base: base, Config: c}}
+}
+
+// SettleLeases clears the prior fence timeout of configuration version.
+func SettleLeases(version uint64) Command {
+	return Command{CmdSettleLeases, CurrentVersion, SettleLeasesData{Version: version}}
 }
 
 // envelope is the wire form of a Command.

@@ -49,6 +49,7 @@ var commands = map[CommandType]commandSpec{
 	CmdScheduleSwitchover: v1(applyScheduleSwitchover),
 	CmdSetTags:            v1(applySetTags),
 	CmdScheduleRestart:    v1(applyScheduleRestart),
+	CmdSettleLeases:       v1(applySettleLeases),
 }
 
 // v1 builds the row of a command whose only accepted version is 1 and whose
@@ -360,6 +361,15 @@ func applySetConfig(s *State, d SetConfigData) error {
 	return nil
 }
 
+// applySettleLeases is a no-op for a version that was replaced meanwhile:
+// the newer one carries its own prior fence timeout.
+func applySettleLeases(s *State, d SettleLeasesData) error {
+	if d.Version == s.Config.Version {
+		s.Config.PriorFenceTimeout = 0
+	}
+	return nil
+}
+
 func applySetSyncStandbys(s *State, d SetSyncStandbysData) error {
 	if !s.Initialized() {
 		return refuse("set sync standbys: cluster is not initialised")
@@ -421,6 +431,13 @@ func newFSM(onChange func()) *fsm {
 }
 
 // state returns a deep copy of the current state.
+// config is state().Config without copying the rest.
+func (f *fsm) config() ClusterConfig {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.Config.Clone()
+}
+
 func (f *fsm) state() State {
 	f.mu.RLock()
 	defer f.mu.RUnlock()

@@ -684,6 +684,26 @@ func TestFSMSetConfig(t *testing.T) {
 	if tf.f.state().Config.Parameters["work_mem"] != "16MB" {
 		t.Error("State() shares the configuration with the FSM")
 	}
+
+	// Timing and failover travel with it; a prior fence timeout stays
+	// until settled for its own version only.
+	tf.mustApply(SetConfig(2, ClusterConfig{Timing: &Timing{FenceTimeout: time.Second}, Failover: &Failover{SynchronousMode: true}, PriorFenceTimeout: 5 * time.Second}))
+	c = tf.f.state()
+	if c.Config.Version != 3 || c.Config.Timing.FenceTimeout != time.Second || !c.Config.Failover.SynchronousMode || c.Config.PriorFenceTimeout != 5*time.Second {
+		t.Fatalf("config %+v", c.Config)
+	}
+	c.Config.Timing.FenceTimeout = time.Hour
+	if tf.f.state().Config.Timing.FenceTimeout != time.Second {
+		t.Error("State() shares the timing with the FSM")
+	}
+	tf.mustApply(SettleLeases(2))
+	if tf.f.state().Config.PriorFenceTimeout != 5*time.Second {
+		t.Error("settling an older version cleared the prior fence timeout of version 3")
+	}
+	tf.mustApply(SettleLeases(3))
+	if c := tf.f.state().Config; c.PriorFenceTimeout != 0 || c.Version != 3 {
+		t.Errorf("after settling version 3: %+v", c)
+	}
 }
 
 // A switchover scheduled for later is kept until flushed (or started): one

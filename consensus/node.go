@@ -417,6 +417,10 @@ func (n *Node) Apply(ctx context.Context, c Command) error {
 // tell how far it is.
 func (n *Node) State() State { return n.fsm.state().withTagOverrides() }
 
+// Config is State().Config, cheaper: for the settings read on every pass
+// of the agent's loops.
+func (n *Node) Config() ClusterConfig { return n.fsm.config() }
+
 // Watch returns a channel that receives after each change of State and
 // each change of leadership or raft state (this node's, or who the leader
 // is). Signals are non-blocking and coalesced: one pending signal stands for

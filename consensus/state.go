@@ -87,6 +87,33 @@ type ClusterConfig struct {
 	Parameters map[string]string `json:"postgresql_parameters,omitempty"`
 	// HBA are pg_hba.conf lines for every member, after pgha's own.
 	HBA []string `json:"pg_hba,omitempty"`
+	// Timing and Failover are every agent's timing and the leader's
+	// failover policy. Nil in a version recorded by an agent that kept them
+	// in each node's file: every agent then uses its own file's.
+	Timing   *Timing   `json:"timing,omitempty"`
+	Failover *Failover `json:"failover,omitempty"`
+	// PriorFenceTimeout is, after a change of fence_timeout, the longest
+	// lease granted under an earlier value that may still run: leaders
+	// judge the primary's lease by the longer of it and the current value
+	// until the leader settles it (SettleLeases), once every such lease has
+	// certainly ended. Zero: none.
+	PriorFenceTimeout time.Duration `json:"prior_fence_timeout,omitempty"`
+}
+
+// Timing is the cluster-wide part of the agents' timing (DESIGN).
+type Timing struct {
+	LoopInterval      time.Duration `json:"loop_interval"`
+	HealthInterval    time.Duration `json:"health_interval"`
+	FenceTimeout      time.Duration `json:"fence_timeout"`
+	SwitchoverTimeout time.Duration `json:"switchover_timeout"`
+}
+
+// Failover is the cluster-wide failover policy.
+type Failover struct {
+	SynchronousMode        bool          `json:"synchronous_mode"`
+	MaximumLagOnFailover   int64         `json:"maximum_lag_on_failover"`
+	MaximumLagOnSwitchover int64         `json:"maximum_lag_on_switchover"`
+	PrimaryRestartWindow   time.Duration `json:"primary_restart_window"`
 }
 
 // Clone returns a deep copy of c.
@@ -95,6 +122,14 @@ func (c ClusterConfig) Clone() ClusterConfig {
 		c.Parameters = maps.Clone(c.Parameters)
 	}
 	c.HBA = slices.Clone(c.HBA)
+	if c.Timing != nil {
+		t := *c.Timing
+		c.Timing = &t
+	}
+	if c.Failover != nil {
+		f := *c.Failover
+		c.Failover = &f
+	}
 	return c
 }
 

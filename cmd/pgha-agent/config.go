@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,7 +11,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -58,20 +61,27 @@ func showConfigCmd() *cobra.Command {
 
 func editConfigCmd() *cobra.Command {
 	var f apiFlags
-	var pg, hbaAdd, hbaRemove []string
+	var pg, set, hbaAdd, hbaRemove []string
 	var yes bool
 	cmd := &cobra.Command{
-		Use:   "edit-config [--pg NAME=VALUE ...] [--hba-add LINE] [--hba-remove LINE] [--yes]",
-		Short: "Change the cluster-wide configuration: in $EDITOR, or with --pg for scripts",
+		Use:   "edit-config [--set SECTION.KEY=VALUE ...] [--pg NAME=VALUE ...] [--hba-add LINE] [--hba-remove LINE] [--yes]",
+		Short: "Change the cluster-wide configuration: in $EDITOR, or with --set and --pg for scripts",
 		Long: `Change the cluster-wide configuration, kept in Raft and applied by every
 agent: parameters PostgreSQL can reload take effect everywhere at once;
 the ones that need a restart show as pending_restart in list until then.
 
 Without flags, the configuration opens in $EDITOR (vi if unset); the
-change is shown and applied after you confirm. --pg NAME=VALUE sets a
-PostgreSQL parameter, --pg NAME= removes it; --hba-add and --hba-remove
-change the pg_hba.conf lines every member gets after pgha's own. A bad
-value is refused with its key named, and nothing changes.`,
+change is shown and applied after you confirm. --set sets one of the
+timing and failover settings, e.g. --set timing.fence_timeout=2s or
+--set failover.synchronous_mode=false; --pg NAME=VALUE sets a PostgreSQL
+parameter, --pg NAME= removes it; --hba-add and --hba-remove change the
+pg_hba.conf lines every member gets after pgha's own. A bad value is
+refused with its key named, and nothing changes.
+
+Timing and failover changes take effect on every agent's next pass. After
+a shorter fence_timeout, leaders keep judging the primary's lease by the
+longer one (prior_fence_timeout in show-config) until every lease granted
+under it has ended.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := f.client()
@@ -84,8 +94,14 @@ value is refused with its key named, and nothing changes.`,
 			}
 			next := maps.Clone(cur.PostgreSQL.Parameters)
 			nextHBA := slices.Clone(cur.PostgreSQL.HBA)
-			scripted := len(pg)+len(hbaAdd)+len(hbaRemove) > 0
+			nextSettings := settingsOf(cur)
+			scripted := len(pg)+len(set)+len(hbaAdd)+len(hbaRemove) > 0
 			if scripted {
+				for _, kv := range set {
+					if err := setSetting(nextSettings, kv); err != nil {
+						return err
+					}
+				}
 				for _, l := range hbaRemove {
 					i := slices.Index(nextHBA, l)
 					if i < 0 {
@@ -105,10 +121,11 @@ value is refused with its key named, and nothing changes.`,
 						next[k] = v
 					}
 				}
-			} else if next, nextHBA, err = editInEditor(cur); err != nil {
+			} else if next, nextHBA, nextSettings, err = editInEditor(cur); err != nil {
 				return err
 			}
-			diff := configDiff(cur.PostgreSQL.Parameters, next)
+			settingsPatch, diff := settingsDiff(settingsOf(cur), nextSettings)
+			diff = append(diff, configDiff(cur.PostgreSQL.Parameters, next)...)
 			diff = append(diff, hbaDiff(cur.PostgreSQL.HBA, nextHBA)...)
 			if len(diff) == 0 {
 				fmt.Fprintln(cmd.OutOrStdout(), "no change")
@@ -123,6 +140,7 @@ value is refused with its key named, and nothing changes.`,
 				section["pg_hba"] = nextHBA
 			}
 			patch := map[string]any{"version": cur.Version, "postgresql": section}
+			maps.Copy(patch, settingsPatch)
 			body, _ := json.Marshal(patch)
 			return c.each(func(base string) error {
 				var v agent.ConfigView
@@ -134,6 +152,7 @@ value is refused with its key named, and nothing changes.`,
 			})
 		},
 	}
+	cmd.Flags().StringArrayVar(&set, "set", nil, "set a timing or failover setting (SECTION.KEY=VALUE, e.g. timing.fence_timeout=2s); repeatable")
 	cmd.Flags().StringArrayVar(&pg, "pg", nil, "set a PostgreSQL parameter (NAME=VALUE; NAME= removes it); repeatable")
 	cmd.Flags().StringArrayVar(&hbaAdd, "hba-add", nil, "append a pg_hba.conf line (after pgha's own); repeatable")
 	cmd.Flags().StringArrayVar(&hbaRemove, "hba-remove", nil, "remove a pg_hba.conf line, written exactly as shown; repeatable")
@@ -153,6 +172,8 @@ func fetchConfig(cmd *cobra.Command, c *apiClient) (agent.ConfigView, error) {
 
 // editable is the YAML an operator edits.
 type editable struct {
+	Timing     agent.TimingView   `yaml:"timing"`
+	Failover   agent.FailoverView `yaml:"failover"`
 	PostgreSQL struct {
 		Parameters map[string]string `yaml:"parameters"`
 		HBA        []string          `yaml:"pg_hba"`
@@ -161,23 +182,28 @@ type editable struct {
 
 func renderConfig(v agent.ConfigView) string {
 	var e editable
+	e.Timing, e.Failover = v.Timing, v.Failover
 	e.PostgreSQL.Parameters = v.PostgreSQL.Parameters
 	e.PostgreSQL.HBA = v.PostgreSQL.HBA
 	b, _ := yaml.Marshal(e)
-	return fmt.Sprintf("# pgha cluster-wide configuration, version %d (kept in Raft; every member applies it)\n%s", v.Version, b)
+	prior := ""
+	if v.PriorFenceTimeout != "" {
+		prior = fmt.Sprintf("# leases are judged by the earlier fence_timeout %s until every lease granted under it has ended\n", v.PriorFenceTimeout)
+	}
+	return fmt.Sprintf("# pgha cluster-wide configuration, version %d (kept in Raft; every member applies it)\n%s%s", v.Version, prior, b)
 }
 
 // editInEditor opens the configuration in $EDITOR and returns the
 // parameters and pg_hba lines it holds when the editor exits.
-func editInEditor(cur agent.ConfigView) (map[string]string, []string, error) {
+func editInEditor(cur agent.ConfigView) (map[string]string, []string, map[string]any, error) {
 	dir, err := os.MkdirTemp("", "pgha-edit-config-")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(path, []byte(renderConfig(cur)), 0o600); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	editor := os.Getenv("EDITOR")
 	if editor == "" {
@@ -187,22 +213,91 @@ func editInEditor(cur agent.ConfigView) (map[string]string, []string, error) {
 	ed := exec.Command(args[0], args[1:]...)
 	ed.Stdin, ed.Stdout, ed.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := ed.Run(); err != nil {
-		return nil, nil, fmt.Errorf("editor %s: %w", editor, err)
+		return nil, nil, nil, fmt.Errorf("editor %s: %w", editor, err)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	var e editable
 	dec := yaml.NewDecoder(strings.NewReader(string(b)))
 	dec.KnownFields(true)
 	if err := dec.Decode(&e); err != nil && !errors.Is(err, io.EOF) {
-		return nil, nil, fmt.Errorf("the edited configuration: %w (nothing applied)", err)
+		return nil, nil, nil, fmt.Errorf("the edited configuration: %w (nothing applied)", err)
 	}
 	if e.PostgreSQL.Parameters == nil {
 		e.PostgreSQL.Parameters = map[string]string{}
 	}
-	return e.PostgreSQL.Parameters, e.PostgreSQL.HBA, nil
+	edited := cur
+	edited.Timing, edited.Failover = e.Timing, e.Failover
+	return e.PostgreSQL.Parameters, e.PostgreSQL.HBA, settingsOf(edited), nil
+}
+
+// settingsOf flattens the timing and failover sections to
+// "section.key" -> value, as JSON has them (strings, bools, numbers).
+func settingsOf(v agent.ConfigView) map[string]any {
+	out := map[string]any{}
+	for section, x := range map[string]any{"timing": v.Timing, "failover": v.Failover} {
+		b, _ := json.Marshal(x)
+		var m map[string]any
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.UseNumber() // byte counts print as written, not as 1.048576e+06
+		_ = dec.Decode(&m)
+		for k, val := range m {
+			out[section+"."+k] = val
+		}
+	}
+	return out
+}
+
+// setSetting applies one --set SECTION.KEY=VALUE to settings, typed as the
+// current value is; the agent validates the value itself.
+func setSetting(settings map[string]any, kv string) error {
+	k, v, ok := strings.Cut(kv, "=")
+	cur, known := settings[k]
+	switch {
+	case !ok || k == "":
+		return fmt.Errorf("--set %q: want SECTION.KEY=VALUE, e.g. timing.fence_timeout=2s", kv)
+	case !known:
+		return fmt.Errorf("--set %q: unknown key %q; the keys are %s (PostgreSQL parameters: --pg)", kv, k, strings.Join(slices.Sorted(maps.Keys(settings)), ", "))
+	}
+	switch cur.(type) {
+	case bool:
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("--set %s: %q is not true or false", k, v)
+		}
+		settings[k] = b
+	case json.Number:
+		if _, err := strconv.ParseInt(v, 10, 64); err != nil {
+			return fmt.Errorf("--set %s: %q is not a whole number (bytes)", k, v)
+		}
+		settings[k] = json.Number(v)
+	default:
+		settings[k] = v
+	}
+	return nil
+}
+
+// settingsDiff returns the patch sections ("timing", "failover") with the
+// settings that changed from cur to next, and one line per change.
+func settingsDiff(cur, next map[string]any) (map[string]any, []string) {
+	patch := map[string]any{}
+	var lines []string
+	for _, k := range slices.Sorted(maps.Keys(next)) {
+		if reflect.DeepEqual(cur[k], next[k]) {
+			continue
+		}
+		lines = append(lines, fmt.Sprintf("~ %s: %v -> %v", k, cur[k], next[k]))
+		section, key, _ := strings.Cut(k, ".")
+		m, _ := patch[section].(map[string]any)
+		if m == nil {
+			m = map[string]any{}
+			patch[section] = m
+		}
+		m[key] = next[k]
+	}
+	return patch, lines
 }
 
 // hbaDiff lists the pg_hba lines taken out and added.

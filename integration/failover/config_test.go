@@ -21,7 +21,10 @@ import (
 // node's file disagrees; a reloadable parameter changed with edit-config
 // reaches every server without a restart; a parameter that needs one is
 // pending_restart on every member and restarts nothing; a bad edit is
-// refused with its key named and changes nothing.
+// refused with its key named and changes nothing. Timing too: two files
+// that disagree on fence_timeout act on the one replicated value, and a
+// change reaches every agent; after a shorter one, leases are judged by
+// the longer until they have all ended.
 func TestClusterConfig(t *testing.T) {
 	lc := itest.NewCluster(t, agentBinary, 3, func(o *localcluster.Options) {
 		o.Parameters = func(name string) map[string]string {
@@ -29,6 +32,12 @@ func TestClusterConfig(t *testing.T) {
 				return map[string]string{"work_mem": "7MB"} // one file disagrees
 			}
 			return nil
+		}
+		o.FenceTimeout = func(name string) time.Duration {
+			if name == "node3" {
+				return 3 * time.Second // and on fence_timeout
+			}
+			return 0 // the default, 1s
 		}
 	})
 	if err := lc.StartAll(); err != nil {
@@ -77,6 +86,72 @@ func TestClusterConfig(t *testing.T) {
 		}
 		return slices.Equal(got, []string{want, want, want}), fmt.Sprintf("work_mem %v, want %s everywhere (version 1: %v)", got, want, v1.PostgreSQL.Parameters)
 	})
+
+	// Every agent acts on version 1's fence_timeout (the first leader's
+	// file: 1s, or node3's 3s if it led), whatever its own file says.
+	fenceTimeouts := func() []string {
+		var out []string
+		for _, n := range lc.Nodes() {
+			var o agent.Observation
+			if err := getJSON(n.APIURL+"/internal/observation", &o); err != nil || o.Safety == nil {
+				out = append(out, fmt.Sprintf("%s: %v", n.Name, err))
+				continue
+			}
+			out = append(out, o.Safety.FenceTimeout.String())
+		}
+		return out
+	}
+	ft := v1.Timing.FenceTimeout
+	if ft != "1s" && ft != "3s" {
+		t.Fatalf("version 1's fence_timeout %q is neither file's", ft)
+	}
+	wait.For(t, 30*time.Second, "every agent on the replicated fence_timeout", func() (bool, string) {
+		got := fenceTimeouts()
+		return slices.Equal(got, []string{ft, ft, ft}), fmt.Sprintf("%v, want %s on every agent", got, ft)
+	})
+	if v, err := lc.View(context.Background()); err != nil || slices.ContainsFunc(v.Problems, func(p string) bool { return strings.Contains(p, "disagree") }) {
+		t.Errorf("/cluster reports disagreeing members although they act alike: %v %v", err, v.Problems)
+	}
+	cli(t, lc, "edit-config", "--set", "timing.fence_timeout=2s")
+	wait.For(t, 30*time.Second, "every agent on fence_timeout 2s", func() (bool, string) {
+		got := fenceTimeouts()
+		return slices.Equal(got, []string{"2s", "2s", "2s"}), fmt.Sprint(got)
+	})
+	// From 3s (node3 led first) to 2s was shorter already: wait until
+	// those leases are settled.
+	wait.For(t, 15*time.Second, "no lease judged by an earlier fence_timeout", func() (bool, string) {
+		c := config()
+		return c.PriorFenceTimeout == "", fmt.Sprintf("%+v", c)
+	})
+	// Shorter: leases granted under 2s may still run for 2s, and are
+	// judged so (prior_fence_timeout) until the leader settles them.
+	cli(t, lc, "edit-config", "--set", "timing.fence_timeout=1500ms")
+	var shorter agent.ConfigView
+	wait.For(t, 2*time.Second, "the member show-config asks to apply the change", func() (bool, string) {
+		shorter = config()
+		return shorter.Timing.FenceTimeout == "1.5s", fmt.Sprintf("%+v", shorter)
+	})
+	if shorter.PriorFenceTimeout != "2s" {
+		t.Errorf("after a shorter fence_timeout: %+v, want the prior 2s kept", shorter)
+	}
+	wait.For(t, 15*time.Second, "the leases under 2s to be settled", func() (bool, string) {
+		c := config()
+		return c.PriorFenceTimeout == "" && c.Timing.FenceTimeout == "1.5s", fmt.Sprintf("%+v", c)
+	})
+	for _, bad := range []struct{ arg, key string }{
+		{"timing.fence_timeout=100ms", "timing.fence_timeout"},
+		{"timing.loop_interval=fast", "timing.loop_interval"},
+		{"failover.maximum_lag_on_failover=-1", "failover.maximum_lag_on_failover"},
+	} {
+		before := config()
+		out, err := cliErr(lc, "edit-config", "--set", "timing.health_interval=200ms", "--set", bad.arg)
+		if err == nil || !strings.Contains(out, bad.key) {
+			t.Errorf("edit-config --set %s: %v, want a refusal naming %s:\n%s", bad.arg, err, bad.key, out)
+		}
+		if after := config(); after.Version != before.Version || after.Timing != before.Timing {
+			t.Errorf("a refused edit changed the configuration: %+v -> %+v", before, after)
+		}
+	}
 
 	started := map[string]string{}
 	for _, n := range lc.Nodes() {
@@ -200,4 +275,17 @@ func TestClusterConfig(t *testing.T) {
 	if after := config(); after.Version != before.Version || after.PostgreSQL.Parameters["work_mem"] != "12MB" {
 		t.Errorf("a refused edit changed the configuration: %+v -> %+v", before, after)
 	}
+}
+
+// getJSON decodes the body of a GET of url into v.
+func getJSON(url string, v any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }

@@ -45,7 +45,7 @@ raft:
 timing:
   loop_interval: %s
   health_interval: %s
-
+%s
 postgres:
   bin_dir: %s
   data_dir: %s
@@ -70,7 +70,7 @@ router:
   port: %d
   read_only_port: %d
   pool_size: 20
-%s`, n.APIPort, n.APIURL, c.TokenFile(), n.RaftPort, n.RaftPort, c.opts.LoopInterval, c.opts.HealthInterval,
+%s`, n.APIPort, n.APIURL, c.TokenFile(), n.RaftPort, n.RaftPort, c.opts.LoopInterval, c.opts.HealthInterval, c.fenceTimeout(n.Name),
 		c.opts.BinDir, n.PGData, n.PGPort, n.SocketDir,
 		c.secret("replication"), c.secret("monitor"), c.secret("rewind"), c.extraParameters(n.Name),
 		c.opts.RouterPort, c.opts.RouterReadOnlyPort, c.routerYAML())
@@ -87,6 +87,14 @@ tls:
 		b.WriteString("\n" + c.opts.ExtraConfig(n.Name))
 	}
 	return b.String()
+}
+
+// fenceTimeout renders Options.FenceTimeout for a node's timing section.
+func (c *Cluster) fenceTimeout(name string) string {
+	if c.opts.FenceTimeout == nil || c.opts.FenceTimeout(name) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("  fence_timeout: %s\n", c.opts.FenceTimeout(name))
 }
 
 // extraParameters renders Options.Parameters for a node's postgres.parameters.

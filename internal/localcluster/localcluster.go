@@ -54,6 +54,9 @@ type Options struct {
 	// Parameters, if set, returns PostgreSQL parameters added to a node's
 	// postgres.parameters (a node whose file disagrees with the others).
 	Parameters func(name string) map[string]string
+	// FenceTimeout, if set, returns a node's timing.fence_timeout (0: the
+	// default): a node whose file disagrees with the others.
+	FenceTimeout func(name string) time.Duration
 }
 
 // Cluster is a set of local nodes.
