@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgha/pgha/consensus"
 	"github.com/pgha/pgha/postgres"
+	"github.com/pgha/pgha/router"
 )
 
 // The cluster-wide configuration (consensus.ClusterConfig): what every
@@ -31,6 +32,7 @@ func (a *Agent) bootstrapConfig() consensus.ClusterConfig {
 		HBA:        slices.Clone(a.cfg.Postgres.HBA),
 		Timing:     clusterTiming(a.cfg.Timing),
 		Failover:   clusterFailover(a.cfg.Failover),
+		Router:     clusterRouter(a.cfg.Router),
 	}
 }
 
@@ -71,6 +73,9 @@ func (a *Agent) useClusterConfig(st consensus.State) {
 	if f := st.Config.Failover; f != nil && *clusterFailover(a.cfg.Failover) != *f {
 		ignored = append(ignored, "failover")
 	}
+	if r := st.Config.Router; r != nil && !reflect.DeepEqual(clusterRouter(a.cfg.Router), r) {
+		ignored = append(ignored, "router (routing and pooling)")
+	}
 	if len(ignored) > 0 {
 		slices.Sort(ignored)
 		a.log.Warn("settings in this node's file differ from the cluster-wide configuration, which wins: edit it with pgha-agent edit-config", "version", st.Config.Version, "ignored", ignored)
@@ -85,6 +90,7 @@ type ConfigView struct {
 	Version  uint64       `json:"version"`
 	Timing   TimingView   `json:"timing"`
 	Failover FailoverView `json:"failover"`
+	Router   RouterView   `json:"router"`
 	// PriorFenceTimeout is set from a change of fence_timeout until no
 	// lease granted under the earlier value can run: leaders judge leases
 	// by the longer of the two meanwhile.
@@ -108,6 +114,24 @@ type FailoverView struct {
 	PrimaryRestartWindow   string `json:"primary_restart_window" yaml:"primary_restart_window"`
 }
 
+// RouterView is the router section of ConfigView: the routing and pooling
+// settings (listeners, secrets and TLS stay in each node's file).
+type RouterView struct {
+	PoolMode          string   `json:"pool_mode" yaml:"pool_mode"`
+	PoolSize          int      `json:"pool_size" yaml:"pool_size"`
+	MaxClientConn     int      `json:"max_client_conn" yaml:"max_client_conn"`
+	QueryWaitTimeout  string   `json:"query_wait_timeout" yaml:"query_wait_timeout"`
+	ServerIdleTimeout string   `json:"server_idle_timeout" yaml:"server_idle_timeout"`
+	ServerLifetime    string   `json:"server_lifetime" yaml:"server_lifetime"`
+	LoadBalance       bool     `json:"load_balance" yaml:"load_balance"`
+	MaxLag            int64    `json:"max_lag" yaml:"max_lag"`
+	ReadYourWrites    bool     `json:"read_your_writes" yaml:"read_your_writes"`
+	WriteFunctions    []string `json:"write_functions" yaml:"write_functions"`
+	DrainTimeout      string   `json:"drain_timeout" yaml:"drain_timeout"`
+	PrimaryWait       string   `json:"primary_wait" yaml:"primary_wait"`
+	HBA               []string `json:"hba" yaml:"hba"`
+}
+
 // ConfigPostgresView is the postgresql section of ConfigView.
 type ConfigPostgresView struct {
 	Parameters map[string]string `json:"parameters"`
@@ -126,6 +150,10 @@ func configView(st consensus.State, file *Config) ConfigView {
 		hba = []string{}
 	}
 	t, f := timingOf(st.Config, file.Timing), failoverOf(st.Config, file.Failover)
+	r := clusterRouter(file.Router)
+	if st.Config.Router != nil {
+		r = st.Config.Router
+	}
 	v := ConfigView{
 		Version: st.Config.Version,
 		Timing: TimingView{
@@ -139,6 +167,13 @@ func configView(st consensus.State, file *Config) ConfigView {
 			MaximumLagOnFailover:   f.MaximumLagOnFailover,
 			MaximumLagOnSwitchover: f.MaximumLagOnSwitchover,
 			PrimaryRestartWindow:   f.PrimaryRestartWindow.String(),
+		},
+		Router: RouterView{
+			PoolMode: r.PoolMode, PoolSize: r.PoolSize, MaxClientConn: r.MaxClientConn,
+			QueryWaitTimeout: r.QueryWaitTimeout.String(), ServerIdleTimeout: r.ServerIdleTimeout.String(), ServerLifetime: r.ServerLifetime.String(),
+			LoadBalance: r.LoadBalance, MaxLag: r.MaxLag, ReadYourWrites: r.ReadYourWrites,
+			WriteFunctions: writeFunctions(r.WriteFunctions), DrainTimeout: r.DrainTimeout.String(), PrimaryWait: r.PrimaryWait.String(),
+			HBA: nonNil(r.HBA),
 		},
 		PostgreSQL: ConfigPostgresView{Parameters: params, HBA: hba},
 	}
@@ -169,6 +204,21 @@ type configPatch struct {
 		MaximumLagOnSwitchover *int64  `json:"maximum_lag_on_switchover"`
 		PrimaryRestartWindow   *string `json:"primary_restart_window"`
 	} `json:"failover"`
+	Router *struct {
+		PoolMode          *string   `json:"pool_mode"`
+		PoolSize          *int      `json:"pool_size"`
+		MaxClientConn     *int      `json:"max_client_conn"`
+		QueryWaitTimeout  *string   `json:"query_wait_timeout"`
+		ServerIdleTimeout *string   `json:"server_idle_timeout"`
+		ServerLifetime    *string   `json:"server_lifetime"`
+		LoadBalance       *bool     `json:"load_balance"`
+		MaxLag            *int64    `json:"max_lag"`
+		ReadYourWrites    *bool     `json:"read_your_writes"`
+		WriteFunctions    *[]string `json:"write_functions"` // replaces the list
+		DrainTimeout      *string   `json:"drain_timeout"`
+		PrimaryWait       *string   `json:"primary_wait"`
+		HBA               *[]string `json:"hba"` // replaces the list
+	} `json:"router"`
 	PostgreSQL *struct {
 		Parameters map[string]*string `json:"parameters"`
 		HBA        *[]string          `json:"pg_hba"` // replaces the list (a merge patch replaces arrays)
@@ -216,6 +266,19 @@ func (a *Agent) handlePatchConfig(w http.ResponseWriter, r *http.Request, body [
 		return
 	}
 	next.Timing, next.Failover = clusterTiming(t), clusterFailover(f)
+	rs := clusterRouter(a.cfg.Router)
+	if next.Router != nil {
+		rs = next.Router
+	}
+	if errs := patchRouter(p, rs); len(errs) > 0 {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: strings.Join(errs, "; ") + "; nothing was changed"})
+		return
+	}
+	next.Router = rs
+	if _, err := routerOf(next, a.cfg.Router); err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error() + "; nothing was changed"})
+		return
+	}
 	// Leases granted under the fence timeout this leader judges by now may
 	// still run after a change to a shorter one: every leader keeps judging
 	// by it until they have ended (settleLeases).
@@ -298,9 +361,77 @@ func patchSettings(p configPatch, t TimingConfig, f FailoverConfig, r RaftConfig
 	return t, f, errs
 }
 
+// patchRouter applies the router part of a patch to r (a copy of its own)
+// and names every value that is not of its kind; routerOf validates the
+// result as a node's file is validated.
+func patchRouter(p configPatch, r *consensus.RouterSettings) []string {
+	pr := p.Router
+	if pr == nil {
+		return nil
+	}
+	var errs []string
+	duration := func(key string, v *string, into *time.Duration) {
+		if v == nil {
+			return
+		}
+		d, err := time.ParseDuration(*v)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s: %q is not a duration such as 500ms or 2s", key, *v))
+			return
+		}
+		*into = d
+	}
+	if pr.PoolMode != nil {
+		r.PoolMode = *pr.PoolMode
+	}
+	if pr.PoolSize != nil {
+		r.PoolSize = *pr.PoolSize
+	}
+	if pr.MaxClientConn != nil {
+		r.MaxClientConn = *pr.MaxClientConn
+	}
+	duration("router.query_wait_timeout", pr.QueryWaitTimeout, &r.QueryWaitTimeout)
+	duration("router.server_idle_timeout", pr.ServerIdleTimeout, &r.ServerIdleTimeout)
+	duration("router.server_lifetime", pr.ServerLifetime, &r.ServerLifetime)
+	if pr.LoadBalance != nil {
+		r.LoadBalance = *pr.LoadBalance
+	}
+	if pr.MaxLag != nil {
+		r.MaxLag = *pr.MaxLag
+	}
+	if pr.ReadYourWrites != nil {
+		r.ReadYourWrites = *pr.ReadYourWrites
+	}
+	if pr.WriteFunctions != nil {
+		r.WriteFunctions = slices.Clone(*pr.WriteFunctions)
+	}
+	duration("router.drain_timeout", pr.DrainTimeout, &r.DrainTimeout)
+	duration("router.primary_wait", pr.PrimaryWait, &r.PrimaryWait)
+	if pr.HBA != nil {
+		r.HBA = slices.Clone(*pr.HBA)
+	}
+	return errs
+}
+
+// writeFunctions is the list in force: nil stands for the router's own.
+func writeFunctions(s []string) []string {
+	if s == nil {
+		return slices.Clone(router.DefaultWriteFunctions)
+	}
+	return s
+}
+
+// nonNil is s, or an empty list: JSON shows [] rather than null.
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
 // sameConfig reports whether a and b hold the same settings (versions aside).
 func sameConfig(a, b consensus.ClusterConfig) bool {
 	eq := func(x, y any) bool { return reflect.DeepEqual(x, y) }
 	return maps.Equal(a.Parameters, b.Parameters) && slices.Equal(a.HBA, b.HBA) &&
-		eq(a.Timing, b.Timing) && eq(a.Failover, b.Failover) && a.PriorFenceTimeout == b.PriorFenceTimeout
+		eq(a.Timing, b.Timing) && eq(a.Failover, b.Failover) && eq(a.Router, b.Router) && a.PriorFenceTimeout == b.PriorFenceTimeout
 }

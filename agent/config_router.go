@@ -101,6 +101,23 @@ func (r *RouterConfig) applyDefaults(v vip.Config) {
 	if r.PoolMode == "" {
 		r.PoolMode = string(router.PoolTransaction)
 	}
+	// The router's own defaults, written out: the cluster-wide copy of
+	// these settings holds what is in force, not zeros.
+	if r.PoolSize == 0 {
+		r.PoolSize = 20
+	}
+	if r.MaxClientConn == 0 {
+		r.MaxClientConn = 1000
+	}
+	if r.QueryWaitTimeout == 0 {
+		r.QueryWaitTimeout = 120 * time.Second
+	}
+	if r.ServerIdleTimeout == 0 {
+		r.ServerIdleTimeout = 10 * time.Minute
+	}
+	if r.ServerLifetime == 0 {
+		r.ServerLifetime = time.Hour
+	}
 	if r.MaxLag == 0 {
 		r.MaxLag = 1 << 20
 	}

@@ -33,6 +33,9 @@ type front struct {
 	heldSince           time.Time
 	// complaint is the last problem logged, so a retry every tick logs once.
 	complaint string
+	// configVersion is the cluster-wide configuration version whose router
+	// settings rt has (followRouterSettingsLocked).
+	configVersion uint64
 }
 
 // frontLoop keeps the front on the leader. It reacts to leadership and state
@@ -126,7 +129,30 @@ func (a *Agent) ensureFront(ctx context.Context) {
 		}
 		f.complaint = ""
 	}
+	a.followRouterSettingsLocked()
 	a.updateTopologyLocked()
+}
+
+// followRouterSettingsLocked hands the running router a changed
+// cluster-wide configuration's routing and pooling settings: they take
+// effect without closing anyone's session (router.Reconfigure).
+func (a *Agent) followRouterSettingsLocked() {
+	f := &a.front
+	c := a.node.Config()
+	if c.Version == f.configVersion {
+		return
+	}
+	f.configVersion = c.Version
+	rc, err := routerOf(c, a.cfg.Router)
+	if err != nil {
+		f.complainLocked(a, err.Error())
+		return
+	}
+	if err := f.rt.Reconfigure(rc.routerConfig()); err != nil {
+		f.complainLocked(a, "router: cannot apply the cluster-wide settings: "+err.Error())
+		return
+	}
+	a.log.Info("router settings applied", "version", c.Version, "pool_mode", rc.PoolMode, "pool_size", rc.PoolSize, "load_balance", rc.LoadBalance == nil || *rc.LoadBalance, "max_lag", rc.MaxLag)
 }
 
 // startRouterLocked creates the router and binds both listeners. Binding
@@ -134,7 +160,11 @@ func (a *Agent) ensureFront(ctx context.Context) {
 // while the former leader still holds the ports: the caller retries.
 func (a *Agent) startRouterLocked() error {
 	f := &a.front
-	rc := a.cfg.Router
+	f.configVersion = a.node.Config().Version
+	rc, err := a.routerSettings()
+	if err != nil {
+		a.log.Error("router: using this node's file", "err", err)
+	}
 	rw, err := net.Listen("tcp", net.JoinHostPort(rc.Listen, strconv.Itoa(rc.Port)))
 	if err != nil {
 		return fmt.Errorf("router: cannot listen yet: %w", err)
@@ -224,7 +254,8 @@ func (a *Agent) updateTopologyLocked() {
 		f.sawSwitchover = true
 	}
 	hasPrimary := slices.ContainsFunc(next, func(b router.Backend) bool { return b.Primary && b.Healthy })
-	overdue := time.Since(f.heldSince) > a.timing().SwitchoverTimeout+a.cfg.Router.DrainTimeout+5*time.Second
+	rc, _ := a.routerSettings()
+	overdue := time.Since(f.heldSince) > a.timing().SwitchoverTimeout+rc.DrainTimeout+5*time.Second
 	if (f.sawSwitchover && !st.Switchover.Active() && hasPrimary) || overdue {
 		f.rt.Resume()
 		f.held = false
@@ -248,7 +279,8 @@ func (a *Agent) holdForSwitchover(ctx context.Context) error {
 	if rt == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.Router.DrainTimeout)
+	rc, _ := a.routerSettings()
+	ctx, cancel := context.WithTimeout(ctx, rc.DrainTimeout)
 	defer cancel()
 	return rt.Hold(ctx)
 }

@@ -1,6 +1,10 @@
 package agent
 
 import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/pgha/pgha/consensus"
@@ -79,5 +83,52 @@ func (t *ticker) follow(d time.Duration) {
 	if d > 0 && d != t.period {
 		t.Reset(d)
 		t.period = d
+	}
+}
+
+// routerSettings is the router configuration in force: this node's file
+// (listeners, secrets, TLS) with the cluster-wide routing and pooling
+// settings once recorded. A recorded copy this node cannot use (a hostssl
+// rule and no certificate here) leaves the file's, with the reason.
+func (a *Agent) routerSettings() (RouterConfig, error) {
+	return routerOf(a.node.Config(), a.cfg.Router)
+}
+
+func routerOf(c consensus.ClusterConfig, file RouterConfig) (RouterConfig, error) {
+	s := c.Router
+	if s == nil {
+		return file, nil
+	}
+	r := file
+	lb, ryw := s.LoadBalance, s.ReadYourWrites
+	r.PoolMode, r.PoolSize, r.MaxClientConn = s.PoolMode, s.PoolSize, s.MaxClientConn
+	r.QueryWaitTimeout, r.ServerIdleTimeout, r.ServerLifetime = s.QueryWaitTimeout, s.ServerIdleTimeout, s.ServerLifetime
+	r.LoadBalance, r.MaxLag, r.ReadYourWrites = &lb, s.MaxLag, &ryw
+	r.WriteFunctions, r.DrainTimeout, r.PrimaryWait = slices.Clone(s.WriteFunctions), s.DrainTimeout, s.PrimaryWait
+	r.HBA = slices.Clone(s.HBA)
+	var errs []string
+	r.validate(func(key, format string, args ...any) {
+		errs = append(errs, key+": "+fmt.Sprintf(format, args...))
+	})
+	if len(errs) == 0 {
+		if err := r.routerConfig().Validate(); err != nil {
+			errs = append(errs, "router: "+strings.TrimPrefix(err.Error(), "router config: "))
+		}
+	}
+	if len(errs) > 0 {
+		return file, fmt.Errorf("the cluster-wide router settings (version %d) do not fit this node: %w", c.Version, errors.New(strings.Join(errs, "; ")))
+	}
+	return r, nil
+}
+
+// clusterRouter is the replicated form of a file's router settings.
+func clusterRouter(r RouterConfig) *consensus.RouterSettings {
+	return &consensus.RouterSettings{
+		PoolMode: r.PoolMode, PoolSize: r.PoolSize, MaxClientConn: r.MaxClientConn,
+		QueryWaitTimeout: r.QueryWaitTimeout, ServerIdleTimeout: r.ServerIdleTimeout, ServerLifetime: r.ServerLifetime,
+		LoadBalance: r.LoadBalance == nil || *r.LoadBalance, MaxLag: r.MaxLag,
+		ReadYourWrites: r.ReadYourWrites == nil || *r.ReadYourWrites,
+		WriteFunctions: slices.Clone(r.WriteFunctions), DrainTimeout: r.DrainTimeout, PrimaryWait: r.PrimaryWait,
+		HBA: slices.Clone(r.HBA),
 	}
 }

@@ -92,6 +92,9 @@ type ClusterConfig struct {
 	// in each node's file: every agent then uses its own file's.
 	Timing   *Timing   `json:"timing,omitempty"`
 	Failover *Failover `json:"failover,omitempty"`
+	// Router is the routing and pooling policy of the router the leader
+	// runs (nil as Timing is nil).
+	Router *RouterSettings `json:"router,omitempty"`
 	// PriorFenceTimeout is, after a change of fence_timeout, the longest
 	// lease granted under an earlier value that may still run: leaders
 	// judge the primary's lease by the longer of it and the current value
@@ -106,6 +109,24 @@ type Timing struct {
 	HealthInterval    time.Duration `json:"health_interval"`
 	FenceTimeout      time.Duration `json:"fence_timeout"`
 	SwitchoverTimeout time.Duration `json:"switchover_timeout"`
+}
+
+// RouterSettings are the cluster-wide router settings; listeners, secrets
+// and TLS stay in each node's file.
+type RouterSettings struct {
+	PoolMode          string        `json:"pool_mode"`
+	PoolSize          int           `json:"pool_size"`
+	MaxClientConn     int           `json:"max_client_conn"`
+	QueryWaitTimeout  time.Duration `json:"query_wait_timeout"`
+	ServerIdleTimeout time.Duration `json:"server_idle_timeout"`
+	ServerLifetime    time.Duration `json:"server_lifetime"`
+	LoadBalance       bool          `json:"load_balance"`
+	MaxLag            int64         `json:"max_lag"`
+	ReadYourWrites    bool          `json:"read_your_writes"`
+	WriteFunctions    []string      `json:"write_functions"` // nil: the router's defaults; [] none
+	DrainTimeout      time.Duration `json:"drain_timeout"`
+	PrimaryWait       time.Duration `json:"primary_wait"`
+	HBA               []string      `json:"hba,omitempty"`
 }
 
 // Failover is the cluster-wide failover policy.
@@ -129,6 +150,11 @@ func (c ClusterConfig) Clone() ClusterConfig {
 	if c.Failover != nil {
 		f := *c.Failover
 		c.Failover = &f
+	}
+	if c.Router != nil {
+		r := *c.Router
+		r.WriteFunctions, r.HBA = slices.Clone(r.WriteFunctions), slices.Clone(r.HBA)
+		c.Router = &r
 	}
 	return c
 }

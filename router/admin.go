@@ -52,7 +52,7 @@ func (r *Router) PoolNodes() []PoolNode {
 		} else if total > 0 {
 			n.LBWeight = float64(weight(b)) / float64(total)
 		}
-		n.LoadBalanceNode = v.eligible(b, r.cfg.MaxLag, 0) && !r.cfg.DisableLoadBalance
+		n.LoadBalanceNode = v.eligible(b, r.settings().MaxLag, 0) && !r.settings().DisableLoadBalance
 		out = append(out, n)
 	}
 	return out
@@ -86,7 +86,7 @@ func (c *client) admin(sql string) (bool, error) {
 		for _, p := range c.r.Snapshot().Pools {
 			rows = append(rows, []string{p.Database, p.User, p.Backend, strconv.Itoa(p.Active), strconv.FormatInt(p.Waiting, 10),
 				strconv.Itoa(p.Active), strconv.Itoa(p.Idle), strconv.Itoa(p.Total),
-				strconv.FormatInt(p.MaxWait.Microseconds(), 10), string(c.r.cfg.PoolMode)})
+				strconv.FormatInt(p.MaxWait.Microseconds(), 10), string(c.r.settings().PoolMode)})
 		}
 	case "show stats":
 		cols = []string{"database", "user", "backend", "total_xact_count", "total_query_count", "total_wait_count", "total_server_connects"}

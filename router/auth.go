@@ -210,9 +210,9 @@ func (c *client) authenticate() error {
 		addr, _ = netip.AddrFromSlice(ta.IP)
 	}
 	var rule *HBARule
-	for i := range r.cfg.HBA {
-		if r.cfg.HBA[i].matches(c.db, c.user, addr, c.encrypted) {
-			rule = &r.cfg.HBA[i]
+	for i := range r.settings().HBA {
+		if r.settings().HBA[i].matches(c.db, c.user, addr, c.encrypted) {
+			rule = &r.settings().HBA[i]
 			break
 		}
 	}

@@ -129,7 +129,7 @@ func (c *client) serverParams() (map[string]string, error) {
 	// As connect: a backend that went away (a failover under way, or its
 	// pool retired by one) is not the client's problem while the topology
 	// may still name another within PrimaryWait and the login timeout.
-	deadline := time.Now().Add(c.r.cfg.PrimaryWait)
+	deadline := time.Now().Add(c.r.settings().PrimaryWait)
 	if !c.loginDeadline.IsZero() && c.loginDeadline.Before(deadline) {
 		deadline = c.loginDeadline
 	}
@@ -166,7 +166,7 @@ func (c *client) serverParamsOnce() (map[string]string, error) {
 	if params != nil {
 		return params, nil
 	}
-	ctx, cancel := context.WithTimeout(c.r.ctx, c.r.cfg.QueryWaitTimeout)
+	ctx, cancel := context.WithTimeout(c.r.ctx, c.r.settings().QueryWaitTimeout)
 	defer cancel()
 	sc, err := p.acquire(ctx)
 	if err != nil {
@@ -334,12 +334,12 @@ func (c *client) batchClass() Class {
 		switch m := m.(type) {
 		case *pgproto3.Query:
 			seen = true
-			if Classify(m.String, c.r.writeFuncs) != ClassRead {
+			if Classify(m.String, c.r.settings().writeFuncs) != ClassRead {
 				return ClassWrite
 			}
 		case *pgproto3.Parse:
 			seen = true
-			k := Classify(m.Query, c.r.writeFuncs)
+			k := Classify(m.Query, c.r.settings().writeFuncs)
 			if m.Name == "" {
 				c.unnamed = k
 			} else {
@@ -474,14 +474,14 @@ func (c *client) answerPrepare() error {
 // new transaction during a failover waits instead of failing.
 func (c *client) connect(class Class) (Backend, bool, *serverConn, error) {
 	r := c.r
-	deadline := time.Now().Add(r.cfg.PrimaryWait)
+	deadline := time.Now().Add(r.settings().PrimaryWait)
 	for {
 		target, primary, err := c.route(class)
 		if err != nil {
 			return Backend{}, false, nil, err
 		}
 		p, cached := c.poolFor(target)
-		sc, err := p.get(r.ctx, r.cfg.QueryWaitTimeout)
+		sc, err := p.get(r.ctx, r.settings().QueryWaitTimeout)
 		if primary {
 			r.toPrimary.Add(-1)
 		}
@@ -498,7 +498,7 @@ func (c *client) connect(class Class) (Backend, bool, *serverConn, error) {
 			c.pools = nil
 		case errors.Is(err, errPoolTimeout):
 			r.stats.PoolWaitTimeouts.Add(1)
-			return Backend{}, false, nil, &authError{code: "08P01", msg: fmt.Sprintf("query_wait_timeout: no server connection to %s free within %v (pool_size %d)", target.Name, r.cfg.QueryWaitTimeout, r.cfg.PoolSize)}
+			return Backend{}, false, nil, &authError{code: "08P01", msg: fmt.Sprintf("query_wait_timeout: no server connection to %s free within %v (pool_size %d)", target.Name, r.settings().QueryWaitTimeout, r.settings().PoolSize)}
 		case !errors.As(err, &down):
 			return Backend{}, false, nil, err
 		case !primary && class == ClassRead && c.role == ReadWrite:
@@ -542,12 +542,12 @@ func (c *client) poolFor(target Backend) (*pool, bool) {
 func (c *client) route(class Class) (Backend, bool, error) {
 	r := c.r
 	v := r.view.Load()
-	if c.role == ReadOnly || (class == ClassRead && !r.cfg.DisableLoadBalance) {
+	if c.role == ReadOnly || (class == ClassRead && !r.settings().DisableLoadBalance) {
 		var minLSN uint64
-		if c.role == ReadWrite && !r.cfg.DisableReadYourWrites {
+		if c.role == ReadWrite && !r.settings().DisableReadYourWrites {
 			minLSN = c.writeLSN.Load()
 		}
-		if b, ok := v.pickStandby(r.cfg.MaxLag, minLSN); ok {
+		if b, ok := v.pickStandby(r.settings().MaxLag, minLSN); ok {
 			if class == ClassRead {
 				r.countSelect(b.Name)
 			}
@@ -558,7 +558,7 @@ func (c *client) route(class Class) (Backend, bool, error) {
 	// Counted in toPrimary before the hold check, so that Hold either
 	// sees this transaction or this check sees the hold.
 	var b Backend
-	deadline := time.Now().Add(r.cfg.QueryWaitTimeout)
+	deadline := time.Now().Add(r.settings().QueryWaitTimeout)
 	waitedPrimary := false
 	for {
 		r.toPrimary.Add(1)
@@ -574,7 +574,7 @@ func (c *client) route(class Class) (Backend, bool, error) {
 			break
 		}
 		r.toPrimary.Add(-1)
-		if waitedPrimary || r.cfg.PrimaryWait <= 0 {
+		if waitedPrimary || r.settings().PrimaryWait <= 0 {
 			return Backend{}, false, &authError{code: "57P03", msg: "no primary available: the cluster has no healthy primary right now"}
 		}
 		r.waitPrimary()
@@ -784,7 +784,7 @@ func (c *client) register(m *pgproto3.Parse) *stmt {
 		fmt.Fprintf(h, ",%d", oid)
 	}
 	name := "pgha_" + hex.EncodeToString(h.Sum(nil)[:12])
-	st := &stmt{serverName: name, class: Classify(m.Query, c.r.writeFuncs)}
+	st := &stmt{serverName: name, class: Classify(m.Query, c.r.settings().writeFuncs)}
 	st.parse = pgproto3.Parse{Name: name, Query: m.Query, ParameterOIDs: append([]uint32(nil), m.ParameterOIDs...)}
 	c.stmts[m.Name] = st
 	return st
@@ -933,7 +933,7 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 			}
 			if release {
 				c.sc = nil
-				if c.wrote && !r.cfg.DisableReadYourWrites && !r.cfg.DisableLoadBalance && c.role == ReadWrite {
+				if c.wrote && !r.settings().DisableReadYourWrites && !r.settings().DisableLoadBalance && c.role == ReadWrite {
 					// Until the LSN is known (below, before sc returns to
 					// the pool) the session's reads go to the primary.
 					c.lsnGen++

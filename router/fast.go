@@ -199,7 +199,7 @@ func (f *fastPath) startQuery() {
 	switch {
 	case len(buf) >= 6 && buf[0] == 'Q' && int(binary.BigEndian.Uint32(buf[1:5]))+1 == len(buf) && buf[len(buf)-1] == 0:
 		sql := string(buf[5 : len(buf)-1])
-		class = Classify(sql, r.writeFuncs)
+		class = Classify(sql, r.settings().writeFuncs)
 		if (f.sc == nil && isShow(sql)) || (class != ClassRead && isDiscard(sql)) {
 			// Admin commands, and DISCARD (it drops the server-side
 			// statements the general path keeps track of).
@@ -220,12 +220,12 @@ func (f *fastPath) startQuery() {
 	v := r.view.Load()
 	var target Backend
 	ok := false
-	if c.role == ReadOnly || (class == ClassRead && !r.cfg.DisableLoadBalance) {
+	if c.role == ReadOnly || (class == ClassRead && !r.settings().DisableLoadBalance) {
 		var minLSN uint64
-		if c.role == ReadWrite && !r.cfg.DisableReadYourWrites {
+		if c.role == ReadWrite && !r.settings().DisableReadYourWrites {
 			minLSN = c.writeLSN.Load()
 		}
-		target, ok = v.pickStandby(r.cfg.MaxLag, minLSN)
+		target, ok = v.pickStandby(r.settings().MaxLag, minLSN)
 	}
 	toStandby := ok
 	if !ok {
@@ -708,7 +708,7 @@ func (f *fastPath) finish() {
 	f.sc, f.scc = nil, nil
 	c.sc = nil
 	var lsnGen uint64
-	if c.wrote && !r.cfg.DisableReadYourWrites && !r.cfg.DisableLoadBalance && c.role == ReadWrite {
+	if c.wrote && !r.settings().DisableReadYourWrites && !r.settings().DisableLoadBalance && c.role == ReadWrite {
 		// Until the position is known the session reads from the primary.
 		c.lsnGen++
 		lsnGen = c.lsnGen

@@ -130,7 +130,7 @@ func (p *pool) acquire(ctx context.Context) (_ *serverConn, err error) {
 			p.active.Add(1)
 			return sc, nil
 		}
-		if len(p.all)+p.opening < p.r.cfg.PoolSize {
+		if len(p.all)+p.opening < p.r.settings().PoolSize {
 			p.opening++
 			p.mu.Unlock()
 			sc, err := p.dial(ctx)
@@ -290,7 +290,7 @@ func (p *pool) tryGet(f *fastPath, first bool) (sc *serverConn, wait bool) {
 			p.r.poolWait.observe(0)
 			return sc, false
 		}
-		if len(p.all)+p.opening < p.r.cfg.PoolSize {
+		if len(p.all)+p.opening < p.r.settings().PoolSize {
 			p.mu.Unlock()
 			return nil, false
 		}
@@ -303,7 +303,7 @@ func (p *pool) tryGet(f *fastPath, first bool) (sc *serverConn, wait bool) {
 }
 
 func (p *pool) expired(sc *serverConn, now time.Time) bool {
-	cfg := &p.r.cfg
+	cfg := p.r.settings()
 	return sc.broken.Load() ||
 		(cfg.ServerLifetime > 0 && now.Sub(sc.created) > cfg.ServerLifetime) ||
 		(cfg.ServerIdleTimeout > 0 && now.Sub(sc.lastUsed) > cfg.ServerIdleTimeout)
@@ -320,8 +320,8 @@ func (p *pool) release(sc *serverConn, reusable bool) {
 		reusable = false // bound the server-side statement cache
 	}
 	p.mu.Lock()
-	if !reusable || p.retired || sc.broken.Load() ||
-		(p.r.cfg.ServerLifetime > 0 && now.Sub(sc.created) > p.r.cfg.ServerLifetime) {
+	if lifetime := p.r.settings().ServerLifetime; !reusable || p.retired || sc.broken.Load() ||
+		(lifetime > 0 && now.Sub(sc.created) > lifetime) {
 		delete(p.all, sc)
 		p.wakeOne()
 		p.mu.Unlock()

@@ -258,10 +258,12 @@ func (c Config) Validate() error {
 
 // Router is the proxy. All methods are safe for concurrent use.
 type Router struct {
-	cfg        Config
-	log        *slog.Logger
-	topo       Topology
-	writeFuncs map[string]bool
+	cfg  Config
+	log  *slog.Logger
+	topo Topology
+	// live holds the settings Reconfigure may change while the router
+	// serves; read them through settings(), never from cfg.
+	live atomic.Pointer[settings]
 
 	view atomic.Pointer[view]
 	// viewCh is closed and replaced each time view changes, waking
@@ -353,14 +355,14 @@ func New(cfg Config, topo Topology) (*Router, error) {
 	}
 	cfg = cfg.withDefaults()
 	r := &Router{
-		cfg:        cfg,
-		log:        cfg.Logger,
-		topo:       topo,
-		writeFuncs: funcSet(cfg.WriteFunctions),
-		pools:      map[poolKey]*pool{},
-		clients:    map[uint32]*client{},
-		nextPID:    uint32(time.Now().UnixNano()&0xffff) << 8,
+		cfg:     cfg,
+		log:     cfg.Logger,
+		topo:    topo,
+		pools:   map[poolKey]*pool{},
+		clients: map[uint32]*client{},
+		nextPID: uint32(time.Now().UnixNano()&0xffff) << 8,
 	}
+	r.live.Store(&settings{Config: cfg, writeFuncs: funcSet(cfg.WriteFunctions)})
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	if !cfg.DisableFastPath {
 		p, err := poller.New()
@@ -373,6 +375,41 @@ func New(cfg Config, topo Topology) (*Router, error) {
 	r.wg.Add(1)
 	go r.watch()
 	return r, nil
+}
+
+// settings are the routing and pooling settings in force: Config as New
+// or the last Reconfigure gave it, of which only the fields Reconfigure
+// copies are read from here.
+type settings struct {
+	Config
+	writeFuncs map[string]bool
+}
+
+func (r *Router) settings() *settings { return r.live.Load() }
+
+// Reconfigure changes, while the router serves, the settings a cluster-wide
+// configuration change may carry: pool_mode (for clients that log in
+// afterwards), pool_size (a smaller pool shrinks as its connections are
+// released), max_client_conn, query_wait_timeout, primary_wait,
+// server_idle_timeout, server_lifetime, load balancing, max_lag,
+// read-your-writes, write functions and the client hba rules (for logins
+// afterwards). Everything else in cfg (TLS, users, auth_query, timeouts of
+// a login) is ignored: it is this node's own. An invalid cfg changes
+// nothing.
+func (r *Router) Reconfigure(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg = cfg.withDefaults()
+	next := &settings{Config: r.settings().Config, writeFuncs: funcSet(cfg.WriteFunctions)}
+	n := &next.Config
+	n.PoolMode, n.PoolSize, n.MaxClientConn = cfg.PoolMode, cfg.PoolSize, cfg.MaxClientConn
+	n.QueryWaitTimeout, n.PrimaryWait = cfg.QueryWaitTimeout, cfg.PrimaryWait
+	n.ServerIdleTimeout, n.ServerLifetime = cfg.ServerIdleTimeout, cfg.ServerLifetime
+	n.DisableLoadBalance, n.MaxLag, n.DisableReadYourWrites = cfg.DisableLoadBalance, cfg.MaxLag, cfg.DisableReadYourWrites
+	n.WriteFunctions, n.HBA = cfg.WriteFunctions, cfg.HBA
+	r.live.Store(next)
+	return nil
 }
 
 // watch follows the topology and reaps idle connections until Close.
@@ -587,7 +624,7 @@ func (r *Router) Resume() {
 // waitPrimary waits up to PrimaryWait for the topology to name a healthy
 // primary.
 func (r *Router) waitPrimary() (Backend, bool) {
-	t := time.NewTimer(r.cfg.PrimaryWait)
+	t := time.NewTimer(r.settings().PrimaryWait)
 	defer t.Stop()
 	for {
 		r.viewMu.Lock()

@@ -67,6 +67,7 @@ func TestRouter(t *testing.T) {
 	t.Run("Metrics", func(t *testing.T) { testMetrics(t, cl) })
 	t.Run("Hostile", func(t *testing.T) { testHostile(t, cl) })
 	t.Run("Switch", func(t *testing.T) { testSwitch(t, cl) })
+	t.Run("Reconfigure", func(t *testing.T) { testReconfigure(t, cl) })
 	t.Run("HoldWaitsForDial", func(t *testing.T) { testHoldWaitsForDial(t, cl) })
 	t.Run("LoginFollowsFailover", func(t *testing.T) { testLoginFollowsFailover(t, cl) })
 	t.Run("PrepareWhilePoolBusy", func(t *testing.T) { testPrepareWhilePoolBusy(t, cl) })
@@ -741,4 +742,51 @@ func testSwitch(t *testing.T, cl *cluster) {
 	if s := <-got; s != "standby1" {
 		t.Fatalf("after the switch a new transaction ran on %s, want standby1", s)
 	}
+}
+
+// Reconfigure changes routing while the router serves: a session's reads
+// move to the primary when load balancing is turned off and back when it is
+// on, hba rules apply to the next login (not to sessions already in), and
+// an invalid configuration changes nothing.
+func testReconfigure(t *testing.T, cl *cluster) {
+	ctx := testContext(t)
+	cfg := routerConfig(router.PoolTransaction)
+	tr := startRouter(t, cl, cfg)
+	c := connect(t, tr.rw, trustUser, "")
+	read := "SELECT inet_server_port()"
+	wait.For(t, 10*time.Second, "a read on a standby", func() (bool, string) {
+		s := tr.serverOf(t, c, read)
+		return s != "primary", s
+	})
+	off := cfg
+	off.DisableLoadBalance = true
+	if err := tr.Reconfigure(off); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if s := tr.serverOf(t, c, read); s != "primary" {
+			t.Fatalf("load balancing turned off: a read on %s", s)
+		}
+	}
+	bad := cfg
+	bad.PoolMode = "statement-ish"
+	if err := tr.Reconfigure(bad); err == nil {
+		t.Fatal("an invalid pool mode was accepted")
+	}
+	if s := tr.serverOf(t, c, read); s != "primary" {
+		t.Fatalf("a refused Reconfigure changed the routing: a read on %s", s)
+	}
+	reject := cfg
+	reject.HBA = append([]router.HBARule{{Users: []string{trustUser}, Method: router.AuthReject}}, cfg.HBA...)
+	if err := tr.Reconfigure(reject); err != nil {
+		t.Fatal(err)
+	}
+	if c2, err := pgx.Connect(ctx, connString(tr.rw, trustUser, "")); err == nil {
+		c2.Close(ctx)
+		t.Fatal("a login the new hba rejects was let in")
+	}
+	wait.For(t, 10*time.Second, "reads on a standby again, in the session logged in before", func() (bool, string) {
+		s := tr.serverOf(t, c, read)
+		return s != "primary", s
+	})
 }

@@ -60,7 +60,7 @@ func (r *Router) serveClient(conn net.Conn, role Role) {
 	stop := context.AfterFunc(r.ctx, func() { conn.Close() })
 	defer stop()
 	c := &client{r: r, role: role, conn: conn, remote: conn.RemoteAddr().String(),
-		txnMode: r.cfg.PoolMode == PoolTransaction, stmts: map[string]*stmt{}, txStatus: 'I'}
+		txnMode: r.settings().PoolMode == PoolTransaction, stmts: map[string]*stmt{}, txStatus: 'I'}
 	defer func() { c.conn.Close() }() // the TLS connection once negotiated
 	defer c.unregister()
 	c.loginDeadline = time.Now().Add(r.cfg.ClientLoginTimeout)
@@ -156,9 +156,9 @@ func (c *client) admit() error {
 	if r.closed {
 		return &authError{code: "57P01", msg: "the router is shutting down"}
 	}
-	if r.nClient >= r.cfg.MaxClientConn {
+	if r.nClient >= r.settings().MaxClientConn {
 		return &authError{code: "53300", msg: "sorry, too many clients already",
-			detail: fmt.Sprintf("The router has MaxClientConn (%d) clients.", r.cfg.MaxClientConn)}
+			detail: fmt.Sprintf("The router has MaxClientConn (%d) clients.", r.settings().MaxClientConn)}
 	}
 	r.nClient++
 	for {

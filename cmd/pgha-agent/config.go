@@ -72,8 +72,10 @@ the ones that need a restart show as pending_restart in list until then.
 
 Without flags, the configuration opens in $EDITOR (vi if unset); the
 change is shown and applied after you confirm. --set sets one of the
-timing and failover settings, e.g. --set timing.fence_timeout=2s or
---set failover.synchronous_mode=false; --pg NAME=VALUE sets a PostgreSQL
+timing, failover and router settings, e.g. --set timing.fence_timeout=2s,
+--set failover.synchronous_mode=false, --set router.pool_size=40 or, for a
+list, --set router.write_functions=nextval,setval or --set
+'router.hba=["host all all 10.0.0.0/8 scram-sha-256"]'; --pg NAME=VALUE sets a PostgreSQL
 parameter, --pg NAME= removes it; --hba-add and --hba-remove change the
 pg_hba.conf lines every member gets after pgha's own. A bad value is
 refused with its key named, and nothing changes.
@@ -152,7 +154,7 @@ under it has ended.`,
 			})
 		},
 	}
-	cmd.Flags().StringArrayVar(&set, "set", nil, "set a timing or failover setting (SECTION.KEY=VALUE, e.g. timing.fence_timeout=2s); repeatable")
+	cmd.Flags().StringArrayVar(&set, "set", nil, "set a timing, failover or router setting (SECTION.KEY=VALUE, e.g. timing.fence_timeout=2s); repeatable")
 	cmd.Flags().StringArrayVar(&pg, "pg", nil, "set a PostgreSQL parameter (NAME=VALUE; NAME= removes it); repeatable")
 	cmd.Flags().StringArrayVar(&hbaAdd, "hba-add", nil, "append a pg_hba.conf line (after pgha's own); repeatable")
 	cmd.Flags().StringArrayVar(&hbaRemove, "hba-remove", nil, "remove a pg_hba.conf line, written exactly as shown; repeatable")
@@ -174,6 +176,7 @@ func fetchConfig(cmd *cobra.Command, c *apiClient) (agent.ConfigView, error) {
 type editable struct {
 	Timing     agent.TimingView   `yaml:"timing"`
 	Failover   agent.FailoverView `yaml:"failover"`
+	Router     agent.RouterView   `yaml:"router"`
 	PostgreSQL struct {
 		Parameters map[string]string `yaml:"parameters"`
 		HBA        []string          `yaml:"pg_hba"`
@@ -182,7 +185,7 @@ type editable struct {
 
 func renderConfig(v agent.ConfigView) string {
 	var e editable
-	e.Timing, e.Failover = v.Timing, v.Failover
+	e.Timing, e.Failover, e.Router = v.Timing, v.Failover, v.Router
 	e.PostgreSQL.Parameters = v.PostgreSQL.Parameters
 	e.PostgreSQL.HBA = v.PostgreSQL.HBA
 	b, _ := yaml.Marshal(e)
@@ -229,7 +232,7 @@ func editInEditor(cur agent.ConfigView) (map[string]string, []string, map[string
 		e.PostgreSQL.Parameters = map[string]string{}
 	}
 	edited := cur
-	edited.Timing, edited.Failover = e.Timing, e.Failover
+	edited.Timing, edited.Failover, edited.Router = e.Timing, e.Failover, e.Router
 	return e.PostgreSQL.Parameters, e.PostgreSQL.HBA, settingsOf(edited), nil
 }
 
@@ -237,7 +240,7 @@ func editInEditor(cur agent.ConfigView) (map[string]string, []string, map[string
 // "section.key" -> value, as JSON has them (strings, bools, numbers).
 func settingsOf(v agent.ConfigView) map[string]any {
 	out := map[string]any{}
-	for section, x := range map[string]any{"timing": v.Timing, "failover": v.Failover} {
+	for section, x := range map[string]any{"timing": v.Timing, "failover": v.Failover, "router": v.Router} {
 		b, _ := json.Marshal(x)
 		var m map[string]any
 		dec := json.NewDecoder(bytes.NewReader(b))
@@ -268,6 +271,23 @@ func setSetting(settings map[string]any, kv string) error {
 			return fmt.Errorf("--set %s: %q is not true or false", k, v)
 		}
 		settings[k] = b
+	case []any:
+		// A list: JSON (["a", "b"], for hba lines), or comma-separated.
+		var list []string
+		if strings.HasPrefix(strings.TrimSpace(v), "[") {
+			if err := json.Unmarshal([]byte(v), &list); err != nil {
+				return fmt.Errorf("--set %s: %q is not a JSON list of strings: %v", k, v, err)
+			}
+		} else if v != "" {
+			for _, x := range strings.Split(v, ",") {
+				list = append(list, strings.TrimSpace(x))
+			}
+		}
+		out := make([]any, len(list))
+		for i, x := range list {
+			out[i] = x
+		}
+		settings[k] = out
 	case json.Number:
 		if _, err := strconv.ParseInt(v, 10, 64); err != nil {
 			return fmt.Errorf("--set %s: %q is not a whole number (bytes)", k, v)

@@ -64,6 +64,19 @@ func TestSetSettings(t *testing.T) {
 			t.Errorf("--set %s: %v, want an error saying %q", kv, err, want)
 		}
 	}
+	// Lists: comma-separated, or JSON for lines with commas or spaces.
+	cur.Router = agent.RouterView{WriteFunctions: []string{"nextval"}, HBA: []string{}}
+	next = settingsOf(cur)
+	for _, kv := range []string{"router.write_functions=nextval, setval", `router.hba=["host all all 10.0.0.0/8 scram-sha-256"]`} {
+		if err := setSetting(next, kv); err != nil {
+			t.Fatalf("--set %s: %v", kv, err)
+		}
+	}
+	patch, _ = settingsDiff(settingsOf(cur), next)
+	b, _ = json.Marshal(patch["router"])
+	if got := string(b); got != `{"hba":["host all all 10.0.0.0/8 scram-sha-256"],"write_functions":["nextval","setval"]}` {
+		t.Errorf("router patch %s", got)
+	}
 	out := renderConfig(cur)
 	if !strings.Contains(out, "fence_timeout: 1s") || !strings.Contains(out, "synchronous_mode: true") {
 		t.Errorf("show-config:\n%s", out)
