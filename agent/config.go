@@ -317,6 +317,8 @@ func validateTiming(bad func(key, format string, args ...any), t TimingConfig, r
 	}
 	if t.FenceTimeout < r.LeaderLeaseTimeout {
 		bad("timing.fence_timeout", "%s is shorter than raft.leader_lease_timeout (%s); a primary would fence itself before Raft notices anything", t.FenceTimeout, r.LeaderLeaseTimeout)
+	} else if t.FenceTimeout <= r.ElectionTimeout {
+		bad("timing.fence_timeout", "%s is not longer than raft.election_timeout (%s); the primary would freeze at every loss of the Raft leader, before the next one can renew its lease", t.FenceTimeout, r.ElectionTimeout)
 	}
 	if t.FenceTimeout > time.Minute {
 		bad("timing.fence_timeout", "%s is out of range; use raft.leader_lease_timeout (%s) to 1m", t.FenceTimeout, r.LeaderLeaseTimeout)

@@ -140,6 +140,7 @@ func TestClusterConfig(t *testing.T) {
 	})
 	for _, bad := range []struct{ arg, key string }{
 		{"timing.fence_timeout=100ms", "timing.fence_timeout"},
+		{"timing.fence_timeout=500ms", "raft.election_timeout"},
 		{"timing.loop_interval=fast", "timing.loop_interval"},
 		{"failover.maximum_lag_on_failover=-1", "failover.maximum_lag_on_failover"},
 	} {
