@@ -95,6 +95,8 @@ type Agent struct {
 	// primary's timeline, from when the reconcile loop saw it until it is
 	// rewound or re-cloned; "" otherwise (reconcile.go).
 	forked atomic.Value
+	// replay follows this standby's replay position (replaywatch.go).
+	replay replayWatch
 	// history caches this primary's timeline history (observe.go).
 	history timelineHistory
 	// stoppedWAL caches where the stopped data directory's WAL ends (adopt.go).

@@ -127,9 +127,13 @@ func (a *Agent) localHealth(ctx context.Context) localHealth {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	diverged, _ := a.forked.Load().(string)
+	pg := a.pgStatus(ctx)
+	if a.replay.stalled(pg, time.Now()) != "" {
+		pg.Streaming = false // receiving, not replaying: no reads from it
+	}
 	return localHealth{
 		name:        a.cfg.Name,
-		pg:          a.pgStatus(ctx),
+		pg:          pg,
 		st:          a.node.State(),
 		fenced:      a.fenced(),
 		synchronous: a.failover().Synchronous(),

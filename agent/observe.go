@@ -192,6 +192,12 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 	if o.Postgres.Running && !o.Postgres.InRecovery {
 		o.TimelineHistory = a.history.get(a, o.Postgres.Timeline)
 	}
+	if why := a.replay.stalled(o.Postgres, o.At); why != "" {
+		o.Postgres.Streaming = false
+		if o.Problem == "" {
+			o.Problem = why
+		}
+	}
 	if why, _ := a.forked.Load().(string); why != "" {
 		// PostgreSQL may show its WAL receiver as streaming while it
 		// retries a timeline it can never follow: not a healthy standby.
