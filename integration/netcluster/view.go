@@ -184,3 +184,85 @@ func (c *Cluster) AwaitHealthy(ctx context.Context, timeout time.Duration) (agen
 	})
 	return v, err
 }
+
+// Config is GET /config, asked from the client namespace of the first
+// agent that answers.
+func (c *Cluster) Config(ctx context.Context) (agent.ConfigView, error) {
+	var errs []error
+	for _, h := range c.Hosts {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.APIURL+"/config", nil)
+		if err != nil {
+			return agent.ConfigView{}, err
+		}
+		resp, err := c.clientHTTP.Do(req)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", h.Name, err))
+			continue
+		}
+		var v agent.ConfigView
+		err = json.NewDecoder(resp.Body).Decode(&v)
+		resp.Body.Close()
+		if err == nil {
+			return v, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", h.Name, err))
+	}
+	return agent.ConfigView{}, fmt.Errorf("GET /config: %w", errors.Join(errs...))
+}
+
+// SetFenceTimeout changes the cluster-wide timing.fence_timeout (PATCH
+// /config, as `pgha-agent edit-config --set timing.fence_timeout=D` does)
+// through the first agent that commits it: the Raft leader's (a follower
+// refuses, not being the leader).
+func (c *Cluster) SetFenceTimeout(ctx context.Context, d time.Duration) (agent.ConfigView, error) {
+	body := []byte(fmt.Sprintf(`{"timing": {"fence_timeout": %q}}`, d.String()))
+	client := &http.Client{Transport: c.clientHTTP.Transport, Timeout: 10 * time.Second}
+	var errs []error
+	for _, h := range c.Hosts {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPatch, h.APIURL+"/config", bytes.NewReader(body))
+		if err != nil {
+			return agent.ConfigView{}, err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		resp, err := client.Do(req)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", h.Name, err))
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			errs = append(errs, fmt.Errorf("%s: %s: %s", h.Name, resp.Status, bytes.TrimSpace(b)))
+			continue
+		}
+		var v agent.ConfigView
+		if err := json.Unmarshal(b, &v); err != nil {
+			return v, fmt.Errorf("PATCH /config on %s: %w: %s", h.Name, err, b)
+		}
+		return v, nil
+	}
+	return agent.ConfigView{}, fmt.Errorf("PATCH /config: no agent committed it: %w", errors.Join(errs...))
+}
+
+// ReportedFenceTimeout is the fence_timeout h's agent says it uses (its
+// observation's safety settings), asked from the client namespace.
+func (c *Cluster) ReportedFenceTimeout(ctx context.Context, h *Host) (time.Duration, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.APIURL+"/internal/observation", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.clientHTTP.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var o agent.Observation
+	if err := json.NewDecoder(resp.Body).Decode(&o); err != nil {
+		return 0, err
+	}
+	if o.Safety == nil {
+		return 0, fmt.Errorf("%s reports no safety settings", h.Name)
+	}
+	return o.Safety.FenceTimeout, nil
+}

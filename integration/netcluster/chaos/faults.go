@@ -77,6 +77,14 @@ const (
 	HostLoss Kind = "host-loss"
 	// RestartAll loses all three hosts at once, holds, starts them again.
 	RestartAll Kind = "restart-all"
+	// FenceShortened is an operator's edit of the lease under a fault:
+	// fence_timeout is raised to three times its value until the primary
+	// holds a lease that long, set back, and at once the link between the
+	// primary and the Raft leader is cut (the primary partitioned if it
+	// leads), for longer than the long lease. The leases granted under the
+	// long value still run: a leader that judged them by the new, shorter
+	// one would promote while the old primary still writes.
+	FenceShortened Kind = "fence-shortened"
 )
 
 // Kinds lists every kind, in the order reports print them.
@@ -84,7 +92,7 @@ var Kinds = []Kind{
 	PartitionPrimary, PartitionHost, LinkCut, LinkOneWay, LinkSlow,
 	KillAgent, KillPostgres, FreezeAgent, FreezePostgres, StuckStatus,
 	DoubleFault, UnstartablePostgres, DiskFullPrimary, DiskFullStandby,
-	ForcedFailover, HostLoss, RestartAll,
+	ForcedFailover, HostLoss, RestartAll, FenceShortened,
 }
 
 // weight is how often the scheduler picks a kind, relative to the others.
@@ -92,7 +100,7 @@ var weight = map[Kind]int{
 	PartitionPrimary: 2, PartitionHost: 2, LinkCut: 2, LinkOneWay: 2, LinkSlow: 2,
 	KillAgent: 2, KillPostgres: 2, FreezeAgent: 2, FreezePostgres: 2, StuckStatus: 2,
 	DoubleFault: 2, UnstartablePostgres: 2, DiskFullPrimary: 2, DiskFullStandby: 2,
-	ForcedFailover: 2, HostLoss: 2, RestartAll: 1,
+	ForcedFailover: 2, HostLoss: 2, RestartAll: 1, FenceShortened: 1,
 }
 
 // freezes are the kinds held FreezeMin-FreezeMax rather than HoldMin-HoldMax:
@@ -227,6 +235,8 @@ func (s *scheduler) inject(ctx context.Context, f *Fault) (injection, error) {
 		h := s.randomHost()
 		target(h)
 		return injection{heal: func() error { return c.StartHost(h) }}, c.KillHost(h)
+	case FenceShortened:
+		return s.fenceShortened(ctx, f, primary, leader)
 	case RestartAll:
 		target(c.Hosts...)
 		var errs []error
@@ -273,6 +283,51 @@ func (s *scheduler) doubleFault(ctx context.Context, f *Fault, primary *netclust
 		sleep(ctx, doubleFaultRejoin) // the fault's shape: the others decide without lost
 		return errors.Join(err, c.StartHost(lost))
 	}}, killErr
+}
+
+// fenceShortened: raise fence_timeout threefold, wait until the primary
+// reports it (its renewals are granted under it from then on), set it back
+// and cut the primary off from the leader at once; hold for longer than
+// the long lease; heal.
+func (s *scheduler) fenceShortened(ctx context.Context, f *Fault, primary, leader *netcluster.Host) (injection, error) {
+	c := s.c
+	cfg, err := c.Config(ctx)
+	if err != nil {
+		return injection{heal: func() error { return nil }, held: true}, err
+	}
+	orig, err := time.ParseDuration(cfg.Timing.FenceTimeout)
+	if err != nil {
+		return injection{heal: func() error { return nil }, held: true}, fmt.Errorf("fence_timeout %q: %w", cfg.Timing.FenceTimeout, err)
+	}
+	long := 3 * orig
+	restore := func() error { _, err := c.SetFenceTimeout(ctx, orig); return err }
+	if _, err := c.SetFenceTimeout(ctx, long); err != nil {
+		return injection{heal: restore, held: true}, err
+	}
+	if err := wait.Until(ctx, 10*time.Second, func() (bool, string) {
+		ft, err := c.ReportedFenceTimeout(ctx, primary)
+		return err == nil && ft == long, fmt.Sprintf("%s reports fence_timeout %s (%v)", primary.Name, ft, err)
+	}); err != nil {
+		return injection{heal: restore, held: true}, err
+	}
+	sleep(ctx, orig) // several renewals granted under the long lease
+	v, err := c.SetFenceTimeout(ctx, orig)
+	if err != nil {
+		return injection{heal: func() error { return nil }, held: true}, err
+	}
+	heal := func() error { return c.HealLink(primary, leader) }
+	if primary == leader {
+		f.Targets = []string{primary.Name}
+		heal = func() error { return c.Heal(primary) }
+		err = c.Cut(primary)
+	} else {
+		f.Targets = []string{primary.Name, leader.Name}
+		err = c.CutLink(primary, leader)
+	}
+	f.Injected = time.Now()
+	f.note("fence_timeout %s -> %s -> %s (version %d, prior_fence_timeout %q), then %s cut off from the leader %s", orig, long, orig, v.Version, v.PriorFenceTimeout, primary.Name, leader.Name)
+	sleep(ctx, long+f.Hold)
+	return injection{heal: heal, held: true}, err
 }
 
 // forcedFailover: freeze the primary's agent, ask the others for a

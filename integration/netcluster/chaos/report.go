@@ -298,7 +298,7 @@ definitions:
   injection       the moment the fault is fully in place: the bridge port of a partitioned
                   host is down, every process of a lost host is dead (kill -9), the process
                   is stopped; for a double fault the first cut, for a forced failover the
-                  freeze of the primary's agent
+                  freeze of the primary's agent, for a shortened fence the cut after the edit
   writes resumed  from the injection to the acknowledgement of the first insert through
                   VIP:9999 sent after the injection (inserts already in flight do not count);
                   near 0 when the fault did not interrupt writes
