@@ -77,12 +77,17 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 	t := time.NewTicker(25 * time.Millisecond)
 	defer t.Stop()
 	var frozen frozenServer
+	// prev is when the last pass began: a long gap before this one means
+	// this agent did not run (frozen, starved), which the freeze's log says.
+	prev := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		gap := time.Since(prev)
+		prev = time.Now()
 		st := a.node.State()
 		if frozen.pid != 0 {
 			frozen = a.keepFrozen(ctx, st, frozen)
@@ -110,7 +115,7 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		}
 		end := a.leaseEnd(st.Epoch)
 		a.log.Warn("fencing: PostgreSQL frozen (SIGSTOP)", "reason", reason, "fence_timeout", a.timing().FenceTimeout, "epoch", st.Epoch, "pid", pid,
-			"after_lease_end", time.Since(end).Round(time.Millisecond), "resumes", "if the lease is renewed within "+a.frozenMax().String())
+			"after_lease_end", time.Since(end).Round(time.Millisecond), "loop_gap", gap.Round(time.Millisecond), "resumes", "if the lease is renewed within "+a.frozenMax().String())
 		frozen = frozenServer{pid: pid, epoch: st.Epoch, at: time.Now()}
 		// Freeze first, ask after: one renewal round trip now thaws at once
 		// a server whose agent only could not run for a while (a freeze of

@@ -104,22 +104,42 @@ func CloseOnSignal() (stop func()) {
 	}
 }
 
-// FenceDelays returns, for every freeze of a primary by its agent's fence
-// (agent/fence.go), how long after the end of its lease the server was
-// frozen, as the agent measured it (after_lease_end in its log). The
-// leader promotes no earlier than 250 ms after the lease's end; a delay
-// beyond that is a fence that relied on the leader being slower still,
-// unless the agent itself could not run (frozen, stalled), when the leader
-// kept the primary.
-func (c *Cluster) FenceDelays() map[string][]time.Duration {
-	out := map[string][]time.Duration{}
+// FenceDelay is one freeze of a primary by its agent's fence
+// (agent/fence.go), as the agent measured it: how long after the end of
+// its lease the server was frozen, and how long the fence loop had not run
+// before the pass that froze it (a gap longer than its 25 ms tick: the
+// agent itself stood still, frozen or starved).
+type FenceDelay struct {
+	AfterLeaseEnd, LoopGap time.Duration
+}
+
+// FenceDelays returns every host's freezes, oldest first. The leader
+// promotes no earlier than 250 ms after the lease's end; a freeze later
+// than that relied on the leader being slower still, unless the agent
+// could not run (the leader then kept that primary: its PostgreSQL
+// answered).
+func (c *Cluster) FenceDelays() map[string][]FenceDelay {
+	out := map[string][]FenceDelay{}
 	for _, h := range c.Hosts {
 		for _, l := range c.GrepLog(h, "PostgreSQL frozen (SIGSTOP)", "after_lease_end=") {
-			v, _, _ := strings.Cut(l[strings.Index(l, "after_lease_end=")+len("after_lease_end="):], " ")
-			if d, err := time.ParseDuration(v); err == nil {
-				out[h.Name] = append(out[h.Name], d)
+			var d FenceDelay
+			var err error
+			if d.AfterLeaseEnd, err = time.ParseDuration(logField(l, "after_lease_end")); err != nil {
+				continue
 			}
+			d.LoopGap, _ = time.ParseDuration(logField(l, "loop_gap"))
+			out[h.Name] = append(out[h.Name], d)
 		}
 	}
 	return out
+}
+
+// logField is the value of key=value in an agent's log line ("" if none).
+func logField(line, key string) string {
+	i := strings.Index(line, " "+key+"=")
+	if i < 0 {
+		return ""
+	}
+	v, _, _ := strings.Cut(line[i+len(key)+2:], " ")
+	return v
 }

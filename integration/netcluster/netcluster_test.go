@@ -406,8 +406,8 @@ func TestNetCluster(t *testing.T) {
 		// must be done within that, by the agent's own clock.
 		if ds := c.FenceDelays()[primary.Name]; len(ds) == 0 {
 			t.Errorf("%s's freeze logs no after_lease_end", primary.Name)
-		} else if last := ds[len(ds)-1]; last > 250*time.Millisecond {
-			t.Errorf("%s froze its PostgreSQL %v after its lease's end (all its freezes: %v); the leader's margin is 250ms", primary.Name, last, ds)
+		} else if last := ds[len(ds)-1]; last.AfterLeaseEnd > 250*time.Millisecond {
+			t.Errorf("%s froze its PostgreSQL %v after its lease's end (all its freezes: %+v); the leader's margin is 250ms", primary.Name, last.AfterLeaseEnd, ds)
 		}
 		if ok, err := c.IsPrimary(context.Background(), primary); ok {
 			t.Errorf("%s's PostgreSQL answers as a writable primary while fenced (err %v)", primary.Name, err)

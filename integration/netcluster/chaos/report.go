@@ -3,6 +3,7 @@ package chaos
 import (
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -342,19 +343,28 @@ func dash(s string) string {
 const fenceMargin = 250 * time.Millisecond
 
 // FenceSummary describes how late after their leases' ends the agents
-// froze their primaries (netcluster.FenceDelays).
-func FenceSummary(delays map[string][]time.Duration) string {
+// froze their primaries (netcluster.FenceDelays), and how many froze later
+// than the leader's margin although their fence loop had been running.
+func FenceSummary(delays map[string][]netcluster.FenceDelay) string {
 	var all []time.Duration
-	worst := ""
-	late := 0
-	for h, ds := range delays {
-		for _, d := range ds {
-			if len(all) == 0 || d > slices.Max(all) {
+	worst, worstRunning := "", ""
+	var maxRunning time.Duration
+	late, lateRunning := 0, 0
+	for _, h := range slices.Sorted(maps.Keys(delays)) {
+		for _, d := range delays[h] {
+			if len(all) == 0 || d.AfterLeaseEnd > slices.Max(all) {
 				worst = h
 			}
-			all = append(all, d)
-			if d > fenceMargin {
-				late++
+			all = append(all, d.AfterLeaseEnd)
+			if d.AfterLeaseEnd <= fenceMargin {
+				continue
+			}
+			late++
+			if d.LoopGap <= fenceMargin/2 {
+				lateRunning++
+				if d.AfterLeaseEnd > maxRunning {
+					maxRunning, worstRunning = d.AfterLeaseEnd, h
+				}
 			}
 		}
 	}
@@ -362,6 +372,10 @@ func FenceSummary(delays map[string][]time.Duration) string {
 		return "no primary was frozen by its fence"
 	}
 	slices.Sort(all)
-	return fmt.Sprintf("%d freezes by a primary's fence, after its lease's end: p50 %s, max %s (%s); %d later than the leader's %s margin (a fence after its agent was frozen or killed may be: the leader kept that primary)",
-		len(all), all[len(all)/2], all[len(all)-1], worst, late, fenceMargin)
+	s := fmt.Sprintf("%d freezes by a primary's fence, after its lease's end: p50 %s, max %s (%s); %d later than the leader's %s margin, of which %d while the agent was running",
+		len(all), all[len(all)/2], all[len(all)-1], worst, late, fenceMargin, lateRunning)
+	if lateRunning > 0 {
+		s += fmt.Sprintf(" (latest %s, %s)", maxRunning, worstRunning)
+	}
+	return s + "; the others followed a stop of the agent itself (frozen, killed, starved), whose primary the leader kept"
 }
