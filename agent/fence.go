@@ -80,6 +80,10 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 	// prev is when the last pass began: a long gap before this one means
 	// this agent did not run (frozen, starved), which the freeze's log says.
 	prev := time.Now()
+	// harmless is the last pass that found the server, past its lease, unable
+	// to acknowledge anything (not running, a zombie, a standby): the lease
+	// protects nothing there, so a freeze is late only from then on.
+	var harmless time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -96,8 +100,11 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		if st.Primary != a.cfg.Name || !st.Initialized() || a.leaseHolds(st.Epoch, time.Now()) {
 			continue
 		}
+		// A postmaster that is gone, or killed and not reaped yet (its
+		// postmaster.pid names a zombie), acknowledges nothing.
 		pid, _ := a.inst.PostmasterPID()
-		if pid == 0 {
+		if pid == 0 || postgres.Exited(pid) {
+			harmless = time.Now()
 			continue
 		}
 		// A standby (this node about to be promoted, say) acknowledges no
@@ -105,6 +112,7 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		// everything before the freeze must fit in the fence margin on a
 		// loaded host).
 		if state, err := a.inst.ClusterStateNow(); err == nil && state == "in archive recovery" {
+			harmless = time.Now()
 			continue
 		}
 		reason := "the lease ran out: no contact with the Raft leader for fence_timeout"
@@ -113,7 +121,12 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			a.stopFenced(ctx, pid, reason)
 			continue
 		}
+		// How long a server that could acknowledge commits stayed unfrozen
+		// past its lease (what the leader's margin must cover).
 		end := a.leaseEnd(st.Epoch)
+		if harmless.After(end) {
+			end = harmless
+		}
 		a.log.Warn("fencing: PostgreSQL frozen (SIGSTOP)", "reason", reason, "fence_timeout", a.timing().FenceTimeout, "epoch", st.Epoch, "pid", pid,
 			"after_lease_end", time.Since(end).Round(time.Millisecond), "loop_gap", gap.Round(time.Millisecond), "resumes", "if the lease is renewed within "+a.frozenMax().String())
 		frozen = frozenServer{pid: pid, epoch: st.Epoch, at: time.Now()}

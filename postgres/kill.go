@@ -46,6 +46,10 @@ func (i *Instance) Kill(ctx context.Context, pid int) error {
 }
 
 // processAlive reports whether pid exists and is not a zombie.
+// Exited reports whether the process pid is gone or a zombie (killed, not
+// reaped yet): it runs nothing.
+func Exited(pid int) bool { return !processAlive(pid) }
+
 func processAlive(pid int) bool {
 	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
 		return false

@@ -79,7 +79,8 @@ const (
 	RestartAll Kind = "restart-all"
 	// FenceShortened is an operator's edit of the lease under a fault:
 	// fence_timeout is raised to three times its value until the primary
-	// holds a lease that long, set back, and at once the link between the
+	// holds a lease that long, set back, and half a second after the
+	// primary says it uses the short value again the link between the
 	// primary and the Raft leader is cut (the primary partitioned if it
 	// leads), for longer than the long lease. The leases granted under the
 	// long value still run: a leader that judged them by the new, shorter
@@ -315,6 +316,17 @@ func (s *scheduler) fenceShortened(ctx context.Context, f *Fault, primary, leade
 	if err != nil {
 		return injection{heal: func() error { return nil }, held: true}, err
 	}
+	// Until the primary has applied the short value and the leader has
+	// polled it since: the leader then knows of the long leases only from
+	// the configuration's prior_fence_timeout, not from the primary's own
+	// report, which a leader of an older pgha judged by.
+	if err := wait.Until(ctx, 10*time.Second, func() (bool, string) {
+		ft, err := c.ReportedFenceTimeout(ctx, primary)
+		return err == nil && ft == orig, fmt.Sprintf("%s reports fence_timeout %s (%v)", primary.Name, ft, err)
+	}); err != nil {
+		return injection{heal: func() error { return nil }, held: true}, err
+	}
+	sleep(ctx, 500*time.Millisecond)
 	heal := func() error { return c.HealLink(primary, leader) }
 	if primary == leader {
 		f.Targets = []string{primary.Name}
