@@ -82,7 +82,12 @@ type Agent struct {
 	// or was fenced, and starting it again is a restart the leader may refuse.
 	writableEpoch atomic.Uint64
 	started       time.Time // when Run began (the fence clock starts here)
-	lease         lease     // the primary's right to be writable (lease.go)
+	// restarted: Raft state existed when this run began. Its committed
+	// state then lags the log until a leader says how far it is committed
+	// (raft applies the log's tail only then), so it may not yet know that
+	// it is the primary (fence.go).
+	restarted bool
+	lease     lease // the primary's right to be writable (lease.go)
 	// acted: the reconcile loop has caught up with the Raft log and taken
 	// its first step on PostgreSQL since Run began (Observation.StartingUp).
 	acted          atomic.Bool
@@ -174,6 +179,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.killFrozenAtStart()
+	a.loadLease()
 	ln, err := net.Listen("tcp", a.cfg.API.Listen)
 	if err != nil {
 		return fmt.Errorf("api.listen %s: %w", a.cfg.API.Listen, err)
@@ -197,6 +203,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.node = node
 	a.nodeRef.Store(node)
+	a.restarted = node.HasState()
 	defer node.Close()
 
 	srv := a.apiServer()

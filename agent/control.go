@@ -727,6 +727,7 @@ func (a *Agent) requestPermit(ctx context.Context, epoch uint64, restart bool) (
 		}
 	}
 	a.lease.renewed(epoch, sent, lease)
+	a.saveLease()
 	return sent.Add(left), nil
 }
 

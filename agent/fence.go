@@ -54,7 +54,7 @@ func (a *Agent) leaseHolds(epoch uint64, now time.Time) bool {
 
 // leaseEnd is when this primary's lease for epoch runs out.
 func (a *Agent) leaseEnd(epoch uint64) time.Time {
-	return a.lease.end(epoch, a.started, a.timing().FenceTimeout)
+	return a.lease.end(epoch)
 }
 
 // fenceLoop enforces the "One writer" rule on this node (DESIGN): a primary
@@ -97,7 +97,10 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			frozen = a.keepFrozen(ctx, st, frozen)
 			continue
 		}
-		if st.Primary != a.cfg.Name || !st.Initialized() || a.leaseHolds(st.Epoch, time.Now()) {
+		// mine: the committed state names this node the primary; a server
+		// it runs writable otherwise is fenced by unleasedElsewhere.
+		mine := st.Primary == a.cfg.Name && st.Initialized()
+		if mine && a.leaseHolds(st.Epoch, time.Now()) || !mine && !a.unleasedElsewhere(st, time.Now()) {
 			continue
 		}
 		// A postmaster that is gone, or killed and not reaped yet (its
@@ -115,7 +118,10 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			harmless = time.Now()
 			continue
 		}
-		reason := "the lease ran out: no contact with the Raft leader for fence_timeout"
+		reason, epoch := "the lease ran out: no contact with the Raft leader for fence_timeout", st.Epoch
+		if !mine {
+			reason, epoch = fmt.Sprintf("it runs as a primary while the committed state this agent knows names %q (epoch %d), and no lease of any epoch holds", st.Primary, st.Epoch), 0
+		}
 		if err := a.inst.Freeze(pid, a.reaperAfter()); err != nil {
 			a.log.Error("fencing: could not freeze PostgreSQL; stopping it", "err", err, "pid", pid)
 			a.stopFenced(ctx, pid, reason)
@@ -124,27 +130,54 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		// How long a server that could acknowledge commits stayed unfrozen
 		// past its lease (what the leader's margin must cover).
 		end := a.leaseEnd(st.Epoch)
+		if !mine {
+			end = a.lease.anyEnd()
+		}
 		if harmless.After(end) {
 			end = harmless
 		}
+		if a.started.After(end) {
+			end = a.started // a dead agent freezes nothing: counted from its start
+		}
 		a.log.Warn("fencing: PostgreSQL frozen (SIGSTOP)", "reason", reason, "fence_timeout", a.timing().FenceTimeout, "epoch", st.Epoch, "pid", pid,
 			"after_lease_end", time.Since(end).Round(time.Millisecond), "loop_gap", gap.Round(time.Millisecond), "resumes", "if the lease is renewed within "+a.frozenMax().String())
-		frozen = frozenServer{pid: pid, epoch: st.Epoch, at: time.Now()}
+		frozen = frozenServer{pid: pid, epoch: epoch, at: time.Now()}
 		// Freeze first, ask after: one renewal round trip now thaws at once
 		// a server whose agent only could not run for a while (a freeze of
 		// the agent, a long stall) while the leader kept it the primary.
 		// Asked before the freeze, that round trip would come out of the
 		// margin the leader leaves for the freeze itself.
+		if !mine {
+			continue
+		}
 		if err := a.renewLeaseWithin(ctx, st, a.leaseRoundTrip()); err == nil {
 			frozen = a.keepFrozen(ctx, a.node.State(), frozen)
 		}
 	}
 }
 
+// unleasedElsewhere reports whether a writable server on this node must be
+// fenced although the committed state this agent knows does not name it
+// the primary: no lease of any epoch holds (neither a renewal nor the
+// agent's start). That state may lag: an agent restarted beside the
+// primary it runs applies the log's tail only once a leader tells it how
+// far the log is committed, and cut off from the leader it never hears;
+// its server would write on without a lease. A server it runs writable
+// while the state is current is a deposed primary, which must not write
+// either. Not before the cluster is initialised on a node that had no Raft
+// state when it started: a new member adopting a running server is no
+// member's writer yet.
+func (a *Agent) unleasedElsewhere(st consensus.State, now time.Time) bool {
+	if !st.Initialized() && !a.restarted {
+		return false
+	}
+	return !now.Before(a.lease.anyEnd())
+}
+
 // frozenServer is the fence's record of the PostgreSQL it froze.
 type frozenServer struct {
 	pid   int
-	epoch uint64    // the epoch whose lease ran out
+	epoch uint64    // the epoch whose lease ran out; 0: frozen by unleasedElsewhere
 	at    time.Time // when it was frozen
 }
 
@@ -176,6 +209,28 @@ func (a *Agent) keepFrozen(ctx context.Context, st consensus.State, f frozenServ
 	now := time.Now()
 	if pid, _ := a.inst.PostmasterPID(); pid != f.pid {
 		return frozenServer{} // gone: killed, or crashed
+	}
+	if f.epoch == 0 {
+		// Frozen while this agent did not know itself the primary: a
+		// lease granted since (by a leader that checked the committed
+		// state) is the proof it is; none within frozenMax, a kill.
+		switch {
+		case st.Primary == a.cfg.Name && st.Initialized() && a.leaseHolds(st.Epoch, now):
+			if err := a.inst.Thaw(f.pid); err != nil {
+				a.stopFenced(ctx, f.pid, "it could not be thawed")
+				return frozenServer{}
+			}
+			a.log.Info("fence lifted: PostgreSQL thawed", "reason", "a lease was granted: this node is the primary", "epoch", st.Epoch, "frozen_for", now.Sub(f.at).Round(time.Millisecond))
+			return frozenServer{}
+		case now.Sub(f.at) > a.frozenMax():
+			a.stopFenced(ctx, f.pid, "no lease was granted within "+a.frozenMax().String())
+			return frozenServer{}
+		}
+		if err := a.inst.Freeze(f.pid, a.reaperAfter()); err != nil {
+			a.stopFenced(ctx, f.pid, "it could not be kept frozen")
+			return frozenServer{}
+		}
+		return f
 	}
 	mine := st.Primary == a.cfg.Name && st.Epoch == f.epoch
 	switch {

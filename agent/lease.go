@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -42,9 +44,10 @@ import (
 //     the margin is the freeze's alone.
 //  4. A grant of a start permit is a renewal too: it is the same round trip.
 //
-// The agent's start counts as a renewal (the lease runs from then), so a
-// restarted agent does not stop the primary it finds running before it has
-// had a chance to reach the leader.
+// A restarted agent holds the lease its previous run was granted (kept in
+// its data_dir, leaseFile), not a fresh one: the leader knows only the
+// renewals it granted. A server it finds running past that lease is frozen
+// until the first renewal, which thaws it.
 
 // lease is the primary's side: when its lease runs out.
 type lease struct {
@@ -61,16 +64,64 @@ func (l *lease) renewed(epoch uint64, sent time.Time, d time.Duration) {
 	}
 }
 
-// end is when the lease for epoch runs out: at the latest of the last
-// renewal's end and the agent's start plus fence_timeout (leaseHolds).
-func (l *lease) end(epoch uint64, started time.Time, d time.Duration) time.Time {
+// end is when the lease for epoch runs out (zero: none).
+func (l *lease) end(epoch uint64) time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	end := started.Add(d)
-	if l.epoch == epoch && l.until.After(end) {
-		end = l.until
+	if l.epoch != epoch {
+		return time.Time{}
 	}
-	return end
+	return l.until
+}
+
+// anyEnd is when the last lease this agent holds, of whatever epoch, runs
+// out (zero: none).
+func (l *lease) anyEnd() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.until
+}
+
+// snapshot returns the lease as it stands, for persisting it.
+func (l *lease) snapshot() (uint64, time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.epoch, l.until
+}
+
+// leaseFile keeps the lease across restarts of the agent (DESIGN "One
+// writer"): a restarted agent holds exactly the lease its previous run was
+// granted, never a fresh one. Its start used to count as a renewal, which
+// the leader knows nothing of: an agent dead for longer than the lease,
+// restarted and cut off at once, kept its server writable for a lease the
+// leader had long counted out, and the leader promoted meanwhile (two
+// writable primaries in the hour-long campaign and in TestNetCluster).
+const leaseFile = "lease"
+
+// saveLease writes the lease to the agent's data_dir after a renewal. A
+// lost write (a crash) only makes the next run freeze sooner.
+func (a *Agent) saveLease() {
+	epoch, until := a.lease.snapshot()
+	b := []byte(fmt.Sprintf("%d %d\n", epoch, until.UnixNano()))
+	path := filepath.Join(a.cfg.DataDir, leaseFile)
+	if os.WriteFile(path+".tmp", b, 0o600) == nil {
+		_ = os.Rename(path+".tmp", path)
+	}
+}
+
+// loadLease restores the previous run's lease at start (none if the file
+// is missing or unreadable: the server is then frozen until a renewal).
+func (a *Agent) loadLease() {
+	b, err := os.ReadFile(filepath.Join(a.cfg.DataDir, leaseFile))
+	if err != nil {
+		return
+	}
+	var epoch uint64
+	var nanos int64
+	if _, err := fmt.Sscanf(string(b), "%d %d", &epoch, &nanos); err != nil {
+		return
+	}
+	a.lease.renewed(epoch, time.Unix(0, nanos), 0)
 }
 
 func (l *lease) remaining(epoch uint64, now time.Time) time.Duration {
@@ -107,6 +158,7 @@ func (a *Agent) renewLeaseWithin(ctx context.Context, st consensus.State, d time
 		return err
 	}
 	a.lease.renewed(st.Epoch, sent, d)
+	a.saveLease()
 	return nil
 }
 

@@ -433,6 +433,50 @@ func TestNetCluster(t *testing.T) {
 		}
 	})
 
+	// The primary's agent restarts and its host is cut off at once: the
+	// restarted agent's committed state lags the log (raft applies the
+	// tail only once a leader says how far it is committed, and the
+	// leader's replication to it is in backoff after its death), so it
+	// does not know it is the primary. Its server must still be frozen
+	// when the lease its start stands for runs out, before the leader may
+	// promote; it froze seconds late before (two intervals with two
+	// writable primaries in an hour-long campaign).
+	must(t, "restart the primary's agent and cut its host off at once: the server is frozen in time though the agent does not know yet that it is the primary", func(t *testing.T) {
+		leaderApartFromPrimary(t, c)
+		s := start(t, c, "w_restart_cut")
+		primary := c.Host(netcluster.Primary(s.before))
+		freezes, starts := len(c.FenceDelays()[primary.Name]), len(c.GrepLog(primary, "agent started"))
+		c.KillAgent(primary)
+		time.Sleep(2 * time.Second) // the fault's shape, not a synchronisation: the leader's replication to it backs off
+		if err := c.StartHost(primary); err != nil {
+			t.Fatal(err)
+		}
+		wait.For(t, 10*time.Second, primary.Name+"'s agent to start", func() (bool, string) {
+			return len(c.GrepLog(primary, "agent started")) > starts, "not yet"
+		})
+		if err := c.Cut(primary); err != nil {
+			t.Fatal(err)
+		}
+		wait.For(t, 15*time.Second, primary.Name+" to freeze its PostgreSQL", func() (bool, string) {
+			return len(c.FenceDelays()[primary.Name]) > freezes, "no new freeze in its log"
+		})
+		// Heal once the leader has promoted another member or the hold is
+		// over; every freeze meanwhile must have come within the margin.
+		wait.For(t, 15*time.Second, "a new primary while "+primary.Name+" is cut off", func() (bool, string) {
+			v, err := c.View(context.Background())
+			return err == nil && netcluster.Primary(v) != "" && netcluster.Primary(v) != primary.Name, fmt.Sprint(netcluster.Describe(v), err)
+		})
+		for _, d := range c.FenceDelays()[primary.Name][freezes:] {
+			if d.AfterLeaseEnd > 250*time.Millisecond {
+				t.Errorf("%s froze its PostgreSQL %v after its lease's end (or its agent's start); the leader may promote after 250ms: %v", primary.Name, d.AfterLeaseEnd, c.GrepLog(primary, "PostgreSQL frozen")[freezes:])
+			}
+		}
+		if err := c.Heal(primary); err != nil {
+			t.Fatal(err)
+		}
+		s.finish()
+	})
+
 	// A hung agent (SIGSTOP, a GC stall) on the host that both leads Raft
 	// and runs the primary: its PostgreSQL runs on and its kernel keeps
 	// the VIP and answers ARP for it. The next leader must take the VIP
