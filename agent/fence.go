@@ -118,6 +118,15 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			harmless = time.Now()
 			continue
 		}
+		// Not the committed primary here: a standby this agent starts
+		// (standby.signal written first) reads "in production" in
+		// pg_control until its startup process begins recovery (a fresh
+		// base backup carries the primary's), yet acknowledges nothing
+		// before a promotion removes the signal.
+		if !mine && a.inst.HasStandbySignal() {
+			harmless = time.Now()
+			continue
+		}
 		reason, epoch := "the lease ran out: no contact with the Raft leader for fence_timeout", st.Epoch
 		if !mine {
 			reason, epoch = fmt.Sprintf("it runs as a primary while the committed state this agent knows names %q (epoch %d), and no lease of any epoch holds", st.Primary, st.Epoch), 0
