@@ -255,31 +255,39 @@ var ErrPIDFileGarbled = errors.New("postmaster.pid names no process")
 // server would rewind, re-clone or start a second postmaster beside a
 // live one.
 func (i *Instance) PostmasterPID() (int, error) {
+	pid, _, err := i.LockFileOwner()
+	return pid, err
+}
+
+// LockFileOwner is PostmasterPID, and whether that process is a standalone
+// backend rather than a postmaster: `postgres --single`, as pg_rewind runs
+// to finish a crash recovery before it rewinds, writes its PID negated. A
+// standalone backend listens on no port and no socket: no client can reach
+// it, so it acknowledges nothing to anyone (the fence lets it finish).
+func (i *Instance) LockFileOwner() (pid int, standalone bool, err error) {
 	path := filepath.Join(i.cfg.DataDir, "postmaster.pid")
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return 0, false, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read postmaster.pid in %s: %w", i.cfg.DataDir, err)
+		return 0, false, fmt.Errorf("read postmaster.pid in %s: %w", i.cfg.DataDir, err)
 	}
 	first, _, _ := strings.Cut(string(b), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	pid, err = strconv.Atoi(strings.TrimSpace(first))
 	if err == nil && pid < 0 {
-		// A standalone backend (postgres --single, as pg_rewind runs for
-		// crash recovery) writes its PID negated.
-		pid = -pid
+		pid, standalone = -pid, true
 	}
 	if err != nil || pid == 0 {
-		return 0, fmt.Errorf("%s: %w (first line %q): a postmaster may be starting; if no postgres process uses %s, a crashed start left it: remove it", path, ErrPIDFileGarbled, first, i.cfg.DataDir)
+		return 0, false, fmt.Errorf("%s: %w (first line %q): a postmaster may be starting; if no postgres process uses %s, a crashed start left it: remove it", path, ErrPIDFileGarbled, first, i.cfg.DataDir)
 	}
 	// A zombie is still returned: PostgreSQL's own lock-file check sees it
 	// until it is reaped, so nothing may start in its place yet. Status
 	// reports it as gone (Exited).
 	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return 0, nil
+		return 0, false, nil
 	}
-	return pid, nil
+	return pid, standalone, nil
 }
 
 // running asks pg_ctl status (which also checks the PID in postmaster.pid).
