@@ -140,11 +140,12 @@ type Node struct {
 	advertise string // Config.AdvertiseAddr as configured
 	log       *slog.Logger
 
-	raft  *raft.Raft
-	fsm   *fsm
-	store *raftboltdb.BoltStore
-	snaps *raft.FileSnapshotStore
-	trans *ackTransport
+	raft   *raft.Raft
+	fsm    *fsm
+	store  *raftboltdb.BoltStore // the log; also the stable store, through stable
+	stable *closableStable
+	snaps  *raft.FileSnapshotStore
+	trans  *ackTransport
 
 	observer *raft.Observer
 	obsCh    chan raft.Observation
@@ -204,7 +205,8 @@ func Open(cfg Config) (n *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open raft store %s: %w", filepath.Join(cfg.Dir, boltFile), err)
 	}
-	closers = append(closers, store.Close)
+	stable := &closableStable{StableStore: store, close: store.Close}
+	closers = append(closers, stable.Close)
 
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, snapshotsRetained, hl.Named("snapshot"))
 	if err != nil {
@@ -231,6 +233,7 @@ func Open(cfg Config) (n *Node, err error) {
 		advertise: cfg.AdvertiseAddr,
 		log:       logger,
 		store:     store,
+		stable:    stable,
 		snaps:     snaps,
 		trans:     trans,
 		obsCh:     make(chan raft.Observation, 16),
@@ -247,7 +250,7 @@ func Open(cfg Config) (n *Node, err error) {
 	rc.CommitTimeout = cfg.CommitTimeout
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.Logger = hl
-	r, err := raft.NewRaft(rc, n.fsm, store, store, snaps, trans)
+	r, err := raft.NewRaft(rc, n.fsm, store, stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
@@ -683,7 +686,7 @@ func (n *Node) Close() error {
 		if err := n.trans.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close raft transport: %w", err))
 		}
-		if err := n.store.Close(); err != nil {
+		if err := n.stable.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close raft store: %w", err))
 		}
 		n.closeErr = errors.Join(errs...)
