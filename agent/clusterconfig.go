@@ -323,17 +323,7 @@ func patchSettings(p configPatch, t TimingConfig, f FailoverConfig, r RaftConfig
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, key+": "+fmt.Sprintf(format, args...))
 	}
-	duration := func(key string, v *string, into *time.Duration) {
-		if v == nil {
-			return
-		}
-		d, err := time.ParseDuration(*v)
-		if err != nil {
-			bad(key, "%q is not a duration such as 500ms or 2s", *v)
-			return
-		}
-		*into = d
-	}
+	duration := func(key string, v *string, into *time.Duration) { patchDuration(bad, key, v, into) }
 	if pt := p.Timing; pt != nil {
 		duration("timing.loop_interval", pt.LoopInterval, &t.LoopInterval)
 		duration("timing.health_interval", pt.HealthInterval, &t.HealthInterval)
@@ -370,17 +360,8 @@ func patchRouter(p configPatch, r *consensus.RouterSettings) []string {
 		return nil
 	}
 	var errs []string
-	duration := func(key string, v *string, into *time.Duration) {
-		if v == nil {
-			return
-		}
-		d, err := time.ParseDuration(*v)
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("%s: %q is not a duration such as 500ms or 2s", key, *v))
-			return
-		}
-		*into = d
-	}
+	bad := func(key, format string, args ...any) { errs = append(errs, key+": "+fmt.Sprintf(format, args...)) }
+	duration := func(key string, v *string, into *time.Duration) { patchDuration(bad, key, v, into) }
 	if pr.PoolMode != nil {
 		r.PoolMode = *pr.PoolMode
 	}
@@ -419,6 +400,20 @@ func writeFunctions(s []string) []string {
 		return slices.Clone(router.DefaultWriteFunctions)
 	}
 	return s
+}
+
+// patchDuration sets into from a patch's duration string v, if given, or
+// names key as bad.
+func patchDuration(bad func(key, format string, args ...any), key string, v *string, into *time.Duration) {
+	if v == nil {
+		return
+	}
+	d, err := time.ParseDuration(*v)
+	if err != nil {
+		bad(key, "%q is not a duration such as 500ms or 2s", *v)
+		return
+	}
+	*into = d
 }
 
 // nonNil is s, or an empty list: JSON shows [] rather than null.

@@ -103,6 +103,16 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		if mine && a.leaseHolds(st.Epoch, time.Now()) || !mine && !a.unleasedElsewhere(st, time.Now()) {
 			continue
 		}
+		// Not the committed primary here: a standby this agent starts
+		// (standby.signal written first) reads "in production" in
+		// pg_control until its startup process begins recovery (a fresh
+		// base backup carries the primary's), yet acknowledges nothing
+		// before a promotion removes the signal. Checked first: one stat,
+		// on every pass of every standby.
+		if !mine && a.inst.HasStandbySignal() {
+			harmless = time.Now()
+			continue
+		}
 		// A postmaster that is gone, or killed and not reaped yet (its
 		// postmaster.pid names a zombie), acknowledges nothing.
 		pid, standalone, _ := a.inst.LockFileOwner()
@@ -123,15 +133,6 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		// everything before the freeze must fit in the fence margin on a
 		// loaded host).
 		if state, err := a.inst.ClusterStateNow(); err == nil && state == "in archive recovery" {
-			harmless = time.Now()
-			continue
-		}
-		// Not the committed primary here: a standby this agent starts
-		// (standby.signal written first) reads "in production" in
-		// pg_control until its startup process begins recovery (a fresh
-		// base backup carries the primary's), yet acknowledges nothing
-		// before a promotion removes the signal.
-		if !mine && a.inst.HasStandbySignal() {
 			harmless = time.Now()
 			continue
 		}
