@@ -143,6 +143,49 @@ func isDiscard(sql string) bool {
 	return false
 }
 
+// isListen: sql (one or several statements) has a LISTEN statement.
+func isListen(sql string) bool {
+	var buf [16]string
+	toks := tokenize(sql, buf[:0])
+	start := true
+	for _, t := range toks {
+		if t == ";" {
+			start = true
+			continue
+		}
+		if start && eqFold(t, "listen") {
+			return true
+		}
+		start = false
+	}
+	return false
+}
+
+// changesSettings: sql (one or several statements) may change the
+// session's run-time settings: a statement starting with SET, RESET or
+// DISCARD, or a call of set_config. The server connection's applied
+// startup parameters (params.go) are then unknown. Conservative: SET LOCAL
+// counts too.
+func changesSettings(sql string) bool {
+	var buf [64]string
+	toks := tokenize(sql, buf[:0])
+	start := true
+	for i, t := range toks {
+		if t == ";" {
+			start = true
+			continue
+		}
+		if start && (eqFold(t, "set") || eqFold(t, "reset") || eqFold(t, "discard")) {
+			return true
+		}
+		start = false
+		if eqFold(t, "set_config") && i+1 < len(toks) && toks[i+1] == "(" {
+			return true
+		}
+	}
+	return false
+}
+
 // eqFold reports whether the word tok is the keyword kw (lower case
 // ASCII) in any case. ASCII words, all keywords are, compare in place;
 // others as strings.ToLower would have it.

@@ -50,6 +50,7 @@ type client struct {
 	fastOK bool
 
 	user, db string
+	params   sessionParams // the client's startup parameters (params.go)
 	pid      uint32
 	secret   []byte
 
@@ -81,6 +82,14 @@ type client struct {
 	outstanding int  // Sync, Query and FunctionCall sent minus ReadyForQuery received
 	unsynced    bool // extended-protocol messages sent since the last Sync
 	pumping     bool
+	// watching: in session mode one pump goroutine reads the attached
+	// server connection for as long as it is attached, relaying what the
+	// server sends between statements too (NotificationResponse for a
+	// LISTEN, a FATAL when the backend is terminated, which ends the
+	// client's session as it would end a direct one). watchDone is closed
+	// when it has stopped.
+	watching    bool
+	watchDone   chan struct{}
 	txStatus    byte
 	wrote       bool // this attachment ran a write on the primary
 	unnamedHere bool // the unnamed statement was parsed on this attachment
@@ -394,6 +403,9 @@ func (c *client) dispatch() error {
 		}
 		return c.flushClient()
 	}
+	if c.txnMode && c.listens() {
+		return c.refuseListen()
+	}
 	if c.prepareOnly() {
 		return c.answerPrepare()
 	}
@@ -404,6 +416,10 @@ func (c *client) dispatch() error {
 	}
 	target, primary, sc, err := c.connect(class)
 	if err != nil {
+		c.fatal(err)
+		return err
+	}
+	if err := c.applyParams(sc); err != nil {
 		c.fatal(err)
 		return err
 	}
@@ -421,6 +437,66 @@ func (c *client) dispatch() error {
 	}
 	c.mu.Unlock()
 	return c.flushAndRelay(sc)
+}
+
+// listens: the pending batch has a LISTEN.
+func (c *client) listens() bool {
+	for _, m := range c.pending {
+		switch m := m.(type) {
+		case *pgproto3.Query:
+			if isListen(m.String) {
+				return true
+			}
+		case *pgproto3.Parse:
+			if isListen(m.Query) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// refuseListen answers a batch with a LISTEN in transaction mode with an
+// error, as PgBouncer does: notifications arrive on the server connection
+// that ran the LISTEN, which other clients get between this one's
+// transactions, so this client would wait for them forever. The session
+// goes on: one ErrorResponse, and ReadyForQuery for each Query or Sync.
+func (c *client) refuseListen() error {
+	c.send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "0A000",
+		Message: "LISTEN is not supported in transaction pool mode",
+		Detail:  "Notifications arrive on a server connection that other clients use between this session's transactions.",
+		Hint:    "Connect through a router in session pool mode (pool_mode: session) to LISTEN."})
+	for _, m := range c.pending {
+		switch m.(type) {
+		case *pgproto3.Query, *pgproto3.Sync:
+			c.send(&pgproto3.ReadyForQuery{TxStatus: 'I'}) // no server attached: idle
+		}
+	}
+	return c.flushClient()
+}
+
+// listenRefusal replaces a LISTEN inside a transaction (transaction mode,
+// a server attached): the server raises the error itself, so that its
+// transaction is aborted as the client is told.
+const listenRefusal = `DO $pgha$BEGIN RAISE EXCEPTION 'LISTEN is not supported in transaction pool mode' USING ERRCODE = 'feature_not_supported', HINT = 'Connect through a router in session pool mode (pool_mode: session) to LISTEN.'; END$pgha$`
+
+// refuseListenAttached rewrites msg when it is a LISTEN the attached
+// server must not run (transaction mode).
+func (c *client) refuseListenAttached(msg pgproto3.FrontendMessage) pgproto3.FrontendMessage {
+	if !c.txnMode {
+		return msg
+	}
+	switch m := msg.(type) {
+	case *pgproto3.Query:
+		if isListen(m.String) {
+			return &pgproto3.Query{String: listenRefusal}
+		}
+	case *pgproto3.Parse:
+		if isListen(m.Query) {
+			return &pgproto3.Parse{Name: m.Name, Query: listenRefusal}
+		}
+	}
+	return msg
 }
 
 // prepareOnly: the pending batch only prepares named statements (Parse
@@ -598,6 +674,7 @@ func (c *client) forwardAttached(msg pgproto3.FrontendMessage) (bool, error) {
 		c.mu.Unlock()
 		return false, nil
 	}
+	msg = c.refuseListenAttached(msg)
 	c.enqueue(sc, msg)
 	c.mu.Unlock()
 	if flushPoint(msg) || len(c.out) > 32<<10 {
@@ -639,7 +716,17 @@ func (c *client) flushAndRelay(sc *serverConn) error {
 		return nil
 	}
 	c.pumping = true
-	inline := c.outstanding > 0 && !c.unsynced
+	if c.watching {
+		c.mu.Unlock() // the session's pump relays the answers
+		return nil
+	}
+	inline := c.outstanding > 0 && !c.unsynced && c.txnMode
+	var watchDone chan struct{}
+	if !c.txnMode {
+		c.watching = true
+		watchDone = make(chan struct{})
+		c.watchDone = watchDone
+	}
 	c.mu.Unlock()
 	if inline && !c.relay(sc, true) {
 		return nil
@@ -648,8 +735,29 @@ func (c *client) flushAndRelay(sc *serverConn) error {
 	go func() {
 		defer c.r.wg.Done()
 		c.relay(sc, false)
+		if watchDone != nil {
+			c.mu.Lock()
+			c.watching = false
+			c.mu.Unlock()
+			close(watchDone)
+		}
 	}()
 	return nil
+}
+
+// stopWatching stops the session-mode pump of an idle session (cleanup
+// detached sc first, so the pump leaves without reporting anything) and
+// waits for it, so that sc has no reader left.
+func (c *client) stopWatching(sc *serverConn) {
+	c.mu.Lock()
+	done := c.watchDone
+	c.mu.Unlock()
+	if done == nil {
+		return
+	}
+	sc.conn.SetReadDeadline(time.Unix(1, 0))
+	<-done
+	sc.conn.SetReadDeadline(time.Time{})
 }
 
 func (c *client) flushServer(sc *serverConn) error {
@@ -689,6 +797,9 @@ func (c *client) enqueue(sc *serverConn, msg pgproto3.FrontendMessage) {
 		if c.txnMode && isDiscard(m.String) {
 			clear(sc.prepared)
 		}
+		if changesSettings(m.String) {
+			sc.paramsKey = paramsUnknown
+		}
 		emit(m)
 	case *pgproto3.Sync:
 		c.outstanding++
@@ -702,6 +813,9 @@ func (c *client) enqueue(sc *serverConn, msg pgproto3.FrontendMessage) {
 		emit(m)
 	case *pgproto3.Parse:
 		c.unsynced = true
+		if changesSettings(m.Query) {
+			sc.paramsKey = paramsUnknown
+		}
 		if c.txnMode && m.Name != "" {
 			st := c.register(m)
 			if sc.prepared[st.serverName] {
@@ -860,6 +974,7 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 			inline = false
 		}
 	}
+	serverFatal := false // the server said why it ends the connection
 	for {
 		msg, err := sc.fe.Receive()
 		if err != nil {
@@ -869,6 +984,9 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 				return true
 			}
 			endInline()
+			if serverFatal {
+				err = nil // the client has the server's own FATAL
+			}
 			c.serverLost(sc, err)
 			return false
 		}
@@ -903,6 +1021,15 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 				}
 				return true
 			}
+		case *pgproto3.ErrorResponse:
+			serverFatal = m.Severity == "FATAL" || m.Severity == "PANIC"
+		case *pgproto3.ParameterStatus:
+			// The client changed a reported setting (SET application_name):
+			// the next hand-over applies its owner's set again. Under mu:
+			// enqueue may mark it at the same time.
+			c.mu.Lock()
+			sc.paramsKey = paramsUnknown
+			c.mu.Unlock()
 		case *pgproto3.ReadyForQuery:
 			c.mu.Lock()
 			c.outstanding--
@@ -958,10 +1085,10 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 				c.clientLost(sc)
 				return false
 			}
-			if done {
+			if done && c.txnMode {
 				return false
 			}
-			continue
+			continue // session mode: watch the idle session
 		}
 		if c.abandoned.Load() {
 			continue // draining for abandon
@@ -975,6 +1102,31 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 			}
 		}
 	}
+}
+
+// applyParams gives sc the session's startup parameters unless it has
+// them already (params.go). A value the server refuses (a misspelt
+// TimeZone) ends the session, as PostgreSQL refuses such a login; sc goes
+// back to the pool if it is still sound.
+func (c *client) applyParams(sc *serverConn) error {
+	if sc.paramsKey == c.params.key {
+		return nil
+	}
+	sc.conn.SetDeadline(time.Now().Add(c.r.settings().QueryWaitTimeout))
+	_, err := sc.simpleQuery(c.params.applySQL())
+	sc.conn.SetDeadline(time.Time{})
+	if err != nil {
+		sc.paramsKey = paramsUnknown
+		sc.pool.release(sc, !sc.broken.Load())
+		var se *serverError
+		if errors.As(err, &se) {
+			se.resp.Severity, se.resp.SeverityUnlocalized = "FATAL", "FATAL"
+			return fmt.Errorf("startup parameters: %w", err)
+		}
+		return fmt.Errorf("apply startup parameters on %s: %w", sc.pool.key.addr, err)
+	}
+	sc.paramsKey = c.params.key
+	return nil
 }
 
 // fetchWriteLSN asks the primary sc (idle, just released by the session)
@@ -997,8 +1149,9 @@ func (c *client) fetchWriteLSN(sc *serverConn, gen uint64) bool {
 }
 
 // serverLost handles a failed server connection: if it is still attached
-// the client gets an ErrorResponse and is disconnected; the connection is
-// never pooled again.
+// the client gets an ErrorResponse (none for a nil err: the client has
+// the server's FATAL) and is disconnected; the connection is never pooled
+// again.
 func (c *client) serverLost(sc *serverConn, err error) {
 	c.mu.Lock()
 	mine := c.sc == sc
@@ -1016,7 +1169,11 @@ func (c *client) serverLost(sc *serverConn, err error) {
 		return
 	}
 	c.r.stats.ServerErrors.Add(1)
-	c.fatal(&authError{code: "08006", msg: fmt.Sprintf("server connection to %s lost (%v); the transaction's outcome is unknown", c.target.Name, err)})
+	if err != nil {
+		c.fatal(&authError{code: "08006", msg: fmt.Sprintf("server connection to %s lost (%v); the transaction's outcome is unknown", c.target.Name, err)})
+	} else {
+		c.flushClient()
+	}
 	c.conn.Close()
 }
 
@@ -1063,10 +1220,12 @@ func (c *client) cleanup() {
 		return
 	}
 	if !c.txnMode {
+		c.stopWatching(sc)
 		sc.conn.SetDeadline(time.Now().Add(c.r.cfg.ServerConnectTimeout))
 		_, err := sc.simpleQuery("DISCARD ALL")
 		sc.conn.SetDeadline(time.Time{})
 		clear(sc.prepared)
+		sc.paramsKey = "" // RESET ALL: back to the login's settings
 		sc.pool.release(sc, err == nil)
 		return
 	}

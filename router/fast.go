@@ -200,9 +200,10 @@ func (f *fastPath) startQuery() {
 	case len(buf) >= 6 && buf[0] == 'Q' && int(binary.BigEndian.Uint32(buf[1:5]))+1 == len(buf) && buf[len(buf)-1] == 0:
 		sql := string(buf[5 : len(buf)-1])
 		class = Classify(sql, r.settings().writeFuncs)
-		if (f.sc == nil && isShow(sql)) || (class != ClassRead && isDiscard(sql)) {
-			// Admin commands, and DISCARD (it drops the server-side
-			// statements the general path keeps track of).
+		if (f.sc == nil && isShow(sql)) || (class != ClassRead && (isDiscard(sql) || changesSettings(sql) || isListen(sql))) {
+			// Admin commands, DISCARD (it drops the server-side
+			// statements the general path keeps track of), and SET and
+			// the like (they change what applyParams applied).
 			f.handBack(fastResult{})
 			return
 		}
@@ -279,8 +280,10 @@ func (f *fastPath) attach(sc *serverConn, target Backend, toStandby bool, class 
 	c := f.c
 	r := c.r
 	scc, ok := sc.conn.(*poller.Conn)
-	if !ok || sc.mr.buffered() > 0 || !sc.mr.atBoundary() {
-		// Not one of ours, or the server said something while idle.
+	if !ok || sc.mr.buffered() > 0 || !sc.mr.atBoundary() || sc.paramsKey != c.params.key {
+		// Not one of ours, or the server said something while idle, or
+		// it needs the session's startup parameters (applyParams, on the
+		// general path: a round trip).
 		sc.pool.release(sc, ok && sc.mr.buffered() == 0)
 		f.handBack(fastResult{})
 		return
@@ -605,6 +608,9 @@ func (f *fastPath) relayBuffered() bool {
 				}
 				from = i + 1 + l
 			}
+		case 'S':
+			// ParameterStatus: the client changed a reported setting.
+			f.sc.paramsKey = paramsUnknown
 		case 'Z':
 			if l == 5 {
 				f.status = buf[i+5]

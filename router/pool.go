@@ -67,9 +67,13 @@ type serverConn struct {
 	created  time.Time
 	lastUsed time.Time
 	prepared map[string]bool // server-side statement names (transaction mode)
-	broken   atomic.Bool     // closed or in an unknown state
-	closed   chan struct{}   // closed by close
-	closeMu  sync.Once
+	// paramsKey is the sessionParams.key of the client startup parameters
+	// applied to this connection (params.go): "" the login's own, or
+	// paramsUnknown. Changed only by the session it is attached to.
+	paramsKey string
+	broken    atomic.Bool   // closed or in an unknown state
+	closed    chan struct{} // closed by close
+	closeMu   sync.Once
 }
 
 // serverError is an ErrorResponse PostgreSQL sent while the router logged in.

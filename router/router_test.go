@@ -58,6 +58,11 @@ func TestRouter(t *testing.T) {
 			t.Run("Auth", func(t *testing.T) { testAuth(t, tr) })
 			t.Run("Cancel", func(t *testing.T) { testCancel(t, tr) })
 			t.Run("BadInput", func(t *testing.T) { testBadInput(t, tr) })
+			t.Run("StartupParams", func(t *testing.T) { testStartupParams(t, tr) })
+			t.Run("Listen", func(t *testing.T) { testListen(t, tr, mode) })
+			if mode == router.PoolSession {
+				t.Run("ServerDeath", func(t *testing.T) { testServerDeath(t, tr) })
+			}
 			t.Run("NoLeak", func(t *testing.T) { waitPoolsIdle(t, tr) })
 		})
 	}

@@ -104,6 +104,9 @@ func (c *client) startup() (bool, error) {
 	if c.user == "" {
 		return false, &authError{code: "28000", msg: "no PostgreSQL user name specified in startup packet"}
 	}
+	if c.params, err = clientParams(sm.Parameters); err != nil {
+		return false, &authError{code: "0A000", msg: err.Error()}
+	}
 	if _, ok := sm.Parameters["replication"]; ok && sm.Parameters["replication"] != "false" && sm.Parameters["replication"] != "0" {
 		return false, &authError{code: "08P01", msg: "replication connections are not supported through the router"}
 	}
@@ -135,7 +138,11 @@ func (c *client) startup() (bool, error) {
 	}
 	sort.Strings(names)
 	for _, k := range names {
-		c.send(&pgproto3.ParameterStatus{Name: k, Value: params[k]})
+		v := params[k]
+		if own, ok := c.params.reported(k); ok {
+			v = own // applied with the first statement (applyParams)
+		}
+		c.send(&pgproto3.ParameterStatus{Name: k, Value: v})
 	}
 	c.send(&pgproto3.BackendKeyData{ProcessID: c.pid, SecretKey: c.secret})
 	c.send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
