@@ -794,12 +794,7 @@ func (c *client) enqueue(sc *serverConn, msg pgproto3.FrontendMessage) {
 		c.unsynced = false
 		sc.pool.queries.Add(1)
 		c.drops = append(c.drops, dropEntry{typ: 'Z'})
-		if c.txnMode && isDiscard(m.String) {
-			clear(sc.prepared)
-		}
-		if changesSettings(m.String) {
-			sc.paramsKey = paramsUnknown
-		}
+		c.noteEffects(sc, m.String)
 		emit(m)
 	case *pgproto3.Sync:
 		c.outstanding++
@@ -813,9 +808,7 @@ func (c *client) enqueue(sc *serverConn, msg pgproto3.FrontendMessage) {
 		emit(m)
 	case *pgproto3.Parse:
 		c.unsynced = true
-		if changesSettings(m.Query) {
-			sc.paramsKey = paramsUnknown
-		}
+		c.noteEffects(sc, m.Query)
 		if c.txnMode && m.Name != "" {
 			st := c.register(m)
 			if sc.prepared[st.serverName] {
@@ -879,6 +872,40 @@ func (c *client) enqueue(sc *serverConn, msg pgproto3.FrontendMessage) {
 		c.unsynced = true
 		emit(m)
 	}
+}
+
+// noteEffects records on sc (transaction mode) what sql does to the
+// server session beyond its transaction (effects.go). Session mode needs
+// none of it: the connection is the client's until DISCARD ALL. mu held.
+func (c *client) noteEffects(sc *serverConn, sql string) {
+	if !c.txnMode {
+		return
+	}
+	e := sessionEffects(sql)
+	if e&effDiscard != 0 {
+		clear(sc.prepared)
+	}
+	if e&effSettings != 0 {
+		sc.paramsKey = paramsUnknown
+	}
+	if e&effLeftovers != 0 {
+		sc.leftovers = true
+	}
+}
+
+// discardLeftovers runs DISCARD ALL on sc, idle and detached, when a
+// client left session state on it (effLeftovers): the next client must
+// not find its temporary tables, prepared statements, held cursors or
+// advisory locks. false: sc is not reusable.
+func discardLeftovers(sc *serverConn) bool {
+	if !sc.leftovers {
+		return true
+	}
+	_, err := sc.simpleQuery("DISCARD ALL")
+	clear(sc.prepared)
+	sc.paramsKey = "" // RESET ALL: the login's settings
+	sc.leftovers = false
+	return err == nil
 }
 
 func (c *client) stmtFor(name string) *stmt {
@@ -1079,6 +1106,7 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 				reusable = c.fetchWriteLSN(sc, lsnGen)
 			}
 			if release {
+				reusable = reusable && discardLeftovers(sc)
 				sc.pool.release(sc, reusable)
 			}
 			if werr != nil && !release && !c.abandoned.Load() {
@@ -1229,7 +1257,7 @@ func (c *client) cleanup() {
 		sc.pool.release(sc, err == nil)
 		return
 	}
-	sc.pool.release(sc, true)
+	sc.pool.release(sc, discardLeftovers(sc))
 }
 
 // Abandoning a server connection: how long the router keeps cancelling

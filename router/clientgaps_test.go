@@ -211,3 +211,65 @@ func testServerDeath(t *testing.T, tr *testRouter) {
 		t.Errorf("first FATAL %s %q; want PostgreSQL's own 57P01 admin_shutdown", fatal.Code, fatal.Message)
 	}
 }
+
+// testLeftovers: in transaction mode a server connection goes from client
+// to client; what one client leaves in the server session (a temporary
+// table, an SQL prepared statement, a session advisory lock, a SET) never
+// reaches the next client of that connection. One server connection, so
+// that both clients share it.
+func testLeftovers(t *testing.T, cl *cluster) {
+	ctx := testContext(t)
+	cfg := routerConfig(router.PoolTransaction)
+	cfg.PoolSize = 1
+	cfg.DisableLoadBalance = true
+	tr := startRouter(t, cl, cfg)
+	a := connect(t, tr.rw, trustUser, "")
+	b := connect(t, tr.rw, trustUser, "")
+	var pidA, pidB int
+	for _, sql := range []string{
+		"CREATE TEMP TABLE pgha_leftover (x int)",
+		"PREPARE pgha_leftover_stmt AS SELECT 1",
+		"SELECT pg_advisory_lock(4242)",
+		"SET statement_timeout = 1234",
+	} {
+		if _, err := a.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatalf("client a: %s: %v", sql, err)
+		}
+	}
+	if err := a.QueryRow(ctx, "SELECT pg_backend_pid()", pgx.QueryExecModeSimpleProtocol).Scan(&pidA); err != nil {
+		t.Fatal(err)
+	}
+	var table *string
+	var stmts, locks int
+	var timeout string
+	if err := b.QueryRow(ctx, `SELECT pg_backend_pid(), to_regclass('pgha_leftover')::text,
+		(SELECT count(*) FROM pg_prepared_statements), (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
+		current_setting('statement_timeout')`, pgx.QueryExecModeSimpleProtocol).Scan(&pidB, &table, &stmts, &locks, &timeout); err != nil {
+		t.Fatal(err)
+	}
+	if pidA != pidB {
+		t.Fatalf("clients a and b got server connections %d and %d; the test needs them to share one", pidA, pidB)
+	}
+	if table != nil || stmts != 0 || locks != 0 || timeout != "0" {
+		t.Errorf("client b finds client a's leftovers on their shared server connection: temp table %s, %d prepared statements, %d advisory locks, statement_timeout %s",
+			tableName(table), stmts, locks, timeout)
+	}
+	// Prepared statements of the protocol (pgx's cache) survive it: the
+	// router prepares them again where needed.
+	for i := 0; i < 3; i++ {
+		var n int
+		if err := a.QueryRow(ctx, "SELECT $1::int + 1", i).Scan(&n); err != nil || n != i+1 {
+			t.Fatalf("client a's prepared statement after the reset: %d, %v", n, err)
+		}
+		if _, err := a.Exec(ctx, "CREATE TEMP TABLE IF NOT EXISTS pgha_leftover (x int)", pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func tableName(p *string) string {
+	if p == nil {
+		return "none"
+	}
+	return *p
+}

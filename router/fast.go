@@ -200,10 +200,10 @@ func (f *fastPath) startQuery() {
 	case len(buf) >= 6 && buf[0] == 'Q' && int(binary.BigEndian.Uint32(buf[1:5]))+1 == len(buf) && buf[len(buf)-1] == 0:
 		sql := string(buf[5 : len(buf)-1])
 		class = Classify(sql, r.settings().writeFuncs)
-		if (f.sc == nil && isShow(sql)) || (class != ClassRead && (isDiscard(sql) || changesSettings(sql) || isListen(sql))) {
-			// Admin commands, DISCARD (it drops the server-side
-			// statements the general path keeps track of), and SET and
-			// the like (they change what applyParams applied).
+		if (f.sc == nil && isShow(sql)) || (class != ClassRead && sessionEffects(sql) != 0) {
+			// Admin commands, and statements with effects on the
+			// session the general path keeps track of (effects.go):
+			// DISCARD, SET, LISTEN, CREATE TEMP, ...
 			f.handBack(fastResult{})
 			return
 		}

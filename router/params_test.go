@@ -52,20 +52,34 @@ func TestApplySQLQuotes(t *testing.T) {
 	}
 }
 
-func TestChangesSettings(t *testing.T) {
-	for sql, want := range map[string]bool{
-		"SET search_path = x": true,
-		"select 1; reset all": true,
-		"DISCARD ALL":         true,
-		"SELECT pg_catalog.set_config('a','b',false)": true,
-		"SELECT 1":                        false,
-		"UPDATE t SET a = 1":              false,
-		"SELECT 'set x'":                  false,
-		"-- set\nSELECT 1":                false,
-		"INSERT INTO settings VALUES (1)": false,
+func TestSessionEffects(t *testing.T) {
+	for sql, want := range map[string]effects{
+		"SET search_path = x":                         effSettings,
+		"select 1; reset all":                         effSettings,
+		"DISCARD ALL":                                 effSettings | effDiscard,
+		"deallocate prepare all":                      effDiscard,
+		"SELECT pg_catalog.set_config('a','b',false)": effSettings,
+		"SELECT 1":                                    0,
+		"UPDATE t SET a = 1":                          0,
+		"SELECT 'set x'":                              0,
+		"-- set\nSELECT 1":                            0,
+		"INSERT INTO settings VALUES (1)":             0,
+		"LISTEN ch":                                   effListen,
+		"SELECT 1; listen ch":                         effListen,
+		"select 'listen'":                             0,
+		"CREATE TEMP TABLE t (x int)":                 effLeftovers,
+		"create local temporary table t (x int)":      effLeftovers,
+		"CREATE TABLE temp (x int)":                   0,
+		"PREPARE p AS SELECT 1":                       effLeftovers,
+		"DECLARE c CURSOR WITH HOLD FOR SELECT 1":     effLeftovers,
+		"DECLARE c CURSOR FOR SELECT 1":               0,
+		"SELECT pg_advisory_lock(1)":                  effLeftovers,
+		"SELECT pg_advisory_xact_lock(1)":             0,
+		"LOAD 'auto_explain'":                         effLeftovers,
+		"CREATE TEMP TABLE t (x int); SET a = 1":      effLeftovers | effSettings,
 	} {
-		if got := changesSettings(sql); got != want {
-			t.Errorf("changesSettings(%q) = %v, want %v", sql, got, want)
+		if got := sessionEffects(sql); got != want {
+			t.Errorf("sessionEffects(%q) = %b, want %b", sql, got, want)
 		}
 	}
 }

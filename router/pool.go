@@ -71,6 +71,9 @@ type serverConn struct {
 	// applied to this connection (params.go): "" the login's own, or
 	// paramsUnknown. Changed only by the session it is attached to.
 	paramsKey string
+	// leftovers: a client left session state on it (transaction mode,
+	// effects.go); DISCARD ALL before another client gets it.
+	leftovers bool
 	broken    atomic.Bool   // closed or in an unknown state
 	closed    chan struct{} // closed by close
 	closeMu   sync.Once
