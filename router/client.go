@@ -612,6 +612,33 @@ func (c *client) poolFor(target Backend) (*pool, bool) {
 	return p, false
 }
 
+// pickRead picks the standby for a read by load (view.pickRead); ok is
+// false when the read goes to the primary: no standby qualifies, or (on
+// the read/write port) the primary has spare capacity the standbys lack.
+// The primary is offered only while its pool has a free connection and
+// nobody waits for one: a read never queues ahead of a write.
+func (c *client) pickRead(v *view, class Class, minLSN uint64) (Backend, bool) {
+	r := c.r
+	primaryLoad := int64(-1)
+	if c.role == ReadWrite && class == ClassRead && r.holdChan() == nil {
+		if pb, ok := v.primaryBackend(); ok {
+			p, _ := c.poolFor(pb)
+			if active := p.active.Load(); p.waiting.Load() == 0 && active < int64(r.settings().PoolSize) {
+				primaryLoad = active
+			}
+		}
+	}
+	b, toPrimary, ok := v.pickRead(r.settings().MaxLag, minLSN, c, primaryLoad)
+	return b, ok && !toPrimary
+}
+
+// inFlight is the load of backend b as the session's pool for it counts
+// it: transactions running on it plus clients waiting for a connection.
+func (c *client) inFlight(b Backend) int64 {
+	p, _ := c.poolFor(b)
+	return p.active.Load() + p.waiting.Load()
+}
+
 // route picks the backend for a batch of the given class. For the
 // primary it returns counted in r.toPrimary: the caller subtracts once it
 // holds a server connection or gives up.
@@ -623,7 +650,7 @@ func (c *client) route(class Class) (Backend, bool, error) {
 		if c.role == ReadWrite && !r.settings().DisableReadYourWrites {
 			minLSN = c.writeLSN.Load()
 		}
-		if b, ok := v.pickStandby(r.settings().MaxLag, minLSN); ok {
+		if b, ok := c.pickRead(v, class, minLSN); ok {
 			if class == ClassRead {
 				r.countSelect(b.Name)
 			}

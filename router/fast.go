@@ -226,7 +226,7 @@ func (f *fastPath) startQuery() {
 		if c.role == ReadWrite && !r.settings().DisableReadYourWrites {
 			minLSN = c.writeLSN.Load()
 		}
-		target, ok = v.pickStandby(r.settings().MaxLag, minLSN)
+		target, ok = c.pickRead(v, class, minLSN)
 	}
 	toStandby := ok
 	if !ok {

@@ -159,6 +159,48 @@ func (v *view) pickStandby(maxLag int64, minLSN uint64) (Backend, bool) {
 	return Backend{}, false
 }
 
+// loadMeter reports a backend's load: transactions in flight on it.
+type loadMeter interface{ inFlight(Backend) int64 }
+
+// pickRead chooses where a read goes by measured load: the eligible
+// standby (as pickStandby's) with the fewest transactions in flight per
+// unit of weight, as load reports them, ties broken at random; or the
+// primary (toPrimary) when primaryLoad is not negative and the primary,
+// counted with one more in flight than it has, is still less loaded than
+// that standby. The handicap keeps an idle cluster's reads on the
+// standbys and gives the primary reads only when every standby is busier
+// than it: its spare capacity serves reads, and a primary busy with writes
+// gets none. A slower or busier standby finishes fewer transactions, so it
+// holds more in flight and gets fewer new ones: the share follows each
+// server's capacity, which static weights cannot. ok is false when no
+// standby qualifies and the primary is not offered.
+func (v *view) pickRead(maxLag int64, minLSN uint64, load loadMeter, primaryLoad int64) (b Backend, toPrimary, ok bool) {
+	best, bestW := int64(-1), int64(1)
+	ties := 0
+	for _, s := range v.backends {
+		if !v.eligible(s, maxLag, minLSN) {
+			continue
+		}
+		l, w := load.inFlight(s), int64(weight(s))
+		switch {
+		case best < 0 || l*bestW < best*w:
+			b, best, bestW, ties = s, l, w, 1
+		case l*bestW == best*w:
+			ties++
+			if rand.IntN(ties) == 0 {
+				b = s
+			}
+		}
+	}
+	if primaryLoad >= 0 && v.primary >= 0 {
+		p := v.backends[v.primary]
+		if w := int64(weight(p)); best < 0 || (primaryLoad+1)*bestW < best*w {
+			return p, true, true
+		}
+	}
+	return b, false, best >= 0
+}
+
 func (v *view) eligible(b Backend, maxLag int64, minLSN uint64) bool {
 	return !b.Primary && b.Healthy && !b.NoLoadBalance && (maxLag <= 0 || b.LagBytes <= maxLag) && (minLSN == 0 || b.ReplayLSN >= minLSN)
 }

@@ -25,3 +25,70 @@ func TestPickStandbySkipsNoLoadBalance(t *testing.T) {
 		t.Fatalf("picked %q although every standby is tagged noloadbalance", b.Name)
 	}
 }
+
+type loads map[string]int64
+
+func (l loads) inFlight(b Backend) int64 { return l[b.Name] }
+
+// Reads go to the least-loaded standby (per unit of weight); the primary
+// gets one only when it has spare capacity every standby lacks, by a
+// margin of one transaction; lag and read-your-writes rules still exclude.
+func TestPickReadByLoad(t *testing.T) {
+	bs := []Backend{
+		{Name: "p", Host: "10.0.0.1", Port: 5432, Primary: true, Healthy: true},
+		{Name: "s1", Host: "10.0.0.2", Port: 5432, Healthy: true, ReplayLSN: 100},
+		{Name: "s2", Host: "10.0.0.3", Port: 5432, Healthy: true, ReplayLSN: 200},
+	}
+	v := newView(bs, nil, time.Now())
+	for _, c := range []struct {
+		name        string
+		loads       loads
+		primaryLoad int64
+		minLSN      uint64
+		weights     [2]int
+		want        string
+	}{
+		{"idle cluster: a standby, never the primary", loads{}, 0, 0, [2]int{}, "s?"},
+		{"the less loaded standby", loads{"s1": 3, "s2": 1}, 5, 0, [2]int{}, "s2"},
+		{"primary one less than the standbys: still a standby", loads{"s1": 2, "s2": 2}, 1, 0, [2]int{}, "s?"},
+		{"primary two less: the primary", loads{"s1": 3, "s2": 3}, 1, 0, [2]int{}, "p"},
+		{"primary not offered (busy with writes)", loads{"s1": 9, "s2": 9}, -1, 0, [2]int{}, "s?"},
+		{"weights: s1 counts double", loads{"s1": 3, "s2": 2}, 9, 0, [2]int{2, 1}, "s1"},
+		{"read-your-writes: only s2 replayed far enough", loads{"s1": 0, "s2": 7}, 9, 150, [2]int{}, "s2"},
+		{"no standby qualifies: the primary", loads{}, 4, 300, [2]int{}, "p"},
+	} {
+		bs[1].Weight, bs[2].Weight = c.weights[0], c.weights[1]
+		v = newView(bs, nil, time.Now())
+		for range 50 {
+			b, toPrimary, ok := v.pickRead(0, c.minLSN, c.loads, c.primaryLoad)
+			got := b.Name
+			if !ok {
+				got = "none"
+			}
+			if toPrimary != (got == "p") {
+				t.Fatalf("%s: toPrimary %v for %s", c.name, toPrimary, got)
+			}
+			if c.want == "s?" && (got == "s1" || got == "s2") {
+				continue
+			}
+			if got != c.want {
+				t.Fatalf("%s: picked %s, want %s", c.name, got, c.want)
+			}
+		}
+	}
+	// Ties are broken at random: both standbys get reads.
+	seen := map[string]bool{}
+	bs[1].Weight, bs[2].Weight = 0, 0
+	v = newView(bs, nil, time.Now())
+	for range 200 {
+		b, _, _ := v.pickRead(0, 0, loads{}, -1)
+		seen[b.Name] = true
+	}
+	if !seen["s1"] || !seen["s2"] {
+		t.Errorf("equal loads: picked only %v", seen)
+	}
+	// No standby and the primary not offered: nothing.
+	if _, _, ok := v.pickRead(0, 1000, loads{}, -1); ok {
+		t.Error("picked something with no standby qualifying and the primary not offered")
+	}
+}

@@ -59,6 +59,10 @@ type options struct {
 	readYourWrites bool   // the router's read-your-writes (the agent's default: on)
 	loadBalance    bool   // the router sends reads to the standbys (the agent's default: on)
 	fastPath       bool   // the router's event-loop fast path (the agent's default: on)
+	// hostCPU: each server in a CPU-quota cgroup of this many cores (0:
+	// off); standby2CPU overrides standby2's (unequal servers).
+	hostCPU, standby2CPU float64
+	cpuPeriod            time.Duration
 }
 
 func (o *options) validate() error {
@@ -75,6 +79,10 @@ func (o *options) validate() error {
 		return fmt.Errorf("-connect-clients %d: want 0 (skip the -C cell) or more", o.connectClients)
 	case o.routerProcs < 0:
 		return fmt.Errorf("-router-gomaxprocs %d: want 0 (Go's default) or more", o.routerProcs)
+	case o.hostCPU < 0 || o.standby2CPU < 0:
+		return errors.New("-host-cpu and -standby2-cpu: want a fraction of a core, or 0 (off)")
+	case o.standby2CPU > 0 && o.hostCPU == 0:
+		return errors.New("-standby2-cpu needs -host-cpu")
 	case o.auth != "trust" && o.auth != "md5":
 		return fmt.Errorf("-auth %q: want trust or md5", o.auth)
 	case len(o.clients) == 0 && o.connectClients == 0:
@@ -143,6 +151,9 @@ func main() {
 	flag.BoolVar(&o.readYourWrites, "router-read-your-writes", true, "the router's read-your-writes (on by default, as in the agent)")
 	flag.BoolVar(&o.fastPath, "router-fast-path", true, "the router serves lone read-only simple queries on its event loop (on by default, as in the agent); off: every transaction on a goroutine")
 	flag.BoolVar(&o.loadBalance, "router-load-balance", true, "the router sends reads outside transactions to the standbys (on by default, as in the agent); off: everything to the primary, as PgBouncer")
+	flag.Float64Var(&o.hostCPU, "host-cpu", 0, "put each PostgreSQL server in a CPU-quota cgroup of this many cores, as if on a small VM of its own (0: off; root)")
+	flag.Float64Var(&o.standby2CPU, "standby2-cpu", 0, "standby2's quota instead of -host-cpu's (unequal servers; 0: the same)")
+	flag.DurationVar(&o.cpuPeriod, "host-cpu-period", 20*time.Millisecond, "the CPU quota's period (cfs_period_us / cpu.max)")
 	quick := flag.Bool("quick", false, "smoke run: -duration 2s -warmup 1s -scale 1 -rounds 1 unless given")
 	flag.Parse()
 	if *quick {
@@ -223,6 +234,17 @@ func run(ctx context.Context, o *options) (err error) {
 		return err
 	}
 
+	if o.hostCPU > 0 {
+		quotas := []float64{o.hostCPU, o.hostCPU, o.hostCPU}
+		if o.standby2CPU > 0 {
+			quotas[2] = o.standby2CPU
+		}
+		if err := confineServers(cl, quotas, o.cpuPeriod, &td); err != nil {
+			return err
+		}
+		fmt.Printf("servers confined to CPU quotas (cores, period %v): primary %.2f, standby1 %.2f, standby2 %.2f; pgbench and the proxies unconfined\n",
+			o.cpuPeriod, quotas[0], quotas[1], quotas[2])
+	}
 	ts, err := startTargets(ctx, &td, dir, tools, cl, o)
 	if err != nil {
 		return err

@@ -24,7 +24,7 @@ import (
 // that knows only the primary and standby1) what it costs through the
 // router, and router-nolb is the router with load balancing off,
 // everything to the primary as PgBouncer does.
-var allTargets = []string{"direct", "direct-standby1", "direct-standbys", "pgbouncer", "pgpool", "router-nolb", "router-standby1", "router"}
+var allTargets = []string{"direct", "direct-standby1", "direct-standbys", "direct-spread", "pgbouncer", "pgpool", "router-nolb", "router-standby1", "router"}
 
 func isTarget(name string) bool { return slices.Contains(allTargets, name) }
 
@@ -73,6 +73,9 @@ func startTargets(ctx context.Context, td *teardown, dir string, t *tools, cl *c
 		case "direct-standbys":
 			tg = &target{name: name, port: cl.nodes[1].port, split: []int{cl.nodes[1].port, cl.nodes[2].port}, readOnly: true,
 				setup: "the two standbys themselves, half the clients each (one pgbench per standby, side by side); select-only cells only"}
+		case "direct-spread":
+			tg = &target{name: name, port: cl.nodes[0].port, split: []int{cl.nodes[0].port, cl.nodes[1].port, cl.nodes[2].port}, readOnly: true,
+				setup: "all three servers themselves, a third of the clients each (one pgbench per server, side by side): the physical limit for reads; select-only cells only"}
 		case "pgbouncer":
 			tg, err = startPgbouncer(dir, t, cl, o)
 		case "pgpool":
