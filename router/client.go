@@ -241,6 +241,13 @@ func (c *client) loop() error {
 		if fwd {
 			continue
 		}
+		switch msg.(type) {
+		case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
+			// Outside a COPY, as PostgreSQL does: ignored. A COPY FROM
+			// STDIN that failed ended the transaction and released the
+			// server connection while the client was still sending.
+			continue
+		}
 		if flushPoint(msg) {
 			c.pending = append(c.pending, msg) // used before the next Receive: no copy
 			err := c.dispatch()

@@ -273,3 +273,65 @@ func tableName(p *string) string {
 	}
 	return *p
 }
+
+// testCopyAfterError: a client still sending COPY data after its COPY
+// failed (the server's error and ReadyForQuery crossed its data on the
+// wire) is not a protocol violation: PostgreSQL ignores CopyData, CopyDone
+// and CopyFail outside a COPY, and so does the router; the session goes on.
+func testCopyAfterError(t *testing.T, tr *testRouter) {
+	ctx := testContext(t)
+	if _, err := connect(t, tr.rw, trustUser, "").Exec(ctx, "CREATE TABLE IF NOT EXISTS pgha_copy_err (x int)"); err != nil {
+		t.Fatal(err)
+	}
+	_, fe := rawSession(t, tr.rw)
+	fe.Send(&pgproto3.Query{String: "COPY pgha_copy_err FROM STDIN"})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := fe.Receive(); err != nil {
+		t.Fatal(err)
+	} else if _, ok := msg.(*pgproto3.CopyInResponse); !ok {
+		t.Fatalf("COPY FROM STDIN: got %T, want CopyInResponse", msg)
+	}
+	fe.Send(&pgproto3.CopyData{Data: []byte("not a number\n")})
+	fe.Send(&pgproto3.Flush{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var copyErr *pgproto3.ErrorResponse
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			cp := *e
+			copyErr = &cp
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	if copyErr == nil || copyErr.Code != "22P02" {
+		t.Fatalf("COPY of a bad row: %+v; want 22P02", copyErr)
+	}
+	// The rest of the client's COPY stream, then a query.
+	fe.Send(&pgproto3.CopyData{Data: []byte("1\n")})
+	fe.Send(&pgproto3.CopyDone{})
+	fe.Send(&pgproto3.Query{String: "SELECT 42"})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	got := ""
+	for _, m := range readUntilReady(t, fe) {
+		switch m := m.(type) {
+		case *pgproto3.DataRow:
+			got = string(m.Values[0])
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("after the failed COPY: %s %s", m.Code, m.Message)
+		}
+	}
+	if got != "42" {
+		t.Errorf("SELECT 42 after the failed COPY returned %q", got)
+	}
+}

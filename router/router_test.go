@@ -60,6 +60,7 @@ func TestRouter(t *testing.T) {
 			t.Run("BadInput", func(t *testing.T) { testBadInput(t, tr) })
 			t.Run("StartupParams", func(t *testing.T) { testStartupParams(t, tr) })
 			t.Run("Listen", func(t *testing.T) { testListen(t, tr, mode) })
+			t.Run("CopyAfterError", func(t *testing.T) { testCopyAfterError(t, tr) })
 			if mode == router.PoolSession {
 				t.Run("ServerDeath", func(t *testing.T) { testServerDeath(t, tr) })
 			}
