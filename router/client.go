@@ -54,8 +54,12 @@ type client struct {
 	pid      uint32
 	secret   []byte
 
-	stmts   map[string]*stmt // the client's named prepared statements (transaction mode)
-	unnamed Class            // class of the last unnamed Parse
+	stmts map[string]*stmt // the client's named prepared statements (transaction mode)
+	// dupNames: server statement names the router asked the server to
+	// prepare again, so that it refuses as it would the client's name
+	// (42P05), by server name: the client's name. Under mu.
+	dupNames map[string]string
+	unnamed  Class // class of the last unnamed Parse
 	// lastUnnamed is the client's last unnamed Parse (transaction mode): a
 	// Bind of the unnamed statement in a later transaction, on another
 	// server connection, gets it re-parsed there. pgproto3's Parse.Decode
@@ -542,7 +546,14 @@ func (c *client) prepareOnly() bool {
 // tries again and reports the error again.
 func (c *client) answerPrepare() error {
 	for _, m := range c.pending[:len(c.pending)-1] {
-		c.register(m.(*pgproto3.Parse))
+		p := m.(*pgproto3.Parse)
+		if c.stmts[p.Name] != nil {
+			// As PostgreSQL: an error, and the rest up to Sync skipped.
+			c.send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42P05",
+				Message: `prepared statement "` + p.Name + `" already exists`})
+			break
+		}
+		c.register(p)
 		c.send(&pgproto3.ParseComplete{})
 	}
 	c.send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
@@ -844,6 +855,20 @@ func (c *client) enqueue(sc *serverConn, msg pgproto3.FrontendMessage) {
 		c.unsynced = true
 		c.noteEffects(sc, m.Query)
 		if c.txnMode && m.Name != "" {
+			if old := c.stmts[m.Name]; old != nil {
+				// PostgreSQL refuses to prepare a name twice (42P05) and
+				// skips the rest of the batch. The server says so itself
+				// when asked to prepare the existing statement's server
+				// name again; relay puts the client's name in its message.
+				c.ensurePrepared(sc, old)
+				emit(&pgproto3.Parse{Name: old.serverName, Query: m.Query, ParameterOIDs: m.ParameterOIDs})
+				c.drops = append(c.drops, dropEntry{typ: '1'})
+				if c.dupNames == nil {
+					c.dupNames = map[string]string{}
+				}
+				c.dupNames[old.serverName] = m.Name
+				return
+			}
 			st := c.register(m)
 			if sc.prepared[st.serverName] {
 				emit(&pgproto3.Close{ObjectType: 'S', Name: st.serverName})
@@ -1084,6 +1109,16 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 			}
 		case *pgproto3.ErrorResponse:
 			serverFatal = m.Severity == "FATAL" || m.Severity == "PANIC"
+			if m.Code == "42P05" {
+				c.mu.Lock()
+				for server, name := range c.dupNames {
+					if strings.Contains(m.Message, `"`+server+`"`) {
+						m.Message = strings.Replace(m.Message, `"`+server+`"`, `"`+name+`"`, 1)
+						delete(c.dupNames, server)
+					}
+				}
+				c.mu.Unlock()
+			}
 		case *pgproto3.ParameterStatus:
 			// The client changed a reported setting (SET application_name):
 			// the next hand-over applies its owner's set again. Under mu:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -333,5 +334,73 @@ func testCopyAfterError(t *testing.T, tr *testRouter) {
 	}
 	if got != "42" {
 		t.Errorf("SELECT 42 after the failed COPY returned %q", got)
+	}
+}
+
+// testPostgresErrors: through the router a client gets PostgreSQL's own
+// answers where a pooling proxy could easily differ: a second Parse of a
+// statement name fails with 42P05 naming the client's statement (and the
+// first statement stays), both when the router prepares lazily (Parse and
+// Sync alone, as libpq's PQprepare sends) and when the server answers
+// (Parse, Describe, Sync, as pgx sends); a statement with 65535
+// parameters, the protocol's limit, runs.
+func testPostgresErrors(t *testing.T, tr *testRouter) {
+	ctx := testContext(t)
+	c := connect(t, tr.rw, trustUser, "")
+	pc := c.PgConn()
+	if _, err := pc.Prepare(ctx, "pgha_dup", "SELECT 1", nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := pc.Prepare(ctx, "pgha_dup", "SELECT 2", nil)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "42P05" || pgErr.Message != `prepared statement "pgha_dup" already exists` {
+		t.Errorf("second Parse of pgha_dup (Parse, Describe, Sync): %v; want PostgreSQL's 42P05 naming pgha_dup", err)
+	}
+	res := pc.ExecPrepared(ctx, "pgha_dup", nil, nil, nil).Read()
+	if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "1" {
+		t.Errorf("pgha_dup after the refused second Parse: %v %q; want the first statement's 1", res.Err, res.Rows)
+	}
+
+	_, fe := rawSession(t, tr.rw)
+	for i, sql := range []string{"SELECT 1", "SELECT 2"} {
+		fe.Send(&pgproto3.Parse{Name: "pgha_dup_raw", Query: sql})
+		fe.Send(&pgproto3.Sync{})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		var code string
+		for {
+			msg, err := fe.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+				code = e.Code + " " + e.Message
+			}
+			if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+				break
+			}
+		}
+		want := ""
+		if i == 1 {
+			want = `42P05 prepared statement "pgha_dup_raw" already exists`
+		}
+		if code != want {
+			t.Errorf("Parse %d of pgha_dup_raw (Parse, Sync): error %q, want %q", i+1, code, want)
+		}
+	}
+
+	const n = 65535
+	var b strings.Builder
+	b.WriteString("SELECT array_length(ARRAY[0")
+	args := make([]any, n)
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, ",$%d::int", i)
+		args[i-1] = i
+	}
+	b.WriteString("], 1)")
+	var got int
+	if err := c.QueryRow(ctx, b.String(), args...).Scan(&got); err != nil || got != n+1 {
+		t.Errorf("a statement with %d parameters: %d, %v", n, got, err)
 	}
 }

@@ -61,6 +61,7 @@ func TestRouter(t *testing.T) {
 			t.Run("StartupParams", func(t *testing.T) { testStartupParams(t, tr) })
 			t.Run("Listen", func(t *testing.T) { testListen(t, tr, mode) })
 			t.Run("CopyAfterError", func(t *testing.T) { testCopyAfterError(t, tr) })
+			t.Run("PostgresErrors", func(t *testing.T) { testPostgresErrors(t, tr) })
 			if mode == router.PoolSession {
 				t.Run("ServerDeath", func(t *testing.T) { testServerDeath(t, tr) })
 			}
