@@ -63,6 +63,7 @@ type options struct {
 	// off); standby2CPU overrides standby2's (unequal servers).
 	hostCPU, standby2CPU float64
 	cpuPeriod            time.Duration
+	idleClients          int // -idle-clients: the idle-footprint run (0: skip)
 }
 
 func (o *options) validate() error {
@@ -85,8 +86,10 @@ func (o *options) validate() error {
 		return errors.New("-standby2-cpu needs -host-cpu")
 	case o.auth != "trust" && o.auth != "md5":
 		return fmt.Errorf("-auth %q: want trust or md5", o.auth)
-	case len(o.clients) == 0 && o.connectClients == 0:
-		return errors.New("-clients is empty and -connect-clients is 0: nothing to run")
+	case o.idleClients < 0:
+		return errors.New("-idle-clients: want 0 (skip) or more")
+	case len(o.clients) == 0 && o.connectClients == 0 && o.idleClients == 0:
+		return errors.New("-clients is empty, -connect-clients and -idle-clients are 0: nothing to run")
 	}
 	for _, c := range o.clients {
 		if c < 1 || c > 500 {
@@ -154,6 +157,7 @@ func main() {
 	flag.Float64Var(&o.hostCPU, "host-cpu", 0, "put each PostgreSQL server in a CPU-quota cgroup of this many cores, as if on a small VM of its own (0: off; root)")
 	flag.Float64Var(&o.standby2CPU, "standby2-cpu", 0, "standby2's quota instead of -host-cpu's (unequal servers; 0: the same)")
 	flag.DurationVar(&o.cpuPeriod, "host-cpu-period", 20*time.Millisecond, "the CPU quota's period (cfs_period_us / cpu.max)")
+	flag.IntVar(&o.idleClients, "idle-clients", 0, "also open this many idle clients through PgBouncer and the router, in turn, and print each one's memory per client and CPU while idle (0: skip)")
 	quick := flag.Bool("quick", false, "smoke run: -duration 2s -warmup 1s -scale 1 -rounds 1 unless given")
 	flag.Parse()
 	if *quick {
@@ -245,17 +249,28 @@ func run(ctx context.Context, o *options) (err error) {
 		fmt.Printf("servers confined to CPU quotas (cores, period %v): primary %.2f, standby1 %.2f, standby2 %.2f; pgbench and the proxies unconfined\n",
 			o.cpuPeriod, quotas[0], quotas[1], quotas[2])
 	}
+	if o.idleClients > 0 {
+		// Before the proxies start: they inherit the limit.
+		if err := raiseFileLimit(o.idleClients + 1000); err != nil {
+			return err
+		}
+	}
 	ts, err := startTargets(ctx, &td, dir, tools, cl, o)
 	if err != nil {
 		return err
 	}
 	printSetup(ts, cl, o)
-	res, err := runMatrix(ctx, ts, cl, tools, o)
-	if err != nil {
-		return err
+	if len(cells(o)) > 0 {
+		res, err := runMatrix(ctx, ts, cl, tools, o)
+		if err != nil {
+			return err
+		}
+		printReport(res, ts, o)
+		printProxyCounters(ctx, ts, o)
 	}
-	printReport(res, ts, o)
-	printProxyCounters(ctx, ts, o)
+	if o.idleClients > 0 {
+		return idleFootprint(ctx, ts, o)
+	}
 	return nil
 }
 

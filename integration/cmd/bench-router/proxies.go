@@ -152,7 +152,7 @@ ignore_startup_parameters = extra_float_digits
 log_connections = 0
 log_disconnections = 0
 stats_period = 60
-`, benchDB, cl.nodes[0].port, port, d, o.auth, users, o.poolSize, o.maxClients()+100)
+`, benchDB, cl.nodes[0].port, port, d, o.auth, users, o.poolSize, max(o.maxClients(), o.idleClients)+100)
 	conf := filepath.Join(d, "pgbouncer.ini")
 	if err := writeFile(conf, ini); err != nil {
 		return nil, err
@@ -284,6 +284,7 @@ func startRouter(dir string, nodes []*node, o *options, name string, loadBalance
 		"-auth", o.auth,
 		"-userlist", users,
 		"-monitor-user", benchUser, "-monitor-db", "postgres",
+		"-max-client-conn", strconv.Itoa(max(o.maxClients(), o.idleClients) + 100),
 	}
 	if o.auth == "md5" {
 		args = append(args, "-monitor-password", benchPassword)

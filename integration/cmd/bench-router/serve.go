@@ -32,6 +32,7 @@ func serveRouter(args []string) error {
 	listen := fs.String("listen", "127.0.0.1:0", "address of the read/write listener")
 	backendList := fs.String("backends", "", "name=host:port,... of the servers; the first is the primary")
 	poolSize := fs.Int("pool-size", 20, "server connections per (server, database, user)")
+	maxClients := fs.Int("max-client-conn", 1000, "client connections at most")
 	auth := fs.String("auth", "trust", "client authentication: trust or md5")
 	userList := fs.String("userlist", "", "PgBouncer-style auth file (needed with md5)")
 	monUser := fs.String("monitor-user", "postgres", "role that reads replay positions")
@@ -52,6 +53,7 @@ func serveRouter(args []string) error {
 	cfg := router.Config{
 		PoolMode:              router.PoolTransaction,
 		PoolSize:              *poolSize,
+		MaxClientConn:         *maxClients,
 		MaxLag:                1 << 20, // the agent's default router.max_lag
 		DisableReadYourWrites: !*ryw,
 		DisableLoadBalance:    !*lb,
