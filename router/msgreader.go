@@ -3,6 +3,7 @@ package router
 import (
 	"encoding/binary"
 	"io"
+	"sync"
 )
 
 // msgReader sits between a socket and pgproto3's Backend or Frontend. It
@@ -25,6 +26,25 @@ const msgReaderSize = 32 << 10
 
 func newMsgReader(src io.Reader) *msgReader {
 	return &msgReader{src: src, buf: make([]byte, msgReaderSize)}
+}
+
+// clientBufs recycles the buffers of client sessions' readers: a
+// connection per transaction (pgbench -C, PHP) would otherwise allocate
+// and zero 32 kB per login.
+var clientBufs = sync.Pool{New: func() any { return new([msgReaderSize]byte) }}
+
+// newClientReader is newMsgReader with a recycled buffer; release gives it
+// back once nothing reads the session any more.
+func newClientReader(src io.Reader) *msgReader {
+	return &msgReader{src: src, buf: clientBufs.Get().(*[msgReaderSize]byte)[:]}
+}
+
+// release returns a newClientReader's buffer; m must not be used after.
+func (m *msgReader) release() {
+	if len(m.buf) == msgReaderSize {
+		clientBufs.Put((*[msgReaderSize]byte)(m.buf))
+	}
+	m.buf, m.r, m.w = nil, 0, 0
 }
 
 // Read implements io.Reader for pgproto3.

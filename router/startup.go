@@ -81,6 +81,7 @@ func (r *Router) serveClient(conn net.Conn, role Role) {
 	}
 	err = c.loop()
 	c.cleanup()
+	c.mr.release() // the loop and the fast path are done with it
 	if err != nil && !clientIOError(err) {
 		r.log.Debug("client session ended", "client", c.remote, "user", c.user, "db", c.db, "err", err)
 	}
@@ -93,7 +94,7 @@ func (c *client) startup() (bool, error) {
 	if err != nil || sm == nil {
 		return false, err
 	}
-	c.mr = newMsgReader(c.conn)
+	c.mr = newClientReader(c.conn)
 	c.be = pgproto3.NewBackend(c.mr, c.conn)
 	c.be.SetMaxBodyLen(8192) // until authenticated
 	c.user = sm.Parameters["user"]
