@@ -168,6 +168,16 @@ func (a *Agent) leadOnce(ctx context.Context) {
 		in.Now = time.Now()
 		plan = decide(in)
 	}
+	if plan.Retry && st.Switchover.Active() && st.Switchover.To != "" {
+		// The switchover waits for the candidate to have received the
+		// stopped primary's last WAL: ask the candidate now instead of
+		// deciding again on its observation from the last poll (up to a
+		// health interval old: 0.4 s of every switchover).
+		a.refresh(ctx, st, st.Switchover.To)
+		in.Observations = a.obs.snapshot()
+		in.Now = time.Now()
+		plan = decide(in)
+	}
 	if plan.Waiting != l.waiting {
 		if plan.Waiting != "" {
 			a.log.Info("leader waiting", "epoch", st.Epoch, "reason", plan.Waiting)

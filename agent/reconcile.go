@@ -480,9 +480,8 @@ func (a *Agent) reportShutDown(ctx context.Context, stopped <-chan struct{}) {
 			return
 		case <-time.After(10 * time.Millisecond):
 		}
-		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		state, err := a.inst.ClusterState(cctx)
-		cancel()
+		// pg_control read in place: no pg_controldata run every 10 ms.
+		state, err := a.inst.ClusterStateNow()
 		if err == nil && state == "shut down" {
 			a.pushObservation(ctx)
 			return
