@@ -114,17 +114,12 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			continue
 		}
 		// A postmaster that is gone, or killed and not reaped yet (its
-		// postmaster.pid names a zombie), acknowledges nothing.
+		// postmaster.pid names a zombie), acknowledges nothing; nor does a
+		// standalone backend (pg_rewind's crash recovery of a deposed
+		// primary, run by this agent), which has no listening socket:
+		// frozen and killed, it failed every rewind.
 		pid, standalone, _ := a.inst.LockFileOwner()
-		if pid == 0 || postgres.Exited(pid) {
-			harmless = time.Now()
-			continue
-		}
-		// Nor does a standalone backend (pg_rewind's crash recovery of a
-		// deposed primary, run by this agent): it has no listening socket.
-		// Frozen and killed, it failed every rewind, and the node was
-		// re-cloned.
-		if standalone {
+		if pid == 0 || standalone || postgres.Exited(pid) {
 			harmless = time.Now()
 			continue
 		}

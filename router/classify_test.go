@@ -78,7 +78,7 @@ func TestIsDiscard(t *testing.T) {
 		{`SELECT "deallocate" FROM t`, false},
 		{"", false},
 	} {
-		if got := isDiscard(tc.sql); got != tc.want {
+		if got := sessionEffects(tc.sql)&effDiscard != 0; got != tc.want {
 			t.Errorf("isDiscard(%q) = %v, want %v", tc.sql, got, tc.want)
 		}
 	}

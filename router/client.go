@@ -957,14 +957,7 @@ func (c *client) noteEffects(sc *serverConn, sql string) {
 // not find its temporary tables, prepared statements, held cursors or
 // advisory locks. false: sc is not reusable.
 func discardLeftovers(sc *serverConn) bool {
-	if !sc.leftovers {
-		return true
-	}
-	_, err := sc.simpleQuery("DISCARD ALL")
-	clear(sc.prepared)
-	sc.paramsKey = "" // RESET ALL: the login's settings
-	sc.leftovers = false
-	return err == nil
+	return !sc.leftovers || sc.discardAll() == nil
 }
 
 func (c *client) stmtFor(name string) *stmt {
@@ -1319,10 +1312,8 @@ func (c *client) cleanup() {
 	if !c.txnMode {
 		c.stopWatching(sc)
 		sc.conn.SetDeadline(time.Now().Add(c.r.cfg.ServerConnectTimeout))
-		_, err := sc.simpleQuery("DISCARD ALL")
+		err := sc.discardAll()
 		sc.conn.SetDeadline(time.Time{})
-		clear(sc.prepared)
-		sc.paramsKey = "" // RESET ALL: back to the login's settings
 		sc.pool.release(sc, err == nil)
 		return
 	}

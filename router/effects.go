@@ -97,6 +97,4 @@ func sessionEffects(sql string) effects {
 	return e
 }
 
-func isDiscard(sql string) bool       { return sessionEffects(sql)&effDiscard != 0 }
-func isListen(sql string) bool        { return sessionEffects(sql)&effListen != 0 }
-func changesSettings(sql string) bool { return sessionEffects(sql)&effSettings != 0 }
+func isListen(sql string) bool { return sessionEffects(sql)&effListen != 0 }

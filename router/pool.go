@@ -598,6 +598,17 @@ func (sc *serverConn) simpleQuery(sql string) (string, error) {
 	}
 }
 
+// discardAll runs DISCARD ALL on the idle sc and forgets what it knew of
+// the session: no prepared statements, the login's settings (RESET ALL),
+// no leftovers.
+func (sc *serverConn) discardAll() error {
+	_, err := sc.simpleQuery("DISCARD ALL")
+	clear(sc.prepared)
+	sc.paramsKey = ""
+	sc.leftovers = false
+	return err
+}
+
 // cancel sends a CancelRequest for whatever sc runs now.
 func (sc *serverConn) cancel() error {
 	conn, err := net.DialTimeout("tcp", sc.pool.key.addr, 2*time.Second)

@@ -278,8 +278,12 @@ type Router struct {
 	nClient int
 	closed  bool
 
+	// holdCh is non-nil while held, closed by Resume; holdMu serialises
+	// Hold and Resume. Read without the lock (holdChan): every read and
+	// every write asks. Atomics are sequentially consistent, as the lock
+	// was, for the toPrimary handshake below.
 	holdMu sync.Mutex
-	holdCh chan struct{} // non-nil while held; closed by Resume
+	holdCh atomic.Pointer[chan struct{}]
 	// toPrimary counts transactions on their way to the primary: past the
 	// hold check, not yet holding a server connection (queued in the
 	// pool included). Hold waits for them too: a transaction that passed
@@ -590,8 +594,9 @@ func (r *Router) Close() error {
 // primary.
 func (r *Router) Hold(ctx context.Context) error {
 	r.holdMu.Lock()
-	if r.holdCh == nil {
-		r.holdCh = make(chan struct{})
+	if r.holdCh.Load() == nil {
+		ch := make(chan struct{})
+		r.holdCh.Store(&ch)
 	}
 	r.holdMu.Unlock()
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -615,9 +620,9 @@ func (r *Router) Hold(ctx context.Context) error {
 func (r *Router) Resume() {
 	r.holdMu.Lock()
 	defer r.holdMu.Unlock()
-	if r.holdCh != nil {
-		close(r.holdCh)
-		r.holdCh = nil
+	if ch := r.holdCh.Load(); ch != nil {
+		close(*ch)
+		r.holdCh.Store(nil)
 	}
 }
 
@@ -674,9 +679,10 @@ func (r *Router) waitResume(ch chan struct{}, deadline time.Time) error {
 }
 
 func (r *Router) holdChan() chan struct{} {
-	r.holdMu.Lock()
-	defer r.holdMu.Unlock()
-	return r.holdCh
+	if ch := r.holdCh.Load(); ch != nil {
+		return *ch
+	}
+	return nil
 }
 
 // primaryActive counts server connections in use on the backend the

@@ -15,15 +15,33 @@ const clockTick = 10 * time.Millisecond
 // of every process in process group pgid: a proxy and, for pgpool-II, its
 // children. Zero when /proc is unreadable.
 func groupCPU(pgid int) time.Duration {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	var ticks int64
+	for _, p := range groupProcs(pgid) {
+		for _, k := range p.stat[11:15] {
+			n, _ := strconv.ParseInt(k, 10, 64)
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * clockTick
+}
+
+// groupProc is a process of a group: its /proc directory and the fields
+// of its stat file after the command name (state ppid pgrp ... utime
+// stime cutime cstime ...; the name may contain spaces).
+type groupProc struct {
+	dir  string
+	stat []string
+}
+
+// groupProcs lists the processes in process group pgid.
+func groupProcs(pgid int) []groupProc {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var out []groupProc
 	for _, path := range stats {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			continue // the process ended meanwhile
 		}
-		// pid (comm) state ppid pgrp ... utime stime cutime cstime: the
-		// fields after the command name, which may contain spaces.
 		s := string(b)
 		i := strings.LastIndexByte(s, ')')
 		if i < 0 {
@@ -33,12 +51,9 @@ func groupCPU(pgid int) time.Duration {
 		if len(f) < 15 || f[2] != strconv.Itoa(pgid) {
 			continue
 		}
-		for _, k := range f[11:15] {
-			n, _ := strconv.ParseInt(k, 10, 64)
-			ticks += n
-		}
+		out = append(out, groupProc{dir: filepath.Dir(path), stat: f})
 	}
-	return time.Duration(ticks) * clockTick
+	return out
 }
 
 // machineCPU returns the busy and total CPU time of the machine so far

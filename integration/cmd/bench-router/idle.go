@@ -20,9 +20,7 @@ import (
 // they used over idleFor while the clients idled.
 func idleFootprint(ctx context.Context, ts []*target, o *options) error {
 	const idleFor = 10 * time.Second
-	if err := raiseFileLimit(o.idleClients + 1000); err != nil {
-		return err
-	}
+	// run raised the open-file limit before the proxies started.
 	fmt.Printf("\n== %d idle clients per proxy (logged in, then nothing; memory per client = resident set gained / clients; CPU over %v of idling)\n", o.idleClients, idleFor)
 	for _, tg := range ts {
 		if tg.name != "pgbouncer" && tg.name != "router" || tg.proc == nil {
@@ -64,23 +62,9 @@ func idleFootprint(ctx context.Context, ts []*target, o *options) error {
 
 // groupRSS is the resident set of the processes in group pgid, in kB.
 func groupRSS(pgid int) int64 {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	var kb int64
-	for _, path := range stats {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) < 3 || f[2] != strconv.Itoa(pgid) {
-			continue
-		}
-		status, err := os.ReadFile(filepath.Join(filepath.Dir(path), "status"))
+	for _, p := range groupProcs(pgid) {
+		status, err := os.ReadFile(filepath.Join(p.dir, "status"))
 		if err != nil {
 			continue
 		}
