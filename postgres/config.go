@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -23,6 +24,13 @@ const (
 	StopFast      StopMode = "fast"      // roll back sessions, clean shutdown (the usual choice)
 	StopImmediate StopMode = "immediate" // no shutdown checkpoint; crash recovery on next start
 )
+
+// stopSignal is the postmaster's signal for each mode (as pg_ctl sends it).
+var stopSignal = map[StopMode]syscall.Signal{
+	StopSmart:     syscall.SIGTERM,
+	StopFast:      syscall.SIGINT,
+	StopImmediate: syscall.SIGQUIT,
+}
 
 // Role is a database login role pgha manages. Password is the clear-text
 // password from the agent's configuration; PostgreSQL stores it as a

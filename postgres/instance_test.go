@@ -83,6 +83,15 @@ func TestPrimaryLifecycle(t *testing.T) {
 		if st.Running || st.PID != 0 || time.Since(start) > time.Second {
 			t.Errorf("after Stop(%s): %+v (took %v)", mode, st, time.Since(start))
 		}
+		// pg_control read in place agrees with pg_controldata on a clean
+		// stop and its WAL end; an immediate stop is not clean.
+		at, clean, err := inst.ShutDownAtNow()
+		if err != nil || clean != (mode != postgres.StopImmediate) {
+			t.Errorf("ShutDownAtNow after Stop(%s) = %s, %v, %v", mode, at, clean, err)
+		}
+		if ckpt, err := inst.CheckpointLSN(ctx); clean && (err != nil || ckpt != at || at == 0) {
+			t.Errorf("after Stop(%s): ShutDownAtNow %s, pg_controldata's checkpoint %s (%v)", mode, at, ckpt, err)
+		}
 		if err := inst.Stop(ctx, mode); err != nil {
 			t.Errorf("Stop(%s) of a stopped server: %v", mode, err)
 		}

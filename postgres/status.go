@@ -115,6 +115,16 @@ func (i *Instance) Status(ctx context.Context) Status {
 		st.InRecovery = i.inRecoveryByControl()
 		return st
 	}
+	if i.shutdownUnderway() {
+		// It refuses every connection and has no session left, and a
+		// refused connect costs tens of milliseconds on a loaded host,
+		// which a switchover waits out on every observation of the
+		// stopping primary. What a refused connect would have said, at
+		// once.
+		st = Status{PID: pid, Unresponsive: true, Error: fmt.Sprintf("the postmaster (pid %d) is shutting down", pid)}
+		st.InRecovery = i.inRecoveryByControl()
+		return st
+	}
 	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
 	defer cancel()
 	err = i.with(ctx, &i.stat, func(c *pgx.Conn) error { return queryStatus(ctx, c, &st) })
@@ -127,13 +137,27 @@ func (i *Instance) Status(ctx context.Context) Status {
 	return st
 }
 
+// shutdownUnderway: the postmaster says it is stopping (postmaster.pid) and
+// either this Instance asked for a fast or immediate stop, which ends every
+// session, or the shutdown checkpoint has begun (pg_control), which comes
+// after the last session ended. A smart shutdown's sessions go on, and
+// Status goes on answering through its connection.
+func (i *Instance) shutdownUnderway() bool {
+	if i.lockFileStatus() != "stopping" {
+		return false
+	}
+	if i.stoppingFast.Load() {
+		return true
+	}
+	state, err := i.ClusterStateNow()
+	return err == nil && (state == "shutting down" || state == "shut down")
+}
+
 // inRecoveryByControl says from pg_control, without a connection, whether
 // the live server is a standby; false when unknown (judged as a possible
 // writer).
 func (i *Instance) inRecoveryByControl() bool {
-	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
-	defer cancel()
-	state, err := i.ClusterState(ctx)
+	state, err := i.ClusterStateNow()
 	return err == nil && state != "in production"
 }
 
