@@ -217,8 +217,9 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 	o.CallbackProblem = a.callbacks.lastProblem()
 	o.DataDirWAL, o.DataDirWALError = a.adoptionWAL(ctx, o.Postgres, dds)
 	if !o.Postgres.Running && dds == postgres.DataDirValid {
-		if state, err := a.inst.ClusterState(ctx); err == nil && state == "shut down" {
-			o.StoppedLSN, _ = a.inst.CheckpointLSN(ctx)
+		// Read in place: a switchover waits for this, no pg_controldata.
+		if at, clean, err := a.inst.ShutDownAtNow(); err == nil && clean {
+			o.StoppedLSN = at
 		}
 	}
 	return o

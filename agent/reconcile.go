@@ -383,9 +383,8 @@ func (a *Agent) startAndPromote(ctx context.Context, st consensus.State, pg post
 	if err := a.syncBeforePromote(ctx, st, pg); err != nil {
 		return fmt.Errorf("not promoting: %w", err)
 	}
-	if err := a.inst.CreateMissingSlots(ctx, a.slotsOfOthers(st)); err != nil {
-		a.log.Warn("replication slots not ready before promotion; the standbys retry until they are", "err", err)
-	}
+	// Usually there already (slotsAhead): judged on pg, no query.
+	a.slotsAhead(ctx, st, pg)
 	if st.Timeline > pg.Timeline {
 		if err := a.inst.ReserveTimeline(pg.Timeline, st.Timeline); err != nil {
 			a.log.Error("cannot reserve the committed timeline; PostgreSQL takes the next free one", "timeline", st.Timeline, "err", err)
@@ -402,13 +401,21 @@ func (a *Agent) startAndPromote(ctx context.Context, st consensus.State, pg post
 	return nil
 }
 
-// syncBeforePromote writes synchronous_standby_names for the new epoch into
-// the standby's configuration, reloads, and waits until the server shows it.
+// syncBeforePromote makes sure the server's synchronous_standby_names names
+// only members of the new epoch's synchronous set before it is promoted.
+// What the standby keeps there (standbySyncNames) usually is; otherwise it
+// writes the names for the new epoch, reloads, and waits until the server
+// shows them. The primary's loop writes the exact names after the promotion.
 func (a *Agent) syncBeforePromote(ctx context.Context, st consensus.State, pg postgres.Status) error {
 	names := a.syncNames(st, pg)
 	want := syncNamesValue(names)
 	if ok, why := syncSafe(a.failover().Synchronous(), st, a.cfg.Name, want); !ok {
 		return errors.New(why)
+	}
+	// pg is the server's status of a moment ago: no query of its own (a
+	// new connection to a loaded standby can take 60 ms).
+	if ok, _ := syncSafe(true, st, a.cfg.Name, pg.SyncStandbyNames); ok && pg.Running && a.failover().Synchronous() {
+		return nil
 	}
 	if err := a.inst.SetSyncStandbyNames(names); err != nil {
 		return err
@@ -512,6 +519,27 @@ func (a *Agent) syncNames(st consensus.State, pg postgres.Status) []string {
 	if len(st.SyncStandbys) > 0 {
 		return st.SyncStandbys
 	}
+	return a.otherMembers(st)
+}
+
+// standbySyncNames is what a standby keeps in synchronous_standby_names in
+// synchronous mode: every other member. A standby ignores the setting; kept
+// there, it is already safe for a promotion whose synchronous set holds
+// every other member (a switchover with all members healthy), which then
+// needs no write and reload between the leader's decision and pg_ctl
+// promote. And the server waits for a standby from its first commit on:
+// its checkpointer published long ago that names are set (PostgreSQL's
+// sync_standbys_defined, which each commit checks), where a reload just
+// before the promotion races with it.
+func (a *Agent) standbySyncNames(st consensus.State) []string {
+	if !a.failover().Synchronous() {
+		return nil
+	}
+	return a.otherMembers(st)
+}
+
+// otherMembers are the members but this one, sorted.
+func (a *Agent) otherMembers(st consensus.State) []string {
 	var others []string
 	for name := range st.Members {
 		if name != a.cfg.Name {
@@ -581,7 +609,7 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 			}
 		}
 	}
-	change, err := a.inst.Configure(a.standbyOf(p), nil)
+	change, err := a.inst.Configure(a.standbyOf(p), a.standbySyncNames(st))
 	if err != nil {
 		return fmt.Errorf("configure standby: %w", err)
 	}
@@ -630,7 +658,7 @@ func (a *Agent) slotsAhead(ctx context.Context, st consensus.State, pg postgres.
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
 	if err := a.inst.CreateMissingSlots(qctx, want); err != nil {
-		a.log.Warn("cannot create replication slots ahead of a promotion", "err", err)
+		a.log.Warn("cannot create replication slots ahead of a promotion; the standbys retry until they exist", "err", err)
 	}
 }
 

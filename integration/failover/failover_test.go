@@ -301,6 +301,11 @@ func TestFailover(t *testing.T) {
 		if fi, err := os.Stat(oldLog); err == nil {
 			logFrom = fi.Size()
 		}
+		candLog := lc.Node(cand).PGData + ".log"
+		var candFrom int64
+		if fi, err := os.Stat(candLog); err == nil {
+			candFrom = fi.Size()
+		}
 		out := cli(t, lc, "switchover", "--candidate", cand)
 		t.Logf("switchover: %s", strings.TrimSpace(out))
 		v := itest.WaitHealthy(t, lc, 3, 60*time.Second)
@@ -317,6 +322,18 @@ func TestFailover(t *testing.T) {
 			shutdown := strings.Index(tail, "received fast shutdown request")
 			if checkpoint < 0 || shutdown < 0 || checkpoint > shutdown {
 				t.Errorf("old primary %s: no CHECKPOINT before its fast shutdown (at %d and %d in its log since the switchover began)", old.Name, checkpoint, shutdown)
+			}
+		}
+		// The standby kept synchronous_standby_names naming every other
+		// member, so its promotion needed no write and reload of it
+		// between the leader's decision and the promote request.
+		if b, err := os.ReadFile(candLog); err != nil {
+			t.Error(err)
+		} else {
+			tail := string(b[min(candFrom, int64(len(b))):])
+			promote := strings.Index(tail, "received promote request")
+			if changed := strings.Index(tail, `parameter "synchronous_standby_names" changed`); promote < 0 || changed >= 0 && changed < promote {
+				t.Errorf("candidate %s: synchronous_standby_names reloaded before its promotion (at %d, promote request at %d in its log since the switchover began)", cand, changed, promote)
 			}
 		}
 		if m := memberOf(v, old.Name); m.State != "streaming" {
