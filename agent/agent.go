@@ -81,7 +81,11 @@ type Agent struct {
 	// running as the primary; if it is down in that same epoch, it crashed
 	// or was fenced, and starting it again is a restart the leader may refuse.
 	writableEpoch atomic.Uint64
-	started       time.Time // when Run began (the fence clock starts here)
+	// wakingReceiver is set while a goroutine wakes this standby's
+	// startup process until it streams from its new upstream
+	// (followNewUpstream).
+	wakingReceiver atomic.Bool
+	started        time.Time // when Run began (the fence clock starts here)
 	// restarted: Raft state existed when this run began. Its committed
 	// state then lags the log until a leader says how far it is committed
 	// (raft applies the log's tail only then), so it may not yet know that

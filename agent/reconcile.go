@@ -632,6 +632,9 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 		if err := a.inst.Reload(ctx); err != nil {
 			return err
 		}
+		if slices.Contains(change.What, "primary_conninfo") {
+			a.followNewUpstream(ctx, p)
+		}
 		a.callbacks.fire("on_reload", "replica", st)
 	}
 	if pg.Running {
@@ -639,6 +642,22 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 		return a.rewindIfForked(ctx, st, p, pg)
 	}
 	return nil
+}
+
+// followNewUpstream wakes this standby's startup process until it streams
+// from its new upstream p, for up to five seconds, in the background: after
+// every failover and switchover it fails at least once (the old upstream
+// went away, or p was still being promoted) and would otherwise sleep
+// wal_retrieve_retry_interval before trying again, while the new primary's
+// first commits wait for a synchronous standby.
+func (a *Agent) followNewUpstream(ctx context.Context, p consensus.Member) {
+	if !a.wakingReceiver.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer a.wakingReceiver.Store(false)
+		a.inst.WakeUntilStreaming(ctx, p.PGHost, p.PGPort, 5*time.Second)
+	}()
 }
 
 // slotsAhead keeps, on a running standby, the replication slots of every

@@ -530,14 +530,11 @@ func (i *Instance) Promote(ctx context.Context) error {
 		// A standby whose upstream is gone sleeps wal_retrieve_retry_interval
 		// between tries, and one that notices the promote request while
 		// streaming sleeps that out before it ends recovery (PostgreSQL 15:
-		// 0.2-0.25 s of every failover). A SIGHUP, passed on to the startup
-		// process, wakes it from that sleep; it then finds the request.
-		// Twice at most: every process rereads its configuration on each,
-		// which slows the end of recovery they would interrupt.
+		// 0.2-0.25 s of every failover). A SIGHUP to the startup process
+		// wakes it from that sleep (wake.go); it then finds the request.
+		// Twice at most: it rereads its configuration on each.
 		if since := time.Since(signalled); wakes == 0 && since >= 15*time.Millisecond || wakes == 1 && since >= 150*time.Millisecond {
-			if pid, _ := i.PostmasterPID(); pid > 0 {
-				_ = syscall.Kill(pid, syscall.SIGHUP)
-			}
+			i.wakeStartup(ctx)
 			wakes++
 		}
 		select {
