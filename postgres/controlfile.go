@@ -62,6 +62,7 @@ func (i *Instance) ShutDownAtNow() (LSN, bool, error) {
 // pg_time_t time (offset 24, 8-aligned) and XLogRecPtr checkPoint (offset
 // 32), in every version from 9.3 to 17.
 type control struct {
+	SystemID   uint64
 	State      string
 	Checkpoint LSN
 }
@@ -90,7 +91,11 @@ func readControl(path string) (control, error) {
 	if int(s) >= len(controlStates) {
 		return control{}, fmt.Errorf("read cluster state from %s: unknown state %d", path, s)
 	}
-	return control{State: controlStates[s], Checkpoint: LSN(binary.NativeEndian.Uint64(head[32:40]))}, nil
+	return control{
+		SystemID:   binary.NativeEndian.Uint64(head[0:8]),
+		State:      controlStates[s],
+		Checkpoint: LSN(binary.NativeEndian.Uint64(head[32:40])),
+	}, nil
 }
 
 // controlMaxSafeSize is PG_CONTROL_MAX_SAFE_SIZE: ControlFileData, its CRC

@@ -180,8 +180,13 @@ func (i *Instance) controlData(ctx context.Context) (map[string]string, error) {
 	return fields, nil
 }
 
-// SystemID returns the database system identifier from pg_controldata.
+// SystemID returns the database system identifier, from pg_control read in
+// place (the agent checks it on every pass: no pg_controldata run every
+// loop_interval), or from pg_controldata when that read fails.
 func (i *Instance) SystemID(ctx context.Context) (uint64, error) {
+	if c, err := readControl(filepath.Join(i.cfg.DataDir, "global", "pg_control")); err == nil && c.SystemID != 0 {
+		return c.SystemID, nil
+	}
 	fields, err := i.controlData(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("read system identifier: %w", err)

@@ -136,6 +136,7 @@ func TestStatusOfAStoppingPostmaster(t *testing.T) {
 // agent reads it: version, state, checkpoint location and the CRC (at 288).
 func fakeControl(state int, checkpoint LSN) []byte {
 	b := make([]byte, 8192)
+	binary.NativeEndian.PutUint64(b[0:8], 7445391827561034215)
 	binary.NativeEndian.PutUint32(b[8:12], 1300)
 	binary.NativeEndian.PutUint32(b[16:20], uint32(state))
 	binary.NativeEndian.PutUint64(b[32:40], uint64(checkpoint))
@@ -153,7 +154,7 @@ func TestControlReadInPlaceChecksCRC(t *testing.T) {
 	if err := os.WriteFile(path, good, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if c, err := readControl(path); err != nil || c.State != "shut down" || c.Checkpoint != 0x5000028 {
+	if c, err := readControl(path); err != nil || c.State != "shut down" || c.Checkpoint != 0x5000028 || c.SystemID != 7445391827561034215 {
 		t.Errorf("readControl of a whole file = %+v, %v", c, err)
 	}
 	torn := fakeControl(1, 0x5000028)
