@@ -24,8 +24,8 @@ import (
 // clients, and drops the VIP.
 type front struct {
 	mu      sync.Mutex
-	rt      *router.Router // non-nil while this node serves
-	serving sync.WaitGroup // the Serve goroutines of rt's two listeners
+	rt      *router.Router  // non-nil while this node serves
+	serving *sync.WaitGroup // the Serve goroutines of rt's two listeners (one per router: stopFront may leave an old one waiting)
 	topo    *router.BackendSet
 	// held is set while a switchover holds new transactions; sawSwitchover
 	// once the committed state shows it (the hold starts before the commit).
@@ -184,13 +184,15 @@ func (a *Agent) startRouterLocked() error {
 		return fmt.Errorf("router: %w", err)
 	}
 	f.rt, f.held = rt, false
+	serving := &sync.WaitGroup{}
+	f.serving = serving
 	for _, l := range []struct {
 		ln   net.Listener
 		role router.Role
 	}{{rw, router.ReadWrite}, {ro, router.ReadOnly}} {
-		f.serving.Add(1)
+		serving.Add(1)
 		go func() {
-			defer f.serving.Done()
+			defer serving.Done()
 			if err := rt.Serve(context.Background(), l.ln, l.role); err != nil {
 				a.log.Error("router listener stopped", "role", l.role.String(), "err", err)
 			}
@@ -206,16 +208,32 @@ func (a *Agent) startRouterLocked() error {
 func (a *Agent) stopFront(reason string) {
 	f := &a.front
 	f.mu.Lock()
-	rt := f.rt
-	f.rt, f.topo, f.held = nil, nil, false
+	rt, serving := f.rt, f.serving
+	f.rt, f.topo, f.held, f.serving = nil, nil, false, nil
 	f.mu.Unlock()
 	if rt == nil {
 		return
 	}
-	rt.Close()
-	f.serving.Wait()
-	a.log.Info("router stopped", "reason", reason)
+	// Bounded: the front loop that waits here is the one that takes the
+	// VIP and starts a router again if this node is elected again. Close
+	// shuts the listeners and every client and server socket at once; a
+	// session it still waits for can reach no server.
+	closed := make(chan struct{})
+	go func() {
+		rt.Close()
+		serving.Wait()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+		a.log.Info("router stopped", "reason", reason)
+	case <-time.After(routerCloseWait):
+		a.log.Error("router stopped without all its sessions: some did not end within the wait; they can reach no server", "reason", reason, "waited", routerCloseWait)
+	}
 }
+
+// routerCloseWait bounds how long stopFront waits for the router's sessions.
+const routerCloseWait = 5 * time.Second
 
 func (a *Agent) vipConfigured() bool { return a.vip != nil }
 

@@ -570,6 +570,13 @@ func (c *client) connect(class Class) (Backend, bool, *serverConn, error) {
 	r := c.r
 	deadline := time.Now().Add(r.settings().PrimaryWait)
 	for {
+		if r.ctx.Err() != nil {
+			// Closed: every pool is retired and stays so. Retrying would
+			// spin, and Close waits for this session (the chaos campaign:
+			// an agent that lost and regained Raft leadership waited
+			// minutes for its old router and never took the VIP back).
+			return Backend{}, false, nil, errShuttingDown
+		}
 		target, primary, err := c.route(class)
 		if err != nil {
 			return Backend{}, false, nil, err
@@ -590,6 +597,11 @@ func (c *client) connect(class Class) (Backend, bool, *serverConn, error) {
 			// retired before it serves (a switchover's topology update
 			// between route and get ended a pgbench client in CI).
 			c.pools = nil
+			if !cached {
+				// Looked up just now and retired already: wait for the
+				// topology that replaces it rather than spin.
+				r.waitViewChange(deadline)
+			}
 		case errors.Is(err, errPoolTimeout):
 			r.stats.PoolWaitTimeouts.Add(1)
 			return Backend{}, false, nil, &authError{code: "08P01", msg: fmt.Sprintf("query_wait_timeout: no server connection to %s free within %v (pool_size %d)", target.Name, r.settings().QueryWaitTimeout, r.settings().PoolSize)}

@@ -215,3 +215,62 @@ func testLoginFollowsFailover(t *testing.T, cl *cluster) {
 		t.Fatal("the login still waits on the old primary 5 s after the topology named the new one")
 	}
 }
+
+// Close ends a session that is retrying a primary that cannot be reached
+// (it would wait up to PrimaryWait for the topology to replace it), and
+// returns at once: the agent's front loop waits in Close before it can
+// take the VIP again. The chaos campaign had an agent that lost and
+// regained Raft leadership wait minutes in Close for one such session,
+// with no VIP anywhere.
+func testCloseEndsWaitingSession(t *testing.T, cl *cluster) {
+	ctx := testContext(t)
+	cfg := routerConfig(router.PoolTransaction)
+	cfg.PrimaryWait = time.Minute
+	cfg.DisableLoadBalance = true
+	tr := startRouter(t, cl, cfg)
+	c := connect(t, tr.rw, trustUser, "")
+	defer c.Close(context.Background())
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	// The primary's address now refuses connections.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	bs := cl.backends()
+	bs[0].Port = dead
+	tr.topo.Set(bs...)
+	wait.For(t, 10*time.Second, "the topology change", func() (bool, string) {
+		return tr.PoolNodes()[0].Port == dead, "topology change not applied"
+	})
+	queried := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(ctx, "SELECT 1")
+		queried <- err
+	}()
+	// The query retries the dead primary (up to a minute); give it time
+	// to be in that loop, then close.
+	select {
+	case err := <-queried:
+		t.Fatalf("the query did not wait for a primary: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	closed := make(chan struct{})
+	start := time.Now()
+	go func() {
+		tr.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+		t.Logf("Close returned after %v", time.Since(start).Round(time.Millisecond))
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close still waits for a session 5 s later")
+	}
+	if err := <-queried; err == nil {
+		t.Error("the query succeeded through a closed router")
+	}
+}

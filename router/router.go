@@ -674,9 +674,13 @@ func (r *Router) waitResume(ch chan struct{}, deadline time.Time) error {
 	case <-t.C:
 		return &authError{code: "57P03", msg: "the router held new transactions for a switchover longer than query_wait_timeout"}
 	case <-r.ctx.Done():
-		return &authError{code: "57P01", msg: "the router is shutting down"}
+		return errShuttingDown
 	}
 }
+
+// errShuttingDown ends a session that wants a server connection after
+// Close (PostgreSQL's code for an administrator's shutdown).
+var errShuttingDown = &authError{code: "57P01", msg: "the router is shutting down"}
 
 func (r *Router) holdChan() chan struct{} {
 	if ch := r.holdCh.Load(); ch != nil {

@@ -77,6 +77,7 @@ func TestRouter(t *testing.T) {
 	t.Run("Reconfigure", func(t *testing.T) { testReconfigure(t, cl) })
 	t.Run("HoldWaitsForDial", func(t *testing.T) { testHoldWaitsForDial(t, cl) })
 	t.Run("LoginFollowsFailover", func(t *testing.T) { testLoginFollowsFailover(t, cl) })
+	t.Run("CloseEndsWaitingSession", func(t *testing.T) { testCloseEndsWaitingSession(t, cl) })
 	t.Run("PrepareWhilePoolBusy", func(t *testing.T) { testPrepareWhilePoolBusy(t, cl) })
 	t.Run("FastPath", func(t *testing.T) { testFastPath(t, cl) })
 	t.Run("Leftovers", func(t *testing.T) { testLeftovers(t, cl) })
