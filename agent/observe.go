@@ -118,24 +118,15 @@ func (o *observations) forget(keep map[string]consensus.Member) {
 }
 
 // observeLoop takes this agent's own observation and pulls every other
-// member's, each health_interval on the Raft leader, which decides on them.
-// A follower pulls the primary's as often (its /replica judges its lag and
-// its timeline by it) and the other members' every followerPolls rounds,
-// for its /cluster and for the view it starts with if it is elected (it
-// polls every member at once then, and decides only on observations fresh
-// enough, as ever). A
-// poll that hangs (a dead host) never delays the others nor this node's
-// view of itself: each member is polled by its own goroutine, at most one
-// at a time.
+// member's, each health_interval. A poll that hangs (a dead host) never
+// delays the others nor this node's view of itself: each member is polled
+// by its own goroutine, at most one at a time.
 func (a *Agent) observeLoop(ctx context.Context) {
 	t := newTicker(a.timing().HealthInterval)
 	defer t.Stop()
-	changes, unsubscribe := a.node.Watch()
-	defer unsubscribe()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	inFlight := map[string]*atomic.Bool{}
-	round, led := 0, false
 	for {
 		t.follow(a.timing().HealthInterval)
 		st := a.node.State()
@@ -143,17 +134,7 @@ func (a *Agent) observeLoop(ctx context.Context) {
 		self := a.selfView(ctx)
 		a.obs.set(a.cfg.Name, self)
 		a.callbacks.observe(self.obs.Postgres, st)
-		leads := a.node.IsLeader()
-		poll := leads || round%followerPolls == 0
-		round++
-		if leads && !led {
-			round = 0 // polled now: a follower again polls at once
-		}
-		led = leads
 		for name, m := range st.Members {
-			if !poll && name != st.Primary {
-				continue
-			}
 			if name == a.cfg.Name {
 				continue
 			}
@@ -176,24 +157,9 @@ func (a *Agent) observeLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-changes:
-			// Elected: poll every member now, not at the next tick.
-			if led || !a.node.IsLeader() {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
-			}
 		}
 	}
 }
-
-// followerPolls is how many health intervals apart a follower polls the
-// members other than the primary (1 s at the default interval): polls are
-// most of an idle agent's CPU, the polled member's included (it takes its
-// observation for each), and only the leader decides on them.
-const followerPolls = 4
 
 // selfView is this agent's own observation as a memberView.
 func (a *Agent) selfView(ctx context.Context) memberView {
