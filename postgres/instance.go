@@ -566,9 +566,15 @@ func (i *Instance) requestPromotion(ctx context.Context) (string, error) {
 	if pid == 0 {
 		return "", errors.New("no server is running")
 	}
-	// pg_ctl's own check, and its words, which the caller looks for.
-	if state, err := i.ClusterStateNow(); err != nil || state != "in archive recovery" {
-		return "cannot promote server; server is not in standby mode", fmt.Errorf("cannot promote: the server is not in standby mode (%q, %v)", state, err)
+	// pg_ctl's own check, and its words, which the caller looks for. A
+	// pg_control that could not be read (caught mid-write) is not "not a
+	// standby": pg_ctl, which reads it again, decides.
+	state, err := i.ClusterStateNow()
+	if err != nil {
+		return i.run(ctx, true, "pg_ctl", "promote", "-D", dir, "-W")
+	}
+	if state != "in archive recovery" {
+		return "cannot promote server; server is not in standby mode", fmt.Errorf("cannot promote: the server is not in standby mode (%s)", state)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "promote"), nil, 0o600); err != nil {
 		return i.run(ctx, true, "pg_ctl", "promote", "-D", dir, "-W")
