@@ -40,7 +40,7 @@ var controlStates = []string{
 // ClusterStateNow is ClusterState read from global/pg_control itself: no
 // process is started, so it answers in microseconds on any host.
 func (i *Instance) ClusterStateNow() (string, error) {
-	c, err := readControl(filepath.Join(i.cfg.DataDir, "global", "pg_control"))
+	c, err := i.readControl()
 	return c.State, err
 }
 
@@ -51,7 +51,7 @@ func (i *Instance) ClusterStateNow() (string, error) {
 // writes the state and the checkpoint's location in the same update of the
 // file, so the two read together agree.
 func (i *Instance) ShutDownAtNow() (LSN, bool, error) {
-	c, err := readControl(filepath.Join(i.cfg.DataDir, "global", "pg_control"))
+	c, err := i.readControl()
 	if err != nil || c.State != "shut down" {
 		return 0, false, err
 	}
@@ -65,6 +65,11 @@ type control struct {
 	SystemID   uint64
 	State      string
 	Checkpoint LSN
+}
+
+// readControl reads this instance's global/pg_control in place.
+func (i *Instance) readControl() (control, error) {
+	return readControl(filepath.Join(i.cfg.DataDir, "global", "pg_control"))
 }
 
 func readControl(path string) (control, error) {

@@ -184,7 +184,7 @@ func (i *Instance) controlData(ctx context.Context) (map[string]string, error) {
 // place (the agent checks it on every pass: no pg_controldata run every
 // loop_interval), or from pg_controldata when that read fails.
 func (i *Instance) SystemID(ctx context.Context) (uint64, error) {
-	if c, err := readControl(filepath.Join(i.cfg.DataDir, "global", "pg_control")); err == nil && c.SystemID != 0 {
+	if c, err := i.readControl(); err == nil && c.SystemID != 0 {
 		return c.SystemID, nil
 	}
 	fields, err := i.controlData(ctx)
@@ -276,44 +276,49 @@ func (i *Instance) PostmasterPID() (int, error) {
 // standalone backend listens on no port and no socket: no client can reach
 // it, so it acknowledges nothing to anyone (the fence lets it finish).
 func (i *Instance) LockFileOwner() (pid int, standalone bool, err error) {
+	l, err := i.lockFile()
+	return l.pid, l.standalone, err
+}
+
+// lockFileInfo is what postmaster.pid says: the owner's PID (0 when the
+// file is absent or its process gone), whether it is a standalone backend,
+// and the postmaster's status line (its eighth: "starting", "ready",
+// "standby" or "stopping", written as a shutdown begins in every mode; ""
+// when there is none).
+type lockFileInfo struct {
+	pid        int
+	standalone bool
+	status     string
+}
+
+func (i *Instance) lockFile() (lockFileInfo, error) {
 	path := filepath.Join(i.cfg.DataDir, "postmaster.pid")
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, false, nil
+		return lockFileInfo{}, nil
 	}
 	if err != nil {
-		return 0, false, fmt.Errorf("read postmaster.pid in %s: %w", i.cfg.DataDir, err)
+		return lockFileInfo{}, fmt.Errorf("read postmaster.pid in %s: %w", i.cfg.DataDir, err)
 	}
-	first, _, _ := strings.Cut(string(b), "\n")
-	pid, err = strconv.Atoi(strings.TrimSpace(first))
-	if err == nil && pid < 0 {
-		pid, standalone = -pid, true
+	lines := strings.Split(string(b), "\n")
+	var l lockFileInfo
+	l.pid, err = strconv.Atoi(strings.TrimSpace(lines[0]))
+	if err == nil && l.pid < 0 {
+		l.pid, l.standalone = -l.pid, true
 	}
-	if err != nil || pid == 0 {
-		return 0, false, fmt.Errorf("%s: %w (first line %q): a postmaster may be starting; if no postgres process uses %s, a crashed start left it: remove it", path, ErrPIDFileGarbled, first, i.cfg.DataDir)
+	if err != nil || l.pid == 0 {
+		return lockFileInfo{}, fmt.Errorf("%s: %w (first line %q): a postmaster may be starting; if no postgres process uses %s, a crashed start left it: remove it", path, ErrPIDFileGarbled, lines[0], i.cfg.DataDir)
 	}
 	// A zombie is still returned: PostgreSQL's own lock-file check sees it
 	// until it is reaped, so nothing may start in its place yet. Status
 	// reports it as gone (Exited).
-	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return 0, false, nil
+	if err := syscall.Kill(l.pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return lockFileInfo{}, nil
 	}
-	return pid, standalone, nil
-}
-
-// lockFileStatus is the postmaster's own status line in postmaster.pid
-// (its eighth): "starting", "ready", "standby" or "stopping" (written as a
-// shutdown begins, in every mode); "" when there is none.
-func (i *Instance) lockFileStatus() string {
-	b, err := os.ReadFile(filepath.Join(i.cfg.DataDir, "postmaster.pid"))
-	if err != nil {
-		return ""
+	if len(lines) >= 8 {
+		l.status = strings.TrimSpace(lines[7])
 	}
-	lines := strings.Split(string(b), "\n")
-	if len(lines) < 8 {
-		return ""
-	}
-	return strings.TrimSpace(lines[7])
+	return l, nil
 }
 
 // running asks pg_ctl status (which also checks the PID in postmaster.pid).
@@ -569,19 +574,21 @@ func (i *Instance) requestPromotion(ctx context.Context) (string, error) {
 	// pg_ctl's own check, and its words, which the caller looks for. A
 	// pg_control that could not be read (caught mid-write) is not "not a
 	// standby": pg_ctl, which reads it again, decides.
+	pgCtl := func() (string, error) { return i.run(ctx, true, "pg_ctl", "promote", "-D", dir, "-W") }
 	state, err := i.ClusterStateNow()
 	if err != nil {
-		return i.run(ctx, true, "pg_ctl", "promote", "-D", dir, "-W")
+		return pgCtl()
 	}
 	if state != "in archive recovery" {
 		return "cannot promote server; server is not in standby mode", fmt.Errorf("cannot promote: the server is not in standby mode (%s)", state)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "promote"), nil, 0o600); err != nil {
-		return i.run(ctx, true, "pg_ctl", "promote", "-D", dir, "-W")
+	signal := filepath.Join(dir, "promote")
+	if err := os.WriteFile(signal, nil, 0o600); err != nil {
+		return pgCtl()
 	}
 	if err := syscall.Kill(pid, syscall.SIGUSR1); err != nil {
-		_ = os.Remove(filepath.Join(dir, "promote"))
-		return i.run(ctx, true, "pg_ctl", "promote", "-D", dir, "-W")
+		_ = os.Remove(signal)
+		return pgCtl()
 	}
 	return "", nil
 }

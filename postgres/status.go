@@ -90,7 +90,8 @@ SELECT slot_name, active, restart_lsn::text FROM pg_replication_slots ORDER BY s
 // true only when the queries succeeded.
 func (i *Instance) Status(ctx context.Context) Status {
 	var st Status
-	pid, err := i.PostmasterPID()
+	lock, err := i.lockFile() // read once: the PID and the status line
+	pid := lock.pid
 	if err != nil {
 		// Unreadable or garbled: a postmaster may be there (starting,
 		// say). Unknown is not gone.
@@ -115,7 +116,7 @@ func (i *Instance) Status(ctx context.Context) Status {
 		st.InRecovery = i.inRecoveryByControl()
 		return st
 	}
-	if i.shutdownUnderway() {
+	if i.shutdownUnderway(lock.status) {
 		// It refuses every connection and has no session left, and a
 		// refused connect costs tens of milliseconds on a loaded host,
 		// which a switchover waits out on every observation of the
@@ -142,8 +143,8 @@ func (i *Instance) Status(ctx context.Context) Status {
 // session, or the shutdown checkpoint has begun (pg_control), which comes
 // after the last session ended. A smart shutdown's sessions go on, and
 // Status goes on answering through its connection.
-func (i *Instance) shutdownUnderway() bool {
-	if i.lockFileStatus() != "stopping" {
+func (i *Instance) shutdownUnderway(pmStatus string) bool {
+	if pmStatus != "stopping" {
 		return false
 	}
 	if i.stoppingFast.Load() {
