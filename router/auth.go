@@ -254,7 +254,7 @@ func (c *client) authenticate() error {
 // receiveAuth reads the client's next authentication message; what does
 // not decode (or exceeds the pre-login size limit) is a protocol error.
 func (c *client) receiveAuth() (pgproto3.FrontendMessage, error) {
-	msg, err := c.be.Receive()
+	msg, err := c.dec.be.Receive()
 	if err != nil && !clientIOError(err) {
 		return nil, &authError{code: "08P01", msg: "invalid authentication message: " + err.Error()}
 	}
@@ -267,7 +267,7 @@ func (c *client) authMD5(secret string, known bool) error {
 	if err := c.sendFlush(&pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
 		return err
 	}
-	c.be.SetAuthType(pgproto3.AuthTypeMD5Password)
+	c.dec.be.SetAuthType(pgproto3.AuthTypeMD5Password)
 	msg, err := c.receiveAuth()
 	if err != nil {
 		return err
@@ -317,7 +317,7 @@ func (c *client) authSCRAM(secret string, known bool) error {
 	if err := c.sendFlush(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
 		return err
 	}
-	c.be.SetAuthType(pgproto3.AuthTypeSASL)
+	c.dec.be.SetAuthType(pgproto3.AuthTypeSASL)
 	msg, err := c.receiveAuth()
 	if err != nil {
 		return err
@@ -337,7 +337,7 @@ func (c *client) authSCRAM(secret string, known bool) error {
 	if err := c.sendFlush(&pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
 		return err
 	}
-	c.be.SetAuthType(pgproto3.AuthTypeSASLContinue)
+	c.dec.be.SetAuthType(pgproto3.AuthTypeSASLContinue)
 	msg, err = c.receiveAuth()
 	if err != nil {
 		return err

@@ -34,12 +34,13 @@ import (
 type client struct {
 	r             *Router
 	role          Role
-	conn          net.Conn // the TLS connection once negotiated; set before the client is registered
-	remote        string   // the client's address, for logs
-	encrypted     bool     // TLS negotiated
+	conn          net.Conn    // the TLS connection once negotiated; set before the client is registered
+	remote        string      // the client's address, for logs
+	stopOnClose   func() bool // stops the Router.Close hook that closes conn
+	encrypted     bool        // TLS negotiated
 	loginDeadline time.Time
-	be            *pgproto3.Backend
-	mr            *msgReader // be's reader
+	dec           *decoder   // decodes the client's messages; nil while the fast path holds the session
+	mr            *msgReader // dec's reader
 	txnMode       bool
 
 	// fast is the session's fast path (fast.go): nil in session mode, with
@@ -211,14 +212,20 @@ func (r *Router) cancelRequest(pid uint32, secret []byte) {
 }
 
 // loop relays the session until the client leaves or fails.
-func (c *client) loop() error {
+// loop serves the session on the client goroutine. handedBack: the fast
+// path just gave it back, so the next message is read here whatever
+// fastEligible says (the fast path did not serve it).
+func (c *client) loop(handedBack bool) error {
 	for {
-		if c.fastEligible() {
-			if err := c.serveFast(); err != nil {
-				return err
-			}
+		if !handedBack && c.fastEligible() {
+			c.enterFast()
+			return errOnFastPath
 		}
-		msg, err := c.be.Receive()
+		handedBack = false
+		if c.dec == nil {
+			c.dec = getDecoder(c.mr, c.r.cfg.MaxMessageSize)
+		}
+		msg, err := c.dec.be.Receive()
 		if err != nil {
 			if clientIOError(err) {
 				return err

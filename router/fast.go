@@ -30,9 +30,10 @@ import (
 // move to the client's write buffer, and a query in flight goes on under a
 // pump goroutine (relay).
 //
-// State: the client goroutine enters (serveFast) only with the session
-// idle; from then until the hand-back every field of the session is used
-// by the poller goroutine alone. f.back carries the hand-back.
+// State: the client goroutine gives the session to the fast path
+// (enterFast) only with the session idle, and ends; from then until the
+// hand-back, which starts a new client goroutine (resume), every field of
+// the session is used by the poller goroutine alone.
 type fastPath struct {
 	c  *client
 	cc *poller.Conn // the client's socket
@@ -64,14 +65,12 @@ type fastPath struct {
 	out           []byte // bytes for the client its socket did not take yet
 	clientSent    bool   // the client's socket turned readable while a query ran
 	serverHup     bool   // the attached server's socket reported its end: read up to it
-	handedBack    bool   // since the last serveFast
+	handedBack    bool   // since the last enterFast
 	serverPending bool   // the server may have more while out is full
-
-	back chan fastResult
 }
 
 // fastResult is a hand-back: lost is a server connection that failed under
-// the fast path, for the goroutine to report (serverLost).
+// the fast path, for the resumed goroutine to report (serverLost).
 type fastResult struct {
 	lost   error
 	lostSC *serverConn
@@ -92,18 +91,34 @@ func (c *client) fastEligible() bool {
 	return c.sc == nil && !c.pumping
 }
 
-// serveFast runs the session on the fast path until it hands it back.
-func (c *client) serveFast() error {
+// errOnFastPath: the loop gave the session to the fast path (see run).
+var errOnFastPath = errors.New("the session went to the fast path")
+
+// enterFast gives the idle session to the fast path; the caller's
+// goroutine must then leave it alone (return from run).
+func (c *client) enterFast() {
 	f := c.fast
 	f.handedBack = false
+	c.dec.put()
+	c.dec = nil
+	c.mr.releaseIfEmpty()
 	f.cc.SetHandler(f)
 	f.cc.Kick() // what the client sent before SetHandler
-	res := <-f.back
+}
+
+// resume carries the session on after a hand-back, on a goroutine of its
+// own (handBack starts it).
+func (c *client) resume(res fastResult) {
 	if res.lost != nil {
 		c.serverLost(res.lostSC, res.lost)
-		return res.lost
+		c.end(res.lost)
+		return
 	}
-	return c.flushClient() // what the fast path could not send
+	if err := c.flushClient(); err != nil { // what the fast path could not send
+		c.end(err)
+		return
+	}
+	c.run(true)
 }
 
 // Ready implements poller.Handler.
@@ -116,8 +131,11 @@ func (f *fastPath) Ready(conn *poller.Conn, ev uint32) {
 		if ev&hangup != 0 {
 			// The client hung up, maybe right behind a last query: no
 			// later event would tell once that query runs. The general
-			// path serves what it sent, meets the end and cleans up.
-			f.handBack(fastResult{})
+			// path serves what it sent, meets the end and cleans up;
+			// a Terminate alone ends the session here.
+			if !f.terminated() {
+				f.handBack(fastResult{})
+			}
 			return
 		}
 		if ev&unix.EPOLLOUT != 0 && len(f.out) > 0 {
@@ -126,7 +144,7 @@ func (f *fastPath) Ready(conn *poller.Conn, ev uint32) {
 				return // the client went away
 			}
 		}
-		// A kick (serveFast) reads to the end: what the socket reported
+		// A kick (enterFast) reads to the end: what the socket reported
 		// before the handler was set, a hang-up too, is no event here.
 		f.readClient(ev&poller.EvKick != 0)
 	case conn == f.cc:
@@ -183,7 +201,9 @@ func (f *fastPath) readClient(drain bool) {
 	}
 	if mr.buffered() > 0 {
 		f.startQuery()
+		return
 	}
+	mr.releaseIfEmpty() // idle: no buffer held meanwhile
 }
 
 // startQuery serves the buffered client bytes if they are one whole
@@ -197,6 +217,9 @@ func (f *fastPath) startQuery() {
 	buf := c.mr.peek()
 	var class Class
 	switch {
+	case f.sc == nil && isTerminate(buf):
+		f.terminate()
+		return
 	case len(buf) >= 6 && buf[0] == 'Q' && int(binary.BigEndian.Uint32(buf[1:5]))+1 == len(buf) && buf[len(buf)-1] == 0:
 		sql := string(buf[5 : len(buf)-1])
 		class = Classify(sql, r.settings().writeFuncs)
@@ -246,6 +269,48 @@ func (f *fastPath) startQuery() {
 	}
 	p, _ := c.poolFor(target)
 	f.acquire(p, target, toStandby, class, false)
+}
+
+// isTerminate: buf is one Terminate message and nothing else.
+func isTerminate(buf []byte) bool {
+	return len(buf) == 5 && buf[0] == 'X' && binary.BigEndian.Uint32(buf[1:5]) == 4
+}
+
+// terminated reads what a client that hung up sent last and ends the
+// session (terminate) if that was a Terminate alone, outside a
+// transaction; else what it read stays buffered for the general path.
+func (f *fastPath) terminated() bool {
+	mr := f.c.mr
+	if f.sc != nil || !mr.atBoundary() {
+		return false
+	}
+	for {
+		sp := mr.spare()
+		if len(sp) == 0 {
+			return false
+		}
+		n, err := f.cc.TryRead(sp)
+		mr.fill(n)
+		if err != nil || n == 0 {
+			break
+		}
+	}
+	if !isTerminate(mr.peek()) {
+		return false
+	}
+	f.terminate()
+	return true
+}
+
+// terminate ends a session whose client said goodbye (Terminate) outside
+// a transaction, here on the event loop: a client that connects for each
+// transaction costs no goroutine for its last message.
+func (f *fastPath) terminate() {
+	c := f.c
+	c.mr.consume(5)
+	f.cc.SetHandler(nil)
+	f.out = f.out[:0]
+	c.end(nil)
 }
 
 // acquire gets a connection of p for the buffered Query and sends it, or
@@ -738,7 +803,9 @@ func (f *fastPath) next() {
 	if f.clientSent {
 		f.clientSent = false
 		f.readClient(false)
+		return
 	}
+	f.c.mr.releaseIfEmpty() // idle: no buffer held meanwhile
 }
 
 // lost: the server connection failed; the goroutine reports it to the
@@ -812,7 +879,7 @@ func (f *fastPath) moveOut() {
 	f.out = f.out[:0]
 }
 
-// handBack returns the session to the client goroutine.
+// handBack returns the session to a new client goroutine.
 func (f *fastPath) handBack(res fastResult) {
 	if f.sc != nil {
 		// Idle in a transaction: the general path carries on with the
@@ -830,7 +897,7 @@ func (f *fastPath) handBack(res fastResult) {
 	f.cc.SetHandler(nil)
 	f.moveOut()
 	f.serverPending = false
-	f.back <- res
+	go f.c.resume(res)
 }
 
 // hangup: the events that report a socket's end. Edge-triggered, they

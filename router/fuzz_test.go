@@ -37,10 +37,15 @@ func runStream(t testing.TB, r *Router, ln net.Listener, data []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The session ends when r.sessions is back to zero (they run one at a
+	// time here); serveClient itself returns early when the session goes
+	// to the fast path.
+	r.sessions.Add(1)
+	go r.serveClient(srv, ReadWrite)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r.serveClient(srv, ReadWrite)
+		r.sessions.Wait()
 	}()
 	cli.SetDeadline(time.Now().Add(10 * time.Second))
 	go func() {

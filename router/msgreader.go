@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"io"
 	"sync"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // msgReader sits between a socket and pgproto3's Backend or Frontend. It
@@ -13,9 +15,10 @@ import (
 // (fast.go) can see that a session has nothing pending, read the socket
 // into this buffer itself, and hand back what it did not serve.
 type msgReader struct {
-	src  io.Reader
-	buf  []byte
-	r, w int
+	src    io.Reader
+	buf    []byte
+	r, w   int
+	pooled bool // buf comes from clientBufs: given back while empty (releaseIfEmpty) and fetched again when needed
 
 	hdr  [5]byte
 	hpos int // header bytes of the current message passed on (0: at a boundary)
@@ -33,18 +36,36 @@ func newMsgReader(src io.Reader) *msgReader {
 // and zero 32 kB per login.
 var clientBufs = sync.Pool{New: func() any { return new([msgReaderSize]byte) }}
 
-// newClientReader is newMsgReader with a recycled buffer; release gives it
-// back once nothing reads the session any more.
+// newClientReader is newMsgReader with a recycled buffer, fetched when the
+// first read needs it and given back whenever the session has nothing
+// buffered (releaseIfEmpty) and when it ends (release): ten thousand idle
+// clients hold no buffer.
 func newClientReader(src io.Reader) *msgReader {
-	return &msgReader{src: src, buf: clientBufs.Get().(*[msgReaderSize]byte)[:]}
+	return &msgReader{src: src, pooled: true}
 }
 
-// release returns a newClientReader's buffer; m must not be used after.
+// ensureBuf fetches a pooled reader's buffer if it gave it back.
+func (m *msgReader) ensureBuf() {
+	if m.buf == nil && m.pooled {
+		m.buf = clientBufs.Get().(*[msgReaderSize]byte)[:]
+	}
+}
+
+// releaseIfEmpty gives a pooled reader's buffer back when nothing is
+// buffered in it; the next read fetches one again.
+func (m *msgReader) releaseIfEmpty() {
+	if m.pooled && m.buf != nil && m.r == m.w {
+		clientBufs.Put((*[msgReaderSize]byte)(m.buf))
+		m.buf, m.r, m.w = nil, 0, 0
+	}
+}
+
+// release gives back a pooled reader's buffer; m must not be used after.
 func (m *msgReader) release() {
-	if len(m.buf) == msgReaderSize {
+	if m.pooled && m.buf != nil {
 		clientBufs.Put((*[msgReaderSize]byte)(m.buf))
 	}
-	m.buf, m.r, m.w = nil, 0, 0
+	m.buf, m.r, m.w, m.pooled = nil, 0, 0, false
 }
 
 // Read implements io.Reader for pgproto3.
@@ -60,6 +81,7 @@ func (m *msgReader) Read(p []byte) (int, error) {
 			return n, err
 		}
 		m.r, m.w = 0, 0
+		m.ensureBuf()
 		n, err := m.src.Read(m.buf)
 		m.w = n
 		if n == 0 {
@@ -120,6 +142,7 @@ func (m *msgReader) consume(n int) {
 // spare returns the free room after the buffered bytes, moving them to
 // the front first; the caller reads into it and calls fill.
 func (m *msgReader) spare() []byte {
+	m.ensureBuf()
 	if m.r > 0 {
 		m.w = copy(m.buf, m.buf[m.r:m.w])
 		m.r = 0
@@ -128,3 +151,43 @@ func (m *msgReader) spare() []byte {
 }
 
 func (m *msgReader) fill(n int) { m.w += n }
+
+// A decoder is a pgproto3 Backend reading from a msgReader, recycled
+// between sessions and between a session's stays on the fast path: each
+// Backend keeps an 8 kB read buffer of its own, and a session the fast
+// path holds needs none. It is given back only after a whole message
+// (msgReader never hands it more than the current one), so its buffer is
+// empty and nothing of one session reaches the next.
+type decoder struct {
+	be  *pgproto3.Backend
+	src decoderSource
+}
+
+// decoderSource is the msgReader a recycled Backend reads from.
+type decoderSource struct{ mr *msgReader }
+
+func (s *decoderSource) Read(p []byte) (int, error) { return s.mr.Read(p) }
+
+var decoders = sync.Pool{New: func() any {
+	d := &decoder{}
+	// The router writes to clients itself (client.send), never through
+	// the Backend.
+	d.be = pgproto3.NewBackend(&d.src, io.Discard)
+	return d
+}}
+
+// getDecoder is a Backend reading mr, refusing message bodies over
+// maxBody bytes.
+func getDecoder(mr *msgReader, maxBody int) *decoder {
+	d := decoders.Get().(*decoder)
+	d.src.mr = mr
+	d.be.SetMaxBodyLen(maxBody)
+	d.be.SetAuthType(pgproto3.AuthTypeOk) // no password message expected
+	return d
+}
+
+// put gives d back; only at a message boundary.
+func (d *decoder) put() {
+	d.src.mr = nil
+	decoders.Put(d)
+}

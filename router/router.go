@@ -299,7 +299,10 @@ type Router struct {
 	poller *poller.Poller // nil with DisableFastPath
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // goroutines the router started, sessions apart
+	// sessions counts client sessions from accept to client.end: a
+	// session has no goroutine while the fast path holds it.
+	sessions sync.WaitGroup
 }
 
 // Stats are the router's counters since New (SHOW STATS).
@@ -546,11 +549,8 @@ func (r *Router) Serve(ctx context.Context, ln net.Listener, role Role) error {
 			}
 			return fmt.Errorf("router %s accept: %w", role, err)
 		}
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			r.serveClient(conn, role)
-		}()
+		r.sessions.Add(1) // Done when the session ends (client.end)
+		go r.serveClient(conn, role)
 	}
 }
 
@@ -580,6 +580,7 @@ func (r *Router) Close() error {
 		p.retire()
 	}
 	r.Resume()
+	r.sessions.Wait()
 	r.wg.Wait()
 	if r.poller != nil {
 		r.poller.Close() // last: closing a fast-path session's socket needs it

@@ -44,6 +44,8 @@ type handshakeError struct{ err error }
 func (e *handshakeError) Error() string { return "TLS handshake: " + e.err.Error() }
 func (e *handshakeError) Unwrap() error { return e.err }
 
+// serveClient serves one client connection; Serve counted it in r.sessions and
+// the session's end (client.end) uncounts it.
 func (r *Router) serveClient(conn net.Conn, role Role) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
@@ -55,36 +57,59 @@ func (r *Router) serveClient(conn net.Conn, role Role) {
 			r.log.Warn("router: client socket stays on the Go poller", "err", err)
 		}
 	}
-	// Close ends every session, also one still logging in (Close closes
-	// only the clients it has registered).
-	stop := context.AfterFunc(r.ctx, func() { conn.Close() })
-	defer stop()
 	c := &client{r: r, role: role, conn: conn, remote: conn.RemoteAddr().String(),
 		txnMode: r.settings().PoolMode == PoolTransaction, stmts: map[string]*stmt{}, txStatus: 'I'}
-	defer func() { c.conn.Close() }() // the TLS connection once negotiated
-	defer c.unregister()
+	// Close ends every session, also one still logging in (Close closes
+	// only the clients it has registered).
+	c.stopOnClose = context.AfterFunc(r.ctx, func() { conn.Close() })
 	c.loginDeadline = time.Now().Add(r.cfg.ClientLoginTimeout)
 	conn.SetDeadline(c.loginDeadline)
 	ok, err := c.startup()
 	if err != nil {
 		c.refuse(err)
+		c.end(nil)
 		return
 	}
 	if !ok {
+		c.end(nil)
 		return
 	}
 	c.conn.SetDeadline(time.Time{})
-	c.be.SetMaxBodyLen(r.cfg.MaxMessageSize)
+	c.dec.be.SetMaxBodyLen(r.cfg.MaxMessageSize)
 	if pc, ok := c.conn.(*poller.Conn); ok && c.txnMode {
-		c.fast = &fastPath{c: c, cc: pc, back: make(chan fastResult, 1)}
+		c.fast = &fastPath{c: c, cc: pc}
 		c.fastOK = true
 	}
-	err = c.loop()
-	c.cleanup()
-	c.mr.release() // the loop and the fast path are done with it
-	if err != nil && !clientIOError(err) {
-		r.log.Debug("client session ended", "client", c.remote, "user", c.user, "db", c.db, "err", err)
+	c.run(false)
+}
+
+// run serves the session on the calling goroutine until it ends, or until
+// the session goes to the fast path: then this goroutine ends too, and the
+// fast path's hand-back starts another (resume). An idle client costs no
+// goroutine and no read buffer, only its session's state.
+func (c *client) run(handedBack bool) {
+	if err := c.loop(handedBack); err != errOnFastPath {
+		c.end(err)
 	}
+}
+
+// end ends the session after the loop (or the login) is done with it.
+func (c *client) end(err error) {
+	c.cleanup()
+	if c.dec != nil && err == nil {
+		c.dec.put() // after an error it may be inside a message: dropped
+	}
+	c.dec = nil
+	if c.mr != nil {
+		c.mr.release() // the loop and the fast path are done with it
+	}
+	c.unregister()
+	c.conn.Close() // the TLS connection once negotiated
+	c.stopOnClose()
+	if err != nil && !clientIOError(err) {
+		c.r.log.Debug("client session ended", "client", c.remote, "user", c.user, "db", c.db, "err", err)
+	}
+	c.r.sessions.Done()
 }
 
 // startup handles the startup phase and authenticates. ok is false (with a
@@ -95,8 +120,7 @@ func (c *client) startup() (bool, error) {
 		return false, err
 	}
 	c.mr = newClientReader(c.conn)
-	c.be = pgproto3.NewBackend(c.mr, c.conn)
-	c.be.SetMaxBodyLen(8192) // until authenticated
+	c.dec = getDecoder(c.mr, 8192) // until authenticated
 	c.user = sm.Parameters["user"]
 	c.db = sm.Parameters["database"]
 	if c.db == "" {
