@@ -529,16 +529,29 @@ func (r *Router) pool(addr, db, user string) *pool {
 }
 
 // Serve accepts clients on ln until ctx ends, ln fails or Close; it closes
-// ln on return. Clients already connected keep their sessions until they
+// ln on return. End it by ctx or Close, not by closing ln: with the fast
+// path it accepts on a duplicate of ln's socket, which goes on listening. Clients already connected keep their sessions until they
 // leave or Close.
 func (r *Router) Serve(ctx context.Context, ln net.Listener, role Role) error {
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	accept := ln.Accept
+	closeAll := func() { ln.Close() }
+	if tl, ok := ln.(*net.TCPListener); ok && r.poller != nil {
+		// Straight onto the fast path's poller (poller.Listener), which
+		// accepts on a duplicate of ln's socket: closed with ln.
+		if pl, err := r.poller.Listen(tl); err == nil {
+			accept = func() (net.Conn, error) { return pl.Accept() }
+			closeAll = func() { ln.Close(); pl.Close() }
+		} else {
+			r.log.Warn("router: clients are accepted through the Go poller", "err", err)
+		}
+	}
+	stop := context.AfterFunc(ctx, closeAll)
 	defer stop()
-	stop2 := context.AfterFunc(r.ctx, func() { ln.Close() })
+	stop2 := context.AfterFunc(r.ctx, closeAll)
 	defer stop2()
-	defer ln.Close()
+	defer closeAll()
 	for {
-		conn, err := ln.Accept()
+		conn, err := accept()
 		if err != nil {
 			if ctx.Err() != nil || r.ctx.Err() != nil {
 				return nil

@@ -47,10 +47,9 @@ func (e *handshakeError) Unwrap() error { return e.err }
 // serveClient serves one client connection; Serve counted it in r.sessions and
 // the session's end (client.end) uncounts it.
 func (r *Router) serveClient(conn net.Conn, role Role) {
-	if tc, ok := conn.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
-	}
-	if r.poller != nil {
+	// Go's TCP connections have TCP_NODELAY already, poller.Listener's
+	// inherit it from the listening socket.
+	if _, onPoller := conn.(*poller.Conn); r.poller != nil && !onPoller {
 		if pc, err := r.poller.Wrap(conn); err == nil {
 			conn = pc
 		} else {

@@ -77,13 +77,18 @@ func (p *Poller) Wrap(nc net.Conn) (*Conn, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	c := &Conn{p: p, fd: fd, netw: nc.LocalAddr().Network(), laddr: nc.LocalAddr(), raddr: nc.RemoteAddr(), fdOpen: true,
-		closed: make(chan struct{}), rready: make(chan struct{}, 1), wready: make(chan struct{}, 1)}
+	c := p.newConn(fd, nc.LocalAddr().Network(), nc.LocalAddr(), nc.RemoteAddr())
 	if err := p.add(c); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
 	return c, nil
+}
+
+// newConn is a Conn for the open, non-blocking socket fd, not yet added.
+func (p *Poller) newConn(fd int, netw string, laddr, raddr net.Addr) *Conn {
+	return &Conn{p: p, fd: fd, netw: netw, laddr: laddr, raddr: raddr, fdOpen: true,
+		closed: make(chan struct{}), rready: make(chan struct{}, 1), wready: make(chan struct{}, 1)}
 }
 
 // SetHandler makes h serve c's events on the poller goroutine (nil: wake
