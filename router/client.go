@@ -115,6 +115,12 @@ type stmt struct {
 	serverName string
 	parse      pgproto3.Parse
 	class      Class
+	// shape: the result shape (shapeOf) the client was first given for
+	// it; changed: a server connection it was prepared on since has
+	// another, so its Binds fail as PostgreSQL's would (shape.go). Under
+	// mu.
+	shape   string
+	changed bool
 }
 
 // dropEntry is an expected response: '1' ParseComplete, '3' CloseComplete,
@@ -124,6 +130,10 @@ type dropEntry struct {
 	typ  byte
 	drop bool
 	name string
+	// A Describe: 't' ParameterDescription (of a statement), then 'T'
+	// RowDescription or NoData, with the statement whose shape it gives
+	// (nil for a portal or the unnamed statement).
+	st *stmt
 }
 
 func (c *client) unregister() {
@@ -438,6 +448,12 @@ func (c *client) dispatch() error {
 		return err
 	}
 	if err := c.applyParams(sc); err != nil {
+		c.fatal(err)
+		return err
+	}
+	if err := c.checkShapes(sc); err != nil {
+		sc.pool.release(sc, false)
+		err = fmt.Errorf("describe prepared statements on %s: %w", sc.pool.key.addr, err)
 		c.fatal(err)
 		return err
 	}
@@ -912,9 +928,13 @@ func (c *client) enqueue(sc *serverConn, msg pgproto3.FrontendMessage) {
 			c.ensureUnnamed()
 		}
 		if st := c.stmtFor(m.PreparedStatement); st != nil {
-			c.ensurePrepared(sc, st)
 			b := *m
 			b.PreparedStatement = st.serverName
+			if st.changed {
+				b.PreparedStatement = changedPlanStmt // fails in its place (shape.go)
+			} else {
+				c.ensurePrepared(sc, st)
+			}
 			emit(&b)
 			return
 		}
@@ -925,11 +945,15 @@ func (c *client) enqueue(sc *serverConn, msg pgproto3.FrontendMessage) {
 			if m.Name == "" {
 				c.ensureUnnamed()
 			}
-			if st := c.stmtFor(m.Name); st != nil {
+			st := c.stmtFor(m.Name)
+			c.drops = append(c.drops, dropEntry{typ: 't'}, dropEntry{typ: 'T', st: st})
+			if st != nil {
 				c.ensurePrepared(sc, st)
 				emit(&pgproto3.Describe{ObjectType: 'S', Name: st.serverName})
 				return
 			}
+		} else {
+			c.drops = append(c.drops, dropEntry{typ: 'T'})
 		}
 		emit(m)
 	case *pgproto3.Close:
@@ -1035,6 +1059,21 @@ func (c *client) popDrop(typ byte) bool {
 	return d.drop
 }
 
+// noteShape: msg (RowDescription or NoData) may answer a Describe of a
+// statement; the first such answer is the shape the client was given.
+func (c *client) noteShape(msg pgproto3.BackendMessage) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.drops) == 0 || c.drops[0].typ != 'T' {
+		return // a query's or an Execute's rows
+	}
+	st := c.drops[0].st
+	c.drops = c.drops[1:]
+	if st != nil && st.shape == "" {
+		st.shape = shapeOf(msg)
+	}
+}
+
 // popSync consumes the expected responses up to the next ReadyForQuery:
 // Parses that never completed (an earlier error skipped them) did not
 // prepare anything. mu held.
@@ -1119,8 +1158,21 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 				}
 				return true
 			}
+		case *pgproto3.ParameterDescription:
+			if c.txnMode {
+				c.mu.Lock()
+				c.popDrop('t')
+				c.mu.Unlock()
+			}
+		case *pgproto3.RowDescription, *pgproto3.NoData:
+			if c.txnMode {
+				c.noteShape(msg)
+			}
 		case *pgproto3.ErrorResponse:
 			serverFatal = m.Severity == "FATAL" || m.Severity == "PANIC"
+			if c.txnMode && isChangedPlanError(m) {
+				asChangedPlan(m)
+			}
 			if m.Code == "42P05" {
 				c.mu.Lock()
 				for server, name := range c.dupNames {

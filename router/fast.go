@@ -238,6 +238,10 @@ func (f *fastPath) startQuery() {
 		}
 	}
 	if f.sc != nil {
+		if c.shapesToCheck(f.sc, buf, false) {
+			f.handBack(fastResult{}) // a changed statement's Bind must fail: the general path's enqueue
+			return
+		}
 		f.send(buf)
 		return
 	}
@@ -345,10 +349,11 @@ func (f *fastPath) attach(sc *serverConn, target Backend, toStandby bool, class 
 	c := f.c
 	r := c.r
 	scc, ok := sc.conn.(*poller.Conn)
-	if !ok || sc.mr.buffered() > 0 || !sc.mr.atBoundary() || sc.paramsKey != c.params.key {
+	if !ok || sc.mr.buffered() > 0 || !sc.mr.atBoundary() || sc.paramsKey != c.params.key || c.shapesToCheck(sc, c.mr.peek(), true) {
 		// Not one of ours, or the server said something while idle, or
 		// it needs the session's startup parameters (applyParams, on the
-		// general path: a round trip).
+		// general path: a round trip), or a statement's shape must be
+		// checked there first (checkShapes, a round trip).
 		sc.pool.release(sc, ok && sc.mr.buffered() == 0)
 		f.handBack(fastResult{})
 		return
@@ -453,6 +458,33 @@ func (c *client) extendedBatch(buf []byte) (class Class, ok bool) {
 		i += 1 + l
 	}
 	return 0, false
+}
+
+// shapesToCheck: the batch (one extendedBatch accepted) binds a statement
+// whose shape changed, or (outsideTx: checkShapes runs only there) one
+// that sc lacks and whose shape the client has seen (shape.go); the
+// general path serves it.
+func (c *client) shapesToCheck(sc *serverConn, buf []byte, outsideTx bool) bool {
+	if buf[0] == 'Q' {
+		return false
+	}
+	for i := 0; len(buf)-i >= 5; {
+		l := int(binary.BigEndian.Uint32(buf[i+1 : i+5]))
+		msg := buf[i : i+1+l]
+		i += 1 + l
+		var st *stmt
+		switch {
+		case msg[0] == 'B':
+			_, name, _, _ := splitBind(msg[5:])
+			st = c.stmts[string(name)]
+		case msg[0] == 'D' && msg[5] == 'S':
+			st = c.stmts[string(msg[6:len(msg)-1])]
+		}
+		if st != nil && (st.changed || (outsideTx && st.shape != "" && !sc.prepared[st.serverName])) {
+			return true
+		}
+	}
+	return false
 }
 
 // fastShaped: a batch the general path served is one the fast path would
