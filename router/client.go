@@ -1059,18 +1059,24 @@ func (c *client) popDrop(typ byte) bool {
 	return d.drop
 }
 
-// noteShape: msg (RowDescription or NoData) may answer a Describe of a
-// statement; the first such answer is the shape the client was given.
-func (c *client) noteShape(msg pgproto3.BackendMessage) {
+// noteShape: msg (RowDescription or NoData) from sc may answer a Describe
+// of a statement: sc's plan has that shape, and the first such answer is
+// the shape the client was given.
+func (c *client) noteShape(sc *serverConn, msg pgproto3.BackendMessage) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.drops) == 0 || c.drops[0].typ != 'T' {
-		return // a query's or an Execute's rows
+		return // a query's rows
 	}
 	st := c.drops[0].st
 	c.drops = c.drops[1:]
-	if st != nil && st.shape == "" {
-		st.shape = shapeOf(msg)
+	if st == nil {
+		return
+	}
+	shape := shapeOf(msg)
+	noteServerShape(sc, st, shape)
+	if st.shape == "" {
+		st.shape = shape
 	}
 }
 
@@ -1166,7 +1172,7 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 			}
 		case *pgproto3.RowDescription, *pgproto3.NoData:
 			if c.txnMode {
-				c.noteShape(msg)
+				c.noteShape(sc, msg)
 			}
 		case *pgproto3.ErrorResponse:
 			serverFatal = m.Severity == "FATAL" || m.Severity == "PANIC"

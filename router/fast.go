@@ -462,8 +462,8 @@ func (c *client) extendedBatch(buf []byte) (class Class, ok bool) {
 
 // shapesToCheck: the batch (one extendedBatch accepted) binds a statement
 // whose shape changed, or (outsideTx: checkShapes runs only there) one
-// that sc lacks and whose shape the client has seen (shape.go); the
-// general path serves it.
+// whose shape sc must be asked for (needsShapeCheck); the general path
+// serves it.
 func (c *client) shapesToCheck(sc *serverConn, buf []byte, outsideTx bool) bool {
 	if buf[0] == 'Q' {
 		return false
@@ -480,7 +480,7 @@ func (c *client) shapesToCheck(sc *serverConn, buf []byte, outsideTx bool) bool 
 		case msg[0] == 'D' && msg[5] == 'S':
 			st = c.stmts[string(msg[6:len(msg)-1])]
 		}
-		if st != nil && (st.changed || (outsideTx && st.shape != "" && !sc.prepared[st.serverName])) {
+		if st != nil && (st.changed || (outsideTx && needsShapeCheck(sc, st))) {
 			return true
 		}
 	}

@@ -67,6 +67,10 @@ type serverConn struct {
 	created  time.Time
 	lastUsed time.Time
 	prepared map[string]bool // server-side statement names (transaction mode)
+	// shapes: the result shape (shapeOf) a prepared statement was last
+	// described with here, by server name; nil until one was. Stale
+	// entries only cost a check (shape.go).
+	shapes map[string]string
 	// paramsKey is the sessionParams.key of the client startup parameters
 	// applied to this connection (params.go): "" the login's own, or
 	// paramsUnknown. Changed only by the session it is attached to.

@@ -2,6 +2,7 @@ package router
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,7 +24,12 @@ import (
 // So the router remembers the shape each statement was first described
 // with (relay), and before it prepares the statement on another server
 // connection it asks that server for the shape (checkShapes: Parse,
-// Describe and Flush, one round trip before the batch). When it changed,
+// Describe and Flush, one round trip before the batch). Server names are
+// shared by clients that prepare the same text: a connection may hold a
+// plan prepared before the DDL while the client prepared its statement
+// after it. Where the connection's plan is known to have another shape
+// than the client's (relay records what each connection described), the
+// router prepares it there again the same way (Close first). When it changed,
 // every later Bind of the statement fails as PostgreSQL's would: the
 // router sends a Bind of a statement that does not exist in its place, so
 // that the server fails it and skips to Sync exactly as it fails a Bind
@@ -63,9 +69,34 @@ func asChangedPlan(resp *pgproto3.ErrorResponse) {
 	resp.Detail, resp.Hint, resp.Routine, resp.File, resp.Line = "", "", "RevalidateCachedQuery", "plancache.c", 0
 }
 
+// needsShapeCheck: before st runs on sc outside a transaction, checkShapes
+// must ask sc for its shape: the client has seen one, and sc lacks the
+// statement or holds it with another shape. mu held, or the session on
+// the fast path.
+func needsShapeCheck(sc *serverConn, st *stmt) bool {
+	if st.shape == "" || st.changed {
+		return false
+	}
+	if !sc.prepared[st.serverName] {
+		return true
+	}
+	shape, ok := sc.shapes[st.serverName]
+	return ok && shape != st.shape
+}
+
+// noteServerShape records that sc described st's server-side statement
+// with shape. mu held.
+func noteServerShape(sc *serverConn, st *stmt, shape string) {
+	if sc.shapes == nil {
+		sc.shapes = map[string]string{}
+	}
+	sc.shapes[st.serverName] = shape
+}
+
 // checkShapes prepares on sc, before the pending batch is sent, every
-// statement the batch binds or describes that sc lacks and whose shape
-// the client has seen, and marks those whose shape changed. sc is idle,
+// statement the batch binds or describes that sc lacks or holds with
+// another shape than the client has seen, and marks those whose shape
+// changed since the client saw it. sc is idle,
 // outside a transaction (dispatch). A statement the server refuses stays
 // unprepared: the batch prepares it again and the client gets the error
 // in its place.
@@ -88,7 +119,7 @@ func (c *client) checkShapes(sc *serverConn) error {
 		default:
 			continue
 		}
-		if st := c.stmtFor(name); st != nil && st.shape != "" && !st.changed && !sc.prepared[st.serverName] {
+		if st := c.stmtFor(name); st != nil && needsShapeCheck(sc, st) && !slices.Contains(check, st) {
 			check = append(check, st)
 		}
 	}
@@ -99,18 +130,18 @@ func (c *client) checkShapes(sc *serverConn) error {
 	sc.conn.SetDeadline(time.Now().Add(c.r.settings().QueryWaitTimeout))
 	defer sc.conn.SetDeadline(time.Time{})
 	for _, st := range check {
-		if sc.prepared[st.serverName] {
-			continue // twice in the batch
-		}
-		shape, ok, err := sc.describeNew(st)
+		shape, ok, err := sc.describeNew(st, sc.prepared[st.serverName])
 		if err != nil {
 			return err
 		}
+		c.mu.Lock()
 		if !ok {
+			delete(sc.prepared, st.serverName)
+			c.mu.Unlock()
 			continue
 		}
-		c.mu.Lock()
 		sc.prepared[st.serverName] = true
+		noteServerShape(sc, st, shape)
 		if shape != st.shape {
 			st.changed = true
 			c.r.log.Debug("prepared statement's result shape changed since the client described it", "client", c.remote, "statement", st.serverName)
@@ -120,10 +151,13 @@ func (c *client) checkShapes(sc *serverConn) error {
 	return nil
 }
 
-// describeNew prepares st on the idle sc and returns its shape; ok is
-// false when the server refused it (then sc is idle again, the statement
-// not prepared).
-func (sc *serverConn) describeNew(st *stmt) (shape string, ok bool, err error) {
+// describeNew prepares st on the idle sc (closing its plan there first:
+// again) and returns its shape; ok is false when the server refused it
+// (then sc is idle again, the statement not prepared).
+func (sc *serverConn) describeNew(st *stmt, again bool) (shape string, ok bool, err error) {
+	if again {
+		sc.send(&pgproto3.Close{ObjectType: 'S', Name: st.serverName})
+	}
 	p := st.parse
 	sc.send(&p)
 	sc.send(&pgproto3.Describe{ObjectType: 'S', Name: st.serverName})

@@ -15,8 +15,10 @@ import (
 // result type" through the router too, also when the statement runs on a
 // server connection it was never prepared on (the router prepares it
 // there again and would otherwise return rows of the new shape); the
-// session goes on, and the statement prepared again works. A pool of two
-// makes the second connection certain: another client holds the first.
+// session goes on, and the statement prepared again works; and a client
+// that prepares the same text after the DDL is not given the old plan's
+// error on a connection that holds it. A pool of two makes the connection
+// certain: another client holds the other.
 func testChangedResultShape(t *testing.T, cl *cluster, noFast bool) {
 	ctx := testContext(t)
 	cfg := routerConfig(router.PoolTransaction)
@@ -71,5 +73,28 @@ func testChangedResultShape(t *testing.T, cl *cluster, noFast bool) {
 	var n int
 	if err := tx.QueryRow(ctx, "SELECT count(*) FROM pgha_shape").Scan(&n); err != nil || n != 2 {
 		t.Errorf("rows in pgha_shape: %d, %v; want 2 (values 1 and 4)", n, err)
+	}
+
+	// A client that prepares the same text after the DDL shares its server
+	// name; run on the connection that still holds the plan from before
+	// the DDL, it must get its rows, not that plan's 0A000.
+	c3 := connect(t, tr.rw, trustUser, "").PgConn()
+	if _, err := c3.Prepare(ctx, "ins3", ins, nil); err != nil { // on the second connection: the first is held
+		t.Fatal(err)
+	}
+	c4 := connect(t, tr.rw, trustUser, "")
+	tx4, err := c4.Begin(ctx) // holds the second connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx4.Rollback(ctx)
+	if _, err := tx4.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil { // frees the first
+		t.Fatal(err)
+	}
+	if res := c3.ExecPrepared(ctx, "ins3", [][]byte{[]byte("5")}, nil, nil).Read(); res.Err != nil || len(res.Rows) != 1 || len(res.Rows[0]) != 2 {
+		t.Errorf("ins3, prepared after the DDL, on the connection prepared before it: %v %q; want one row of two columns", res.Err, res.Rows)
 	}
 }
