@@ -23,8 +23,10 @@ import (
 // two servers instead of one), router against router-standby1 (a router
 // that knows only the primary and standby1) what it costs through the
 // router, and router-nolb is the router with load balancing off,
-// everything to the primary as PgBouncer does.
-var allTargets = []string{"direct", "direct-standby1", "direct-standbys", "direct-spread", "pgbouncer", "pgpool", "router-nolb", "router-standby1", "router"}
+// everything to the primary as PgBouncer does. router-noryw is the router
+// without read-your-writes: what that guarantee costs a session that
+// writes and reads (the tpcb mix).
+var allTargets = []string{"direct", "direct-standby1", "direct-standbys", "direct-spread", "pgbouncer", "pgpool", "router-nolb", "router-standby1", "router-noryw", "router"}
 
 func isTarget(name string) bool { return slices.Contains(allTargets, name) }
 
@@ -81,11 +83,13 @@ func startTargets(ctx context.Context, td *teardown, dir string, t *tools, cl *c
 		case "pgpool":
 			tg, err = startPgpool(dir, t, cl, o)
 		case "router":
-			tg, err = startRouter(dir, cl.nodes, o, name, o.loadBalance)
+			tg, err = startRouter(dir, cl.nodes, o, name, o.loadBalance, o.readYourWrites)
 		case "router-standby1":
-			tg, err = startRouter(dir, cl.nodes[:2], o, name, o.loadBalance)
+			tg, err = startRouter(dir, cl.nodes[:2], o, name, o.loadBalance, o.readYourWrites)
 		case "router-nolb":
-			tg, err = startRouter(dir, cl.nodes, o, name, false)
+			tg, err = startRouter(dir, cl.nodes, o, name, false, o.readYourWrites)
+		case "router-noryw":
+			tg, err = startRouter(dir, cl.nodes, o, name, o.loadBalance, false)
 		}
 		if err != nil {
 			return nil, err
@@ -256,7 +260,7 @@ log_per_node_statement = off
 
 // startRouter runs the router in a process of its own: this binary,
 // re-executed with -serve-router, in front of nodes.
-func startRouter(dir string, nodes []*node, o *options, name string, loadBalance bool) (*target, error) {
+func startRouter(dir string, nodes []*node, o *options, name string, loadBalance, readYourWrites bool) (*target, error) {
 	d := filepath.Join(dir, name)
 	port, err := freePort()
 	if err != nil {
@@ -293,7 +297,7 @@ func startRouter(dir string, nodes []*node, o *options, name string, loadBalance
 		args = append(args, "-cpuprofile", o.cpuProfile)
 	}
 	ryw := "read-your-writes"
-	if !o.readYourWrites {
+	if !readYourWrites {
 		args = append(args, "-read-your-writes=false")
 		ryw = "read-your-writes OFF"
 	}

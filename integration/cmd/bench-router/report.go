@@ -360,6 +360,7 @@ func printTargets(m *matrix, sum []map[string]summary, o *options) {
 	}
 	fmt.Printf("targets met: %d of %d judged\n", met, judged)
 	printLikeForLike(m, sum)
+	printReadYourWritesCost(m, sum)
 }
 
 // printLikeForLike compares the proxies where they do the same work, which
@@ -433,6 +434,34 @@ func printLikeForLike(m *matrix, sum []map[string]summary) {
 		fmt.Println(l)
 	}
 	fmt.Printf("like-for-like checks met: %d of %d\n", met, judged)
+}
+
+// printReadYourWritesCost compares the router with and without
+// read-your-writes where sessions write and then read (the tpcb mix): with
+// it, a session's reads after its write go to a standby only once that
+// standby has replayed the write (else to the primary), and each write
+// transaction costs the router a question for the primary's WAL position.
+func printReadYourWritesCost(m *matrix, sum []map[string]summary) {
+	var lines []string
+	for i, c := range m.cells {
+		a, b := sum[i]["router"], sum[i]["router-noryw"]
+		if c.workload != "tpcb" || !a.ok || !b.ok {
+			continue
+		}
+		paired := ""
+		if p, ok := pairedRatio(m.runs[i]["router"], m.runs[i]["router-noryw"]); ok && len(m.runs[i]["router"]) > 1 {
+			paired = fmt.Sprintf("; per-round median %.2fx", p)
+		}
+		lines = append(lines, fmt.Sprintf("  %-28s router %.0f tps, router-noryw %.0f tps: %.2fx%s; router CPU per transaction %.0f vs %.0f µs",
+			c.label(), a.tps, b.tps, a.tps/b.tps, paired, a.cpuPerXact, b.cpuPerXact))
+	}
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Println("\n== what read-your-writes costs (the default mix: each session writes, then reads)")
+	for _, l := range lines {
+		fmt.Println(l)
+	}
 }
 
 // printProxyCounters shows what the router and pgpool-II counted: the
