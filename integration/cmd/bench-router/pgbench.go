@@ -228,9 +228,17 @@ func pgbenchOnce(ctx context.Context, t *tools, port int, c cell, d time.Duratio
 	case runErr != nil:
 		r.err = fmt.Sprintf("pgbench: %v: %s", runErr, firstError(stderr.String()))
 	case perr != nil:
-		r.err = perr.Error()
+		r.err = fmt.Sprintf("%v (stderr: %s; stdout ends: %q)", perr, firstError(stderr.String()), tail(stdout.String(), 300))
 	}
 	return r
+}
+
+// tail is the last n bytes of s.
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }
 
 // splitCell shares c's clients and threads between n pgbench processes;
@@ -319,7 +327,11 @@ func runMatrix(ctx context.Context, ts []*target, cl *cluster, t *tools, o *opti
 					return nil, err
 				}
 				if !r.ok() {
-					return nil, fmt.Errorf("warm-up of %s: %s", tg.name, r.err)
+					// Not fatal: a slow proxy (pgpool-II connecting 64
+					// sessions to three servers of a quarter core each)
+					// may not finish a transaction in the warm-up; its
+					// cells say whether it works.
+					fmt.Printf("  warm-up of %s (%s): %s\n", tg.name, w, r.err)
 				}
 				if err := checkAlive(ts); err != nil {
 					return nil, err
