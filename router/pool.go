@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -448,7 +449,10 @@ func (p *pool) dial(ctx context.Context) (*serverConn, error) {
 		conn.Close()
 		p.r.stats.ConnectErrors.Add(1)
 		err = fmt.Errorf("log into %s as %s: %w", p.key.addr, p.key.user, err)
-		if serverUnavailable(err) {
+		if serverUnavailable(err) || errors.Is(err, os.ErrDeadlineExceeded) {
+			// No answer within ServerConnectTimeout is a server that
+			// cannot serve now, like one that refuses connections: a
+			// read goes elsewhere, a write waits for a primary.
 			err = &serverDownError{err}
 		}
 		return nil, err

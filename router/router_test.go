@@ -80,6 +80,7 @@ func TestRouter(t *testing.T) {
 	t.Run("CloseEndsWaitingSession", func(t *testing.T) { testCloseEndsWaitingSession(t, cl) })
 	t.Run("ChangedResultShape", func(t *testing.T) { testChangedResultShape(t, cl, false) })
 	t.Run("ChangedResultShapeNoFast", func(t *testing.T) { testChangedResultShape(t, cl, true) })
+	t.Run("StandbyNotAnswering", func(t *testing.T) { testStandbyNotAnswering(t, cl) })
 	t.Run("PrepareWhilePoolBusy", func(t *testing.T) { testPrepareWhilePoolBusy(t, cl) })
 	t.Run("FastPath", func(t *testing.T) { testFastPath(t, cl) })
 	t.Run("Leftovers", func(t *testing.T) { testLeftovers(t, cl) })
