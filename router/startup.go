@@ -66,6 +66,9 @@ func (r *Router) serveClient(conn net.Conn, role Role) {
 	ok, err := c.startup()
 	if err != nil {
 		c.refuse(err)
+		// The decoder may have stopped inside a message (a client gone
+		// in the middle of its password): never for another session.
+		c.dec = nil
 		c.end(nil)
 		return
 	}
@@ -96,7 +99,9 @@ func (c *client) run(handedBack bool) {
 func (c *client) end(err error) {
 	c.cleanup()
 	if c.dec != nil && err == nil {
-		c.dec.put() // after an error it may be inside a message: dropped
+		// The loop ended at a Terminate, a message boundary; after an
+		// error the decoder may be inside a message: dropped.
+		c.dec.put()
 	}
 	c.dec = nil
 	if c.mr != nil {
