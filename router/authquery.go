@@ -135,9 +135,8 @@ func (sc *serverConn) querySecret(query, user string, deadline time.Time) (secre
 	var qerr error
 	rows := 0
 	for {
-		msg, err := sc.fe.Receive()
+		msg, err := sc.receive()
 		if err != nil {
-			sc.broken.Store(true)
 			return "", false, err
 		}
 		switch m := msg.(type) {

@@ -553,6 +553,16 @@ func (sc *serverConn) login(r *Router, db, user string) (map[string]string, erro
 	}
 }
 
+// receive reads the server's next message; a failed read leaves sc in an
+// unknown state (broken).
+func (sc *serverConn) receive() (pgproto3.BackendMessage, error) {
+	msg, err := sc.fe.Receive()
+	if err != nil {
+		sc.broken.Store(true)
+	}
+	return msg, err
+}
+
 // send appends msg to the server write buffer.
 func (sc *serverConn) send(msg pgproto3.FrontendMessage) {
 	sc.wbuf, _ = msg.Encode(sc.wbuf)
@@ -585,9 +595,8 @@ func (sc *serverConn) simpleQuery(sql string) (string, error) {
 	var val string
 	var qerr error
 	for {
-		msg, err := sc.fe.Receive()
+		msg, err := sc.receive()
 		if err != nil {
-			sc.broken.Store(true)
 			return "", err
 		}
 		switch m := msg.(type) {

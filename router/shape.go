@@ -166,33 +166,36 @@ func (sc *serverConn) describeNew(st *stmt, again bool) (shape string, ok bool, 
 		return "", false, err
 	}
 	for {
-		msg, err := sc.fe.Receive()
+		msg, err := sc.receive()
 		if err != nil {
-			sc.broken.Store(true)
 			return "", false, err
 		}
 		switch m := msg.(type) {
 		case *pgproto3.RowDescription, *pgproto3.NoData:
 			return shapeOf(m), true, nil
 		case *pgproto3.ErrorResponse:
-			// The server skips to Sync: end it there.
-			sc.send(&pgproto3.Sync{})
-			if err := sc.flush(); err != nil {
-				return "", false, err
+			return "", false, sc.syncAfterError()
+		}
+	}
+}
+
+// syncAfterError ends an extended-protocol exchange the server failed
+// (it skips everything up to Sync) and waits until it is idle again.
+func (sc *serverConn) syncAfterError() error {
+	sc.send(&pgproto3.Sync{})
+	if err := sc.flush(); err != nil {
+		return err
+	}
+	for {
+		msg, err := sc.receive()
+		if err != nil {
+			return err
+		}
+		if z, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			if z.TxStatus != 'I' {
+				sc.broken.Store(true)
 			}
-			for {
-				msg, err := sc.fe.Receive()
-				if err != nil {
-					sc.broken.Store(true)
-					return "", false, err
-				}
-				if z, isZ := msg.(*pgproto3.ReadyForQuery); isZ {
-					if z.TxStatus != 'I' {
-						sc.broken.Store(true)
-					}
-					return "", false, nil
-				}
-			}
+			return nil
 		}
 	}
 }
