@@ -288,17 +288,8 @@ func (f *fastPath) terminated() bool {
 	if f.sc != nil || !mr.atBoundary() {
 		return false
 	}
-	for {
-		sp := mr.spare()
-		if len(sp) == 0 {
-			return false
-		}
-		n, err := f.cc.TryRead(sp)
-		mr.fill(n)
-		if err != nil || n == 0 {
-			break
-		}
-	}
+	// To the end the client reported (its EOF is the error ignored here).
+	readAvailable(f.cc, mr, true, func() bool { return true })
 	if !isTerminate(mr.peek()) {
 		return false
 	}
