@@ -614,6 +614,8 @@ func (c *client) connect(class Class) (Backend, bool, *serverConn, error) {
 		}
 		var down *serverDownError
 		switch {
+		case errors.Is(err, errDraining):
+			// Route again: the view excludes it now.
 		case errors.Is(err, errRetired) && (cached || time.Now().Before(deadline)):
 			// A topology change replaced it: look it up again. Not only a
 			// pool from the session's cache: one just looked up can be

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgha/pgha/router/poller"
 )
 
 // poolKey names a pool: one per backend address, database and user.
@@ -36,6 +37,11 @@ type pool struct {
 	waiters []waiter // FIFO; woken means "try again"
 	params  map[string]string
 	retired bool // backend gone or changed role: no new connections
+
+	// draining: its backend is Draining (a standby about to restart);
+	// get and tryGet hand out nothing, so a read routed there just before
+	// goes to the primary (client.connect) instead of the restart.
+	draining atomic.Bool
 
 	// ctx ends when the pool retires: a dial still in progress gives up
 	// then, not at its timeout (a primary whose host is lost answers no
@@ -199,6 +205,9 @@ func (p *pool) acquire(ctx context.Context) (_ *serverConn, err error) {
 // when the pool has no idle connection: it costs allocations and a timer,
 // per transaction on the hot path.
 func (p *pool) get(parent context.Context, timeout time.Duration) (*serverConn, error) {
+	if p.draining.Load() {
+		return nil, errDraining
+	}
 	p.mu.Lock()
 	var sc *serverConn
 	if !p.retired {
@@ -216,14 +225,15 @@ func (p *pool) get(parent context.Context, timeout time.Duration) (*serverConn, 
 }
 
 // popIdle takes the most recently used idle connection that has not
-// expired, closing the expired ones it meets; nil when there is none.
+// expired and is still quiet, closing the others it meets; nil when there
+// is none.
 // Called with mu held; it releases mu while it closes a connection.
 func (p *pool) popIdle() *serverConn {
 	for len(p.idle) > 0 {
 		sc := p.idle[len(p.idle)-1]
 		p.idle[len(p.idle)-1] = nil
 		p.idle = p.idle[:len(p.idle)-1]
-		if p.expired(sc, time.Now()) {
+		if p.expired(sc, time.Now()) || !sc.quiet() {
 			delete(p.all, sc)
 			p.mu.Unlock()
 			sc.close()
@@ -290,6 +300,9 @@ func (p *pool) countWait(d time.Duration) {
 // first) f joins the queue and wait is true; wakeOne kicks f's client
 // later. nil and false: the general path must dial, or the pool retired.
 func (p *pool) tryGet(f *fastPath, first bool) (sc *serverConn, wait bool) {
+	if p.draining.Load() {
+		return nil, false // the general path: get refuses it, the read goes to the primary
+	}
 	p.mu.Lock()
 	if p.retired {
 		p.mu.Unlock()
@@ -389,10 +402,58 @@ func (p *pool) reap(now time.Time) {
 	}
 }
 
+// errDraining: the pool's backend is draining; the view that says so is
+// in place already (applyTopology stores it first), so routing again
+// picks another server.
+var errDraining = errors.New("the server is draining for a restart")
+
+// closeIdle closes the pool's idle connections (Router.Drain).
+func (p *pool) closeIdle() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	for _, sc := range idle {
+		delete(p.all, sc)
+	}
+	p.wakeOne() // room to dial for a waiter
+	p.mu.Unlock()
+	for _, sc := range idle {
+		sc.close()
+	}
+}
+
 func (p *pool) counts() (idle, total int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.idle), len(p.all)
+}
+
+// quiet: nothing arrived on the idle connection. PostgreSQL sends an idle
+// session nothing it keeps: what arrives is its goodbye (the FATAL of a
+// shutdown, a restart, pg_terminate_backend, idle_session_timeout) or the
+// close, and handing such a connection out failed the next client's query
+// (a standby's restart under pgbench, CI). One non-blocking read.
+func (sc *serverConn) quiet() bool {
+	var b [1]byte
+	switch c := sc.conn.(type) {
+	case *poller.Conn:
+		_, err := c.TryRead(b[:])
+		return errors.Is(err, poller.ErrWouldBlock)
+	case syscall.Conn: // Config.DisableFastPath: a *net.TCPConn
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return false
+		}
+		var rerr error
+		if err := raw.Read(func(fd uintptr) bool {
+			_, _, rerr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			return true
+		}); err != nil {
+			return false
+		}
+		return errors.Is(rerr, syscall.EAGAIN)
+	}
+	return true
 }
 
 // close closes the connection; any goroutine may call it, any number of

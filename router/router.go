@@ -484,6 +484,7 @@ func (r *Router) applyTopology() {
 			retire = append(retire, p)
 			delete(r.pools, k)
 		}
+		p.draining.Store(v.draining(k.addr))
 	}
 	r.mu.Unlock()
 	for _, p := range retire {
@@ -508,7 +509,7 @@ func sameRoles(a, b []Backend) bool {
 		return false
 	}
 	for i := range a {
-		if a[i].Name != b[i].Name || a[i].Addr() != b[i].Addr() || a[i].Primary != b[i].Primary || a[i].Healthy != b[i].Healthy {
+		if a[i].Name != b[i].Name || a[i].Addr() != b[i].Addr() || a[i].Primary != b[i].Primary || a[i].Healthy != b[i].Healthy || a[i].Draining != b[i].Draining {
 			return false
 		}
 	}
@@ -523,9 +524,53 @@ func (r *Router) pool(addr, db, user string) *pool {
 	if p == nil {
 		p = &pool{r: r, key: k, all: map[*serverConn]bool{}}
 		p.ctx, p.cancel = context.WithCancel(r.ctx)
+		if v := r.view.Load(); v != nil {
+			p.draining.Store(v.draining(addr))
+		}
 		r.pools[k] = p
 	}
 	return p
+}
+
+// Drain waits until nothing runs on the backend at addr, which the
+// topology marks Draining (Backend.Draining: no new reads go to it), and
+// then closes its idle server connections: a standby can then restart
+// without failing a read, and no connection its restart ends is handed
+// out after it. It returns how many server connections to it were still
+// in use when ctx ended (a session-mode client holds one for its whole
+// session), with ctx's error.
+func (r *Router) Drain(ctx context.Context, addr string) (int64, error) {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		// The topology is applied by the watch goroutine: until the
+		// router's view has the backend draining, reads may still go there.
+		inUse := int64(0)
+		applied := false
+		if v := r.view.Load(); v != nil {
+			applied = v.draining(addr)
+		}
+		var pools []*pool
+		r.mu.Lock()
+		for k, p := range r.pools {
+			if k.addr == addr {
+				pools = append(pools, p)
+				inUse += p.active.Load()
+			}
+		}
+		r.mu.Unlock()
+		if applied && inUse == 0 {
+			for _, p := range pools {
+				p.closeIdle()
+			}
+			return 0, nil
+		}
+		select {
+		case <-ctx.Done():
+			return inUse, ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // Serve accepts clients on ln until ctx ends, ln fails or Close; it closes

@@ -84,6 +84,12 @@ func TestRouter(t *testing.T) {
 	t.Run("PrepareWhilePoolBusy", func(t *testing.T) { testPrepareWhilePoolBusy(t, cl) })
 	t.Run("FastPath", func(t *testing.T) { testFastPath(t, cl) })
 	t.Run("Leftovers", func(t *testing.T) { testLeftovers(t, cl) })
+	// These two end standby1's sessions and restart it: last.
+	for _, noFast := range []bool{false, true} {
+		name := map[bool]string{false: "", true: "NoFast"}[noFast]
+		t.Run("IdleConnectionsEnded"+name, func(t *testing.T) { testIdleConnectionsEnded(t, cl, noFast) })
+		t.Run("DrainStandby"+name, func(t *testing.T) { testDrainStandby(t, cl, noFast) })
+	}
 }
 
 func testQueries(t *testing.T, tr *testRouter) {

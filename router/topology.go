@@ -21,6 +21,11 @@ type Backend struct {
 	Weight    int    // relative share of reads among standbys; 0 counts as 1
 	// NoLoadBalance: never chosen for reads (a member tagged noloadbalance).
 	NoLoadBalance bool
+	// Draining: a standby about to restart. No new read goes to it, its
+	// pools hand out no connection (reads already routed there go to the
+	// primary), and what runs on it finishes (Router.Drain); unlike
+	// Healthy=false, which closes its connections in use.
+	Draining bool
 	// ReplicationState and ReplicationSyncState are shown by SHOW POOL_NODES
 	// ("streaming", "sync"/"async"/"quorum"); empty when unknown.
 	ReplicationState     string
@@ -127,6 +132,17 @@ func newView(bs []Backend, prev *view, now time.Time) *view {
 	return v
 }
 
+// draining: the standby at addr is marked Draining (a primary never is:
+// its pools refusing every connection would send writes nowhere).
+func (v *view) draining(addr string) bool {
+	for _, b := range v.backends {
+		if b.Draining && !b.Primary && b.Addr() == addr {
+			return true
+		}
+	}
+	return false
+}
+
 func (v *view) primaryBackend() (Backend, bool) {
 	if v.primary < 0 {
 		return Backend{}, false
@@ -202,7 +218,7 @@ func (v *view) pickRead(maxLag int64, minLSN uint64, load loadMeter, primaryLoad
 }
 
 func (v *view) eligible(b Backend, maxLag int64, minLSN uint64) bool {
-	return !b.Primary && b.Healthy && !b.NoLoadBalance && (maxLag <= 0 || b.LagBytes <= maxLag) && (minLSN == 0 || b.ReplayLSN >= minLSN)
+	return !b.Primary && b.Healthy && !b.NoLoadBalance && !b.Draining && (maxLag <= 0 || b.LagBytes <= maxLag) && (minLSN == 0 || b.ReplayLSN >= minLSN)
 }
 
 func weight(b Backend) int {
