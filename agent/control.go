@@ -71,6 +71,7 @@ func (a *Agent) controlRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /internal/permit", a.authorized(a.leaderOnly(a.handlePermit)))
 	mux.HandleFunc("POST /internal/lease", a.authorized(a.leaderOnly(a.handleLease)))
 	mux.HandleFunc("POST /internal/checkpoint", a.authorized(a.handleCheckpoint))
+	mux.HandleFunc("POST /internal/drain", a.authorized(a.leaderOnly(a.handleDrain)))
 	mux.HandleFunc("POST /internal/news", a.authorized(a.handleNews))
 }
 
@@ -609,10 +610,11 @@ func (a *Agent) handleReload(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleRestart restarts the named member's PostgreSQL (fast shutdown, then
-// start), answering once it runs again. A standby's restart costs its
-// reads only; the primary's makes writes unavailable, so it is refused
-// unless in_place is asked for (pgha-agent restart switches over first,
-// which restarts the old primary as a standby). The primary's restart
+// start), answering once it runs again. A standby is drained in the
+// leader's router first (drain.go), so its restart fails no read. The
+// primary's restart makes writes unavailable, so it is refused unless
+// in_place is asked for (pgha-agent restart switches over first, which
+// restarts the old primary as a standby). The primary's restart
 // holds a start permit, so the leader does not fail it over meanwhile.
 func (a *Agent) handleRestart(w http.ResponseWriter, r *http.Request) {
 	req, st, ok := a.onMember(w, r, "restart", func(st consensus.State, req ControlRequest) string {
@@ -634,6 +636,11 @@ func (a *Agent) handleRestart(w http.ResponseWriter, r *http.Request) {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, until)
 		defer cancel()
+	}
+	if st.Primary != a.cfg.Name {
+		// Its reads finish first, and none starts meanwhile (drain.go).
+		a.drainSelf(ctx, false)
+		defer a.drainSelf(context.WithoutCancel(ctx), true)
 	}
 	a.log.Info("restarting PostgreSQL", "reason", "operator request")
 	a.pgMu.Lock()

@@ -36,6 +36,8 @@ type front struct {
 	// configVersion is the cluster-wide configuration version whose router
 	// settings rt has (followRouterSettingsLocked).
 	configVersion uint64
+	// drained: standbys drained for a restart, until when (drain.go).
+	drained map[string]time.Time
 }
 
 // frontLoop keeps the front on the leader. It reacts to leadership and state
@@ -174,7 +176,7 @@ func (a *Agent) startRouterLocked() error {
 		rw.Close()
 		return fmt.Errorf("router: cannot listen yet: %w", err)
 	}
-	f.topo = router.NewBackendSet(a.backends()...)
+	f.topo = router.NewBackendSet(f.markDrainingLocked(a.backends(), time.Now())...)
 	cfg := rc.routerConfig()
 	cfg.Logger = a.log.With("component", "router")
 	rt, err := router.New(cfg, f.topo)
@@ -260,7 +262,7 @@ func (a *Agent) releaseVIP(reason string) {
 // over some other way).
 func (a *Agent) updateTopologyLocked() {
 	f := &a.front
-	next := a.backends()
+	next := f.markDrainingLocked(a.backends(), time.Now())
 	if !slices.Equal(next, f.topo.Backends()) {
 		f.topo.Set(next...)
 	}
