@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math"
 	"net"
 	"os"
 	"strconv"
@@ -1107,7 +1106,6 @@ func (c *client) popSync(sc *serverConn) {
 // goroutine: the deadline passed, or the server asks for COPY data, which
 // only the client goroutine can forward.
 func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
-	r := c.r
 	if inline {
 		sc.conn.SetReadDeadline(time.Now().Add(inlineWait))
 	}
@@ -1177,7 +1175,7 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 				c.noteShape(sc, msg)
 			}
 		case *pgproto3.ErrorResponse:
-			serverFatal = m.Severity == "FATAL" || m.Severity == "PANIC"
+			serverFatal = endsConnection(m.SeverityUnlocalized) || endsConnection(m.Severity)
 			if c.txnMode && isChangedPlanError(m) {
 				asChangedPlan(m)
 			}
@@ -1192,11 +1190,8 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 				c.mu.Unlock()
 			}
 		case *pgproto3.ParameterStatus:
-			// The client changed a reported setting (SET application_name):
-			// the next hand-over applies its owner's set again. Under mu:
-			// enqueue may mark it at the same time.
 			c.mu.Lock()
-			sc.paramsKey = paramsUnknown
+			sc.settingChanged()
 			c.mu.Unlock()
 		case *pgproto3.ReadyForQuery:
 			c.mu.Lock()
@@ -1221,19 +1216,12 @@ func (c *client) relay(sc *serverConn, inline bool) (handoff bool) {
 				}
 				continue
 			}
-			release := done && c.txnMode && m.TxStatus == 'I' && c.sc == sc
+			var release bool
 			var lsnGen uint64 // read-your-writes: fetch the LSN for this write release
 			if done {
 				c.pumping = false
-			}
-			if release {
-				c.sc = nil
-				if c.wrote && !r.settings().DisableReadYourWrites && !r.settings().DisableLoadBalance && c.role == ReadWrite {
-					// Until the LSN is known (below, before sc returns to
-					// the pool) the session's reads go to the primary.
-					c.lsnGen++
-					lsnGen = c.lsnGen
-					c.writeLSN.Store(math.MaxUint64)
+				if c.txnMode {
+					release, lsnGen = c.releaseIfIdle(sc, m.TxStatus)
 				}
 			}
 			c.send(m) // before unlocking: the client's next batch must not overtake it
@@ -1304,15 +1292,11 @@ func (c *client) applyParams(sc *serverConn) error {
 // MaxUint64 (reads from the primary until the next write) and sc is not
 // reusable.
 func (c *client) fetchWriteLSN(sc *serverConn, gen uint64) bool {
-	s, err := sc.simpleQuery("SELECT pg_current_wal_insert_lsn()")
+	s, err := sc.simpleQuery(writeLSNQuery)
 	lsn, perr := parseLSN(s)
 	ok := err == nil && perr == nil
 	if ok {
-		c.mu.Lock()
-		if c.lsnGen == gen {
-			c.writeLSN.Store(lsn)
-		}
-		c.mu.Unlock()
+		c.storeWriteLSN(gen, lsn)
 	}
 	return ok
 }

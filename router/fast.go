@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -65,12 +64,14 @@ type fastPath struct {
 	out           []byte // bytes for the client its socket did not take yet
 	clientSent    bool   // the client's socket turned readable while a query ran
 	serverHup     bool   // the attached server's socket reported its end: read up to it
+	serverFatal   bool   // the last ErrorResponse relayed was the server's FATAL
 	handedBack    bool   // since the last enterFast
 	serverPending bool   // the server may have more while out is full
 }
 
-// fastResult is a hand-back: lost is a server connection that failed under
-// the fast path, for the resumed goroutine to report (serverLost).
+// fastResult is a hand-back: lostSC is a server connection that failed
+// under the fast path, with why (lost; nil after the server's FATAL), for
+// the resumed goroutine to report (serverLost).
 type fastResult struct {
 	lost   error
 	lostSC *serverConn
@@ -109,7 +110,7 @@ func (c *client) enterFast() {
 // resume carries the session on after a hand-back, on a goroutine of its
 // own (handBack starts it).
 func (c *client) resume(res fastResult) {
-	if res.lost != nil {
+	if res.lostSC != nil {
 		c.serverLost(res.lostSC, res.lost)
 		c.end(res.lost)
 		return
@@ -368,7 +369,7 @@ func (f *fastPath) attach(sc *serverConn, target Backend, toStandby bool, class 
 	c.wrote = !toStandby && class != ClassRead
 	c.txStatus = 'I'
 	c.mu.Unlock()
-	f.sc, f.scc, f.serverHup = sc, scc, false
+	f.sc, f.scc, f.serverHup, f.serverFatal = sc, scc, false, false
 	scc.SetHandler(f)
 	f.send(c.mr.peek())
 }
@@ -697,8 +698,9 @@ func (f *fastPath) relayBuffered() bool {
 				from = i + 1 + l
 			}
 		case 'S':
-			// ParameterStatus: the client changed a reported setting.
-			f.sc.paramsKey = paramsUnknown
+			f.sc.settingChanged()
+		case 'E':
+			f.serverFatal = endsConnection(errorSeverity(buf[i+5 : i+1+l]))
 		case 'Z':
 			if l == 5 {
 				f.status = buf[i+5]
@@ -787,28 +789,19 @@ func (f *fastPath) flushOut() {
 // the read-your-writes position is fetched for a write (fetchLSN).
 func (f *fastPath) finish() {
 	c := f.c
-	r := c.r
 	sc := f.sc
 	f.inFlight = false
 	c.mu.Lock()
 	c.txStatus = f.status
-	if f.status != 'I' {
-		c.mu.Unlock()
+	release, lsnGen := c.releaseIfIdle(sc, f.status)
+	c.mu.Unlock()
+	if !release {
 		f.next()
 		return
 	}
 	scc := f.scc
 	scc.SetHandler(nil)
 	f.sc, f.scc = nil, nil
-	c.sc = nil
-	var lsnGen uint64
-	if c.wrote && !r.settings().DisableReadYourWrites && !r.settings().DisableLoadBalance && c.role == ReadWrite {
-		// Until the position is known the session reads from the primary.
-		c.lsnGen++
-		lsnGen = c.lsnGen
-		c.writeLSN.Store(math.MaxUint64)
-	}
-	c.mu.Unlock()
 	if lsnGen != 0 {
 		fetchLSN(c, sc, scc, lsnGen) // releases sc
 	} else {
@@ -832,9 +825,13 @@ func (f *fastPath) next() {
 }
 
 // lost: the server connection failed; the goroutine reports it to the
-// client (serverLost) and ends the session.
+// client (serverLost; nothing more after the server's own FATAL) and ends
+// the session.
 func (f *fastPath) lost(err error) {
 	sc := f.sc
+	if f.serverFatal {
+		err = nil
+	}
 	f.scc.SetHandler(nil)
 	f.sc, f.scc, f.inFlight = nil, nil, false
 	f.handBack(fastResult{lost: err, lostSC: sc})

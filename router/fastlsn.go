@@ -26,7 +26,7 @@ type lsnFetch struct {
 	hup    bool // the socket reported its end: read up to it
 }
 
-var lsnQuery, _ = (&pgproto3.Query{String: "SELECT pg_current_wal_insert_lsn()"}).Encode(nil)
+var lsnQuery, _ = (&pgproto3.Query{String: writeLSNQuery}).Encode(nil)
 
 // fetchLSN starts the question on sc, which the session has just left.
 func fetchLSN(c *client, sc *serverConn, scc *poller.Conn, gen uint64) {
@@ -97,12 +97,7 @@ func (l *lsnFetch) parse() bool {
 func (l *lsnFetch) done(ok bool) {
 	l.scc.SetHandler(nil)
 	if ok {
-		c := l.c
-		c.mu.Lock()
-		if c.lsnGen == l.gen {
-			c.writeLSN.Store(l.lsn)
-		}
-		c.mu.Unlock()
+		l.c.storeWriteLSN(l.gen, l.lsn)
 	}
 	l.sc.pool.release(l.sc, ok)
 }
