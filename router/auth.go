@@ -6,7 +6,6 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -205,17 +204,8 @@ func passwordFailed(user string) error {
 // yet sent).
 func (c *client) authenticate() error {
 	r := c.r
-	addr := netip.Addr{}
-	if ta, ok := c.conn.RemoteAddr().(*net.TCPAddr); ok {
-		addr, _ = netip.AddrFromSlice(ta.IP)
-	}
-	var rule *HBARule
-	for i := range r.settings().HBA {
-		if r.settings().HBA[i].matches(c.db, c.user, addr, c.encrypted) {
-			rule = &r.settings().HBA[i]
-			break
-		}
-	}
+	addr := c.remoteIP()
+	rule := c.hbaRule(c.db, c.user)
 	// PostgreSQL's words, which operators search for.
 	host, enc := addr.Unmap().String(), "no encryption"
 	if c.encrypted {

@@ -38,9 +38,14 @@ type client struct {
 	stopOnClose   func() bool // stops the Router.Close hook that closes conn
 	encrypted     bool        // TLS negotiated
 	loginDeadline time.Time
-	dec           *decoder   // decodes the client's messages; nil while the fast path holds the session
-	mr            *msgReader // dec's reader
-	txnMode       bool
+	// The login's start on the event loop (login.go), when it hands the
+	// login to a goroutine: the bytes it read and did not use, and the
+	// encryption requests it answered 'N'.
+	pre                      []byte
+	sslAnswered, gssAnswered bool
+	dec                      *decoder   // decodes the client's messages; nil while the fast path holds the session
+	mr                       *msgReader // dec's reader
+	txnMode                  bool
 
 	// fast is the session's fast path (fast.go): nil in session mode, with
 	// TLS or with Config.DisableFastPath. fastOK: the last batch the

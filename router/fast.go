@@ -100,8 +100,10 @@ var errOnFastPath = errors.New("the session went to the fast path")
 func (c *client) enterFast() {
 	f := c.fast
 	f.handedBack = false
-	c.dec.put()
-	c.dec = nil
+	if c.dec != nil { // none after a login on the event loop
+		c.dec.put()
+		c.dec = nil
+	}
 	c.mr.releaseIfEmpty()
 	f.cc.SetHandler(f)
 	f.cc.Kick() // what the client sent before SetHandler

@@ -152,6 +152,14 @@ func (m *msgReader) spare() []byte {
 
 func (m *msgReader) fill(n int) { m.w += n }
 
+// preload buffers b, read from the socket before m existed (at most a
+// startup packet's worth, well within the buffer).
+func (m *msgReader) preload(b []byte) {
+	if len(b) > 0 {
+		m.fill(copy(m.spare(), b))
+	}
+}
+
 // A decoder is a pgproto3 Backend reading from a msgReader, recycled
 // between sessions and between a session's stays on the fast path: each
 // Backend keeps an 8 kB read buffer of its own, and a session the fast

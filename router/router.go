@@ -320,6 +320,7 @@ type Stats struct {
 	ConnectErrors    atomic.Int64 // server connections that failed to open or log in
 	FastPath         atomic.Int64 // transactions served on the poller (fast.go)
 	FastHandBacks    atomic.Int64 // sessions the fast path handed back to their goroutine
+	LoopLogins       atomic.Int64 // logins done on the event loop, no goroutine (login.go)
 }
 
 // StatsSnapshot is a copy of Stats plus per-pool figures.
@@ -338,6 +339,7 @@ type StatsSnapshot struct {
 	ConnectErrors    int64
 	FastPath         int64
 	FastHandBacks    int64
+	LoopLogins       int64
 	Pools            []PoolStats
 }
 
@@ -608,6 +610,10 @@ func (r *Router) Serve(ctx context.Context, ln net.Listener, role Role) error {
 			return fmt.Errorf("router %s accept: %w", role, err)
 		}
 		r.sessions.Add(1) // Done when the session ends (client.end)
+		if pc, ok := conn.(*poller.Conn); ok {
+			startLogin(r.newClient(pc, role), pc) // login.go
+			continue
+		}
 		go r.serveClient(conn, role)
 	}
 }
@@ -802,6 +808,7 @@ func (r *Router) Snapshot() StatsSnapshot {
 		ConnectErrors:    r.stats.ConnectErrors.Load(),
 		FastPath:         r.stats.FastPath.Load(),
 		FastHandBacks:    r.stats.FastHandBacks.Load(),
+		LoopLogins:       r.stats.LoopLogins.Load(),
 	}
 	r.mu.Lock()
 	s.ClientsActive = r.nClient

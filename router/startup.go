@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -44,8 +45,8 @@ type handshakeError struct{ err error }
 func (e *handshakeError) Error() string { return "TLS handshake: " + e.err.Error() }
 func (e *handshakeError) Unwrap() error { return e.err }
 
-// serveClient serves one client connection; Serve counted it in r.sessions and
-// the session's end (client.end) uncounts it.
+// serveClient serves one client connection on this goroutine; Serve
+// counted it in r.sessions and the session's end (client.end) uncounts it.
 func (r *Router) serveClient(conn net.Conn, role Role) {
 	// Go's TCP connections have TCP_NODELAY already, poller.Listener's
 	// inherit it from the listening socket.
@@ -56,6 +57,12 @@ func (r *Router) serveClient(conn net.Conn, role Role) {
 			r.log.Warn("router: client socket stays on the Go poller", "err", err)
 		}
 	}
+	r.newClient(conn, role).serve()
+}
+
+// newClient is the session of a connection just accepted, under the
+// login deadline.
+func (r *Router) newClient(conn net.Conn, role Role) *client {
 	c := &client{r: r, role: role, conn: conn, remote: conn.RemoteAddr().String(),
 		txnMode: r.settings().PoolMode == PoolTransaction, stmts: map[string]*stmt{}, txStatus: 'I'}
 	// Close ends every session, also one still logging in (Close closes
@@ -63,6 +70,12 @@ func (r *Router) serveClient(conn net.Conn, role Role) {
 	c.stopOnClose = context.AfterFunc(r.ctx, func() { conn.Close() })
 	c.loginDeadline = time.Now().Add(r.cfg.ClientLoginTimeout)
 	conn.SetDeadline(c.loginDeadline)
+	return c
+}
+
+// serve logs the client in and serves its session on this goroutine (up
+// to the fast path: run).
+func (c *client) serve() {
 	ok, err := c.startup()
 	if err != nil {
 		c.refuse(err)
@@ -76,13 +89,20 @@ func (r *Router) serveClient(conn net.Conn, role Role) {
 		c.end(nil)
 		return
 	}
+	c.loggedIn()
+	c.run(false)
+}
+
+// loggedIn: the client has its ReadyForQuery; its session begins.
+func (c *client) loggedIn() {
 	c.conn.SetDeadline(time.Time{})
-	c.dec.be.SetMaxBodyLen(r.cfg.MaxMessageSize)
+	if c.dec != nil {
+		c.dec.be.SetMaxBodyLen(c.r.cfg.MaxMessageSize)
+	}
 	if pc, ok := c.conn.(*poller.Conn); ok && c.txnMode {
 		c.fast = &fastPath{c: c, cc: pc}
 		c.fastOK = true
 	}
-	c.run(false)
 }
 
 // run serves the session on the calling goroutine until it ends, or until
@@ -124,31 +144,10 @@ func (c *client) startup() (bool, error) {
 		return false, err
 	}
 	c.mr = newClientReader(c.conn)
+	c.mr.preload(c.pre) // what the client sent behind its StartupMessage
+	c.pre = nil
 	c.dec = getDecoder(c.mr, 8192) // until authenticated
-	c.user = sm.Parameters["user"]
-	c.db = sm.Parameters["database"]
-	if c.db == "" {
-		c.db = c.user
-	}
-	if c.user == "" {
-		return false, &authError{code: "28000", msg: "no PostgreSQL user name specified in startup packet"}
-	}
-	if c.params, err = clientParams(sm.Parameters); err != nil {
-		return false, &authError{code: "0A000", msg: err.Error()}
-	}
-	if _, ok := sm.Parameters["replication"]; ok && sm.Parameters["replication"] != "false" && sm.Parameters["replication"] != "0" {
-		return false, &authError{code: "08P01", msg: "replication connections are not supported through the router"}
-	}
-	var unknown []string
-	for k := range sm.Parameters {
-		if strings.HasPrefix(k, "_pq_.") {
-			unknown = append(unknown, k)
-		}
-	}
-	if sm.ProtocolVersion != pgproto3.ProtocolVersion30 || len(unknown) > 0 {
-		c.send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown})
-	}
-	if err := c.admit(); err != nil {
+	if err := c.beginLogin(sm); err != nil {
 		return false, err
 	}
 	if err := c.authenticate(); err != nil {
@@ -160,6 +159,44 @@ func (c *client) startup() (bool, error) {
 		c.unregister()
 		return false, err
 	}
+	c.greet(params)
+	return true, c.flushClient()
+}
+
+// beginLogin checks what the StartupMessage asks for and admits the
+// client (admit); what to tell the client is buffered (send).
+func (c *client) beginLogin(sm *pgproto3.StartupMessage) error {
+	c.user = sm.Parameters["user"]
+	c.db = sm.Parameters["database"]
+	if c.db == "" {
+		c.db = c.user
+	}
+	if c.user == "" {
+		return &authError{code: "28000", msg: "no PostgreSQL user name specified in startup packet"}
+	}
+	var err error
+	if c.params, err = clientParams(sm.Parameters); err != nil {
+		return &authError{code: "0A000", msg: err.Error()}
+	}
+	if _, ok := sm.Parameters["replication"]; ok && sm.Parameters["replication"] != "false" && sm.Parameters["replication"] != "0" {
+		return &authError{code: "08P01", msg: "replication connections are not supported through the router"}
+	}
+	var unknown []string
+	for k := range sm.Parameters {
+		if strings.HasPrefix(k, "_pq_.") {
+			unknown = append(unknown, k)
+		}
+	}
+	if sm.ProtocolVersion != pgproto3.ProtocolVersion30 || len(unknown) > 0 {
+		c.send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown})
+	}
+	return c.admit()
+}
+
+// greet buffers what an authenticated client is told (AuthenticationOk,
+// the server's parameters with the client's own values, its
+// BackendKeyData and ReadyForQuery) and counts it as accepted.
+func (c *client) greet(params map[string]string) {
 	c.send(&pgproto3.AuthenticationOk{})
 	names := make([]string, 0, len(params))
 	for k := range params {
@@ -178,7 +215,6 @@ func (c *client) startup() (bool, error) {
 	// Counted before the client can see that it is in: whoever saw the
 	// ReadyForQuery also sees the count.
 	c.r.stats.ClientsAccepted.Add(1)
-	return true, c.flushClient()
 }
 
 // admit counts the client against MaxClientConn and gives it the
@@ -215,9 +251,9 @@ func (c *client) admit() error {
 // (always 'N'), each at most once and nothing after TLS, as PostgreSQL
 // does; it forwards a CancelRequest and then returns nil.
 func (c *client) readStartupMessage() (*pgproto3.StartupMessage, error) {
-	sslDone, gssDone := false, false
+	sslDone, gssDone := c.sslAnswered, c.gssAnswered // by loginOnLoop
 	for {
-		pkt, err := readStartupPacket(c.conn)
+		pkt, err := c.readStartupPacket()
 		if err != nil {
 			return nil, err
 		}
@@ -255,9 +291,12 @@ func (c *client) readStartupMessage() (*pgproto3.StartupMessage, error) {
 // socket must be the client's TLS handshake, and clear text sent behind an
 // SSLRequest can never be taken as if it came over TLS (the bug class of
 // CVE-2021-23214). The length is checked before anything is allocated.
-func readStartupPacket(conn net.Conn) ([]byte, error) {
+func (c *client) readStartupPacket() ([]byte, error) {
+	if len(c.pre) > 0 {
+		return c.readStartupPre()
+	}
 	var hdr [4]byte
-	if n, err := io.ReadFull(conn, hdr[:]); err != nil {
+	if n, err := io.ReadFull(c.conn, hdr[:]); err != nil {
 		if n == 0 && errors.Is(err, io.EOF) {
 			return nil, errClientGone
 		}
@@ -268,7 +307,29 @@ func readStartupPacket(conn net.Conn) ([]byte, error) {
 		return nil, &authError{code: "08P01", msg: "invalid length of startup packet"}
 	}
 	pkt := make([]byte, n)
-	if _, err := io.ReadFull(conn, pkt); err != nil {
+	if _, err := io.ReadFull(c.conn, pkt); err != nil {
+		return nil, incompletePacket(err)
+	}
+	return pkt, nil
+}
+
+// readStartupPre reads a startup packet that begins in c.pre, the bytes
+// loginOnLoop read before it handed the login to a goroutine.
+func (c *client) readStartupPre() ([]byte, error) {
+	rd := io.MultiReader(bytes.NewReader(c.pre), c.conn)
+	var hdr [4]byte
+	if _, err := io.ReadFull(rd, hdr[:]); err != nil {
+		return nil, incompletePacket(err)
+	}
+	n := int64(int32(binary.BigEndian.Uint32(hdr[:]))) - 4
+	if n < 4 || n > maxStartupPacket {
+		return nil, &authError{code: "08P01", msg: "invalid length of startup packet"}
+	}
+	pkt := make([]byte, n)
+	taken := min(len(c.pre), 4+int(n))
+	_, err := io.ReadFull(rd, pkt)
+	c.pre = c.pre[taken:]
+	if err != nil {
 		return nil, incompletePacket(err)
 	}
 	return pkt, nil
@@ -313,13 +374,36 @@ func (c *client) answerSSL() error {
 	if _, err := c.conn.Write([]byte{'S'}); err != nil {
 		return err
 	}
-	tc := tls.Server(c.conn, cfg)
+	var raw net.Conn = c.conn
+	if len(c.pre) > 0 {
+		// Bytes the client sent behind its SSLRequest, read on the event
+		// loop (login.go): they can only be taken as the start of the
+		// handshake, as if still on the socket, never as clear text.
+		raw = &preConn{Conn: c.conn, pre: c.pre}
+		c.pre = nil
+	}
+	tc := tls.Server(raw, cfg)
 	if err := tc.HandshakeContext(c.r.ctx); err != nil {
 		return &handshakeError{err}
 	}
 	c.conn = tc
 	c.encrypted = true
 	return nil
+}
+
+// preConn is a connection whose first bytes were read already: pre.
+type preConn struct {
+	net.Conn
+	pre []byte
+}
+
+func (p *preConn) Read(b []byte) (int, error) {
+	if len(p.pre) > 0 {
+		n := copy(b, p.pre)
+		p.pre = p.pre[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
 }
 
 // refuse ends a client that did not log in: it tells the client why when
