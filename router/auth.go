@@ -203,6 +203,38 @@ func passwordFailed(user string) error {
 // rules. It returns nil when the client may proceed (AuthenticationOk not
 // yet sent).
 func (c *client) authenticate() error {
+	ex, err := c.passwordExchange(true)
+	if err != nil || ex == nil {
+		return err
+	}
+	msg := ex.start()
+	for {
+		if err := c.sendFlush(msg); err != nil {
+			return err
+		}
+		c.dec.be.SetAuthType(ex.authType())
+		in, err := c.receiveAuth()
+		if err != nil {
+			return err
+		}
+		reply, done, err := ex.step(in)
+		if err != nil {
+			return err
+		}
+		if done {
+			if reply != nil {
+				c.send(reply) // SASLFinal, flushed with AuthenticationOk
+			}
+			return nil
+		}
+		msg = reply
+	}
+}
+
+// passwordExchange is the exchange the client's hba rule asks for: nil for
+// trust, an error for a refusal. Without lookup, a secret that only
+// auth_query can tell (a round trip to a server) is errNeedsLookup.
+func (c *client) passwordExchange(lookup bool) (authExchange, error) {
 	r := c.r
 	addr := c.remoteIP()
 	rule := c.hbaRule(c.db, c.user)
@@ -212,16 +244,19 @@ func (c *client) authenticate() error {
 		enc = "SSL encryption"
 	}
 	if rule == nil {
-		return &authError{code: "28000", msg: fmt.Sprintf("no pg_hba.conf entry for host %q, user %q, database %q, %s", host, c.user, c.db, enc)}
+		return nil, &authError{code: "28000", msg: fmt.Sprintf("no pg_hba.conf entry for host %q, user %q, database %q, %s", host, c.user, c.db, enc)}
 	}
 	switch rule.Method {
 	case AuthTrust:
-		return nil
+		return nil, nil
 	case AuthReject:
-		return &authError{code: "28000", msg: fmt.Sprintf("pg_hba.conf rejects connection for host %q, user %q, database %q, %s", host, c.user, c.db, enc)}
+		return nil, &authError{code: "28000", msg: fmt.Sprintf("pg_hba.conf rejects connection for host %q, user %q, database %q, %s", host, c.user, c.db, enc)}
 	case AuthMD5, AuthSCRAM:
 	default:
-		return &authError{code: "28000", msg: fmt.Sprintf("unsupported authentication method %q", rule.Method)}
+		return nil, &authError{code: "28000", msg: fmt.Sprintf("unsupported authentication method %q", rule.Method)}
+	}
+	if _, listed := r.cfg.Users[c.user]; !listed && r.cfg.AuthUser != "" && !lookup {
+		return nil, errNeedsLookup
 	}
 	secret, known, err := r.secretOf(c.db, c.user)
 	if err != nil {
@@ -229,58 +264,80 @@ func (c *client) authenticate() error {
 		if !errors.As(err, &ae) {
 			err = &authError{code: "57P03", msg: fmt.Sprintf("the router cannot check the password of user %q now (auth_query failed)", c.user), cause: err}
 		}
-		return err
+		return nil, err
 	}
 	if rule.Method == AuthMD5 && (!known || isMD5Hash(secret) || !strings.HasPrefix(secret, "SCRAM-SHA-256$")) {
-		return c.authMD5(secret, known)
+		return c.newMD5Exchange(secret, known), nil
 	}
 	if isMD5Hash(secret) {
 		// PostgreSQL cannot do SCRAM from an md5 hash either.
 		known = false
 	}
-	return c.authSCRAM(secret, known)
+	return c.newSCRAMExchange(secret, known), nil
 }
 
-// receiveAuth reads the client's next authentication message; what does
-// not decode (or exceeds the pre-login size limit) is a protocol error.
-func (c *client) receiveAuth() (pgproto3.FrontendMessage, error) {
-	msg, err := c.dec.be.Receive()
-	if err != nil && !clientIOError(err) {
-		return nil, &authError{code: "08P01", msg: "invalid authentication message: " + err.Error()}
-	}
-	return msg, err
+// errNeedsLookup: passwordExchange(false) for a user only auth_query knows.
+var errNeedsLookup = errors.New("the secret needs auth_query")
+
+// authExchange is a password exchange as steps, for the client goroutine
+// (authenticate) and the event loop (login.go) alike: start is the first
+// challenge; step takes each client message and gives the next message
+// to send, and done once the client is in (reply then is the last word
+// before AuthenticationOk, or nil).
+type authExchange interface {
+	start() pgproto3.BackendMessage
+	authType() uint32 // what the client's next 'p' message is (pgproto3's AuthType)
+	step(msg pgproto3.FrontendMessage) (reply pgproto3.BackendMessage, done bool, err error)
 }
 
-func (c *client) authMD5(secret string, known bool) error {
-	var salt [4]byte
-	rand.Read(salt[:])
-	if err := c.sendFlush(&pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
-		return err
-	}
-	c.dec.be.SetAuthType(pgproto3.AuthTypeMD5Password)
-	msg, err := c.receiveAuth()
-	if err != nil {
-		return err
-	}
+type md5Exchange struct {
+	c      *client
+	secret string
+	known  bool
+	salt   [4]byte
+}
+
+func (c *client) newMD5Exchange(secret string, known bool) *md5Exchange {
+	e := &md5Exchange{c: c, secret: secret, known: known}
+	rand.Read(e.salt[:])
+	return e
+}
+
+func (e *md5Exchange) start() pgproto3.BackendMessage {
+	return &pgproto3.AuthenticationMD5Password{Salt: e.salt}
+}
+
+func (e *md5Exchange) authType() uint32 { return pgproto3.AuthTypeMD5Password }
+
+func (e *md5Exchange) step(msg pgproto3.FrontendMessage) (pgproto3.BackendMessage, bool, error) {
+	c := e.c
 	pw, ok := msg.(*pgproto3.PasswordMessage)
 	if !ok {
-		return &authError{code: "08P01", msg: fmt.Sprintf("expected password response, got message type %T", msg)}
+		return nil, false, &authError{code: "08P01", msg: fmt.Sprintf("expected password response, got message type %T", msg)}
 	}
-	if !known {
-		return passwordFailed(c.user)
+	if !e.known {
+		return nil, false, passwordFailed(c.user)
 	}
-	want := md5Response(secret, c.user, salt)
+	want := md5Response(e.secret, c.user, e.salt)
 	if subtle.ConstantTimeCompare([]byte(want), []byte(pw.Password)) != 1 {
-		return passwordFailed(c.user)
+		return nil, false, passwordFailed(c.user)
 	}
-	if isMD5Hash(secret) {
+	if isMD5Hash(e.secret) {
 		// The hash answers the servers' md5 challenges too (pass-through).
-		c.r.learned.setMD5(c.user, secret)
+		c.r.learned.setMD5(c.user, e.secret)
 	}
-	return nil
+	return nil, true, nil
 }
 
-func (c *client) authSCRAM(secret string, known bool) error {
+type scramExchange struct {
+	c      *client
+	v      *scramVerifier
+	known  bool
+	stored bool // v is the stored verifier (not made here from a password)
+	srv    *scramServer
+}
+
+func (c *client) newSCRAMExchange(secret string, known bool) *scramExchange {
 	var v *scramVerifier
 	stored := known && strings.HasPrefix(secret, "SCRAM-SHA-256$")
 	if known {
@@ -304,49 +361,61 @@ func (c *client) authSCRAM(secret string, known bool) error {
 		rand.Read(salt)
 		v = newSCRAMVerifier(nonce(), salt, scramIterations)
 	}
-	if err := c.sendFlush(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
-		return err
+	return &scramExchange{c: c, v: v, known: known, stored: stored}
+}
+
+func (e *scramExchange) start() pgproto3.BackendMessage {
+	return &pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}
+}
+
+func (e *scramExchange) authType() uint32 {
+	if e.srv == nil {
+		return pgproto3.AuthTypeSASL
 	}
-	c.dec.be.SetAuthType(pgproto3.AuthTypeSASL)
-	msg, err := c.receiveAuth()
-	if err != nil {
-		return err
-	}
-	init, ok := msg.(*pgproto3.SASLInitialResponse)
-	if !ok {
-		return &authError{code: "08P01", msg: fmt.Sprintf("expected SASL response, got message type %T", msg)}
-	}
-	if init.AuthMechanism != "SCRAM-SHA-256" {
-		return &authError{code: "08P01", msg: "client selected an invalid SASL authentication mechanism"}
-	}
-	srv := &scramServer{v: v}
-	first, err := srv.first(init.Data)
-	if err != nil {
-		return &authError{code: "08P01", msg: err.Error()}
-	}
-	if err := c.sendFlush(&pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
-		return err
-	}
-	c.dec.be.SetAuthType(pgproto3.AuthTypeSASLContinue)
-	msg, err = c.receiveAuth()
-	if err != nil {
-		return err
+	return pgproto3.AuthTypeSASLContinue
+}
+
+func (e *scramExchange) step(msg pgproto3.FrontendMessage) (pgproto3.BackendMessage, bool, error) {
+	if e.srv == nil {
+		init, ok := msg.(*pgproto3.SASLInitialResponse)
+		if !ok {
+			return nil, false, &authError{code: "08P01", msg: fmt.Sprintf("expected SASL response, got message type %T", msg)}
+		}
+		if init.AuthMechanism != "SCRAM-SHA-256" {
+			return nil, false, &authError{code: "08P01", msg: "client selected an invalid SASL authentication mechanism"}
+		}
+		e.srv = &scramServer{v: e.v}
+		first, err := e.srv.first(init.Data)
+		if err != nil {
+			return nil, false, &authError{code: "08P01", msg: err.Error()}
+		}
+		return &pgproto3.AuthenticationSASLContinue{Data: []byte(first)}, false, nil
 	}
 	resp, ok := msg.(*pgproto3.SASLResponse)
 	if !ok {
-		return &authError{code: "08P01", msg: fmt.Sprintf("expected SASL response, got message type %T", msg)}
+		return nil, false, &authError{code: "08P01", msg: fmt.Sprintf("expected SASL response, got message type %T", msg)}
 	}
-	final, ok, err := srv.final(resp.Data)
+	final, ok, err := e.srv.final(resp.Data)
 	if err != nil {
-		return &authError{code: "08P01", msg: err.Error()}
+		return nil, false, &authError{code: "08P01", msg: err.Error()}
 	}
-	if !ok || !known {
-		return passwordFailed(c.user)
+	if !ok || !e.known {
+		return nil, false, passwordFailed(e.c.user)
 	}
-	if stored {
+	if e.stored {
 		// Only a verifier that may also be the server's is worth keeping;
 		// one made here from a clear-text password has a random salt.
-		c.r.learned.setSCRAM(c.user, srv.keys())
+		e.c.r.learned.setSCRAM(e.c.user, e.srv.keys())
 	}
-	return c.send(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
+	return &pgproto3.AuthenticationSASLFinal{Data: []byte(final)}, true, nil
+}
+
+// receiveAuth reads the client's next authentication message; what does
+// not decode (or exceeds the pre-login size limit) is a protocol error.
+func (c *client) receiveAuth() (pgproto3.FrontendMessage, error) {
+	msg, err := c.dec.be.Receive()
+	if err != nil && !clientIOError(err) {
+		return nil, &authError{code: "08P01", msg: "invalid authentication message: " + err.Error()}
+	}
+	return msg, err
 }

@@ -74,9 +74,9 @@ func TestParseHBA(t *testing.T) {
 	}
 }
 
-// scramExchange runs one SCRAM exchange between cli and a server holding
+// runSCRAM runs one SCRAM exchange between cli and a server holding
 // v; it returns the server and whether the proof held.
-func scramExchange(t *testing.T, v *scramVerifier, cli *scramClient) (*scramServer, bool) {
+func runSCRAM(t *testing.T, v *scramVerifier, cli *scramClient) (*scramServer, bool) {
 	t.Helper()
 	srv := &scramServer{v: v}
 	sf, err := srv.first([]byte(cli.first()))
@@ -107,7 +107,7 @@ func TestSCRAMPassThrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The client's login to the router.
-	srv, ok := scramExchange(t, v, &scramClient{password: "secret"})
+	srv, ok := runSCRAM(t, v, &scramClient{password: "secret"})
 	keys := srv.keys()
 	if !ok || keys == nil {
 		t.Fatal("client login failed")
@@ -115,18 +115,18 @@ func TestSCRAMPassThrough(t *testing.T) {
 	// The router's login to a server with the same verifier, twice
 	// (fresh nonces each time).
 	for range 2 {
-		if _, ok := scramExchange(t, v, &scramClient{keys: keys}); !ok {
+		if _, ok := runSCRAM(t, v, &scramClient{keys: keys}); !ok {
 			t.Fatal("pass-through login refused by a server with the same verifier")
 		}
 	}
 	// A server with another verifier of the same password (another salt):
 	// the keys do not fit, and the router says so before sending a proof.
 	other, _ := parseSCRAMVerifier(SCRAMVerifier("secret"))
-	if _, ok := scramExchange(t, other, &scramClient{keys: keys}); ok {
+	if _, ok := runSCRAM(t, other, &scramClient{keys: keys}); ok {
 		t.Fatal("pass-through keys accepted by a server with another salt")
 	}
 	// A wrong password yields no keys.
-	if srv, ok := scramExchange(t, v, &scramClient{password: "wrong"}); ok || srv.keys() != nil {
+	if srv, ok := runSCRAM(t, v, &scramClient{password: "wrong"}); ok || srv.keys() != nil {
 		t.Fatal("wrong password gave pass-through keys")
 	}
 }

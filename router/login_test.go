@@ -1,13 +1,17 @@
 package router
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -141,5 +145,93 @@ func TestLoginTimeoutOnEventLoop(t *testing.T) {
 		if _, err := fe.Receive(); err == nil {
 			t.Fatalf("after sending %d bytes: the connection stays open after the FATAL", len(sent))
 		}
+	}
+}
+
+// TestPasswordLoginOnEventLoop: md5 and SCRAM logins whose secret is in
+// Config.Users run their exchange on the event loop, right or wrong
+// password alike, as pgconn (pgx's libpq) sees them: the right one runs a
+// query, the wrong one gets 28P01. A SCRAM client-first message longer
+// than the loop's buffer is still read whole.
+func TestPasswordLoginOnEventLoop(t *testing.T) {
+	srv := newScriptServer(t)
+	tcp := srv.ln.Addr().(*net.TCPAddr)
+	for _, tc := range []struct {
+		name   string
+		method AuthMethod
+		secret string
+	}{
+		{"MD5", AuthMD5, "secret"},
+		{"MD5Hash", AuthMD5, MD5Hash("u", "secret")},
+		{"SCRAMFromPassword", AuthSCRAM, "secret"},
+		{"SCRAMVerifier", AuthSCRAM, SCRAMVerifier("secret")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			topo := NewBackendSet(Backend{Name: "p", Host: "127.0.0.1", Port: tcp.Port, Primary: true, Healthy: true})
+			r, err := New(Config{HBA: []HBARule{{Method: tc.method}}, Users: map[string]string{"u": tc.secret}, ServerConnectTimeout: 5 * time.Second}, topo)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { r.Close() })
+			ln := listen(t)
+			go r.Serve(t.Context(), ln, ReadWrite)
+			connect := func(password string) error {
+				ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+				defer cancel()
+				conn, err := pgconn.Connect(ctx, fmt.Sprintf("postgres://u:%s@%s/d?sslmode=disable", password, ln.Addr()))
+				if err != nil {
+					return err
+				}
+				defer conn.Close(ctx)
+				res, err := conn.Exec(ctx, "case:rows").ReadAll()
+				if err != nil || len(res) != 1 || len(res[0].Rows) != 2 {
+					t.Fatalf("query after login: %v, %v", res, err)
+				}
+				return nil
+			}
+			if err := connect("secret"); err != nil { // dials the server: on a goroutine
+				t.Fatal(err)
+			}
+			before := r.Snapshot()
+			if err := connect("secret"); err != nil {
+				t.Fatal(err)
+			}
+			var pgErr *pgconn.PgError
+			if err := connect("wrong"); !errors.As(err, &pgErr) || pgErr.Code != "28P01" {
+				t.Fatalf("wrong password: %v, want 28P01", err)
+			}
+			after := r.Snapshot()
+			if d := after.LoopLogins - before.LoopLogins; d != 1 {
+				t.Errorf("%d logins on the event loop, want 1", d)
+			}
+			if d := after.ClientsRejected - before.ClientsRejected; d != 1 {
+				t.Errorf("%d clients rejected, want 1", d)
+			}
+			if tc.method != AuthSCRAM {
+				return
+			}
+			// A client-first message of 1000 bytes (a long nonce).
+			conn, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			fe := pgproto3.NewFrontend(conn, conn)
+			fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "u", "database": "d"}})
+			fe.Flush()
+			if msg, err := fe.Receive(); err != nil {
+				t.Fatal(err)
+			} else if _, ok := msg.(*pgproto3.AuthenticationSASL); !ok {
+				t.Fatalf("got %T, want AuthenticationSASL", msg)
+			}
+			fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: []byte("n,,n=,r=" + strings.Repeat("x", 1000))})
+			fe.Flush()
+			if msg, err := fe.Receive(); err != nil {
+				t.Fatal(err)
+			} else if c, ok := msg.(*pgproto3.AuthenticationSASLContinue); !ok || !strings.Contains(string(c.Data), strings.Repeat("x", 1000)) {
+				t.Fatalf("got %#v, want AuthenticationSASLContinue with the client's nonce", msg)
+			}
+		})
 	}
 }

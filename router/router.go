@@ -580,25 +580,23 @@ func (r *Router) Drain(ctx context.Context, addr string) (int64, error) {
 // path it accepts on a duplicate of ln's socket, which goes on listening. Clients already connected keep their sessions until they
 // leave or Close.
 func (r *Router) Serve(ctx context.Context, ln net.Listener, role Role) error {
-	accept := ln.Accept
-	closeAll := func() { ln.Close() }
 	if tl, ok := ln.(*net.TCPListener); ok && r.poller != nil {
-		// Straight onto the fast path's poller (poller.Listener), which
-		// accepts on a duplicate of ln's socket: closed with ln.
-		if pl, err := r.poller.Listen(tl); err == nil {
-			accept = func() (net.Conn, error) { return pl.Accept() }
-			closeAll = func() { ln.Close(); pl.Close() }
-		} else {
-			r.log.Warn("router: clients are accepted through the Go poller", "err", err)
+		// Straight onto the fast path's poller, which accepts on a
+		// duplicate of ln's socket (poller.Listener), on its own goroutine.
+		pl, err := r.poller.Listen(tl)
+		if err == nil {
+			return r.serveOnLoop(ctx, ln, pl, role)
 		}
+		r.log.Warn("router: clients are accepted through the Go poller", "err", err)
 	}
+	closeAll := func() { ln.Close() }
 	stop := context.AfterFunc(ctx, closeAll)
 	defer stop()
 	stop2 := context.AfterFunc(r.ctx, closeAll)
 	defer stop2()
 	defer closeAll()
 	for {
-		conn, err := accept()
+		conn, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil || r.ctx.Err() != nil {
 				return nil
@@ -610,11 +608,33 @@ func (r *Router) Serve(ctx context.Context, ln net.Listener, role Role) error {
 			return fmt.Errorf("router %s accept: %w", role, err)
 		}
 		r.sessions.Add(1) // Done when the session ends (client.end)
-		if pc, ok := conn.(*poller.Conn); ok {
-			startLogin(r.newClient(pc, role), pc) // login.go
-			continue
-		}
 		go r.serveClient(conn, role)
+	}
+}
+
+// serveOnLoop is Serve on the poller goroutine: each connection is
+// accepted there and its login begins there (login.go).
+func (r *Router) serveOnLoop(ctx context.Context, ln net.Listener, pl *poller.Listener, role Role) error {
+	defer ln.Close()
+	defer pl.Close()
+	failed, err := pl.ServeOnLoop(func(pc *poller.Conn) {
+		if r.ctx.Err() != nil {
+			pc.Close() // Close is waiting for the sessions: no new one
+			return
+		}
+		r.sessions.Add(1) // Done when the session ends (client.end)
+		startLogin(r.newClient(pc, role), pc)
+	})
+	if err != nil {
+		return fmt.Errorf("router %s accept: %w", role, err)
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-r.ctx.Done():
+		return nil
+	case err := <-failed:
+		return fmt.Errorf("router %s accept: %w", role, err)
 	}
 }
 

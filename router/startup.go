@@ -391,6 +391,13 @@ func (c *client) answerSSL() error {
 	return nil
 }
 
+// loginTimeout is what a client that has not logged in within
+// ClientLoginTimeout is told (PostgreSQL's authentication_timeout).
+func (c *client) loginTimeout() error {
+	return &authError{code: "57014", msg: "canceling authentication due to timeout",
+		detail: fmt.Sprintf("The router's ClientLoginTimeout (%v) passed before the client logged in.", c.r.cfg.ClientLoginTimeout)}
+}
+
 // preConn is a connection whose first bytes were read already: pre.
 type preConn struct {
 	net.Conn
@@ -432,8 +439,7 @@ func (c *client) refuse(err error) {
 	case errors.As(err, &ne) && ne.Timeout() && !time.Now().Before(c.loginDeadline):
 		// The client's own I/O hit the login deadline (a server dial
 		// timing out is reported as itself, earlier).
-		err = &authError{code: "57014", msg: "canceling authentication due to timeout",
-			detail: fmt.Sprintf("The router's ClientLoginTimeout (%v) passed before the client logged in.", r.cfg.ClientLoginTimeout)}
+		err = c.loginTimeout()
 	case clientIOError(err):
 		tell = false
 	}

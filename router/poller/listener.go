@@ -1,9 +1,11 @@
 package poller
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -25,10 +27,14 @@ import (
 // socket listens until both the net.Listener and this Listener are
 // closed.
 type Listener struct {
-	p      *Poller
-	file   *os.File // the duplicate
+	p     *Poller
+	dup   int // the duplicate, until Accept or ServeOnLoop takes it
+	laddr net.Addr
+
+	mu     sync.Mutex
+	file   *os.File // Accept's: the duplicate, polled by the runtime
 	raw    syscall.RawConn
-	laddr  net.Addr
+	loop   *Conn // ServeOnLoop's: the duplicate, polled by p
 	closed atomic.Bool
 }
 
@@ -68,27 +74,61 @@ func (p *Poller) Listen(ln *net.TCPListener) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("poller: listening socket: %w", err)
 	}
-	// Non-blocking already (the flag belongs to the socket, shared with
-	// ln): NewFile registers it with the runtime's poller.
-	file := os.NewFile(uintptr(dup), "listener "+ln.Addr().String())
-	raw, err := file.SyscallConn()
-	if err != nil {
-		file.Close()
-		return nil, err
-	}
-	return &Listener{p: p, file: file, raw: raw, laddr: ln.Addr()}, nil
+	return &Listener{p: p, dup: dup, laddr: ln.Addr()}, nil
 }
 
-// Close closes the duplicate: a waiting Accept returns net.ErrClosed.
+// Close closes the duplicate: a waiting Accept returns net.ErrClosed, and
+// ServeOnLoop accepts no more.
 func (l *Listener) Close() error {
 	l.closed.Store(true)
-	return l.file.Close()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.file != nil:
+		return l.file.Close()
+	case l.loop != nil:
+		return l.loop.Close()
+	case l.dup >= 0:
+		err := unix.Close(l.dup)
+		l.dup = -1
+		return err
+	}
+	return nil
+}
+
+// takeDup hands the duplicate to Accept or ServeOnLoop, once.
+func (l *Listener) takeDup() (int, error) {
+	if l.closed.Load() {
+		return -1, net.ErrClosed
+	}
+	if l.dup < 0 {
+		return -1, errors.New("poller: the listener is taken by Accept or ServeOnLoop already")
+	}
+	fd := l.dup
+	l.dup = -1
+	return fd, nil
 }
 
 // Accept waits for the next connection (in the runtime's poller, as
 // net.Listener does) and registers it with p. After Close it returns an
 // error wrapping net.ErrClosed.
 func (l *Listener) Accept() (*Conn, error) {
+	l.mu.Lock()
+	if l.file == nil {
+		fd, err := l.takeDup()
+		if err != nil {
+			l.mu.Unlock()
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.laddr, Err: err}
+		}
+		// Non-blocking already (the flag belongs to the socket, shared
+		// with ln): NewFile registers it with the runtime's poller.
+		l.file = os.NewFile(uintptr(fd), "listener "+l.laddr.String())
+		if l.raw, err = l.file.SyscallConn(); err != nil {
+			l.mu.Unlock()
+			return nil, err
+		}
+	}
+	l.mu.Unlock()
 	for {
 		fd := -1
 		var sa unix.Sockaddr
@@ -117,6 +157,77 @@ func (l *Listener) Accept() (*Conn, error) {
 		}
 		return c, nil
 	}
+}
+
+// ServeOnLoop accepts the connections on the poller goroutine itself, as
+// PgBouncer's event loop does: no goroutine wakes up for a connection,
+// and accepted is called there with each one, registered already, so
+// that the handler it sets sees the socket's first event (it must not
+// block, as a Handler). A connection that logs in and runs one
+// transaction (pgbench -C) costs the accept goroutine's two wake-ups and
+// a Kick less. The returned channel gets the error that stopped the
+// accepting (EMFILE, ...), once; Close stops it. Not with Accept.
+func (l *Listener) ServeOnLoop(accepted func(*Conn)) (<-chan error, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fd, err := l.takeDup()
+	if err != nil {
+		return nil, err
+	}
+	a := &acceptor{laddr: l.laddr, accepted: accepted, failed: make(chan error, 1)}
+	c := l.p.newConn(fd, "tcp", l.laddr, nil)
+	c.SetHandler(a)
+	if err := l.p.add(c); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	l.loop = c
+	l.p.Kick(c) // connections that came before the registration
+	return a.failed, nil
+}
+
+// acceptBatch: an acceptor takes at most this many connections per turn,
+// then lets the loop serve the others' events (and kicks itself).
+const acceptBatch = 32
+
+type acceptor struct {
+	laddr    net.Addr
+	accepted func(*Conn)
+	failed   chan error
+}
+
+func (a *acceptor) Ready(c *Conn, _ uint32) {
+	for i := 0; i < acceptBatch; i++ {
+		if !c.incref() {
+			return // closed
+		}
+		fd, sa, err := unix.Accept4(c.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		c.decref()
+		switch err {
+		case nil:
+		case unix.EAGAIN:
+			return
+		case unix.EINTR, unix.ECONNABORTED:
+			continue // the client gave up before it was accepted
+		default:
+			select {
+			case a.failed <- &net.OpError{Op: "accept", Net: "tcp", Addr: a.laddr, Err: os.NewSyscallError("accept4", err)}:
+			default:
+			}
+			c.SetHandler(nil)
+			return
+		}
+		nc := c.p.newConn(fd, "tcp", a.laddr, sockaddrAddr(sa))
+		// Registered before its handler is set: on this goroutine no
+		// event is served in between, and the one the registration
+		// reports (data already there) is served after this call.
+		if err := c.p.add(nc); err != nil {
+			unix.Close(fd)
+			return // the poller is closing
+		}
+		a.accepted(nc)
+	}
+	c.p.Kick(c) // more may wait: the next turn
 }
 
 // sockaddrAddr is sa as a *net.TCPAddr.

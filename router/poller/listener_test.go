@@ -2,8 +2,10 @@ package poller
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -131,5 +133,78 @@ func TestListenerAcceptsWithOptions(t *testing.T) {
 		}
 	case <-time.After(waitLimit):
 		t.Fatal("Accept still waits after the listener was closed")
+	}
+}
+
+// echoOnLoop answers what it reads, on the poller goroutine.
+type echoOnLoop struct{}
+
+func (echoOnLoop) Ready(c *Conn, _ uint32) {
+	var b [64]byte
+	for {
+		n, err := c.TryRead(b[:])
+		if err != nil {
+			if !errors.Is(err, ErrWouldBlock) {
+				c.Close()
+			}
+			return
+		}
+		c.TryWrite(b[:n])
+	}
+}
+
+// TestServeOnLoop: connections waiting before ServeOnLoop and more than
+// one turn's batch of them (acceptBatch) are all accepted, on the poller
+// goroutine, each with the handler set by accepted seeing the data that
+// came with it; after Close no connection is accepted.
+func TestServeOnLoop(t *testing.T) {
+	p := newPoller(t)
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pl, err := p.Listen(ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 3 * acceptBatch
+	var clients []net.Conn
+	for i := 0; i < n; i++ {
+		d, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		fmt.Fprintf(d, "%03d", i) // before the accept
+		clients = append(clients, d)
+	}
+	var accepted atomic.Int32
+	failed, err := pl.ServeOnLoop(func(c *Conn) {
+		accepted.Add(1)
+		c.SetHandler(echoOnLoop{})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range clients {
+		d.SetDeadline(time.Now().Add(10 * time.Second))
+		var b [3]byte
+		if _, err := io.ReadFull(d, b[:]); err != nil || string(b[:]) != fmt.Sprintf("%03d", i) {
+			t.Fatalf("client %d: echo %q, %v", i, b, err)
+		}
+	}
+	if got := accepted.Load(); got != int32(n) {
+		t.Errorf("accepted %d, want %d", got, n)
+	}
+	pl.Close()
+	ln.Close()
+	select {
+	case err := <-failed:
+		t.Errorf("accepting failed: %v", err)
+	default:
+	}
+	if _, err := pl.Accept(); err == nil {
+		t.Error("Accept after ServeOnLoop and Close succeeded")
 	}
 }
