@@ -44,6 +44,11 @@ type Conn struct {
 	wmu    sync.Mutex // one Write at a time, whole
 
 	handler atomic.Pointer[handlerRef]
+	// readEvents counts the socket's read-side events (data, its end, an
+	// error), whoever serves them: a connection whose count has not moved
+	// since the last read is known to have received nothing (ReadEvents),
+	// without a system call to find out.
+	readEvents atomic.Uint32
 }
 
 type handlerRef struct{ h Handler }
@@ -108,7 +113,15 @@ func (c *Conn) SetHandler(h Handler) {
 // Kick: see Poller.Kick.
 func (c *Conn) Kick() { c.p.Kick(c) }
 
+// ReadEvents is the number of read-side events the poller has seen on the
+// socket so far (data arriving, the peer's end, an error): what arrives
+// after a read that emptied the socket changes it.
+func (c *Conn) ReadEvents() uint32 { return c.readEvents.Load() }
+
 func (c *Conn) ready(ev uint32) {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.readEvents.Add(1)
+	}
 	if h := c.handler.Load(); h != nil {
 		h.h.Ready(c, ev)
 		return
