@@ -93,11 +93,15 @@ func testAuthQuery(t *testing.T, cl *cluster) {
 // used what the client's own login gave the router.
 func checkLoggedInEverywhere(t *testing.T, tr *testRouter, user, password string) {
 	t.Helper()
-	c := connect(t, tr.rw, user, password)
 	seen := map[string]bool{}
-	for i := 0; i < 100 && !(seen["standby1"] && seen["standby2"]); i++ {
-		seen[tr.serverOf(t, c, "SELECT inet_server_port()")] = true
+	for i := 0; i < 30 && !(seen["standby1"] && seen["standby2"]); i++ {
+		// A session of its own each: one session's reads stay on one
+		// standby while they are alone.
+		s := connect(t, tr.rw, user, password)
+		seen[tr.serverOf(t, s, "SELECT inet_server_port()")] = true
+		s.Close(testContext(t))
 	}
+	c := connect(t, tr.rw, user, password)
 	seen[tr.serverOf(t, c, "INSERT INTO kv VALUES ($1, 'aq') ON CONFLICT (k) DO UPDATE SET v = 'aq' RETURNING inet_server_port()", "aq-"+user)] = true
 	if !seen["primary"] || !seen["standby1"] || !seen["standby2"] {
 		t.Fatalf("%s ran on %v, want every server", user, seen)

@@ -72,6 +72,7 @@ type client struct {
 	// beyond the next Receive is safe.
 	lastUnnamed *pgproto3.Parse
 	pools       []cachedPool // see poolFor
+	lastRead    string       // the standby of the session's last read (pickRead)
 	pending     []pgproto3.FrontendMessage
 	pendLen     int
 	out         []byte // bytes for the server, written by the client goroutine
@@ -687,7 +688,10 @@ func (c *client) pickRead(v *view, class Class, minLSN uint64) (Backend, bool) {
 			}
 		}
 	}
-	b, toPrimary, ok := v.pickRead(r.settings().MaxLag, minLSN, c, primaryLoad)
+	b, toPrimary, ok := v.pickRead(r.settings().MaxLag, minLSN, c, primaryLoad, c.lastRead)
+	if ok && !toPrimary {
+		c.lastRead = b.Name
+	}
 	return b, ok && !toPrimary
 }
 

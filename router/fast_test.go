@@ -54,8 +54,8 @@ func testFastPath(t *testing.T, cl *cluster) {
 		if d := after.FastPath - before.FastPath; d < 198 {
 			t.Errorf("fast path served %d of 200 simple reads", d)
 		}
-		if seen["primary"] > 0 || seen["standby1"] == 0 || seen["standby2"] == 0 {
-			t.Errorf("fast-path reads went to %v, want both standbys only", seen)
+		if seen["primary"] > 0 || len(seen) != 1 {
+			t.Errorf("fast-path reads went to %v, want one standby (the session's reads alone stay on one)", seen)
 		}
 		if d := after.ReadsToStandby - before.ReadsToStandby; d < 200 {
 			t.Errorf("reads_standby grew by %d for 200 reads", d)
@@ -96,8 +96,8 @@ func testFastPath(t *testing.T, cl *cluster) {
 		if d := after.FastPath - before.FastPath; d < 198 {
 			t.Errorf("fast path served %d of 200 prepared reads", d)
 		}
-		if seen["primary"] > 0 || seen["standby1"] == 0 || seen["standby2"] == 0 {
-			t.Errorf("prepared reads went to %v, want both standbys only", seen)
+		if seen["primary"] > 0 || len(seen) != 1 {
+			t.Errorf("prepared reads went to %v, want one standby (the session's reads alone stay on one)", seen)
 		}
 
 		// The raw protocol: no ParseComplete of a Parse the router put

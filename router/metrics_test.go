@@ -72,16 +72,19 @@ func testMetrics(t *testing.T, cl *cluster) {
 		}
 	}
 
-	c := connect(t, tr.rw, trustUser, "")
-	// Reads until both standbys served one (the choice is random by
-	// weight), so that each pool has dialled.
+	// Reads until both standbys served one, so that each pool has
+	// dialled: a session each (one session's reads stay on one standby
+	// while they are alone; new sessions pick at random).
 	standbys := map[string]bool{}
 	for reads := 0; reads < 5 || len(standbys) < 2; reads++ {
-		if reads == 200 {
-			t.Fatalf("200 reads reached only %v", standbys)
+		if reads == 60 {
+			t.Fatalf("60 sessions' reads reached only %v", standbys)
 		}
-		standbys[tr.serverOf(t, c, "SELECT inet_server_port()")] = true
+		s := connect(t, tr.rw, trustUser, "")
+		standbys[tr.serverOf(t, s, "SELECT inet_server_port()")] = true
+		s.Close(testContext(t))
 	}
+	c := connect(t, tr.rw, trustUser, "")
 	tr.serverOf(t, c, "INSERT INTO kv VALUES ('metrics', 'm') ON CONFLICT (k) DO UPDATE SET v = 'm' RETURNING inet_server_port()")
 	tr.serverOf(t, c, "SELECT inet_server_port()") // read-your-writes: the primary
 	// A transaction holds the primary's only connection: another client

@@ -180,7 +180,10 @@ type loadMeter interface{ inFlight(Backend) int64 }
 
 // pickRead chooses where a read goes by measured load: the eligible
 // standby (as pickStandby's) with the fewest transactions in flight per
-// unit of weight, as load reports them, ties broken at random; or the
+// unit of weight, as load reports them, ties broken in favour of prefer
+// (the session's last standby: its server process is warm, and one client
+// reading alone is served by one backend, not two in turn), else at
+// random, which spreads sessions over the standbys; or the
 // primary (toPrimary) when primaryLoad is not negative and the primary,
 // counted with one more in flight than it has, is still less loaded than
 // that standby. The handicap keeps an idle cluster's reads on the
@@ -190,7 +193,7 @@ type loadMeter interface{ inFlight(Backend) int64 }
 // holds more in flight and gets fewer new ones: the share follows each
 // server's capacity, which static weights cannot. ok is false when no
 // standby qualifies and the primary is not offered.
-func (v *view) pickRead(maxLag int64, minLSN uint64, load loadMeter, primaryLoad int64) (b Backend, toPrimary, ok bool) {
+func (v *view) pickRead(maxLag int64, minLSN uint64, load loadMeter, primaryLoad int64, prefer string) (b Backend, toPrimary, ok bool) {
 	best, bestW := int64(-1), int64(1)
 	ties := 0
 	for _, s := range v.backends {
@@ -201,9 +204,9 @@ func (v *view) pickRead(maxLag int64, minLSN uint64, load loadMeter, primaryLoad
 		switch {
 		case best < 0 || l*bestW < best*w:
 			b, best, bestW, ties = s, l, w, 1
-		case l*bestW == best*w:
+		case l*bestW == best*w && b.Name != prefer:
 			ties++
-			if rand.IntN(ties) == 0 {
+			if s.Name == prefer || rand.IntN(ties) == 0 {
 				b = s
 			}
 		}

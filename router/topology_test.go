@@ -60,7 +60,7 @@ func TestPickReadByLoad(t *testing.T) {
 		bs[1].Weight, bs[2].Weight = c.weights[0], c.weights[1]
 		v = newView(bs, nil, time.Now())
 		for range 50 {
-			b, toPrimary, ok := v.pickRead(0, c.minLSN, c.loads, c.primaryLoad)
+			b, toPrimary, ok := v.pickRead(0, c.minLSN, c.loads, c.primaryLoad, "")
 			got := b.Name
 			if !ok {
 				got = "none"
@@ -81,14 +81,26 @@ func TestPickReadByLoad(t *testing.T) {
 	bs[1].Weight, bs[2].Weight = 0, 0
 	v = newView(bs, nil, time.Now())
 	for range 200 {
-		b, _, _ := v.pickRead(0, 0, loads{}, -1)
+		b, _, _ := v.pickRead(0, 0, loads{}, -1, "")
 		seen[b.Name] = true
 	}
 	if !seen["s1"] || !seen["s2"] {
 		t.Errorf("equal loads: picked only %v", seen)
 	}
+	// ... unless the session read from one of them last: that one.
+	for _, prefer := range []string{"s1", "s2"} {
+		for range 50 {
+			if b, _, _ := v.pickRead(0, 0, loads{}, -1, prefer); b.Name != prefer {
+				t.Fatalf("equal loads, last read on %s: picked %s", prefer, b.Name)
+			}
+		}
+	}
+	// A busier preferred standby is not preferred.
+	if b, _, _ := v.pickRead(0, 0, loads{"s1": 1}, -1, "s1"); b.Name != "s2" {
+		t.Errorf("s1 busier but last read there: picked %s, want s2", b.Name)
+	}
 	// No standby and the primary not offered: nothing.
-	if _, _, ok := v.pickRead(0, 1000, loads{}, -1); ok {
+	if _, _, ok := v.pickRead(0, 1000, loads{}, -1, ""); ok {
 		t.Error("picked something with no standby qualifying and the primary not offered")
 	}
 }
