@@ -22,7 +22,7 @@ import (
 const (
 	benchDB       = "bench"
 	benchUser     = "bench"
-	benchPassword = "bench-secret" // only with -auth md5
+	benchPassword = "bench-secret" // only with -auth md5 or scram-sha-256
 
 	replUser     = "replicator"
 	replPassword = "rep-secret"
@@ -84,8 +84,14 @@ func startCluster(ctx context.Context, td *teardown, dir, binDir string, o *opti
 		return nil, err
 	}
 	role := fmt.Sprintf("CREATE ROLE %s LOGIN", benchUser)
-	if o.auth == "md5" {
+	switch o.auth {
+	case "md5":
 		role += fmt.Sprintf(" PASSWORD '%s'", benchPassword) // stored as md5: password_encryption
+	case "scram-sha-256":
+		// The verifier itself, which PgBouncer and the router hold too:
+		// both verify a client with its stored keys and log in to the
+		// servers with the keys the client's proof gave them.
+		role += fmt.Sprintf(" PASSWORD '%s'", o.scramSecret)
 	}
 	stmts := []string{role, fmt.Sprintf("CREATE DATABASE %s OWNER %s", benchDB, benchUser), "CREATE EXTENSION pg_stat_statements"}
 	for _, sql := range stmts {
@@ -268,7 +274,7 @@ func pgbenchEnv(o *options) []string {
 			env = append(env, kv)
 		}
 	}
-	if o.auth == "md5" {
+	if o.auth != "trust" {
 		env = append(env, "PGPASSWORD="+benchPassword)
 	}
 	return append(env, "PGCONNECT_TIMEOUT=10")

@@ -30,7 +30,7 @@ func idleFootprint(ctx context.Context, ts []*target, o *options) error {
 		rss0 := groupRSS(pgid)
 		conns := make([]*pgconn.PgConn, 0, o.idleClients)
 		connStr := fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=%s sslmode=disable connect_timeout=10", tg.port, benchUser, benchDB)
-		if o.auth == "md5" {
+		if o.auth != "trust" {
 			connStr += " password=" + benchPassword
 		}
 		var err error

@@ -29,6 +29,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/pgha/pgha/router"
 	"os"
 	"os/signal"
 	"strconv"
@@ -50,7 +51,8 @@ type options struct {
 	targets        []string // allTargets, or some of them
 	connectClients int      // clients of the -C cell; 0 skips it
 	poolSize       int      // pgbouncer default_pool_size and router PoolSize
-	auth           string   // "trust" or "md5", for every proxy and the servers
+	auth           string   // "trust", "md5" or "scram-sha-256", for every proxy and the servers
+	scramSecret    string   // with scram-sha-256: the bench user's verifier, everywhere
 	install        bool     // apt-get install missing packages (root only)
 	keep           bool
 	verbose        bool
@@ -84,8 +86,8 @@ func (o *options) validate() error {
 		return errors.New("-host-cpu and -standby2-cpu: want a fraction of a core, or 0 (off)")
 	case o.standby2CPU > 0 && o.hostCPU == 0:
 		return errors.New("-standby2-cpu needs -host-cpu")
-	case o.auth != "trust" && o.auth != "md5":
-		return fmt.Errorf("-auth %q: want trust or md5", o.auth)
+	case o.auth != "trust" && o.auth != "md5" && o.auth != "scram-sha-256":
+		return fmt.Errorf("-auth %q: want trust, md5 or scram-sha-256", o.auth)
 	case o.idleClients < 0:
 		return errors.New("-idle-clients: want 0 (skip) or more")
 	case len(o.clients) == 0 && o.connectClients == 0 && o.idleClients == 0:
@@ -145,7 +147,7 @@ func main() {
 	targets := flag.String("targets", strings.Join(allTargets, ","), "what pgbench connects to")
 	flag.IntVar(&o.connectClients, "connect-clients", 16, "clients of the connection-cost cell (-C -S -M simple); 0 skips it")
 	flag.IntVar(&o.poolSize, "pool-size", 20, "PgBouncer default_pool_size and router pool size (per server)")
-	flag.StringVar(&o.auth, "auth", "trust", "client authentication for the servers and every proxy on 127.0.0.1: trust or md5")
+	flag.StringVar(&o.auth, "auth", "trust", "client authentication for the servers and every proxy on 127.0.0.1: trust, md5 or scram-sha-256")
 	flag.BoolVar(&o.install, "install", true, "apt-get install pgbouncer and pgpool2 when missing (as root)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (data, configuration, logs)")
 	flag.BoolVar(&o.verbose, "v", false, "log PostgreSQL control and print each pgbench command")
@@ -160,6 +162,9 @@ func main() {
 	flag.IntVar(&o.idleClients, "idle-clients", 0, "also open this many idle clients through PgBouncer and the router, in turn, and print each one's memory per client and CPU while idle (0: skip)")
 	quick := flag.Bool("quick", false, "smoke run: -duration 2s -warmup 1s -scale 1 -rounds 1 unless given")
 	flag.Parse()
+	if o.auth == "scram-sha-256" {
+		o.scramSecret = router.SCRAMVerifier(benchPassword)
+	}
 	if *quick {
 		set := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })

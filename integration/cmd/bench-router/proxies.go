@@ -116,10 +116,23 @@ func startTargets(ctx context.Context, td *teardown, dir string, t *tools, cl *c
 // wants the user listed).
 func userList(o *options) string {
 	secret := ""
-	if o.auth == "md5" {
+	switch o.auth {
+	case "md5":
 		secret = router.MD5Hash(benchUser, benchPassword)
+	case "scram-sha-256":
+		secret = o.scramSecret
 	}
 	return fmt.Sprintf("%q %q\n", benchUser, secret)
+}
+
+// poolPasswd is pgpool-II's secret for the bench user: an md5 hash, or
+// with SCRAM the password itself (TEXT prefix), from which pgpool-II
+// answers the servers' SCRAM challenges.
+func poolPasswd(o *options) string {
+	if o.auth == "scram-sha-256" {
+		return "TEXT" + benchPassword
+	}
+	return router.MD5Hash(benchUser, benchPassword)
 }
 
 // startPgbouncer runs PgBouncer in transaction pooling mode in front of the
@@ -222,7 +235,7 @@ log_connections = off
 log_statement = off
 log_per_node_statement = off
 `, port, d, pcpPort, pgpoolChildren(o), benchUser)
-	if o.auth == "md5" {
+	if o.auth != "trust" {
 		fmt.Fprintf(&b, "enable_pool_hba = on\npool_passwd = 'pool_passwd'\nsr_check_password = '%s'\n", benchPassword)
 	} else {
 		b.WriteString("enable_pool_hba = off\npool_passwd = ''\nsr_check_password = ''\n")
@@ -241,7 +254,7 @@ log_per_node_statement = off
 		"pgpool.conf":   b.String(),
 		"pcp.conf":      "# no pcp users\n",
 		"pool_hba.conf": "local all all trust\nhost all all 127.0.0.1/32 " + o.auth + "\n",
-		"pool_passwd":   benchUser + ":" + router.MD5Hash(benchUser, benchPassword) + "\n",
+		"pool_passwd":   benchUser + ":" + poolPasswd(o) + "\n",
 	}
 	for name, content := range files {
 		if err := writeFile(filepath.Join(d, name), content); err != nil {
@@ -290,7 +303,7 @@ func startRouter(dir string, nodes []*node, o *options, name string, loadBalance
 		"-monitor-user", benchUser, "-monitor-db", "postgres",
 		"-max-client-conn", strconv.Itoa(max(o.maxClients(), o.idleClients) + 100),
 	}
-	if o.auth == "md5" {
+	if o.auth != "trust" {
 		args = append(args, "-monitor-password", benchPassword)
 	}
 	if o.cpuProfile != "" && name == "router" {
@@ -332,7 +345,7 @@ func startRouter(dir string, nodes []*node, o *options, name string, loadBalance
 // (which PgBouncer in transaction mode and the router's SHOW commands need).
 func connString(port int, o *options) string {
 	s := fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=%s sslmode=disable connect_timeout=5 default_query_exec_mode=simple_protocol", port, benchUser, benchDB)
-	if o.auth == "md5" {
+	if o.auth != "trust" {
 		s += " password=" + benchPassword
 	}
 	return s

@@ -33,7 +33,7 @@ func serveRouter(args []string) error {
 	backendList := fs.String("backends", "", "name=host:port,... of the servers; the first is the primary")
 	poolSize := fs.Int("pool-size", 20, "server connections per (server, database, user)")
 	maxClients := fs.Int("max-client-conn", 1000, "client connections at most")
-	auth := fs.String("auth", "trust", "client authentication: trust or md5")
+	auth := fs.String("auth", "trust", "client authentication: trust, md5 or scram-sha-256")
 	userList := fs.String("userlist", "", "PgBouncer-style auth file (needed with md5)")
 	monUser := fs.String("monitor-user", "postgres", "role that reads replay positions")
 	monDB := fs.String("monitor-db", "postgres", "database it connects to")
