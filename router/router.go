@@ -618,11 +618,18 @@ func (r *Router) serveOnLoop(ctx context.Context, ln net.Listener, pl *poller.Li
 	defer ln.Close()
 	defer pl.Close()
 	failed, err := pl.ServeOnLoop(func(pc *poller.Conn) {
-		if r.ctx.Err() != nil {
-			pc.Close() // Close is waiting for the sessions: no new one
+		// Counted under mu, where Close marks the router closed before it
+		// waits for the sessions: none is added to a finished wait.
+		r.mu.Lock()
+		closed := r.closed
+		if !closed {
+			r.sessions.Add(1) // Done when the session ends (client.end)
+		}
+		r.mu.Unlock()
+		if closed {
+			pc.Close()
 			return
 		}
-		r.sessions.Add(1) // Done when the session ends (client.end)
 		startLogin(r.newClient(pc, role), pc)
 	})
 	if err != nil {
