@@ -99,8 +99,8 @@ func (c *client) admin(sql string) (bool, error) {
 			fmt.Sprintf("reads_standby=%d reads_primary=%d writes=%d", s.ReadsToStandby, s.ReadsToPrimary, s.WritesToPrimary),
 			fmt.Sprintf("clients=%d accepted=%d rejected=%d", s.ClientsActive, s.ClientsAccepted, s.ClientsRejected),
 			strconv.FormatInt(s.PoolWaitTimeouts, 10),
-			fmt.Sprintf("protocol_errors=%d server_errors=%d fast_path=%d fast_handbacks=%d pool_waits=%d",
-				s.ProtocolErrors, s.ServerErrors, s.FastPath, s.FastHandBacks, s.PoolWaits)})
+			fmt.Sprintf("protocol_errors=%d server_errors=%d fast_path=%d fast_handbacks=%d pool_waits=%d loop_logins=%d",
+				s.ProtocolErrors, s.ServerErrors, s.FastPath, s.FastHandBacks, s.PoolWaits, s.LoopLogins)})
 	default:
 		return false, nil
 	}
