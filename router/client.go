@@ -1038,13 +1038,10 @@ func (c *client) register(m *pgproto3.Parse) *stmt {
 
 // ensurePrepared injects a Parse when sc lacks the statement. mu held.
 func (c *client) ensurePrepared(sc *serverConn, st *stmt) {
-	if sc.prepared[st.serverName] {
-		return
+	var injected bool
+	if c.out, injected = sc.injectParse(c.out, st); injected {
+		c.drops = append(c.drops, dropEntry{typ: '1', drop: true, name: st.serverName})
 	}
-	p := st.parse
-	c.out, _ = p.Encode(c.out)
-	c.drops = append(c.drops, dropEntry{typ: '1', drop: true, name: st.serverName})
-	sc.prepared[st.serverName] = true
 }
 
 // ensureUnnamed re-parses the client's unnamed statement when this

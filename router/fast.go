@@ -531,10 +531,9 @@ func (f *fastPath) rewriteExtended(sc *serverConn, buf []byte) []byte {
 	c := f.c
 	out := f.wbuf[:0]
 	prepare := func(st *stmt) {
-		if !sc.prepared[st.serverName] {
-			out, _ = st.parse.Encode(out)
+		var injected bool
+		if out, injected = sc.injectParse(out, st); injected {
 			f.injected = append(f.injected, st.serverName)
-			sc.prepared[st.serverName] = true
 		}
 	}
 	for i := 0; i < len(buf); {

@@ -79,3 +79,16 @@ func (c *client) storeWriteLSN(gen, lsn uint64) {
 	}
 	c.mu.Unlock()
 }
+
+// injectParse appends st's Parse (under its server name) to out when sc
+// has not prepared the statement, and counts it prepared from then on;
+// injected: the caller must keep its ParseComplete from the client, and
+// forget the statement on sc if an error skips the Parse.
+func (sc *serverConn) injectParse(out []byte, st *stmt) (_ []byte, injected bool) {
+	if sc.prepared[st.serverName] {
+		return out, false
+	}
+	out, _ = st.parse.Encode(out)
+	sc.prepared[st.serverName] = true
+	return out, true
+}
