@@ -177,7 +177,9 @@ func (c *client) serverParams() (map[string]string, error) {
 	}
 }
 
-func (c *client) serverParamsOnce() (map[string]string, error) {
+// paramsPool is the pool whose server's parameters a login reports: the
+// primary's (a standby's on the read-only port, or without a primary).
+func (c *client) paramsPool() (*pool, bool) {
 	v := c.r.view.Load()
 	b, ok := v.primaryBackend()
 	if c.role == ReadOnly || !ok {
@@ -186,9 +188,28 @@ func (c *client) serverParamsOnce() (map[string]string, error) {
 		}
 	}
 	if !ok {
+		return nil, false
+	}
+	return c.r.pool(b.Addr(), c.db, c.user), true
+}
+
+// cachedServerParams is what serverParams would answer, when the pool
+// already knows it; else nil.
+func (c *client) cachedServerParams() map[string]string {
+	p, ok := c.paramsPool()
+	if !ok {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.params
+}
+
+func (c *client) serverParamsOnce() (map[string]string, error) {
+	p, ok := c.paramsPool()
+	if !ok {
 		return nil, &authError{code: "57P03", msg: "no backend available: the cluster has no healthy primary or standby"}
 	}
-	p := c.r.pool(b.Addr(), c.db, c.user)
 	p.mu.Lock()
 	params := p.params
 	p.mu.Unlock()

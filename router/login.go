@@ -352,25 +352,6 @@ func (c *client) remoteIP() netip.Addr {
 	return addr
 }
 
-// cachedServerParams is what serverParams would answer, when the pool
-// already knows it; else nil.
-func (c *client) cachedServerParams() map[string]string {
-	v := c.r.view.Load()
-	b, ok := v.primaryBackend()
-	if c.role == ReadOnly || !ok {
-		if s, sok := v.pickStandby(0, 0); sok {
-			b, ok = s, true
-		}
-	}
-	if !ok {
-		return nil
-	}
-	p := c.r.pool(b.Addr(), c.db, c.user)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.params
-}
-
 // stop leaves the event loop's part of the login.
 func (l *loginOnLoop) stop() {
 	l.timer.Stop()
