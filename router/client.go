@@ -640,8 +640,17 @@ func (c *client) connect(class Class) (Backend, bool, *serverConn, error) {
 		}
 		var down *serverDownError
 		switch {
-		case errors.Is(err, errDraining):
-			// Route again: the view excludes it now.
+		case errors.Is(err, errDraining) && (cached || time.Now().Before(deadline)):
+			// The view excludes a draining standby, so route again. A pool
+			// from the session's cache may be an old one, retired while
+			// its standby drained (the restart took it down), whose flag
+			// nothing lifts: look it up again. One just looked up that
+			// still drains: wait for the topology that says so rather
+			// than spin (the rolling-restart test hung in a busy loop).
+			c.pools = nil
+			if !cached {
+				r.waitViewChange(deadline)
+			}
 		case errors.Is(err, errRetired) && (cached || time.Now().Before(deadline)):
 			// A topology change replaced it: look it up again. Not only a
 			// pool from the session's cache: one just looked up can be
