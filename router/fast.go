@@ -98,15 +98,29 @@ var errOnFastPath = errors.New("the session went to the fast path")
 // enterFast gives the idle session to the fast path; the caller's
 // goroutine must then leave it alone (return from run).
 func (c *client) enterFast() {
-	f := c.fast
-	f.handedBack = false
+	c.fast.handedBack = false
 	if c.dec != nil { // none after a login on the event loop
 		c.dec.put()
 		c.dec = nil
 	}
 	c.mr.releaseIfEmpty()
-	f.cc.SetHandler(f)
-	f.cc.Kick() // what the client sent before SetHandler
+	c.fast.cc.SetHandler(c.fast)
+	c.fast.cc.Kick() // what the client sent before SetHandler
+}
+
+// enterFastOnLoop is enterFast for a login finished on the event loop.
+// When its last read emptied the socket, what the client sends next
+// comes with an event of its own, so only bytes already buffered (a
+// query sent behind the login) need a Kick, the loop's extra turn; when
+// unread is set the socket may hold more, and it is read at once too.
+func (c *client) enterFastOnLoop(unread bool) {
+	c.fast.handedBack = false
+	pending := unread || c.mr.buffered() > 0
+	c.mr.releaseIfEmpty()
+	c.fast.cc.SetHandler(c.fast)
+	if pending {
+		c.fast.cc.Kick()
+	}
 }
 
 // resume carries the session on after a hand-back, on a goroutine of its

@@ -52,6 +52,9 @@ type loginOnLoop struct {
 
 	ex     authExchange      // the password exchange under way
 	params map[string]string // the server's, for the greeting
+	// drained: the last read emptied the socket (it did not stop at a
+	// full buffer), so what the client sends next comes with an event.
+	drained bool
 }
 
 // startLogin begins c's login on the event loop.
@@ -82,10 +85,12 @@ func (l *loginOnLoop) Ready(_ *poller.Conn, ev uint32) {
 		return
 	}
 	hup := ev&hangup != 0
+	l.drained = false
 	for l.n < len(l.buf) {
 		space := len(l.buf) - l.n
 		n, err := l.pc.TryRead(l.buf[l.n:])
 		if errors.Is(err, poller.ErrWouldBlock) {
+			l.drained = true
 			break
 		}
 		if err != nil {
@@ -98,6 +103,7 @@ func (l *loginOnLoop) Ready(_ *poller.Conn, ev uint32) {
 		}
 		l.n += n
 		if n < space && !hup {
+			l.drained = true
 			break // the socket is empty: no read just to hear EAGAIN
 		}
 	}
@@ -279,7 +285,7 @@ func (l *loginOnLoop) finish() {
 	}
 	c.wbuf = c.wbuf[:0]
 	c.r.stats.LoopLogins.Add(1)
-	c.enterFast()
+	c.enterFastOnLoop(!l.drained)
 }
 
 // refuse ends the login with err, on a goroutine (refuse writes the

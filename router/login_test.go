@@ -239,3 +239,43 @@ func TestPasswordLoginOnEventLoop(t *testing.T) {
 		})
 	}
 }
+
+// TestLoginFillsTheBuffer: a StartupMessage of exactly the loop's buffer
+// size with a query behind it, still on the socket when the login ends:
+// the query is answered (the session reads on at once instead of waiting
+// for an event that already came).
+func TestLoginFillsTheBuffer(t *testing.T) {
+	srv := newScriptServer(t)
+	r, addr := smRouter(t, srv, false)
+	first := startupBytes(map[string]string{"user": "u", "database": "d"})
+	login := func(pad int) []byte {
+		return startupBytes(map[string]string{"user": "u", "database": "d", "application_name": strings.Repeat("x", pad)})
+	}
+	exact := login(loginBufSize - len(login(0)))
+	if len(exact) != loginBufSize {
+		t.Fatalf("startup packet of %d bytes, want %d", len(exact), loginBufSize)
+	}
+	for i, pkt := range [][]byte{first, exact} {
+		before := r.Snapshot().LoopLogins
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		conn.Write(append(append([]byte{}, pkt...), enc(&pgproto3.Query{String: "case:rows"})...))
+		fe := pgproto3.NewFrontend(conn, conn)
+		for rfq := 0; rfq < 2; {
+			msg, err := fe.Receive()
+			if err != nil {
+				t.Fatalf("login %d: %v", i, err)
+			}
+			if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+				rfq++
+			}
+		}
+		if i == 1 && r.Snapshot().LoopLogins == before {
+			t.Error("the login went to a goroutine, not the case under test")
+		}
+	}
+}
