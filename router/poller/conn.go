@@ -99,7 +99,9 @@ func (p *Poller) newConn(fd int, netw string, laddr, raddr net.Addr) *Conn {
 // SetHandler makes h serve c's events on the poller goroutine (nil: wake
 // blocked readers and writers again). Set it from the poller goroutine, or
 // from a goroutine that then calls Kick, so that readiness that came
-// before is not lost.
+// before is not lost. A handler set on a Conn that another goroutine has
+// closed meanwhile (Close found no handler to tell) gets Close's EvKick
+// call all the same.
 func (c *Conn) SetHandler(h Handler) {
 	if h == nil {
 		c.handler.Store(nil)
@@ -108,6 +110,14 @@ func (c *Conn) SetHandler(h Handler) {
 		return
 	}
 	c.handler.Store(&handlerRef{h})
+	// Close marks closing under mu, then looks for a handler: one of the
+	// two sees the other.
+	c.mu.Lock()
+	closing := c.closing
+	c.mu.Unlock()
+	if closing {
+		c.p.Kick(c)
+	}
 }
 
 // Kick: see Poller.Kick.

@@ -1387,3 +1387,30 @@ func TestFarFutureDeadline(t *testing.T) {
 		}
 	}
 }
+
+// TestSetHandlerAfterClose: a handler set on a Conn that another
+// goroutine closed first (Close found no handler to tell: the router's
+// login handed the session to the fast path while Router.Close closed
+// the client) still gets the EvKick call that lets it end the session.
+func TestSetHandlerAfterClose(t *testing.T) {
+	p := newPoller(t)
+	c, _ := pair(t, p, "tcp")
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	kicked := make(chan error, 1)
+	c.SetHandler(handlerFunc(func(c *Conn, ev uint32) {
+		if ev == EvKick {
+			_, err := c.TryRead(make([]byte, 8))
+			kicked <- err
+		}
+	}))
+	select {
+	case err := <-kicked:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("read in the kick: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("a handler set after Close was never called")
+	}
+}
