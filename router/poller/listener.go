@@ -131,10 +131,10 @@ func (l *Listener) Accept() (*Conn, error) {
 	l.mu.Unlock()
 	for {
 		fd := -1
-		var sa unix.Sockaddr
+		var sa syscall.Sockaddr
 		var aerr error
 		err := l.raw.Read(func(lfd uintptr) bool {
-			fd, sa, aerr = unix.Accept4(int(lfd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			fd, sa, aerr = accept4(int(lfd))
 			return aerr != unix.EAGAIN
 		})
 		if err != nil {
@@ -201,7 +201,7 @@ func (a *acceptor) Ready(c *Conn, _ uint32) {
 		if !c.incref() {
 			return // closed
 		}
-		fd, sa, err := unix.Accept4(c.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		fd, sa, err := accept4(c.fd)
 		c.decref()
 		switch err {
 		case nil:
@@ -230,12 +230,20 @@ func (a *acceptor) Ready(c *Conn, _ uint32) {
 	c.p.Kick(c) // more may wait: the next turn
 }
 
+// accept4 accepts a connection, non-blocking and close-on-exec. The
+// standard library's, as the net package uses: x/sys/unix's asks every
+// IPv4 socket's protocol with getsockopt (for L2TP), one system call more
+// per client.
+func accept4(fd int) (int, syscall.Sockaddr, error) {
+	return syscall.Accept4(fd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+}
+
 // sockaddrAddr is sa as a *net.TCPAddr.
-func sockaddrAddr(sa unix.Sockaddr) net.Addr {
+func sockaddrAddr(sa syscall.Sockaddr) net.Addr {
 	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
+	case *syscall.SockaddrInet4:
 		return &net.TCPAddr{IP: append(net.IP(nil), sa.Addr[:]...), Port: sa.Port}
-	case *unix.SockaddrInet6:
+	case *syscall.SockaddrInet6:
 		a := &net.TCPAddr{IP: append(net.IP(nil), sa.Addr[:]...), Port: sa.Port}
 		if sa.ZoneId != 0 {
 			if ifi, err := net.InterfaceByIndex(int(sa.ZoneId)); err == nil {
