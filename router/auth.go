@@ -203,7 +203,7 @@ func passwordFailed(user string) error {
 // rules. It returns nil when the client may proceed (AuthenticationOk not
 // yet sent).
 func (c *client) authenticate() error {
-	ex, err := c.passwordExchange(true)
+	ex, err := c.passwordExchange()
 	if err != nil || ex == nil {
 		return err
 	}
@@ -232,9 +232,10 @@ func (c *client) authenticate() error {
 }
 
 // passwordExchange is the exchange the client's hba rule asks for: nil for
-// trust, an error for a refusal. Without lookup, a secret that only
-// auth_query can tell (a round trip to a server) is errNeedsLookup.
-func (c *client) passwordExchange(lookup bool) (authExchange, error) {
+// trust, an error for a refusal. A secret behind auth_query is a round
+// trip to a server: the event loop's login never gets here with one
+// (plainLogin).
+func (c *client) passwordExchange() (authExchange, error) {
 	r := c.r
 	addr := c.remoteIP()
 	rule := c.hbaRule(c.db, c.user)
@@ -255,9 +256,6 @@ func (c *client) passwordExchange(lookup bool) (authExchange, error) {
 	default:
 		return nil, &authError{code: "28000", msg: fmt.Sprintf("unsupported authentication method %q", rule.Method)}
 	}
-	if _, listed := r.cfg.Users[c.user]; !listed && r.cfg.AuthUser != "" && !lookup {
-		return nil, errNeedsLookup
-	}
 	secret, known, err := r.secretOf(c.db, c.user)
 	if err != nil {
 		var ae *authError
@@ -275,9 +273,6 @@ func (c *client) passwordExchange(lookup bool) (authExchange, error) {
 	}
 	return c.newSCRAMExchange(secret, known), nil
 }
-
-// errNeedsLookup: passwordExchange(false) for a user only auth_query knows.
-var errNeedsLookup = errors.New("the secret needs auth_query")
 
 // authExchange is a password exchange as steps, for the client goroutine
 // (authenticate) and the event loop (login.go) alike: start is the first

@@ -178,7 +178,7 @@ func (l *loginOnLoop) startup(size int) {
 		l.refuse(err)
 		return
 	}
-	ex, err := c.passwordExchange(false)
+	ex, err := c.passwordExchange()
 	if err != nil {
 		l.refuse(err)
 		return
@@ -291,13 +291,9 @@ func (l *loginOnLoop) finish() {
 // refuse ends the login with err, on a goroutine (refuse writes the
 // client its FATAL and logs).
 func (l *loginOnLoop) refuse(err error) {
-	c := l.c
 	l.stop()
-	c.wbuf = c.wbuf[:0]
-	go func() {
-		c.refuse(err)
-		c.end(nil)
-	}()
+	l.c.wbuf = l.c.wbuf[:0]
+	go l.c.endRefused(err)
 }
 
 // plainLogin: the StartupMessage names a user and asks for nothing beyond
@@ -306,10 +302,7 @@ func (l *loginOnLoop) refuse(err error) {
 // md5, or SCRAM with the stored verifier. It sets c.user and c.db
 // (beginLogin sets the same).
 func (c *client) plainLogin(sm *pgproto3.StartupMessage) bool {
-	user, db := sm.Parameters["user"], sm.Parameters["database"]
-	if db == "" {
-		db = user
-	}
+	user, db := loginIdentity(sm)
 	if user == "" {
 		return false
 	}

@@ -78,11 +78,7 @@ func (r *Router) newClient(conn net.Conn, role Role) *client {
 func (c *client) serve() {
 	ok, err := c.startup()
 	if err != nil {
-		c.refuse(err)
-		// The decoder may have stopped inside a message (a client gone
-		// in the middle of its password): never for another session.
-		c.dec = nil
-		c.end(nil)
+		c.endRefused(err)
 		return
 	}
 	if !ok {
@@ -91,6 +87,16 @@ func (c *client) serve() {
 	}
 	c.loggedIn()
 	c.run(false)
+}
+
+// endRefused ends a session whose login failed with err: the client is
+// told why (refuse) and the session ends.
+func (c *client) endRefused(err error) {
+	c.refuse(err)
+	// The decoder may have stopped inside a message (a client gone in the
+	// middle of its password): never for another session.
+	c.dec = nil
+	c.end(nil)
 }
 
 // loggedIn: the client has its ReadyForQuery; its session begins.
@@ -166,11 +172,7 @@ func (c *client) startup() (bool, error) {
 // beginLogin checks what the StartupMessage asks for and admits the
 // client (admit); what to tell the client is buffered (send).
 func (c *client) beginLogin(sm *pgproto3.StartupMessage) error {
-	c.user = sm.Parameters["user"]
-	c.db = sm.Parameters["database"]
-	if c.db == "" {
-		c.db = c.user
-	}
+	c.user, c.db = loginIdentity(sm)
 	if c.user == "" {
 		return &authError{code: "28000", msg: "no PostgreSQL user name specified in startup packet"}
 	}
@@ -191,6 +193,16 @@ func (c *client) beginLogin(sm *pgproto3.StartupMessage) error {
 		c.send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown})
 	}
 	return c.admit()
+}
+
+// loginIdentity is the user and database a StartupMessage names; the
+// database defaults to the user's name, as in PostgreSQL.
+func loginIdentity(sm *pgproto3.StartupMessage) (user, db string) {
+	user, db = sm.Parameters["user"], sm.Parameters["database"]
+	if db == "" {
+		db = user
+	}
+	return user, db
 }
 
 // greet buffers what an authenticated client is told (AuthenticationOk,
