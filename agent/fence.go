@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/consensus"
+	"github.com/pgha/pgha/internal/dirwatch"
 	"github.com/pgha/pgha/postgres"
 )
 
@@ -59,9 +60,8 @@ func (a *Agent) leaseEnd(epoch uint64) time.Time {
 
 // fenceLoop enforces the "One writer" rule on this node (DESIGN): a primary
 // whose lease ran out freezes its PostgreSQL before the leader's promotion
-// deadline (fenceDeadline). It checks often, and it never waits for the
-// reconcile loop's locks: the freeze is a signal to every process of the
-// server.
+// deadline (fenceDeadline). It never waits for the reconcile loop's locks:
+// the freeze is a signal to every process of the server.
 //
 // Freezing (SIGSTOP, postgres/freeze.go), not stopping: a frozen server
 // acknowledges nothing, as a stopped one, but it resumes in place, with
@@ -73,100 +73,187 @@ func (a *Agent) leaseEnd(epoch uint64) time.Time {
 // (2.3 s of writes lost, against the election's time). A frozen server is
 // killed when it is not to resume: the renewal was refused or did not come
 // within frozenMax, or the committed state names another primary.
+//
+// It runs when the answer may have changed, not on a short tick (an idle
+// agent costs no CPU): at the end of the lease that makes this node's
+// server safe, on a change of the committed state or of the lease, and on
+// a change of the data directory's entries (standby.signal removed by a
+// promotion, postmaster.pid written by a start). Only while the answer is
+// in flux (a server frozen, or leaving recovery) does it look every
+// fencePoll; a data directory it cannot watch, too.
 func (a *Agent) fenceLoop(ctx context.Context) {
-	t := time.NewTicker(25 * time.Millisecond)
-	defer t.Stop()
-	var frozen frozenServer
-	// prev is when the last pass began: a long gap before this one means
-	// this agent did not run (frozen, starved), which the freeze's log says.
-	prev := time.Now()
-	// harmless is the last pass that found the server, past its lease, unable
-	// to acknowledge anything (not running, a zombie, a standby): the lease
-	// protects nothing there, so a freeze is late only from then on.
-	var harmless time.Time
+	changed, unsubscribe := a.node.Watch()
+	defer unsubscribe()
+	f := fence{a: a}
+	defer f.closeWatch()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	due := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-timer.C:
+		case <-changed:
+		case <-a.lease.changes():
+		case <-f.dirChanged():
 		}
-		gap := time.Since(prev)
-		prev = time.Now()
-		st := a.node.State()
-		if frozen.pid != 0 {
-			frozen = a.keepFrozen(ctx, st, frozen)
-			continue
+		// late: how long after it was due this pass runs. A long one means
+		// this agent did not run (frozen, starved), which the freeze's log
+		// says.
+		late := max(time.Since(due), 0)
+		wait := f.pass(ctx, late)
+		due = time.Now().Add(wait)
+		timer.Reset(wait)
+	}
+}
+
+// fencePoll is how often the fence looks while the answer is in flux;
+// fenceIdle bounds a sleep that only events would end (a safety net: every
+// change that matters is an event).
+const (
+	fencePoll = 25 * time.Millisecond
+	fenceIdle = time.Second
+)
+
+// fence is the fence loop's state between passes.
+type fence struct {
+	a      *Agent
+	frozen frozenServer
+	// harmless is the last pass that found the server, past its lease, unable
+	// to acknowledge anything (not running, a zombie, a standby): the lease
+	// protects nothing there, so a freeze is late only from then on.
+	harmless time.Time
+	dir      *dirwatch.Watch // the data directory's entries; nil when not watched
+}
+
+// watchDir makes sure the data directory is watched and reports whether it
+// is. It is called before the pass reads the directory, so that a change
+// made after the read is an event.
+func (f *fence) watchDir() bool {
+	if f.dir != nil && !f.dir.Gone() {
+		return true
+	}
+	f.closeWatch()
+	w, err := dirwatch.New(f.a.cfg.Postgres.DataDir)
+	if err != nil {
+		return false // not there yet (a clone to come), or no inotify: poll
+	}
+	f.dir = w
+	return true
+}
+
+func (f *fence) closeWatch() {
+	if f.dir != nil {
+		f.dir.Close()
+		f.dir = nil
+	}
+}
+
+func (f *fence) dirChanged() <-chan struct{} {
+	if f.dir == nil {
+		return nil
+	}
+	return f.dir.Changed()
+}
+
+// pass checks once, acts, and returns how long the answer is known to
+// hold without an event.
+func (f *fence) pass(ctx context.Context, late time.Duration) time.Duration {
+	a := f.a
+	watched := f.watchDir()
+	// untilEvent: nothing but an event (or the safety net) changes the answer.
+	untilEvent := fenceIdle
+	if !watched {
+		untilEvent = fencePoll
+	}
+	st := a.node.State()
+	if f.frozen.pid != 0 {
+		f.frozen = a.keepFrozen(ctx, st, f.frozen)
+		if f.frozen.pid != 0 {
+			return fencePoll
 		}
-		// mine: the committed state names this node the primary; a server
-		// it runs writable otherwise is fenced by unleasedElsewhere.
-		mine := st.Primary == a.cfg.Name && st.Initialized()
-		if mine && a.leaseHolds(st.Epoch, time.Now()) || !mine && !a.unleasedElsewhere(st, time.Now()) {
-			continue
+		return 0 // thawed or killed: look again at once
+	}
+	// mine: the committed state names this node the primary; a server
+	// it runs writable otherwise is fenced by unleasedElsewhere.
+	now := time.Now()
+	mine := st.Primary == a.cfg.Name && st.Initialized()
+	if mine && a.leaseHolds(st.Epoch, now) {
+		return min(a.leaseEnd(st.Epoch).Sub(now), fenceIdle)
+	}
+	if !mine && !a.unleasedElsewhere(st, now) {
+		if end := a.lease.anyEnd(); end.After(now) {
+			return min(end.Sub(now), fenceIdle)
 		}
-		// Not the committed primary here: a standby this agent starts
-		// (standby.signal written first) reads "in production" in
-		// pg_control until its startup process begins recovery (a fresh
-		// base backup carries the primary's), yet acknowledges nothing
-		// before a promotion removes the signal. Checked first: one stat,
-		// on every pass of every standby.
-		if !mine && a.inst.HasStandbySignal() {
-			harmless = time.Now()
-			continue
-		}
-		// A postmaster that is gone, or killed and not reaped yet (its
-		// postmaster.pid names a zombie), acknowledges nothing; nor does a
-		// standalone backend (pg_rewind's crash recovery of a deposed
-		// primary, run by this agent), which has no listening socket:
-		// frozen and killed, it failed every rewind.
-		pid, standalone, _ := a.inst.LockFileOwner()
-		if pid == 0 || standalone || postgres.Exited(pid) {
-			harmless = time.Now()
-			continue
-		}
-		// A standby (this node about to be promoted, say) acknowledges no
-		// commit: pg_control says so, read in place (no process to start:
-		// everything before the freeze must fit in the fence margin on a
-		// loaded host).
-		if state, err := a.inst.ClusterStateNow(); err == nil && state == "in archive recovery" {
-			harmless = time.Now()
-			continue
-		}
-		reason, epoch := "the lease ran out: no contact with the Raft leader for fence_timeout", st.Epoch
-		if !mine {
-			reason, epoch = fmt.Sprintf("it runs as a primary while the committed state this agent knows names %q (epoch %d), and no lease of any epoch holds", st.Primary, st.Epoch), 0
-		}
-		if err := a.inst.Freeze(pid, a.reaperAfter()); err != nil {
-			a.log.Error("fencing: could not freeze PostgreSQL; stopping it", "err", err, "pid", pid)
-			a.stopFenced(ctx, pid, reason)
-			continue
-		}
-		// How long a server that could acknowledge commits stayed unfrozen
-		// past its lease (what the leader's margin must cover).
-		end := a.leaseEnd(st.Epoch)
-		if !mine {
-			end = a.lease.anyEnd()
-		}
-		if harmless.After(end) {
-			end = harmless
-		}
-		if a.started.After(end) {
-			end = a.started // a dead agent freezes nothing: counted from its start
-		}
-		a.log.Warn("fencing: PostgreSQL frozen (SIGSTOP)", "reason", reason, "fence_timeout", a.timing().FenceTimeout, "epoch", st.Epoch, "pid", pid,
-			"after_lease_end", time.Since(end).Round(time.Millisecond), "loop_gap", gap.Round(time.Millisecond), "resumes", "if the lease is renewed within "+a.frozenMax().String())
-		frozen = frozenServer{pid: pid, epoch: epoch, at: time.Now()}
-		// Freeze first, ask after: one renewal round trip now thaws at once
-		// a server whose agent only could not run for a while (a freeze of
-		// the agent, a long stall) while the leader kept it the primary.
-		// Asked before the freeze, that round trip would come out of the
-		// margin the leader leaves for the freeze itself.
-		if !mine {
-			continue
-		}
+		return fenceIdle // not initialised: the state's change is an event
+	}
+	// Not the committed primary here: a standby this agent starts
+	// (standby.signal written first) reads "in production" in
+	// pg_control until its startup process begins recovery (a fresh
+	// base backup carries the primary's), yet acknowledges nothing
+	// before a promotion removes the signal. Checked first: one stat.
+	// PostgreSQL removes the signal before it accepts a write, so the
+	// removal is an event of the watched directory.
+	if !mine && a.inst.HasStandbySignal() {
+		f.harmless = time.Now()
+		return untilEvent
+	}
+	// A postmaster that is gone, or killed and not reaped yet (its
+	// postmaster.pid names a zombie), acknowledges nothing; nor does a
+	// standalone backend (pg_rewind's crash recovery of a deposed
+	// primary, run by this agent), which has no listening socket:
+	// frozen and killed, it failed every rewind. A postmaster that starts
+	// writes postmaster.pid anew: an event.
+	pid, standalone, _ := a.inst.LockFileOwner()
+	if pid == 0 || standalone || postgres.Exited(pid) {
+		f.harmless = time.Now()
+		return untilEvent
+	}
+	// A standby (this node about to be promoted, say) acknowledges no
+	// commit: pg_control says so, read in place (no process to start:
+	// everything before the freeze must fit in the fence margin on a
+	// loaded host). Without its signal file it may be leaving recovery
+	// now: look again soon.
+	if state, err := a.inst.ClusterStateNow(); err == nil && state == "in archive recovery" {
+		f.harmless = time.Now()
+		return fencePoll
+	}
+	reason, epoch := "the lease ran out: no contact with the Raft leader for fence_timeout", st.Epoch
+	if !mine {
+		reason, epoch = fmt.Sprintf("it runs as a primary while the committed state this agent knows names %q (epoch %d), and no lease of any epoch holds", st.Primary, st.Epoch), 0
+	}
+	if err := a.inst.Freeze(pid, a.reaperAfter()); err != nil {
+		a.log.Error("fencing: could not freeze PostgreSQL; stopping it", "err", err, "pid", pid)
+		a.stopFenced(ctx, pid, reason)
+		return fencePoll
+	}
+	// How long a server that could acknowledge commits stayed unfrozen
+	// past its lease (what the leader's margin must cover).
+	end := a.leaseEnd(st.Epoch)
+	if !mine {
+		end = a.lease.anyEnd()
+	}
+	if f.harmless.After(end) {
+		end = f.harmless
+	}
+	if a.started.After(end) {
+		end = a.started // a dead agent freezes nothing: counted from its start
+	}
+	a.log.Warn("fencing: PostgreSQL frozen (SIGSTOP)", "reason", reason, "fence_timeout", a.timing().FenceTimeout, "epoch", st.Epoch, "pid", pid,
+		"after_lease_end", time.Since(end).Round(time.Millisecond), "pass_late", late.Round(time.Millisecond), "resumes", "if the lease is renewed within "+a.frozenMax().String())
+	f.frozen = frozenServer{pid: pid, epoch: epoch, at: time.Now()}
+	// Freeze first, ask after: one renewal round trip now thaws at once
+	// a server whose agent only could not run for a while (a freeze of
+	// the agent, a long stall) while the leader kept it the primary.
+	// Asked before the freeze, that round trip would come out of the
+	// margin the leader leaves for the freeze itself.
+	if mine {
 		if err := a.renewLeaseWithin(ctx, st, a.leaseRoundTrip()); err == nil {
-			frozen = a.keepFrozen(ctx, a.node.State(), frozen)
+			f.frozen = a.keepFrozen(ctx, a.node.State(), f.frozen)
 		}
 	}
+	return fencePoll
 }
 
 // unleasedElsewhere reports whether a writable server on this node must be

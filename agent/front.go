@@ -41,13 +41,15 @@ type front struct {
 }
 
 // frontLoop keeps the front on the leader. It reacts to leadership and state
-// changes at once and otherwise refreshes the router's topology every 50ms
-// from the committed state and the latest observations.
+// changes and to new observations at once; otherwise it sleeps until the
+// next moment the topology changes by itself (a standby whose agent went
+// silent turns stale, a drain ends), or frontRetry while something is
+// being retried or held, never longer than frontIdle.
 func (a *Agent) frontLoop(ctx context.Context) {
 	changed, unsubscribe := a.node.Watch()
 	defer unsubscribe()
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
+	timer := time.NewTimer(frontIdle)
+	defer timer.Stop()
 	// A VIP left behind by an earlier run of this agent is not ours until
 	// this node wins an election.
 	a.releaseVIP("agent starting")
@@ -56,8 +58,11 @@ func (a *Agent) frontLoop(ctx context.Context) {
 		a.releaseVIP("agent stopping")
 	}()
 	for {
+		wait := frontIdle
+		var observed <-chan struct{} // only the leader's router uses observations
 		if a.node.IsLeader() {
-			a.ensureFront(ctx)
+			wait = a.ensureFront(ctx)
+			observed = a.obs.changes()
 		} else if a.frontUp() || a.vipHeld() {
 			// The VIP first: closing the router can take seconds (its
 			// connections to a host it cannot reach), and a new leader
@@ -65,14 +70,25 @@ func (a *Agent) frontLoop(ctx context.Context) {
 			a.releaseVIP("lost Raft leadership")
 			a.stopFront("lost Raft leadership")
 		}
+		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return
 		case <-changed:
-		case <-t.C:
+		case <-observed:
+		case <-timer.C:
 		}
 	}
 }
+
+// frontRetry is how soon the front loop tries again what failed (the VIP,
+// the listeners) and looks again during a switchover's hold; frontIdle
+// bounds its sleep otherwise (a safety net: what changes the topology is an
+// event or a deadline it computes).
+const (
+	frontRetry = 50 * time.Millisecond
+	frontIdle  = time.Second
+)
 
 // mayTakeOverVIP: another host answers for the VIP although this node is
 // the Raft leader ("VIP on one host" is about entitlement: only the leader
@@ -105,8 +121,9 @@ func (a *Agent) frontUp() bool {
 }
 
 // ensureFront brings the VIP and the router up on the leader, and keeps the
-// router's topology current.
-func (a *Agent) ensureFront(ctx context.Context) {
+// router's topology current. It returns how soon it wants to run again
+// without an event.
+func (a *Agent) ensureFront(ctx context.Context) time.Duration {
 	f := &a.front
 	if a.vipConfigured() && !a.vipHeld() {
 		err := a.vip.Acquire(ctx)
@@ -115,24 +132,55 @@ func (a *Agent) ensureFront(ctx context.Context) {
 		}
 		if err != nil {
 			f.complain(a, "cannot take the VIP: "+err.Error())
-			return // the router listens on the VIP: nothing to bind yet
+			return frontRetry // the router listens on the VIP: nothing to bind yet
 		}
 		a.log.Info("took the VIP", "vip", a.cfg.VIP.Address, "interface", a.cfg.VIP.Interface, "reason", "this node is the Raft leader")
 	}
 	if !a.cfg.RouterEnabled() {
-		return
+		return frontIdle
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.rt == nil {
 		if err := a.startRouterLocked(); err != nil {
 			f.complainLocked(a, err.Error())
-			return
+			return frontRetry
 		}
 		f.complaint = ""
 	}
 	a.followRouterSettingsLocked()
 	a.updateTopologyLocked()
+	if f.held {
+		return frontRetry
+	}
+	return min(time.Until(a.nextTopologyChangeLocked()), frontIdle)
+}
+
+// nextTopologyChangeLocked is when the router's backends change with no
+// event: a standby healthy now turns stale when its agent stays silent
+// (backendsOf), a drain for a restart ends (drain.go). Zero: none.
+func (a *Agent) nextTopologyChangeLocked() time.Time {
+	var next time.Time
+	earliest := func(t time.Time) {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	now := time.Now()
+	primary := a.node.State().Primary
+	stale := a.timing().FenceTimeout
+	for name, v := range a.obs.snapshot() {
+		if name != primary && v.reachable && now.Sub(v.lastSeen) <= stale {
+			earliest(v.lastSeen.Add(stale).Add(time.Millisecond)) // backendsOf keeps it at exactly stale
+		}
+	}
+	for _, until := range a.front.drained {
+		earliest(until.Add(time.Millisecond)) // markDrainingLocked keeps it until after until
+	}
+	if next.IsZero() {
+		return now.Add(frontIdle)
+	}
+	return next
 }
 
 // followRouterSettingsLocked hands the running router a changed

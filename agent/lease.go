@@ -54,6 +54,9 @@ type lease struct {
 	mu    sync.Mutex
 	until time.Time // zero: none
 	epoch uint64    // the epoch it was granted for
+	// changed gets a signal when until or epoch change: the fence loop
+	// sleeps until the lease's end and must hear of a new one.
+	changed chan struct{}
 }
 
 func (l *lease) renewed(epoch uint64, sent time.Time, d time.Duration) {
@@ -61,6 +64,27 @@ func (l *lease) renewed(epoch uint64, sent time.Time, d time.Duration) {
 	defer l.mu.Unlock()
 	if u := sent.Add(d); epoch != l.epoch || u.After(l.until) {
 		l.until, l.epoch = u, epoch
+		l.signalLocked()
+	}
+}
+
+// changes returns the channel that gets a signal when the lease changes.
+func (l *lease) changes() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.changed == nil {
+		l.changed = make(chan struct{}, 1)
+	}
+	return l.changed
+}
+
+func (l *lease) signalLocked() {
+	if l.changed == nil {
+		l.changed = make(chan struct{}, 1)
+	}
+	select {
+	case l.changed <- struct{}{}:
+	default: // one pending signal is enough
 	}
 }
 

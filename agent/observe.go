@@ -85,17 +85,28 @@ type memberView struct {
 type observations struct {
 	mu      sync.RWMutex
 	members map[string]memberView
+	// changed gets a signal on every set: the front loop refreshes the
+	// router's backends when an observation arrives, not on a tick.
+	changed chan struct{}
 }
 
 func newObservations() *observations {
-	return &observations{members: map[string]memberView{}}
+	return &observations{members: map[string]memberView{}, changed: make(chan struct{}, 1)}
 }
 
 func (o *observations) set(name string, v memberView) {
 	o.mu.Lock()
-	defer o.mu.Unlock()
 	o.members[name] = v
+	o.mu.Unlock()
+	select {
+	case o.changed <- struct{}{}:
+	default: // one pending signal is enough
+	}
 }
+
+// changes receives a signal after observations were set. One receiver:
+// signals coalesce, and a second receiver would take some of them.
+func (o *observations) changes() <-chan struct{} { return o.changed }
 
 func (o *observations) snapshot() map[string]memberView {
 	o.mu.RLock()
