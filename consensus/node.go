@@ -28,9 +28,11 @@ const (
 	DefaultElectionTimeout    = time.Second
 	DefaultLeaderLeaseTimeout = 500 * time.Millisecond
 	// DefaultCommitTimeout is how soon followers hear that an entry was
-	// committed when nothing else is sent (raft waits up to twice this):
-	// a member named the primary acts on the promotion only then.
-	DefaultCommitTimeout     = 10 * time.Millisecond
+	// committed when nothing else is sent (raft waits up to twice this),
+	// and so how often an idle leader sends each follower an empty
+	// AppendEntries. Apply pushes the commit index at once (pushCommit):
+	// raft's own default is enough for the rest (membership changes).
+	DefaultCommitTimeout     = 50 * time.Millisecond
 	DefaultSnapshotThreshold = 1024
 	DefaultRaftLogLevel      = "warn"
 )
@@ -421,8 +423,25 @@ func (n *Node) Apply(ctx context.Context, c Command) error {
 	if err, ok := f.Response().(error); ok && err != nil {
 		return fmt.Errorf("apply %s: %w", c.Type, err)
 	}
+	n.pushCommit()
 	return nil
 }
+
+// pushCommit tells the followers now that the log is committed up to the
+// entry just applied, rather than at raft's next idle round (CommitTimeout):
+// a member named the primary acts on the promotion only once its own copy
+// of the state has it. raft sends the commit index with the next entry, so
+// one is appended: a barrier, the cheapest (no state, and not waited for;
+// an error means leadership is gone, and the next leader's first entry
+// pushes the index anyway). This is what lets CommitTimeout be long, and
+// an idle leader send nothing but heartbeats.
+func (n *Node) pushCommit() {
+	n.raft.Barrier(pushEnqueueTimeout)
+}
+
+// pushEnqueueTimeout bounds the wait for raft's leader loop to take the
+// barrier: an Apply never waits long for its push.
+const pushEnqueueTimeout = 10 * time.Millisecond
 
 // State returns a deep copy of the committed state as applied on this node.
 // On a follower it may lag the leader; Barrier on the leader, or Index,
