@@ -110,6 +110,10 @@ type Agent struct {
 	history timelineHistory
 	// stoppedWAL caches where the stopped data directory's WAL ends (adopt.go).
 	stoppedWAL stoppedWALCache
+	// lags and events are the status page's memory, fed by the observe
+	// loop (laghistory.go, events.go).
+	lags   lagHistory
+	events eventLog
 
 	callbacks *callbacks // the operator's hooks (callbacks.go)
 	// configNoted is the cluster-wide configuration version whose

@@ -72,6 +72,7 @@ func (a *Agent) routes() http.Handler {
 	}))
 	mux.HandleFunc("POST /internal/join", a.authorized(a.handleJoin))
 	a.controlRoutes(mux)
+	a.statusRoutes(mux)
 	mux.HandleFunc("DELETE /members/{name}", a.authorized(a.handleRemove))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})
@@ -231,8 +232,7 @@ func (a *Agent) handleLiveness(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) handleCluster(w http.ResponseWriter, r *http.Request) {
-	leader, _ := a.node.Leader()
-	writeJSON(w, http.StatusOK, buildView(a.cfg.Cluster.Name, leader, a.node.State(), a.obs.snapshot()))
+	writeJSON(w, http.StatusOK, a.clusterView())
 }
 
 // HistoryEntry is one promotion as GET /history shows it (Patroni's

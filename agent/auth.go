@@ -15,8 +15,11 @@ import (
 
 // Who may call what on the REST API:
 //
-//  1. Health checks (/primary, /replica, /health, ...), /cluster and
-//     /metrics: anyone, so load balancers and monitoring need no secret.
+//  1. Health checks (/primary, /replica, /health, ...), /cluster,
+//     /metrics and the status page (/, /status): anyone, so load
+//     balancers and monitoring need no secret. With tls set, everything
+//     but the health checks needs a cluster certificate or the token
+//     (readsClusterState).
 //  2. /internal/*: with tls set, only a client whose certificate the
 //     cluster CA signed, i.e. another agent; anyone else gets 403.
 //  3. State-changing calls (the operator's control calls and the agents'
@@ -50,12 +53,24 @@ func (a *Agent) guardInternal(next http.Handler) http.Handler {
 		// With TLS the cluster's state (members, addresses, roles, LSNs) is
 		// for holders of a cluster certificate or the token, not for anyone
 		// who can reach the port; the health checks stay open.
-		if a.cfg.TLS.Enabled() && (r.URL.Path == "/cluster" || r.URL.Path == "/history" || r.URL.Path == "/config" || r.URL.Path == "/metrics") {
+		if a.cfg.TLS.Enabled() && readsClusterState(r.URL.Path) {
 			a.authorized(next.ServeHTTP)(w, r)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// readsClusterState: the path shows the cluster's state, so with TLS it
+// is for holders of a cluster certificate or the token. The status page
+// (exactly "/", its files, the JSON it polls) shows what /cluster shows
+// and more, so it is readable where /cluster is.
+func readsClusterState(path string) bool {
+	switch path {
+	case "/cluster", "/history", "/config", "/metrics", "/", "/status":
+		return true
+	}
+	return strings.HasPrefix(path, "/ui/")
 }
 
 // authorized enforces rule 3 around a state-changing handler. It runs

@@ -144,6 +144,7 @@ func (a *Agent) observeLoop(ctx context.Context) {
 		a.obs.forget(st.Members)
 		self := a.selfView(ctx)
 		a.obs.set(a.cfg.Name, self)
+		a.recordStatus(time.Now(), st)
 		a.callbacks.observe(self.obs.Postgres, st)
 		for name, m := range st.Members {
 			if name == a.cfg.Name {

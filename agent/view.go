@@ -21,6 +21,8 @@ type ClusterView struct {
 	Pause        bool     `json:"pause"`
 	SyncStandbys []string `json:"sync_standbys"`
 	RaftLeader   string   `json:"raft_leader"`
+	// RaftTerm is the Raft term as the answering agent knows it.
+	RaftTerm uint64 `json:"raft_term,omitempty"`
 	// VIPHolders are the members whose agents report the VIP on their
 	// interface (more than one only while a frozen holder is taken over).
 	VIPHolders []string       `json:"vip_holders,omitempty"`
@@ -75,6 +77,14 @@ type MemberStatus struct {
 	ScheduledRestart *consensus.ScheduledRestart `json:"scheduled_restart,omitempty"`
 	// CallbackProblem is the member's last callback failure (callbacks.go).
 	CallbackProblem string `json:"callback_problem,omitempty"`
+	// Fenced: its agent reports its lease ran out (PostgreSQL frozen).
+	Fenced bool `json:"fenced,omitempty"`
+	// Upstream is the member whose PostgreSQL this standby's WAL receiver
+	// connects to ("" when none, or an address that is no member's).
+	Upstream string `json:"upstream,omitempty"`
+	// RaftSuffrage is "voter" or "nonvoter" in the Raft configuration the
+	// answering agent knows, "" when the member is not in it.
+	RaftSuffrage string `json:"raft_suffrage,omitempty"`
 }
 
 // Lag is a byte count, or unknown. It marshals as Patroni does: a number or "unknown".
@@ -162,6 +172,7 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 			KeptDataDirs:    o.obs.KeptDataDirs,
 			PendingRestart:  o.obs.Postgres.PendingRestart,
 			CallbackProblem: o.obs.CallbackProblem,
+			Fenced:          o.reachable && o.obs.Fenced,
 		}
 		if sr, ok := st.ScheduledRestarts[name]; ok {
 			ms.ScheduledRestart = &sr
@@ -173,6 +184,9 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 			if ms.Problem == "" && o.err != "" {
 				ms.Problem = "agent unreachable: " + o.err
 			}
+		}
+		if o.reachable && pg.Running && pg.InRecovery {
+			ms.Upstream = memberAt(st, pg.UpstreamHost, pg.UpstreamPort)
 		}
 		if o.reachable && pg.Running {
 			ms.Timeline = pg.Timeline
@@ -211,6 +225,19 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 		v.Problems = append(v.Problems, "cluster not initialised yet: waiting for the Raft leader to choose the first primary")
 	}
 	return v
+}
+
+// memberAt is the member whose PostgreSQL listens at host:port, or "".
+func memberAt(st consensus.State, host string, port int) string {
+	if host == "" {
+		return ""
+	}
+	for name, m := range st.Members {
+		if m.PGHost == host && m.PGPort == port {
+			return name
+		}
+	}
+	return ""
 }
 
 func roleOf(st consensus.State, name string) string {

@@ -131,6 +131,9 @@ func (c Config) Validate() error {
 // Server is one member of the Raft configuration.
 type Server struct {
 	ID, Addr string
+	// NonVoter: it receives the log but does not vote (Servers reports
+	// it; Bootstrap ignores it and makes every server a voter).
+	NonVoter bool
 }
 
 // Node is this process's Raft member and its replica of State.
@@ -665,7 +668,7 @@ func (n *Node) Servers() ([]Server, error) {
 	cfg := f.Configuration()
 	out := make([]Server, 0, len(cfg.Servers))
 	for _, s := range cfg.Servers {
-		out = append(out, Server{ID: string(s.ID), Addr: string(s.Address)})
+		out = append(out, Server{ID: string(s.ID), Addr: string(s.Address), NonVoter: s.Suffrage != raft.Voter})
 	}
 	return out, nil
 }
