@@ -164,7 +164,7 @@ function renderMembers(c) {
     g.append(el("svg:rect", { width: W, height: H, rx: 6 }));
     const line = (y, cls, text) => g.append(el("svg:text", { x: 8, y: y, class: cls }, text));
     line(18, "head", m.name + (vip.has(m.name) ? "  ◆ VIP" : ""));
-    const roleText = { primary: "primary", sync_standby: "synchronous standby", replica: "standby" }[role];
+    const roleText = { primary: "primary", sync_standby: "sync standby", replica: "standby" }[role];
     line(34, "role", roleText + " · " + m.state);
     line(50, "", "Raft " + (m.raft_role || "?") + " · " + (m.raft_suffrage === "nonvoter" ? "non-voter" : m.raft_suffrage || "not in Raft config"));
     let wal = "TL " + (m.timeline || "?");
@@ -203,7 +203,12 @@ function lagSecondsNow(name) {
 function renderLag(c) {
   const box = $("lag");
   const rows = [];
-  const now = Date.now(), span = (state.report.lag_window_seconds || 3600) * 1000;
+  // The x axis spans the last hour, or less while the agent has less:
+  // a young agent's few minutes fill the chart instead of a sliver.
+  const now = Date.now();
+  let oldest = now;
+  for (const pts of Object.values(state.lag)) if (pts.length) oldest = Math.min(oldest, pts[0].t);
+  const span = Math.min((state.report.lag_window_seconds || 3600) * 1000, Math.max(60000, now - oldest));
   for (const m of c.members) {
     if (m.role === "leader") continue;
     const pts = state.lag[m.name] || [];
@@ -216,9 +221,11 @@ function renderLag(c) {
     const x = t => ((t - (now - span)) / span * 600).toFixed(1);
     const line = (cls, v) => el("svg:polyline", { class: cls, points: pts.map(p => x(p.t) + "," + (46 - v(p) * 44).toFixed(1)).join(" ") });
     if (pts.length) svg.append(line("bytes", p => p.bytes / maxB), line("seconds", p => p.seconds / maxS));
-    svg.append(el("svg:title", {}, "max " + fmtBytes(maxB) + ", " + fmtSeconds(pts.length ? maxS : 0) + " in the last hour"));
+    svg.append(el("svg:title", {}, "the last " + fmtSeconds(span / 1000) + "; max " + fmtBytes(maxB) + ", " + fmtSeconds(pts.length ? maxS : 0)));
     row.append(svg);
-    row.append(el("span", { class: "now" }, last ? fmtBytes(last.bytes) + " · " + fmtSeconds(last.seconds) : "no samples"));
+    const now_ = el("span", { class: "now" }, last ? fmtBytes(last.bytes) + " · " + fmtSeconds(last.seconds) : "no samples");
+    if (pts.length) now_.append(el("br"), el("small", {}, "max " + fmtBytes(maxB) + " · " + fmtSeconds(maxS)));
+    row.append(now_);
     rows.push(row);
   }
   box.replaceChildren(...rows);
