@@ -110,7 +110,7 @@ func observedChanges(at time.Time, prev, cur clusterFacts) []Event {
 		}
 		switch {
 		case !p.fenced && c.fenced:
-			add("fenced", name, "%s fenced: its lease ran out, PostgreSQL frozen", name)
+			add("fenced", name, "%s fenced: it holds no lease from the Raft leader, so its PostgreSQL may not be writable", name)
 		case p.fenced && !c.fenced:
 			add("unfenced", name, "%s no longer fenced", name)
 		}

@@ -113,6 +113,9 @@ func FuzzREST(f *testing.F) {
 		{"POST", "/reload", ``, ""},
 		{"POST", "/switchover", `{"at": "2030-01-01T00:00:00Z"}`, ""},
 		{"DELETE", "/switchover", "", ""},
+		{"GET", "/", "", ""},
+		{"GET", "/status?since=-1", "", ""},
+		{"GET", "/ui/../agent.go", "", ""},
 	} {
 		f.Add(s.method, s.path, []byte(s.body), s.auth)
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
 	"strconv"
@@ -143,7 +144,10 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 		Events:         timeline(a.node.State().History, a.events.recent(), statusEvents),
 	}
 	rep.Router, rep.RouterError = a.leaderRouterStatus(r.Context())
-	writeJSON(w, http.StatusOK, rep)
+	// Compact, unlike the other endpoints: a page's first poll carries up
+	// to an hour of points per standby, and indenting would triple it.
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(rep)
 }
 
 // leaderRouterStatus is the router's counters: this node's when it runs

@@ -217,10 +217,11 @@ function renderLag(c) {
       "data-bytes": last ? last.bytes : "", "data-seconds": last ? last.seconds : "" });
     row.append(el("b", {}, m.name));
     const svg = el("svg:svg", { viewBox: "0 0 600 48", preserveAspectRatio: "none" });
-    const maxB = Math.max(1, ...pts.map(p => p.bytes)), maxS = Math.max(0.001, ...pts.map(p => p.seconds));
+    // Each line is scaled to its own maximum (never 0: a flat line at the bottom).
+    const maxB = Math.max(0, ...pts.map(p => p.bytes)), maxS = Math.max(0, ...pts.map(p => p.seconds));
     const x = t => ((t - (now - span)) / span * 600).toFixed(1);
     const line = (cls, v) => el("svg:polyline", { class: cls, points: pts.map(p => x(p.t) + "," + (46 - v(p) * 44).toFixed(1)).join(" ") });
-    if (pts.length) svg.append(line("bytes", p => p.bytes / maxB), line("seconds", p => p.seconds / maxS));
+    if (pts.length) svg.append(line("bytes", p => p.bytes / (maxB || 1)), line("seconds", p => p.seconds / (maxS || 1)));
     svg.append(el("svg:title", {}, "the last " + fmtSeconds(span / 1000) + "; max " + fmtBytes(maxB) + ", " + fmtSeconds(pts.length ? maxS : 0)));
     row.append(svg);
     const now_ = el("span", { class: "now" }, last ? fmtBytes(last.bytes) + " · " + fmtSeconds(last.seconds) : "no samples");
