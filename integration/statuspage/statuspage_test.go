@@ -43,8 +43,8 @@ type pageState struct {
 	}
 	Events []struct{ Kind, Member, Source, Text string }
 	Result struct{ Status, Text string }
-	Routes []string // the route table's rows, as text
-	Error  string   // the banner shown when the agent does not answer
+	Routes [][]string // the route table's rows: route, per second, bar, total
+	Error  string     // the banner shown when the agent does not answer
 }
 
 const readPage = `(() => {
@@ -56,7 +56,7 @@ const readPage = `(() => {
     lag: q("#lag .lag-row").map(r => ({member: r.dataset.member, points: Number(r.dataset.points), bytes: num(r.dataset.bytes), seconds: num(r.dataset.seconds)})),
     events: q("#events li").map(li => ({kind: li.dataset.kind, member: li.dataset.member, source: li.dataset.source, text: li.textContent})),
     result: {status: document.getElementById("action-result").dataset.status || "", text: document.getElementById("action-result").textContent},
-    routes: q("#routes tr").map(tr => tr.textContent),
+    routes: q("#routes tr").map(tr => Array.from(tr.children).map(c => c.textContent)),
     error: document.getElementById("fetch-error").hidden ? "" : document.getElementById("fetch-error").textContent,
   };
 })()`
@@ -183,7 +183,9 @@ func TestStatusPage(t *testing.T) {
 			}
 		}
 		t.Cleanup(resume)
-		write := func() { mustExec(t, writer, "INSERT INTO statuspage_lag (pad) SELECT repeat('x', 1000) FROM generate_series(1, 20)") }
+		write := func() {
+			mustExec(t, writer, "INSERT INTO statuspage_lag (pad) SELECT repeat('x', 1000) FROM generate_series(1, 20)")
+		}
 		var first pageState
 		firstLag := func(p pageState) (float64, float64, int) {
 			for _, l := range p.Lag {
@@ -212,8 +214,9 @@ func TestStatusPage(t *testing.T) {
 		wait.For(t, 10*time.Second, "the router's writes to show on the page", func() (bool, string) {
 			p := read()
 			for _, r := range p.Routes {
-				if strings.HasPrefix(r, "writes → primary") && !strings.HasSuffix(r, "0") {
-					return true, ""
+				if len(r) == 4 && r[0] == "writes → primary" {
+					n, err := strconv.Atoi(r[3])
+					return err == nil && n > 0, fmt.Sprint(r)
 				}
 			}
 			return false, fmt.Sprint(p.Routes)
