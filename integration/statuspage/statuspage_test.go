@@ -361,7 +361,7 @@ func (b *browser) screenshot(t *testing.T) {
 	if dir == "" {
 		dir = os.TempDir()
 	}
-	path := filepath.Join(dir, fmt.Sprintf("pgha-statuspage-%s.png", time.Now().Format("20060102-150405")))
+	path := filepath.Join(dir, fmt.Sprintf("pgha-%s-%s.png", strings.ReplaceAll(t.Name(), "/", "-"), time.Now().Format("20060102-150405")))
 	if err := os.WriteFile(path, png, 0o644); err != nil {
 		t.Errorf("save screenshot: %v", err)
 		return
