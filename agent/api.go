@@ -77,7 +77,22 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})
 	})
-	return a.guardInternal(mux) // who may call what: auth.go
+	return refuseCrossSite(a.guardInternal(mux)) // who may call what: auth.go
+}
+
+// refuseCrossSite refuses a state-changing call that a browser sends on
+// behalf of another site's page (cross-site request forgery): since the
+// status page, operators' browsers may hold the cluster's client
+// certificate, which the browser would attach to a form another site
+// posts here. The agents, the CLI and scripts send no Origin or
+// Sec-Fetch-Site header and are not affected; the page's own calls are
+// same-origin.
+func refuseCrossSite(next http.Handler) http.Handler {
+	p := http.NewCrossOriginProtection()
+	p.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusForbidden, apiError{Error: fmt.Sprintf("refused %s %s: a cross-origin request from a browser (another site's page may not change the cluster)", r.Method, r.URL.Path)})
+	}))
+	return p.Handler(next)
 }
 
 // localHealth is what the health endpoints judge: this node's PostgreSQL

@@ -150,7 +150,32 @@ func TestStatusPageActionsNeedToken(t *testing.T) {
 		t.Fatalf("refused calls changed the cluster: %+v -> %+v", before, after)
 	}
 	token := "Bearer " + a.cfg.API.Token()
-	if got := do("/pause", token, ""); got != 200 || !a.node.State().Paused {
-		t.Fatalf("POST /pause with the token: %d, paused %v", got, a.node.State().Paused)
+	// Another site's page, in a browser that holds the credentials (a
+	// cluster certificate is attached by the browser itself): refused
+	// whatever it carries, before the credentials are looked at.
+	for _, h2 := range []map[string]string{
+		{"Sec-Fetch-Site": "cross-site"},
+		{"Origin": "https://evil.example"},
+	} {
+		r := httptest.NewRequest("POST", "/pause", nil)
+		r.Header.Set("Authorization", token)
+		for k, v := range h2 {
+			r.Header.Set(k, v)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != 403 || !strings.Contains(w.Body.String(), "cross-origin") || a.node.State().Paused {
+			t.Fatalf("POST /pause from another site (%v): %d %s, paused %v", h2, w.Code, w.Body.String(), a.node.State().Paused)
+		}
+	}
+	// The page's own calls are same-origin.
+	r := httptest.NewRequest("POST", "http://agent:8008/pause", nil)
+	r.Header.Set("Authorization", token)
+	r.Header.Set("Sec-Fetch-Site", "same-origin")
+	r.Header.Set("Origin", "http://agent:8008")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != 200 || !a.node.State().Paused {
+		t.Fatalf("POST /pause from the page itself: %d %s, paused %v", w.Code, w.Body.String(), a.node.State().Paused)
 	}
 }
