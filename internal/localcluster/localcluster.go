@@ -312,6 +312,14 @@ func (c *Cluster) StartAll() error {
 // Running reports whether the node's agent process is alive.
 func (n *Node) Running() bool { return n.cmd != nil && !n.exited() }
 
+// AgentPID is the agent process's PID, 0 when it is not running.
+func (n *Node) AgentPID() int {
+	if !n.Running() {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
 // Exited is closed when the agent process has ended (nil if never started).
 func (n *Node) Exited() <-chan struct{} { return n.done }
 
