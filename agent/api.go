@@ -57,7 +57,11 @@ func (a *Agent) routes() http.Handler {
 		}
 		if servers, err := a.node.Servers(); err == nil {
 			for _, s := range servers {
-				info.Voters = append(info.Voters, s.ID)
+				if s.NonVoter {
+					info.NonVoters = append(info.NonVoters, s.ID)
+				} else {
+					info.Voters = append(info.Voters, s.ID)
+				}
 			}
 		}
 		writeJSON(w, http.StatusOK, info)

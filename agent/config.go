@@ -53,6 +53,12 @@ type ClusterConfig struct {
 	// Join lists API URLs of existing members for a node that is not one of the
 	// initial members (a node added later). Default: the members' API URLs.
 	Join []string `yaml:"join"`
+	// Voter: this node votes in Raft. Default: true for the initial
+	// members (they must), false for a node added later, which joins as a
+	// non-voter: it streams and serves reads but never counts towards a
+	// quorum nor decides, and is promoted only if tagged candidate. Set it
+	// on an added node to grow the voters (five make a quorum of three).
+	Voter *bool `yaml:"voter"`
 }
 
 // PeerConfig is one initial member of the cluster.
@@ -169,6 +175,9 @@ type TagsConfig struct {
 	NoLoadBalance bool `yaml:"noloadbalance"` // the router sends it no reads
 	Priority      int  `yaml:"priority"`      // among standbys with equal WAL, the higher is promoted
 	CloneFrom     bool `yaml:"clonefrom"`     // preferred source of base backups for new and reinitialised standbys
+	// Candidate: a non-voter (cluster.voter: false) may be promoted, and so
+	// be a synchronous standby. Without it a non-voter is nofailover.
+	Candidate bool `yaml:"candidate"`
 }
 
 // Defaults applied by Load before validation.
@@ -387,6 +396,9 @@ func (c *Config) Validate() error {
 	for i, u := range c.Cluster.Join {
 		checkURL(bad, fmt.Sprintf("cluster.join[%d]", i), u)
 	}
+	if c.Cluster.Voter != nil && !*c.Cluster.Voter && c.InitialMember() {
+		bad("cluster.voter", "false on an initial member: the members of cluster.members bootstrap Raft as its voters; add a non-voter as a node that is not in that list")
+	}
 
 	checkHostPort(bad, "api.listen", c.API.Listen)
 	if c.API.Advertise == "" {
@@ -461,6 +473,15 @@ func (c *Config) memberField(get func(PeerConfig) string) string {
 }
 
 // InitialMember reports whether this node is one of the members the cluster bootstraps from.
+// Voter reports whether this node votes in Raft (cluster.voter; by
+// default the initial members do and nodes added later do not).
+func (c *Config) Voter() bool {
+	if c.Cluster.Voter != nil {
+		return *c.Cluster.Voter
+	}
+	return c.InitialMember()
+}
+
 func (c *Config) InitialMember() bool {
 	for _, m := range c.Cluster.Members {
 		if m.Name == c.Name {

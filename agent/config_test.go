@@ -126,6 +126,9 @@ func TestParseConfigErrorsNameTheKey(t *testing.T) {
 			return s + "router:\n  auth_user: pgha_auth\n  auth_password_file: /nonexistent/auth\n"
 		}, "router.auth_password_file:"},
 		{"router auth file missing", func(s string) string { return s + "router:\n  auth_file: /nonexistent/userlist.txt\n" }, "router.auth_file"},
+		{"an initial member without a vote", func(s string) string {
+			return strings.Replace(s, "  name: main\n", "  name: main\n  voter: false\n", 1)
+		}, "cluster.voter"},
 		{"vip without interface", func(s string) string { return s + "vip:\n  address: 10.0.0.10/24\n" }, "vip.interface"},
 		{"vip without prefix", func(s string) string { return s + "vip:\n  address: 10.0.0.10\n  interface: eth0\n" }, "vip.address"},
 	}

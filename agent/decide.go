@@ -550,8 +550,10 @@ func aheadOfSyncSet(in Inputs, cands, syncByWAL []string) string {
 
 // syncCandidates orders names for the synchronous set, most WAL first,
 // and leaves out the members that may not be synchronous (tagged
-// nofailover or nosync) if one that may streams.
+// nofailover or nosync) if one that may streams; non-voters that may not
+// be promoted always (consensus.Member.SyncAllowed).
 func syncCandidates(in Inputs, names []string, streaming func(string) bool) []string {
+	names = slices.DeleteFunc(slices.Clone(names), func(n string) bool { return !in.State.Members[n].SyncAllowed() })
 	sortByWAL(in, names)
 	if slices.ContainsFunc(names, func(n string) bool { return in.State.Members[n].SyncEligible() && streaming(n) }) {
 		return slices.DeleteFunc(slices.Clone(names), func(n string) bool { return !in.State.Members[n].SyncEligible() })
@@ -617,8 +619,8 @@ func promotion(in Inputs, cand string, kind promotionKind, reason string) Decisi
 			set = append(set, st.Primary)
 		}
 		if len(set) == 0 {
-			for name := range st.Members {
-				if name != cand {
+			for name, m := range st.Members {
+				if name != cand && m.SyncAllowed() {
 					set = append(set, name)
 				}
 			}
@@ -690,7 +692,9 @@ func syncDecisions(in Inputs) Plan {
 	}
 	S := st.SyncStandbys
 	if len(S) == 0 {
-		others = syncCandidates(in, others, streaming)
+		if others = syncCandidates(in, others, streaming); len(others) == 0 {
+			return Plan{Waiting: "synchronous mode: no standby may be synchronous (every other member is a non-voter that may not be promoted)"}
+		}
 		return Plan{Decisions: []Decision{{
 			Command: consensus.SetSyncStandbys(others, st.Epoch),
 			Reason:  "synchronous mode: no synchronous standby recorded for this epoch; record every standby, then narrow to one",
@@ -717,8 +721,7 @@ func syncDecisions(in Inputs) Plan {
 				spare = append(spare, o)
 			}
 		}
-		if len(spare) > 0 {
-			spare = syncCandidates(in, spare, streaming)
+		if spare = syncCandidates(in, spare, streaming); len(spare) > 0 {
 			return Plan{Decisions: []Decision{{
 				Command: consensus.SetSyncStandbys(append([]string{spare[0]}, S...), st.Epoch),
 				Reason:  fmt.Sprintf("synchronous standby %s is not streaming; add %s so the primary's writes do not block", strings.Join(S, ","), spare[0]),

@@ -75,6 +75,9 @@ func tagged(st consensus.State, name string, tag func(*consensus.Member)) consen
 func noFailoverTag(m *consensus.Member) { m.NoFailover = true }
 func noSyncTag(m *consensus.Member)     { m.NoSync = true }
 
+// nonVoterTag: a member added as a Raft non-voter, not tagged candidate.
+func nonVoterTag(m *consensus.Member) { m.NonVoter, m.NoFailover = true, true }
+
 func TestDecideFailover(t *testing.T) {
 	yes, no := true, false
 	now := t0
@@ -409,6 +412,14 @@ func TestDecideSyncSet(t *testing.T) {
 			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": silentSince(now.Add(-5 * time.Second)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, sync("n3", "n2")},
 		{"then n2 is back: n2 first again", tagged(state3("n3", "n2"), "n3", noFailoverTag),
 			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": obsAt(now, standbyAt(1000)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, sync("n2", "n3")},
+		// Non-voters (issue 21): one that may not be promoted is never in
+		// the set, even when it alone streams.
+		{"new epoch, empty set, n3 a non-voter and n2 not streaming: n2 alone", tagged(state3(), "n3", nonVoterTag),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": silentSince(now.Add(-5 * time.Second)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, sync("n2")},
+		{"sync standby gone, the only spare a non-voter: keep waiting for n2", tagged(state3("n2"), "n3", nonVoterTag),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": silentSince(now.Add(-5 * time.Second)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, nil},
+		{"a non-voter tagged candidate is like any standby", tagged(state3("n2"), "n3", func(m *consensus.Member) { m.NonVoter = true }),
+			map[string]memberView{"n1": obsAt(now, primaryUp), "n2": silentSince(now.Add(-5 * time.Second)), "n3": obsAt(now, standbyAt(1000))}, syncMark{}, sync("n3", "n2")},
 		{"do not narrow while the primary still names both", state3("n3", "n2"),
 			map[string]memberView{"n1": obsAt(now, primaryUp), "n3": obsAt(now, standbyAt(1000))}, syncMark{Epoch: 4, Names: `ANY 1 ("n3","n2")`, LSN: 990}, nil},
 	}

@@ -84,7 +84,9 @@ func (a *Agent) leadOnce(ctx context.Context) {
 	}
 	voters := make([]string, 0, len(servers))
 	for _, s := range servers {
-		voters = append(voters, s.ID)
+		if !s.NonVoter {
+			voters = append(voters, s.ID)
+		}
 	}
 	st := a.node.State()
 	a.runScheduled(ctx, st)

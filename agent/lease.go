@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -389,6 +390,9 @@ func (a *Agent) priorLeaseBound(ctx context.Context, term uint64, since time.Tim
 	st := a.node.State()
 	ctx, cancel := context.WithTimeout(ctx, a.leaseRoundTrip())
 	defer cancel()
+	// Only voters: the old leader's quorum was one of voters, and only a
+	// quorum of voters is sure to share a member with it.
+	servers = slices.DeleteFunc(servers, func(s consensus.Server) bool { return s.NonVoter })
 	reports := make(chan time.Time, len(servers))
 	asked := 0
 	for _, s := range servers {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/pgha/pgha/consensus"
@@ -65,6 +66,8 @@ type raftInfo struct {
 	State    string   `json:"state"`
 	Leader   string   `json:"leader"`
 	Voters   []string `json:"voters"`
+	// NonVoters are the members that receive the log without a vote.
+	NonVoters []string `json:"nonvoters,omitempty"`
 	// CommitIndex is the Raft commit index as this node knows it; a
 	// follower compares the leader's with what it has applied.
 	CommitIndex uint64 `json:"commit_index"`
@@ -84,16 +87,18 @@ func (a *Agent) selfMember() consensus.Member {
 		APIURL:        a.cfg.API.Advertise,
 		PGHost:        a.cfg.Postgres.Host,
 		PGPort:        a.cfg.Postgres.Port,
-		NoFailover:    a.cfg.Tags.NoFailover,
+		NoFailover:    a.cfg.Tags.NoFailover || !a.cfg.Voter() && !a.cfg.Tags.Candidate,
 		Priority:      a.cfg.Tags.Priority,
 		NoSync:        a.cfg.Tags.NoSync,
 		NoLoadBalance: a.cfg.Tags.NoLoadBalance,
 		CloneFrom:     a.cfg.Tags.CloneFrom,
+		NonVoter:      !a.cfg.Voter(),
 	}
 }
 
-// registerLoop makes sure this node is a voter and its member record is
-// current, asking the leader (through any member) until both are true.
+// registerLoop makes sure this node is in Raft as it asks (a voter or a
+// non-voter, cluster.voter) and its member record is current, asking the
+// leader (through any member) until both are true.
 func (a *Agent) registerLoop(ctx context.Context) {
 	want := a.selfMember()
 	lastErr := ""
@@ -153,20 +158,33 @@ func (a *Agent) requestJoin(ctx context.Context, m consensus.Member) error {
 	return errors.Join(errs...)
 }
 
-// join runs on the leader: add m as a Raft voter (if it is not one at that
-// address already) and commit its member record.
+// join runs on the leader: add m to Raft as it asks, a voter or a
+// non-voter (if it is not one at that address already), and commit its
+// member record. A non-voter asking to vote is promoted; a voter is never
+// demoted this way (taking a vote away from a running cluster is the
+// operator's call: remove the member, and it joins again as a non-voter).
 func (a *Agent) join(ctx context.Context, m consensus.Member) error {
 	servers, err := a.node.Servers()
 	if err != nil {
 		return fmt.Errorf("read raft configuration: %w", err)
 	}
-	present := false
+	var cur *consensus.Server
 	for _, s := range servers {
-		if s.ID == m.Name && s.Addr == m.RaftAddr {
-			present = true
+		if s.ID == m.Name {
+			cur = &s
 		}
 	}
-	if !present {
+	switch {
+	case cur != nil && m.NonVoter && !cur.NonVoter:
+		return fmt.Errorf("%s asks to join as a non-voter (cluster.voter: false) but votes in Raft: remove it first (pgha-agent remove %s), then restart its agent", m.Name, m.Name)
+	case cur != nil && cur.Addr == m.RaftAddr && cur.NonVoter == m.NonVoter:
+		// in Raft as asked
+	case m.NonVoter:
+		a.log.Info("adding raft non-voter", "member", m.Name, "raft", m.RaftAddr, "reason", "join request")
+		if err := a.node.AddNonvoter(ctx, m.Name, m.RaftAddr); err != nil {
+			return err
+		}
+	default:
 		a.log.Info("adding raft voter", "member", m.Name, "raft", m.RaftAddr, "reason", "join request")
 		if err := a.node.AddVoter(ctx, m.Name, m.RaftAddr); err != nil {
 			return fmt.Errorf("add voter %s: %w", m.Name, err)
@@ -283,12 +301,10 @@ func (a *Agent) checkRemoved(ctx context.Context) {
 		if err != nil || info.State != "leader" {
 			continue
 		}
-		for _, v := range info.Voters {
-			if v == a.cfg.Name {
-				return
-			}
+		if slices.Contains(info.Voters, a.cfg.Name) || slices.Contains(info.NonVoters, a.cfg.Name) {
+			return
 		}
-		a.log.Warn("this node is no longer a voter", "leader", info.Leader)
+		a.log.Warn("this node is no longer in the Raft configuration", "leader", info.Leader)
 		a.removed.Store(true)
 		return
 	}

@@ -641,6 +641,25 @@ func (n *Node) AddVoter(ctx context.Context, id, addr string) error {
 	return nil
 }
 
+// AddNonvoter adds a member that receives the log but never votes nor
+// leads, or updates its address (a voter keeps its vote: raft demotes
+// only by DemoteVoter, which pgha does not use). Leader
+// only; returns once the configuration change is committed.
+func (n *Node) AddNonvoter(ctx context.Context, id, addr string) error {
+	if id == "" || addr == "" {
+		return fmt.Errorf("add non-voter %q at %q: ID and address are required", id, addr)
+	}
+	if err := n.leaderOnly(); err != nil {
+		return fmt.Errorf("add non-voter %s: %w", id, err)
+	}
+	f := n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, enqueueTimeout(ctx))
+	if err := n.wait(ctx, f); err != nil {
+		return fmt.Errorf("add non-voter %s: %w", id, err)
+	}
+	n.log.Info("raft non-voter added", "member", id, "addr", addr)
+	return nil
+}
+
 // RemoveServer removes a member from the Raft configuration. Leader only;
 // returns once the configuration change is committed.
 func (n *Node) RemoveServer(ctx context.Context, id string) error {

@@ -23,6 +23,10 @@ type Member struct {
 	// from it (while it streams from the primary) rather than from the
 	// primary.
 	CloneFrom bool `json:"clonefrom,omitempty"`
+	// NonVoter: it joined Raft as a non-voter (cluster.voter: false): it
+	// receives the log but never votes, never leads and never counts
+	// towards a quorum. It streams and serves reads like any standby.
+	NonVoter bool `json:"nonvoter,omitempty"`
 }
 
 // SyncEligible reports whether m may be a synchronous standby when another
@@ -30,6 +34,13 @@ type Member struct {
 // nofailover (a synchronous standby may be the only member holding every
 // acknowledged commit, so it must be one the leader may promote).
 func (m Member) SyncEligible() bool { return !m.NoSync && !m.NoFailover }
+
+// SyncAllowed reports whether m may ever be a synchronous standby. A
+// member tagged nofailover or nosync still may, when no eligible one
+// streams (rather than block every commit); a non-voter that may not be
+// promoted never is: it was added for reads, and a commit acknowledged by
+// it alone is one no failover could take over.
+func (m Member) SyncAllowed() bool { return !m.NonVoter || !m.NoFailover }
 
 // State is the committed cluster state. Every agent holds a replica of it in
 // its FSM; it changes only by applying a Command through Raft.

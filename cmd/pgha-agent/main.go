@@ -17,7 +17,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), demoCmd(), listCmd(), historyCmd(), showConfigCmd(), editConfigCmd(), reloadCmd(), restartCmd(), flushCmd(), tagCmd(), removeCmd(),
+	root.AddCommand(runCmd(), demoCmd(), listCmd(), historyCmd(), showConfigCmd(), editConfigCmd(), reloadCmd(), restartCmd(), flushCmd(), tagCmd(), removeCmd(), votersCmd(),
 		switchoverCmd(), failoverCmd(), reinitCmd(), pauseCmd(true), pauseCmd(false), certsCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgha-agent:", err)

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgha/pgha/agent"
+)
+
+func votersCmd() *cobra.Command {
+	var f apiFlags
+	cmd := &cobra.Command{
+		Use:   "voters",
+		Short: "Show who votes in Raft: voters decide promotions and make the quorum; non-voters stream and serve reads",
+		Long: `Show each member's Raft suffrage, as the answering agent's Raft configuration has it.
+
+The initial members (cluster.members) vote. A node added later joins as a
+non-voter unless its config sets cluster.voter: true; a non-voter is promoted
+only if tagged candidate (or nofailover=false with pgha-agent tag). To take a
+member's vote away, remove it (pgha-agent remove) and start its agent again
+with cluster.voter: false.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			v, err := fetchView(cmd.Context(), c)
+			if err != nil {
+				return err
+			}
+			printVoters(cmd.OutOrStdout(), v)
+			return nil
+		},
+	}
+	f.register(cmd, true) // /cluster: with TLS, a certificate or the token
+	return cmd
+}
+
+func printVoters(w io.Writer, v agent.ClusterView) {
+	voters := 0
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "Member\tRaft\tRole\tPromotable")
+	for _, m := range v.Members {
+		suffrage := m.RaftSuffrage
+		switch suffrage {
+		case "voter":
+			voters++
+		case "":
+			suffrage = "not in Raft"
+		}
+		if m.Name == v.RaftLeader {
+			suffrage += " (leader)"
+		}
+		role := m.Role
+		if role == "leader" {
+			role = "primary" // Patroni's name, beside Raft's leader
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Name, suffrage, role, yesNo(!m.NoFailover))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%d voters: a quorum is %d; the cluster survives the loss of %d of them\n", voters, voters/2+1, (voters-1)/2)
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}

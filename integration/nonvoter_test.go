@@ -1,0 +1,130 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgha/pgha/internal/itest"
+	"github.com/pgha/pgha/internal/wait"
+	"github.com/pgha/pgha/postgres/pgtest"
+)
+
+// TestNonVoters: three voters and two members added later, which join Raft
+// as non-voters (cluster.voter defaults to false off cluster.members). The
+// non-voters stream and take reads; they never count towards the quorum,
+// never lead, are never promoted (not tagged candidate) and so never sit
+// in the synchronous set: losing both blocks no commit, and when the
+// primary's host is lost a voter is promoted.
+func TestNonVoters(t *testing.T) {
+	lc := itest.NewCluster(t, agentBinary, 3)
+	if err := lc.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+	itest.WaitHealthy(t, lc, 3, 90*time.Second)
+	for _, name := range []string{"node4", "node5"} {
+		n, err := lc.AddNode(name, pgtest.FreePort(t), pgtest.FreePort(t), pgtest.FreePort(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := lc.Start(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := itest.WaitHealthy(t, lc, 5, 120*time.Second)
+	voters := map[string]bool{"node1": true, "node2": true, "node3": true}
+	for _, m := range v.Members {
+		want := "nonvoter"
+		if voters[m.Name] {
+			want = "voter"
+		}
+		if m.RaftSuffrage != want || m.NoFailover == voters[m.Name] {
+			t.Fatalf("%s: raft_suffrage %q nofailover %v; want %s, promotable only if a voter", m.Name, m.RaftSuffrage, m.NoFailover, want)
+		}
+	}
+	out, err := exec.Command(agentBinary, "voters", "--api", lc.Node("node4").APIURL).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "3 voters: a quorum is 2") || strings.Count(string(out), "nonvoter") != 2 {
+		t.Fatalf("pgha-agent voters: %v\n%s", err, out)
+	}
+	t.Logf("pgha-agent voters:\n%s", out)
+
+	ctx := context.Background()
+	// Reads through the router's read-only port spread over all four
+	// standbys, non-voters included: each session keeps its standby, so
+	// open sessions until every one has answered.
+	_, roPort, _ := net.SplitHostPort(lc.RouterReadOnlyAddr())
+	port, _ := strconv.Atoi(roPort)
+	primary := itest.PrimaryOf(t, v)
+	standbys := map[int]string{}
+	for _, n := range lc.Nodes() {
+		if n.Name != primary.Name {
+			standbys[n.PGPort] = n.Name
+		}
+	}
+	seen := map[string]int{}
+	wait.For(t, 30*time.Second, "reads on all four standbys", func() (bool, string) {
+		conn, err := itest.Dial(ctx, port)
+		if err != nil {
+			return false, err.Error()
+		}
+		defer conn.Close(ctx)
+		var p int
+		if err := conn.QueryRow(ctx, "SELECT inet_server_port()").Scan(&p); err != nil {
+			return false, err.Error()
+		}
+		name, ok := standbys[p]
+		if !ok {
+			t.Fatalf("a read through the read-only port ran on port %d, no standby's", p)
+		}
+		seen[name]++
+		return len(seen) == 4, fmt.Sprintf("reads per standby %v", seen)
+	})
+
+	// Lose the primary's host: a voter is promoted, never a non-voter.
+	old := lc.Node(primary.Name)
+	lc.KillHost(old)
+	var next string
+	wait.For(t, 60*time.Second, "a new primary after the loss of "+old.Name, func() (bool, string) {
+		v, err := lc.View(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		next = itest.Primary(v)
+		return next != "" && next != old.Name, itest.Describe(v)
+	})
+	if !voters[next] {
+		t.Fatalf("the non-voter %s was promoted", next)
+	}
+	pc := itest.Connect(t, lc.Node(next).PGPort)
+	// Committed first, promoted after: written once it takes writes.
+	mustExec := func(sql string) {
+		t.Helper()
+		wait.For(t, 30*time.Second, sql+" on the new primary "+next, func() (bool, string) {
+			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			_, err := pc.Exec(wctx, sql)
+			return err == nil, fmt.Sprint(err)
+		})
+	}
+	mustExec("CREATE TABLE nonvoter_acks (id int)")
+
+	// Lose both non-voters as well: one voter down and two non-voters down
+	// leave two voters of three, a quorum, and no commit waits for a
+	// non-voter (never synchronous).
+	lc.KillHost(lc.Node("node4"))
+	lc.KillHost(lc.Node("node5"))
+	mustExec("INSERT INTO nonvoter_acks VALUES (1)")
+	v, err = lc.View(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(v.SyncStandbys, func(s string) bool { return !voters[s] }) || v.RaftLeader == "node4" || v.RaftLeader == "node5" || !voters[v.RaftLeader] {
+		t.Fatalf("a non-voter leads Raft or is synchronous: %s", itest.Describe(v))
+	}
+}
