@@ -75,6 +75,8 @@ func (a *Agent) routes() http.Handler {
 		writeJSON(w, http.StatusAccepted, map[string]string{"status": "checking"})
 	}))
 	mux.HandleFunc("POST /internal/join", a.authorized(a.handleJoin))
+	// For router-only processes (topologyapi.go): a cluster certificate or the token.
+	mux.HandleFunc("GET /router/topology", a.authorized(a.handleRouterTopology))
 	a.controlRoutes(mux)
 	a.statusRoutes(mux)
 	mux.HandleFunc("DELETE /members/{name}", a.authorized(a.handleRemove))

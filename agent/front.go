@@ -224,7 +224,7 @@ func (a *Agent) startRouterLocked() error {
 		rw.Close()
 		return fmt.Errorf("router: cannot listen yet: %w", err)
 	}
-	f.topo = router.NewBackendSet(f.markDrainingLocked(a.backends(), time.Now())...)
+	f.topo = router.NewBackendSet(a.routerBackendsLocked(time.Now())...)
 	cfg := rc.routerConfig()
 	cfg.Logger = a.log.With("component", "router")
 	rt, err := router.New(cfg, f.topo)
@@ -310,7 +310,7 @@ func (a *Agent) releaseVIP(reason string) {
 // over some other way).
 func (a *Agent) updateTopologyLocked() {
 	f := &a.front
-	next := f.markDrainingLocked(a.backends(), time.Now())
+	next := a.routerBackendsLocked(time.Now())
 	if !slices.Equal(next, f.topo.Backends()) {
 		f.topo.Set(next...)
 	}
@@ -375,6 +375,14 @@ func (f *front) complainLocked(a *Agent, msg string) {
 		f.complaint = msg
 		a.log.Warn("front not up", "problem", msg)
 	}
+}
+
+// routerBackendsLocked is what every router of the cluster routes by: the
+// leader's own (here) and the router-only processes, which get it from
+// GET /router/topology (topologyapi.go) — one function, so the two never
+// disagree. a.front.mu held.
+func (a *Agent) routerBackendsLocked(now time.Time) []router.Backend {
+	return a.front.markDrainingLocked(a.backends(), now)
 }
 
 // backends is the router's view of the members, from the committed state

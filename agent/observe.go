@@ -88,15 +88,20 @@ type observations struct {
 	// changed gets a signal on every set: the front loop refreshes the
 	// router's backends when an observation arrives, not on a tick.
 	changed chan struct{}
+	// setCh is closed (and replaced) on every set: any number of waiters
+	// (the routers' long polls, topologyapi.go) learn of it at once.
+	setCh chan struct{}
 }
 
 func newObservations() *observations {
-	return &observations{members: map[string]memberView{}, changed: make(chan struct{}, 1)}
+	return &observations{members: map[string]memberView{}, changed: make(chan struct{}, 1), setCh: make(chan struct{})}
 }
 
 func (o *observations) set(name string, v memberView) {
 	o.mu.Lock()
 	o.members[name] = v
+	close(o.setCh)
+	o.setCh = make(chan struct{})
 	o.mu.Unlock()
 	select {
 	case o.changed <- struct{}{}:
@@ -107,6 +112,13 @@ func (o *observations) set(name string, v memberView) {
 // changes receives a signal after observations were set. One receiver:
 // signals coalesce, and a second receiver would take some of them.
 func (o *observations) changes() <-chan struct{} { return o.changed }
+
+// nextSet is closed by the next set after the call.
+func (o *observations) nextSet() <-chan struct{} {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	return o.setCh
+}
 
 func (o *observations) snapshot() map[string]memberView {
 	o.mu.RLock()

@@ -36,6 +36,7 @@ func (r *Router) PoolNodes() []PoolNode {
 		}
 	}
 	var out []PoolNode
+	now := time.Now()
 	for i, b := range v.backends {
 		n := PoolNode{
 			NodeID: i, Hostname: b.Host, Port: b.Port, Status: "up", Role: "standby",
@@ -43,8 +44,8 @@ func (r *Router) PoolNodes() []PoolNode {
 			ReplicationState: b.ReplicationState, ReplicationSyncState: b.ReplicationSyncState,
 			LastStatusChange: v.changed[b.Name], Name: b.Name,
 		}
-		if !b.Healthy {
-			n.Status = "down"
+		if !b.Healthy || !b.currentAt(now) {
+			n.Status = "down" // an expired backend gets nothing (ValidUntil)
 		}
 		if b.Primary {
 			n.Role = "primary"
@@ -52,7 +53,7 @@ func (r *Router) PoolNodes() []PoolNode {
 		} else if total > 0 {
 			n.LBWeight = float64(weight(b)) / float64(total)
 		}
-		n.LoadBalanceNode = v.eligible(b, r.settings().MaxLag, 0) && !r.settings().DisableLoadBalance
+		n.LoadBalanceNode = v.eligible(b, r.settings().MaxLag, 0, now) && !r.settings().DisableLoadBalance
 		out = append(out, n)
 	}
 	return out

@@ -10,26 +10,46 @@ import (
 )
 
 // Backend is one PostgreSQL server the router may send queries to.
+//
+// The JSON names are those of the agents' GET /router/topology.
 type Backend struct {
-	Name      string
-	Host      string
-	Port      int
-	Primary   bool
-	Healthy   bool
-	LagBytes  int64  // replay lag behind the primary; meaningful for standbys
-	ReplayLSN uint64 // last replayed WAL position of a standby (pg_last_wal_replay_lsn); 0 = unknown
-	Weight    int    // relative share of reads among standbys; 0 counts as 1
+	Name      string `json:"name"`
+	Host      string `json:"host"`
+	Port      int    `json:"port"`
+	Primary   bool   `json:"primary"`
+	Healthy   bool   `json:"healthy"`
+	LagBytes  int64  `json:"lag_bytes"`  // replay lag behind the primary; meaningful for standbys
+	ReplayLSN uint64 `json:"replay_lsn"` // last replayed WAL position of a standby (pg_last_wal_replay_lsn); 0 = unknown
+	Weight    int    `json:"weight"`     // relative share of reads among standbys; 0 counts as 1
 	// NoLoadBalance: never chosen for reads (a member tagged noloadbalance).
-	NoLoadBalance bool
+	NoLoadBalance bool `json:"no_load_balance"`
 	// Draining: a standby about to restart. No new read goes to it, its
 	// pools hand out no connection (reads already routed there go to the
 	// primary), and what runs on it finishes (Router.Drain); unlike
 	// Healthy=false, which closes its connections in use.
-	Draining bool
+	Draining bool `json:"draining"`
 	// ReplicationState and ReplicationSyncState are shown by SHOW POOL_NODES
 	// ("streaming", "sync"/"async"/"quorum"); empty when unknown.
-	ReplicationState     string
-	ReplicationSyncState string
+	ReplicationState     string `json:"replication_state"`
+	ReplicationSyncState string `json:"replication_sync_state"`
+	// ValidUntil, when set, is when what the topology source says of this
+	// backend (its role and health) expires: past it the router treats the
+	// backend as unhealthy — no writes to a primary, no reads from a
+	// standby — until the source renews it. The router-only process
+	// (routeronly) sets it to the moment its last leader-verified answer
+	// stops being current (DESIGN "One writer": a router stops sending
+	// writes when it cannot confirm the primary within the fence timeout).
+	// The check is made where a backend is chosen, against the clock, so a
+	// process frozen past it (SIGSTOP) refuses writes the moment it wakes,
+	// before its source's goroutine runs. Zero: no expiry (the leader's
+	// own router, which closes when it loses leadership).
+	// It is the receiving process's own clock: never sent.
+	ValidUntil time.Time `json:"-"`
+}
+
+// currentAt: what the source said of b still holds at now (ValidUntil).
+func (b Backend) currentAt(now time.Time) bool {
+	return b.ValidUntil.IsZero() || now.Before(b.ValidUntil)
 }
 
 // Addr is host:port.
@@ -147,7 +167,11 @@ func (v *view) primaryBackend() (Backend, bool) {
 	if v.primary < 0 {
 		return Backend{}, false
 	}
-	return v.backends[v.primary], true
+	b := v.backends[v.primary]
+	if !b.currentAt(time.Now()) {
+		return Backend{}, false
+	}
+	return b, true
 }
 
 // pickStandby chooses a healthy standby by weight among those within
@@ -155,8 +179,9 @@ func (v *view) primaryBackend() (Backend, bool) {
 // qualifies.
 func (v *view) pickStandby(maxLag int64, minLSN uint64) (Backend, bool) {
 	total := 0
+	now := time.Now()
 	for _, b := range v.backends {
-		if v.eligible(b, maxLag, minLSN) {
+		if v.eligible(b, maxLag, minLSN, now) {
 			total += weight(b)
 		}
 	}
@@ -165,7 +190,7 @@ func (v *view) pickStandby(maxLag int64, minLSN uint64) (Backend, bool) {
 	}
 	n := rand.IntN(total)
 	for _, b := range v.backends {
-		if !v.eligible(b, maxLag, minLSN) {
+		if !v.eligible(b, maxLag, minLSN, now) {
 			continue
 		}
 		if n -= weight(b); n < 0 {
@@ -196,8 +221,9 @@ type loadMeter interface{ inFlight(Backend) int64 }
 func (v *view) pickRead(maxLag int64, minLSN uint64, load loadMeter, primaryLoad int64, prefer string) (b Backend, toPrimary, ok bool) {
 	best, bestW := int64(-1), int64(1)
 	ties := 0
+	now := time.Now()
 	for _, s := range v.backends {
-		if !v.eligible(s, maxLag, minLSN) {
+		if !v.eligible(s, maxLag, minLSN, now) {
 			continue
 		}
 		l, w := load.inFlight(s), int64(weight(s))
@@ -211,8 +237,7 @@ func (v *view) pickRead(maxLag int64, minLSN uint64, load loadMeter, primaryLoad
 			}
 		}
 	}
-	if primaryLoad >= 0 && v.primary >= 0 {
-		p := v.backends[v.primary]
+	if p, pok := v.primaryBackend(); primaryLoad >= 0 && pok {
 		if w := int64(weight(p)); best < 0 || (primaryLoad+1)*bestW < best*w {
 			return p, true, true
 		}
@@ -220,8 +245,8 @@ func (v *view) pickRead(maxLag int64, minLSN uint64, load loadMeter, primaryLoad
 	return b, false, best >= 0
 }
 
-func (v *view) eligible(b Backend, maxLag int64, minLSN uint64) bool {
-	return !b.Primary && b.Healthy && !b.NoLoadBalance && !b.Draining && (maxLag <= 0 || b.LagBytes <= maxLag) && (minLSN == 0 || b.ReplayLSN >= minLSN)
+func (v *view) eligible(b Backend, maxLag int64, minLSN uint64, now time.Time) bool {
+	return !b.Primary && b.Healthy && b.currentAt(now) && !b.NoLoadBalance && !b.Draining && (maxLag <= 0 || b.LagBytes <= maxLag) && (minLSN == 0 || b.ReplayLSN >= minLSN)
 }
 
 func weight(b Backend) int {

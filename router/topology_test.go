@@ -104,3 +104,40 @@ func TestPickReadByLoad(t *testing.T) {
 		t.Error("picked something with no standby qualifying and the primary not offered")
 	}
 }
+
+// Backends whose ValidUntil has passed get nothing: no writes to the
+// primary, no reads from a standby, not even the primary as a read's
+// fallback; before it they serve as usual. The view is built while they
+// are current and asked after they expire, as in a router process frozen
+// past its fence (the clock is read where a backend is chosen).
+func TestExpiredBackendsGetNothing(t *testing.T) {
+	until := time.Now().Add(50 * time.Millisecond)
+	bs := []Backend{
+		{Name: "p", Host: "10.0.0.1", Port: 5432, Primary: true, Healthy: true, ValidUntil: until},
+		{Name: "s1", Host: "10.0.0.2", Port: 5432, Healthy: true, ValidUntil: until},
+	}
+	v := newView(bs, nil, time.Now())
+	if b, ok := v.primaryBackend(); !ok || b.Name != "p" {
+		t.Fatalf("before ValidUntil: primary %q (%v), want p", b.Name, ok)
+	}
+	if b, ok := v.pickStandby(0, 0); !ok || b.Name != "s1" {
+		t.Fatalf("before ValidUntil: standby %q (%v), want s1", b.Name, ok)
+	}
+	for time.Now().Before(until) {
+		time.Sleep(until.Sub(time.Now()) + time.Millisecond) // waiting out a clock, not another goroutine
+	}
+	if b, ok := v.primaryBackend(); ok {
+		t.Fatalf("after ValidUntil: primary %q still chosen for writes", b.Name)
+	}
+	if b, ok := v.pickStandby(0, 0); ok {
+		t.Fatalf("after ValidUntil: standby %q still chosen for reads", b.Name)
+	}
+	if b, toPrimary, ok := v.pickRead(0, 0, loads{}, 0, ""); ok {
+		t.Fatalf("after ValidUntil: read sent to %q (to primary: %v)", b.Name, toPrimary)
+	}
+	// Zero means no expiry.
+	bs[0].ValidUntil, bs[1].ValidUntil = time.Time{}, time.Time{}
+	if _, ok := newView(bs, nil, time.Now()).primaryBackend(); !ok {
+		t.Fatal("a backend without ValidUntil is never expired")
+	}
+}
