@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgha/pgha/consensus"
 	"github.com/pgha/pgha/router"
 	"github.com/pgha/pgha/vip"
 )
@@ -243,4 +244,36 @@ func checkSecretFile(key, path string) error {
 		return fmt.Errorf("%s: %s has mode %04o; a secret must not be readable by group or others: chmod 600 %s", key, path, fi.Mode().Perm(), path)
 	}
 	return nil
+}
+
+// PrepareStandalone defaults, validates and loads (auth file, TLS
+// certificate) a router section read outside a node's config: the
+// router-only process's router.yaml (package routeronly). The keys and
+// rules are a node's (errors name them as router.*); the listen address
+// defaults to 127.0.0.1, since an application host's router serves that
+// host's applications.
+func (r *RouterConfig) PrepareStandalone() error {
+	if r.Enabled != nil && !*r.Enabled {
+		return fmt.Errorf("router.enabled: false makes no sense for a router-only process; remove the key")
+	}
+	if r.Listen == "" {
+		r.Listen = "127.0.0.1"
+	}
+	r.applyDefaults(vip.Config{})
+	var errs []string
+	r.validate(func(key, format string, args ...any) {
+		errs = append(errs, key+": "+fmt.Sprintf(format, args...))
+	})
+	if len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	return r.resolveSecrets()
+}
+
+// InForce is the router package's configuration for this file's section
+// under the cluster-wide router settings s of configuration version
+// (nil s: the file's own), as the leader's router applies them (routerOf).
+func (r RouterConfig) InForce(version uint64, s *consensus.RouterSettings) (router.Config, error) {
+	rc, err := routerOf(consensus.ClusterConfig{Version: version, Router: s}, r)
+	return rc.routerConfig(), err
 }

@@ -35,7 +35,7 @@ func runCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			go notifySystemd(ctx, a, log)
+			go notifySystemd(ctx, a, "joined the cluster; PostgreSQL is up", log)
 			err = a.Run(ctx)
 			if errors.Is(err, agent.ErrRemoved) {
 				log.Warn("exiting: this node is no longer a member; remove its data or re-add it to rejoin")

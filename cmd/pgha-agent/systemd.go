@@ -17,8 +17,8 @@ type readiness interface {
 // notifySystemd speaks systemd's Type=notify protocol when the agent runs
 // under a unit that asks for it (NOTIFY_SOCKET set; otherwise every call is
 // a no-op): READY=1 once the agent has joined its cluster and PostgreSQL
-// runs, WATCHDOG=1 while its loops turn, STOPPING=1 on the way out.
-func notifySystemd(ctx context.Context, a readiness, log *slog.Logger) {
+// runs (the router-only process: once it listens), WATCHDOG=1 while its loops turn, STOPPING=1 on the way out.
+func notifySystemd(ctx context.Context, a readiness, status string, log *slog.Logger) {
 	watchdog, err := daemon.SdWatchdogEnabled(false)
 	if err != nil {
 		log.Warn("systemd watchdog settings unreadable; not feeding it", "err", err)
@@ -33,8 +33,8 @@ func notifySystemd(ctx context.Context, a readiness, log *slog.Logger) {
 	for {
 		if !ready && a.Ready() {
 			ready = true
-			if sent, err := daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS=joined the cluster; PostgreSQL is up"); sent {
-				log.Info("told systemd the agent is ready")
+			if sent, err := daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS="+status); sent {
+				log.Info("told systemd the process is ready", "status", status)
 			} else if err != nil {
 				log.Warn("systemd notify failed", "err", err)
 			}

@@ -33,7 +33,7 @@ func TestNotifySystemd(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		notifySystemd(ctx, a, slog.New(slog.DiscardHandler))
+		notifySystemd(ctx, a, "joined the cluster", slog.New(slog.DiscardHandler))
 		close(done)
 	}()
 	next := func() string {
