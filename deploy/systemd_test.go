@@ -6,25 +6,41 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 )
 
 func TestSystemdUnit(t *testing.T) {
-	raw, err := os.ReadFile("systemd/pgha-agent.service")
+	// The contract of the unit, as the README and the issue describe it.
+	verifyUnit(t, "pgha-agent.service", []string{
+		"Type=notify", "WatchdogSec=", "Restart=always", "User=postgres",
+		"AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW\n", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW\n",
+		"NoNewPrivileges=yes", "ProtectSystem=strict", "ExecStart=/usr/local/bin/pgha-agent run --config",
+	})
+}
+
+// The router-only process of an application host: no PostgreSQL, no VIP,
+// so no capability at all and a user of its own.
+func TestSystemdRouterUnit(t *testing.T) {
+	verifyUnit(t, "pgha-router.service", []string{
+		"Type=notify", "WatchdogSec=", "Restart=always", "User=pgha-router",
+		"AmbientCapabilities=\n", "CapabilityBoundingSet=\n",
+		"NoNewPrivileges=yes", "ProtectSystem=strict", "ExecStart=/usr/local/bin/pgha-agent router --config",
+	})
+}
+
+// verifyUnit checks that deploy/systemd/name has every line of want and
+// that systemd-analyze verify accepts it (and refuses a broken copy).
+func verifyUnit(t *testing.T, name string, want []string) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("systemd", name))
 	if err != nil {
 		t.Fatal(err)
 	}
 	unit := string(raw)
-	// The contract of the unit, as the README and the issue describe it.
-	for _, want := range []string{
-		"Type=notify", "WatchdogSec=", "Restart=always", "User=postgres",
-		"AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW\n", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW\n",
-		"NoNewPrivileges=yes", "ProtectSystem=strict", "ExecStart=/usr/local/bin/pgha-agent run --config",
-	} {
-		if !strings.Contains(unit, want) {
-			t.Errorf("the unit lacks %q", want)
+	for _, w := range want {
+		if !strings.Contains(unit, w) {
+			t.Errorf("%s lacks %q", name, w)
 		}
 	}
 
@@ -42,7 +58,7 @@ func TestSystemdUnit(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	path := filepath.Join(dir, "pgha-agent.service")
+	path := filepath.Join(dir, name)
 	if err := os.WriteFile(path, []byte(strings.ReplaceAll(unit, "/usr/local/bin/pgha-agent", self)), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +66,7 @@ func TestSystemdUnit(t *testing.T) {
 	// Other units on the machine may draw warnings; only ours counts.
 	var ours []string
 	for _, line := range strings.Split(string(out), "\n") {
-		if regexp.MustCompile(`pgha-agent\.service`).MatchString(line) {
+		if strings.Contains(line, name) {
 			ours = append(ours, line)
 		}
 	}
@@ -63,7 +79,7 @@ func TestSystemdUnit(t *testing.T) {
 	if err := os.WriteFile(path, []byte(strings.ReplaceAll(bad, "/usr/local/bin/pgha-agent", self)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command(analyze, "verify", path).CombinedOutput(); err == nil && !strings.Contains(string(out), "pgha-agent.service") {
+	if out, err := exec.Command(analyze, "verify", path).CombinedOutput(); err == nil && !strings.Contains(string(out), name) {
 		t.Fatalf("systemd-analyze accepted Type=notifyy:\n%s", out)
 	}
 }
