@@ -1,10 +1,13 @@
 package routeronly
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 )
 
 // Bad router.yaml files are refused with an error that names the key and
@@ -54,5 +57,26 @@ func TestParseConfig(t *testing.T) {
 	}
 	if c.Token() != "0123456789abcdef0123456789abcdef" {
 		t.Fatalf("token %q not read from token_file", c.Token())
+	}
+}
+
+// The guide's example decodes with known keys only and validates (its
+// files live on the application host, so they are not loaded here).
+func TestExampleConfigValidates(t *testing.T) {
+	raw, err := os.ReadFile("../examples/three-vms/app1-router.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
+	if err := c.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Agents) != 3 || c.Router.Port != 9999 || c.Router.ReadOnlyPort != 9998 {
+		t.Fatalf("agents %v ports %d/%d; want three agents on 9999/9998", c.Agents, c.Router.Port, c.Router.ReadOnlyPort)
 	}
 }
