@@ -124,6 +124,11 @@ type Agent struct {
 	// restartsRunning: the leader is running scheduled restarts.
 	restartsRunning atomic.Bool
 
+	// backupReq hands a backup to backupLoop; backups is its status
+	// (backup.go).
+	backupReq chan backupRequest
+	backups   backupState
+
 	mu       sync.Mutex
 	activity string // what the reconcile loop is busy with (initdb, cloning)
 	problem  string // what stops it converging, in words
@@ -148,6 +153,7 @@ func New(cfg *Config, log *slog.Logger) (*Agent, error) {
 		Rewind:          postgres.Role{Name: pc.Rewind.User, Password: pc.Rewind.Password()},
 		Parameters:      pc.Parameters,
 		HBA:             pc.HBA,
+		Archive:         cfg.Archive.postgres(),
 		AllowedNetworks: pc.AllowedNetworks,
 		RunAs:           pc.RunAs,
 		Logger:          log,
@@ -170,6 +176,7 @@ func New(cfg *Config, log *slog.Logger) (*Agent, error) {
 		http: newAPIClient(cfg, 5*time.Second),
 
 		removalHint: make(chan struct{}, 1),
+		backupReq:   make(chan backupRequest),
 		wakeLeader:  make(chan struct{}, 1),
 		callbacks:   newCallbacks(cfg.Callbacks, cfg.Cluster.Name, cfg.Name, log.With("component", "callbacks")),
 	}, nil
@@ -236,7 +243,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){a.reconcileLoop, a.observeLoop, a.leadLoop, a.registerLoop, a.leaseLoop, a.fenceLoop, a.frontLoop, a.callbacks.run} {
+	for _, loop := range []func(context.Context){a.reconcileLoop, a.observeLoop, a.leadLoop, a.registerLoop, a.leaseLoop, a.fenceLoop, a.frontLoop, a.callbacks.run, a.backupLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -33,6 +33,8 @@ func (a *Agent) bootstrapConfig() consensus.ClusterConfig {
 		Timing:     clusterTiming(a.cfg.Timing),
 		Failover:   clusterFailover(a.cfg.Failover),
 		Router:     clusterRouter(a.cfg.Router),
+		Archive:    clusterArchive(a.cfg.Archive),
+		Backup:     clusterBackup(a.cfg.Backup),
 	}
 }
 
@@ -53,6 +55,10 @@ func (a *Agent) useClusterConfig(st consensus.State) {
 	}
 	if err := a.inst.SetHBA(hba); err != nil {
 		a.log.Error("the cluster-wide pg_hba lines are not valid here; keeping the previous ones", "version", st.Config.Version, "err", err)
+		return
+	}
+	if err := a.inst.SetArchive(archiveOf(st.Config, a.cfg.Archive).postgres()); err != nil {
+		a.log.Error("the cluster-wide archive settings are not valid here; keeping the previous ones", "version", st.Config.Version, "err", err)
 		return
 	}
 	if st.Config.Version == 0 || a.configNoted.Swap(st.Config.Version) == st.Config.Version {
@@ -76,6 +82,12 @@ func (a *Agent) useClusterConfig(st consensus.State) {
 	if r := st.Config.Router; r != nil && !reflect.DeepEqual(clusterRouter(a.cfg.Router), r) {
 		ignored = append(ignored, "router (routing and pooling)")
 	}
+	if ar := st.Config.Archive; ar != nil && *clusterArchive(a.cfg.Archive) != *ar {
+		ignored = append(ignored, "archive")
+	}
+	if b := st.Config.Backup; b != nil && !reflect.DeepEqual(backupOf(st.Config, a.cfg.Backup, a.cfg.Cluster.Name), a.cfg.Backup.withDefaults(a.cfg.Cluster.Name)) {
+		ignored = append(ignored, "backup")
+	}
 	if len(ignored) > 0 {
 		slices.Sort(ignored)
 		a.log.Warn("settings in this node's file differ from the cluster-wide configuration, which wins: edit it with pgha-agent edit-config", "version", st.Config.Version, "ignored", ignored)
@@ -91,6 +103,10 @@ type ConfigView struct {
 	Timing   TimingView   `json:"timing"`
 	Failover FailoverView `json:"failover"`
 	Router   RouterView   `json:"router"`
+	// Archive and Backup are as in a node's file (backup with its
+	// defaults filled in).
+	Archive ArchiveConfig `json:"archive"`
+	Backup  BackupConfig  `json:"backup"`
 	// PriorFenceTimeout is set from a change of fence_timeout until no
 	// lease granted under the earlier value can run: leaders judge leases
 	// by the longer of the two meanwhile.
@@ -176,6 +192,8 @@ func configView(st consensus.State, file *Config) ConfigView {
 			HBA: nonNil(r.HBA),
 		},
 		PostgreSQL: ConfigPostgresView{Parameters: params, HBA: hba},
+		Archive:    archiveOf(st.Config, file.Archive),
+		Backup:     backupOf(st.Config, file.Backup, file.Cluster.Name),
 	}
 	if p := st.Config.PriorFenceTimeout; p > 0 {
 		v.PriorFenceTimeout = p.String()
@@ -219,6 +237,18 @@ type configPatch struct {
 		PrimaryWait       *string   `json:"primary_wait"`
 		HBA               *[]string `json:"hba"` // replaces the list
 	} `json:"router"`
+	Archive *struct {
+		ArchiveMode    *string `json:"archive_mode"`
+		ArchiveCommand *string `json:"archive_command"`
+		RestoreCommand *string `json:"restore_command"`
+	} `json:"archive"`
+	Backup *struct {
+		Tool         *string   `json:"tool"`
+		Command      *string   `json:"command"`
+		Stanza       *string   `json:"stanza"`
+		Options      *[]string `json:"options"`       // replaces the list
+		CloneMethods *[]string `json:"clone_methods"` // replaces the list
+	} `json:"backup"`
 	PostgreSQL *struct {
 		Parameters map[string]*string `json:"parameters"`
 		HBA        *[]string          `json:"pg_hba"` // replaces the list (a merge patch replaces arrays)
@@ -279,6 +309,16 @@ func (a *Agent) handlePatchConfig(w http.ResponseWriter, r *http.Request, body [
 		writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error() + "; nothing was changed"})
 		return
 	}
+	ar, bk := patchArchive(p, archiveOf(next, a.cfg.Archive), backupOf(next, a.cfg.Backup, a.cfg.Cluster.Name))
+	var archiveErrs []string
+	validateArchive(func(key, format string, args ...any) {
+		archiveErrs = append(archiveErrs, key+": "+fmt.Sprintf(format, args...))
+	}, ar, bk.withDefaults(a.cfg.Cluster.Name))
+	if len(archiveErrs) > 0 {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: strings.Join(archiveErrs, "; ") + "; nothing was changed"})
+		return
+	}
+	next.Archive, next.Backup = clusterArchive(ar), clusterBackup(bk)
 	// Leases granted under the fence timeout this leader judges by now may
 	// still run after a change to a shorter one: every leader keeps judging
 	// by it until they have ended (settleLeases).
@@ -394,6 +434,42 @@ func patchRouter(p configPatch, r *consensus.RouterSettings) []string {
 	return errs
 }
 
+// patchArchive applies the archive and backup parts of a patch to a and b.
+// A backup tool changed without clone methods takes its default methods
+// (the tool, then basebackup), not the old tool's.
+func patchArchive(p configPatch, a ArchiveConfig, b BackupConfig) (ArchiveConfig, BackupConfig) {
+	set := func(into *string, v *string) {
+		if v != nil {
+			*into = *v
+		}
+	}
+	if pa := p.Archive; pa != nil {
+		set(&a.ArchiveMode, pa.ArchiveMode)
+		set(&a.ArchiveCommand, pa.ArchiveCommand)
+		set(&a.RestoreCommand, pa.RestoreCommand)
+	}
+	if pb := p.Backup; pb != nil {
+		if pb.Tool != nil && *pb.Tool != b.Tool {
+			if pb.CloneMethods == nil {
+				b.CloneMethods = nil
+			}
+			if pb.Command == nil {
+				b.Command = ""
+			}
+		}
+		set(&b.Tool, pb.Tool)
+		set(&b.Command, pb.Command)
+		set(&b.Stanza, pb.Stanza)
+		if pb.Options != nil {
+			b.Options = slices.Clone(*pb.Options)
+		}
+		if pb.CloneMethods != nil {
+			b.CloneMethods = slices.Clone(*pb.CloneMethods)
+		}
+	}
+	return a, b
+}
+
 // writeFunctions is the list in force: nil stands for the router's own.
 func writeFunctions(s []string) []string {
 	if s == nil {
@@ -428,5 +504,6 @@ func nonNil(s []string) []string {
 func sameConfig(a, b consensus.ClusterConfig) bool {
 	eq := func(x, y any) bool { return reflect.DeepEqual(x, y) }
 	return maps.Equal(a.Parameters, b.Parameters) && slices.Equal(a.HBA, b.HBA) &&
-		eq(a.Timing, b.Timing) && eq(a.Failover, b.Failover) && eq(a.Router, b.Router) && a.PriorFenceTimeout == b.PriorFenceTimeout
+		eq(a.Timing, b.Timing) && eq(a.Failover, b.Failover) && eq(a.Router, b.Router) && a.PriorFenceTimeout == b.PriorFenceTimeout &&
+		eq(a.Archive, b.Archive) && eq(a.Backup, b.Backup)
 }

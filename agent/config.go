@@ -33,10 +33,14 @@ type Config struct {
 	Timing   TimingConfig   `yaml:"timing"`
 	Failover FailoverConfig `yaml:"failover"`
 	Postgres PostgresConfig `yaml:"postgres"`
-	Tags     TagsConfig     `yaml:"tags"`
-	Router   RouterConfig   `yaml:"router"`
-	VIP      vip.Config     `yaml:"vip"`
-	TLS      TLSConfig      `yaml:"tls"` // agent-to-agent mutual TLS (config_security.go)
+	// Archive and Backup are the WAL archive and the backup tool
+	// (archive.go); cluster-wide once recorded, as timing is.
+	Archive ArchiveConfig `yaml:"archive"`
+	Backup  BackupConfig  `yaml:"backup"`
+	Tags    TagsConfig    `yaml:"tags"`
+	Router  RouterConfig  `yaml:"router"`
+	VIP     vip.Config    `yaml:"vip"`
+	TLS     TLSConfig     `yaml:"tls"` // agent-to-agent mutual TLS (config_security.go)
 	// Callbacks are the operator's hooks on start, stop, restart, reload
 	// and role change (callbacks.go).
 	Callbacks CallbacksConfig `yaml:"callbacks"`
@@ -420,6 +424,7 @@ func (c *Config) Validate() error {
 	}
 	validateTiming(bad, c.Timing, c.Raft)
 	validateFailover(bad, c.Failover)
+	validateArchive(bad, c.Archive, c.Backup.withDefaults(c.Cluster.Name))
 	p := c.Postgres
 	if p.BinDir == "" {
 		bad("postgres.bin_dir", "missing; the directory with pg_ctl and initdb, e.g. /usr/lib/postgresql/15/bin")

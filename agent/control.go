@@ -45,6 +45,7 @@ type ControlRequest struct {
 // ControlResult is what the control calls answer.
 type ControlResult struct {
 	Primary string `json:"primary,omitempty"`
+	Member  string `json:"member,omitempty"` // backup: where it runs
 	Epoch   uint64 `json:"epoch,omitempty"`
 	Message string `json:"message"`
 }
@@ -73,6 +74,8 @@ func (a *Agent) controlRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /internal/checkpoint", a.authorized(a.handleCheckpoint))
 	mux.HandleFunc("POST /internal/drain", a.authorized(a.leaderOnly(a.handleDrain)))
 	mux.HandleFunc("POST /internal/news", a.authorized(a.handleNews))
+	mux.HandleFunc("POST /backup", a.authorized(a.handleBackup))
+	mux.HandleFunc("POST /internal/backup", a.authorized(a.leaderOnly(a.handleRecordBackup)))
 }
 
 // leaderOnly reads the body and either handles the call (on the leader) or

@@ -42,6 +42,9 @@ type Observation struct {
 	KeptDataDirs []string `json:"kept_data_dirs,omitempty"`
 	// CallbackProblem is the last callback's failure ("" if it succeeded).
 	CallbackProblem string `json:"callback_problem,omitempty"`
+	// Backup is this agent's backup run (pgha-agent backup): the one
+	// running, or the last; nil when it ran none.
+	Backup *BackupStatus `json:"backup,omitempty"`
 	// TimelineHistory is, on a running primary, the history of its
 	// timeline (Postgres.Timeline): where each ancestor timeline ended.
 	// Standbys check against it that their WAL did not go past the fork.
@@ -238,6 +241,10 @@ func (a *Agent) observeSelf(ctx context.Context) Observation {
 		o.LastRejoin = r
 	}
 	o.KeptDataDirs = a.keptDataDirs()
+	o.Backup = a.backups.get()
+	if o.Backup != nil && o.Backup.Running && o.Activity == "" {
+		o.Activity = "backup"
+	}
 	o.CallbackProblem = a.callbacks.lastProblem()
 	o.DataDirWAL, o.DataDirWALError = a.adoptionWAL(ctx, o.Postgres, dds)
 	if !o.Postgres.Running && dds == postgres.DataDirValid {

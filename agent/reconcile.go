@@ -570,7 +570,7 @@ func (a *Agent) convergeStandby(ctx context.Context, st consensus.State, dds pos
 	}
 	if dds.IsEmpty() {
 		a.setActivity("cloning")
-		from, err := a.cloneFromBest(ctx, st, p, "no data directory: a new standby starts from a base backup", func(src recovery.Source) error {
+		from, err := a.cloneByMethods(ctx, st, p, "no data directory: a new standby starts from a base backup", func(src recovery.Source) error {
 			return recovery.Clone(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, src, a.cfg.Postgres.RunAs, a.progress("cloning"))
 		})
 		a.setActivity("")
@@ -839,15 +839,20 @@ func (a *Agent) rewindFrom(ctx context.Context, st consensus.State, p consensus.
 		// The crashed postmaster (or its last children) has not gone yet.
 		return errWaiting{fmt.Sprintf("waiting for the old postmaster (pid %d) to exit before pg_rewind", pid)}
 	}
-	a.log.Info("rewinding", "from", st.Primary, "epoch", st.Epoch, "reason", why)
+	a.log.Info("rewinding", "from", st.Primary, "epoch", st.Epoch, "reason", why, "restore_target_wal", a.inst.WrittenRestoreCommand() != "")
 	a.setActivity("rewinding")
 	if err := a.checkpointSource(ctx, p); err != nil {
 		a.setActivity("")
 		return fmt.Errorf("rewind from %s: %w", st.Primary, err)
 	}
 	a.pgMu.Lock()
+	// With an archive, WAL this former primary recycled before the fork
+	// comes from there (pg_rewind asks the target's own restore_command,
+	// which its pgha.conf holds) instead of making the rewind impossible.
+	restore := a.inst.WrittenRestoreCommand() != ""
 	err := recovery.Rewind(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, recovery.RewindSource{
 		Host: p.PGHost, Port: p.PGPort, User: a.cfg.Postgres.Rewind.User, PassFile: a.passfile(), Database: "postgres",
+		RestoreTargetWAL: restore,
 	}, a.cfg.Postgres.RunAs, a.progress("rewinding"))
 	a.pgMu.Unlock()
 	a.setActivity("")
@@ -910,7 +915,7 @@ func (a *Agent) reinitFrom(ctx context.Context, st consensus.State, p consensus.
 	if err := a.inst.Stop(ctx, postgres.StopFast); err != nil {
 		return err
 	}
-	from, err := a.cloneFromBest(ctx, st, p, "re-clone: "+why, func(src recovery.Source) error {
+	from, err := a.cloneByMethods(ctx, st, p, "re-clone: "+why, func(src recovery.Source) error {
 		kept, err := recovery.ReinitKeeping(ctx, a.cfg.Postgres.BinDir, a.cfg.Postgres.DataDir, src, a.cfg.Postgres.RunAs, a.keepReplaced(), a.progress("reinit"))
 		a.logKept(kept, why)
 		return err
@@ -922,6 +927,40 @@ func (a *Agent) reinitFrom(ctx context.Context, st consensus.State, p consensus.
 	a.forked.Store("")
 	a.log.Info("re-clone finished", "from", from)
 	return nil
+}
+
+// cloneByMethods runs clone with each clone method in force in turn
+// (backup.clone_methods, as Patroni's create_replica_methods) until one
+// succeeds: the backup tool's restore of its latest backup (the standby
+// then replays the WAL since from the archive), or pg_basebackup from the
+// best member (cloneFromBest). It returns what the clone came from.
+func (a *Agent) cloneByMethods(ctx context.Context, st consensus.State, p consensus.Member, why string, clone func(recovery.Source) error) (string, error) {
+	b := a.backup()
+	var err error
+	from := ""
+	for _, m := range b.CloneMethods {
+		if m == MethodBaseBackup {
+			if from, err = a.cloneFromBest(ctx, st, p, why, clone); err == nil {
+				return from, nil
+			}
+			continue
+		}
+		tool := b.restoreTool()
+		if tool == nil || m != b.Tool {
+			continue // validated away; an agent with other rules
+		}
+		from = m + " backup"
+		a.log.Info("cloning", "from", from, "method", m, "reason", why)
+		src := recovery.Source{Tool: tool, SystemID: st.SystemID}
+		if err = clone(src); err == nil {
+			return from, nil
+		}
+		a.log.Warn("clone method failed; trying the next one", "method", m, "err", err)
+	}
+	if from == "" {
+		return "", errors.New("no clone method in backup.clone_methods")
+	}
+	return from, err
 }
 
 // cloneFromBest runs clone against the best source of a base backup:
@@ -981,13 +1020,31 @@ func (a *Agent) cloneFromTagged(ctx context.Context, st consensus.State, p conse
 // shown in /cluster and list ("cloning 42%").
 func (a *Agent) progress(what string) func(string) {
 	return func(line string) {
-		if i := strings.Index(line, "%)"); i > 0 {
-			if j := strings.LastIndex(line[:i], "("); j >= 0 {
-				a.setActivity(what + " " + line[j+1:i+1])
-			}
+		if pct := progressPercent(line); pct != "" {
+			a.setActivity(what + " " + pct)
 		}
 		a.log.Debug(what, "progress", line)
 	}
+}
+
+// progressPercent is the percentage a progress line ends its parenthesis
+// with: pg_basebackup's "1234/5678 kB (21%), 0/1 tablespace", pg_rewind's
+// "(21%)", pgBackRest's "restore file ... (8KB, 21.50%) checksum ..."; ""
+// when it has none.
+func progressPercent(line string) string {
+	i := strings.Index(line, "%)")
+	if i <= 0 {
+		return ""
+	}
+	j := strings.LastIndexAny(line[:i], "( ")
+	if j < 0 {
+		return ""
+	}
+	n := line[j+1 : i]
+	if n == "" || strings.Trim(n, "0123456789.") != "" {
+		return ""
+	}
+	return n + "%"
 }
 
 // wasStandby reports whether a stopped data directory was last a standby (or

@@ -31,6 +31,8 @@ type ClusterView struct {
 	Waiting    string         `json:"waiting,omitempty"`  // why the leader holds back (no safe candidate, paused...)
 	// ScheduledSwitchover is Patroni's: a switchover planned for later.
 	ScheduledSwitchover *ScheduledSwitchoverView `json:"scheduled_switchover,omitempty"`
+	// LastBackup is the last backup pgha-agent backup took (nil: none).
+	LastBackup *consensus.BackupRecord `json:"last_backup,omitempty"`
 }
 
 // ScheduledSwitchoverView is ClusterView's scheduled switchover ("to" is
@@ -82,6 +84,9 @@ type MemberStatus struct {
 	// Upstream is the member whose PostgreSQL this standby's WAL receiver
 	// connects to ("" when none, or an address that is no member's).
 	Upstream string `json:"upstream,omitempty"`
+	// Backup is the member's backup run (pgha-agent backup): running, or
+	// its last one.
+	Backup *BackupStatus `json:"backup,omitempty"`
 	// RaftSuffrage is "voter" or "nonvoter" in the Raft configuration the
 	// answering agent knows, "" when the member is not in it.
 	RaftSuffrage string `json:"raft_suffrage,omitempty"`
@@ -139,6 +144,9 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 	if sw := st.ScheduledSwitchover; !sw.At.IsZero() {
 		v.ScheduledSwitchover = &ScheduledSwitchoverView{At: sw.At, From: sw.From, To: sw.To}
 	}
+	if b := st.LastBackup; !b.Finished.IsZero() {
+		v.LastBackup = &b
+	}
 	if l, ok := obs[raftLeader]; ok && l.reachable {
 		v.Waiting = l.obs.LeaderWaiting
 	}
@@ -173,6 +181,7 @@ func buildView(scope, raftLeader string, st consensus.State, obs map[string]memb
 			PendingRestart:  o.obs.Postgres.PendingRestart,
 			CallbackProblem: o.obs.CallbackProblem,
 			Fenced:          o.reachable && o.obs.Fenced,
+			Backup:          o.obs.Backup,
 		}
 		if sr, ok := st.ScheduledRestarts[name]; ok {
 			ms.ScheduledRestart = &sr

@@ -34,6 +34,9 @@ const (
 	// SettleLeasesData; clears Config.PriorFenceTimeout if Config.Version
 	// is still the one given
 	CmdSettleLeases CommandType = "settle_leases"
+	// RecordBackupData; the member must exist, and the backup must have
+	// finished after the one recorded (an older report changes nothing)
+	CmdRecordBackup CommandType = "record_backup"
 )
 
 // CurrentVersion is the payload version the constructors in this package
@@ -124,6 +127,10 @@ type (
 	SettleLeasesData struct {
 		Version uint64 `json:"version"`
 	}
+	// RecordBackupData records a finished backup as State.LastBackup.
+	RecordBackupData struct {
+		Backup BackupRecord `json:"backup"`
+	}
 )
 
 // InitCluster records the cluster identity and its first primary (epoch 1).
@@ -206,6 +213,11 @@ func SetConfig(base uint64, c ClusterConfig) Command {
 // SettleLeases clears the prior fence timeout of configuration version.
 func SettleLeases(version uint64) Command {
 	return Command{CmdSettleLeases, CurrentVersion, SettleLeasesData{Version: version}}
+}
+
+// RecordBackup records a finished backup.
+func RecordBackup(b BackupRecord) Command {
+	return Command{CmdRecordBackup, CurrentVersion, RecordBackupData{Backup: b}}
 }
 
 // envelope is the wire form of a Command.

@@ -50,6 +50,7 @@ var commands = map[CommandType]commandSpec{
 	CmdSetTags:            v1(applySetTags),
 	CmdScheduleRestart:    v1(applyScheduleRestart),
 	CmdSettleLeases:       v1(applySettleLeases),
+	CmdRecordBackup:       v1(applyRecordBackup),
 }
 
 // v1 builds the row of a command whose only accepted version is 1 and whose
@@ -366,6 +367,22 @@ func applySetConfig(s *State, d SetConfigData) error {
 func applySettleLeases(s *State, d SettleLeasesData) error {
 	if d.Version == s.Config.Version {
 		s.Config.PriorFenceTimeout = 0
+	}
+	return nil
+}
+
+// applyRecordBackup keeps the latest backup: reports may arrive out of
+// order (a retried one), and an older one never replaces a newer.
+func applyRecordBackup(s *State, d RecordBackupData) error {
+	b := d.Backup
+	if _, ok := s.Members[b.Member]; !ok {
+		return refuse("record backup: no member named %q", b.Member)
+	}
+	if b.Finished.IsZero() || b.Finished.Before(b.Started) {
+		return refuse("record backup: finished %s before it started %s", b.Finished, b.Started)
+	}
+	if b.Finished.After(s.LastBackup.Finished) {
+		s.LastBackup = b
 	}
 	return nil
 }

@@ -75,6 +75,8 @@ type State struct {
 	TagOverrides map[string]TagOverride `json:"tag_overrides,omitempty"`
 	// History lists the promotions, oldest first, at most historyLimit.
 	History []Promotion `json:"history,omitempty"`
+	// LastBackup is the last backup pgha-agent backup took (zero: none).
+	LastBackup BackupRecord `json:"last_backup,omitzero"`
 	// Index is the Raft log index of the last entry that changed this State.
 	// Refused commands leave the whole State, Index included, untouched.
 	Index uint64 `json:"index"`
@@ -106,6 +108,11 @@ type ClusterConfig struct {
 	// Router is the routing and pooling policy of the router the leader
 	// runs (nil as Timing is nil).
 	Router *RouterSettings `json:"router,omitempty"`
+	// Archive is the WAL archive every member's PostgreSQL uses, and
+	// Backup the backup tool that clones and backs up (nil: none recorded;
+	// every agent then uses its own file's).
+	Archive *ArchiveSettings `json:"archive,omitempty"`
+	Backup  *BackupSettings  `json:"backup,omitempty"`
 	// PriorFenceTimeout is, after a change of fence_timeout, the longest
 	// lease granted under an earlier value that may still run: leaders
 	// judge the primary's lease by the longer of it and the current value
@@ -140,6 +147,34 @@ type RouterSettings struct {
 	HBA               []string      `json:"hba,omitempty"`
 }
 
+// ArchiveSettings are the cluster-wide WAL archive settings: PostgreSQL's
+// archive_mode, archive_command and restore_command on every member.
+type ArchiveSettings struct {
+	ArchiveMode    string `json:"archive_mode,omitempty"`
+	ArchiveCommand string `json:"archive_command,omitempty"`
+	RestoreCommand string `json:"restore_command,omitempty"`
+}
+
+// BackupSettings are the cluster-wide backup tool and clone methods.
+type BackupSettings struct {
+	Tool         string   `json:"tool,omitempty"`    // "pgbackrest", "wal-g" or "" (none)
+	Command      string   `json:"command,omitempty"` // the tool's program
+	Stanza       string   `json:"stanza,omitempty"`  // pgBackRest's stanza
+	Options      []string `json:"options,omitempty"` // added to every call of the tool
+	CloneMethods []string `json:"clone_methods,omitempty"`
+}
+
+// BackupRecord says which member's backup tool took a backup, and when.
+type BackupRecord struct {
+	Member   string    `json:"member"`
+	Tool     string    `json:"tool"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	// FromStandby: taken on a standby (the primary only started and
+	// stopped it), not on the primary.
+	FromStandby bool `json:"from_standby,omitempty"`
+}
+
 // Failover is the cluster-wide failover policy.
 type Failover struct {
 	SynchronousMode        bool          `json:"synchronous_mode"`
@@ -166,6 +201,15 @@ func (c ClusterConfig) Clone() ClusterConfig {
 		r := *c.Router
 		r.WriteFunctions, r.HBA = slices.Clone(r.WriteFunctions), slices.Clone(r.HBA)
 		c.Router = &r
+	}
+	if c.Archive != nil {
+		a := *c.Archive
+		c.Archive = &a
+	}
+	if c.Backup != nil {
+		b := *c.Backup
+		b.Options, b.CloneMethods = slices.Clone(b.Options), slices.Clone(b.CloneMethods)
+		c.Backup = &b
 	}
 	return c
 }

@@ -73,6 +73,8 @@ type Config struct {
 	StopTimeout time.Duration
 	// InitdbArgs are extra initdb arguments, e.g. "--locale=C.UTF-8".
 	InitdbArgs []string
+	// Archive is the WAL archive at first (SetArchive replaces it).
+	Archive Archive
 }
 
 // identRe is what pgha accepts as a role or OS user name: it is written
@@ -96,6 +98,9 @@ var reservedParams = map[string]string{
 	"config_file":               "DataDir",
 	"hba_file":                  "DataDir",
 	"ident_file":                "DataDir",
+	"archive_mode":              "the archive settings (archive.archive_mode)",
+	"archive_command":           "the archive settings (archive.archive_command)",
+	"restore_command":           "the archive settings (archive.restore_command)",
 	"include":                   "",
 	"include_if_exists":         "",
 	"include_dir":               "",
@@ -174,6 +179,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if err := ValidateHBA(cfg.HBA); err != nil {
 		return cfg, fmt.Errorf("postgres config: HBA%w", err)
+	}
+	if err := cfg.Archive.Validate(); err != nil {
+		return cfg, fmt.Errorf("postgres config: Archive: %w", err)
 	}
 	for i, n := range cfg.AllowedNetworks {
 		if err := ValidateAllowedNetwork(n); err != nil {

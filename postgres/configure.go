@@ -151,6 +151,7 @@ func (i *Instance) pghaSettings(standby *Standby, sync []string) []setting {
 	}
 	s = append(s, setting{"recovery_target_timeline", "latest"})
 	s = append(s, setting{"synchronous_standby_names", SyncStandbyNames(1, sync)})
+	s = append(s, i.archiveSettings().settings()...)
 	params := i.parameters()
 	keys := make([]string, 0, len(params))
 	for k := range params {
@@ -354,6 +355,9 @@ func (i *Instance) Configure(standby *Standby, sync []string) (ConfigChange, err
 		for k := range i.parameters() {
 			operator[strings.ToLower(k)] = true
 		}
+		// archive_mode is the operator's choice too (the archive
+		// settings): a change waits for the operator's restart.
+		operator["archive_mode"] = true
 		restarts := func(name string) bool {
 			n := strings.ToLower(name)
 			return restartParams[n] && !operator[n] && slices.ContainsFunc(settings, func(s setting) bool { return s.name == n })

@@ -41,6 +41,7 @@ type Instance struct {
 	paramsMu sync.Mutex
 	params   map[string]string // the operator's parameters (SetParameters); never modified in place
 	hba      []string          // the operator's pg_hba.conf lines (SetHBA); never modified in place
+	archive  Archive           // the WAL archive's settings (SetArchive)
 
 	reaperMu sync.Mutex
 	reaper   *reaper // kills a frozen server at its deadline (freeze.go)
@@ -58,7 +59,7 @@ func New(cfg Config) (*Instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	i := &Instance{cfg: cfg, log: cfg.Logger.With("data_dir", cfg.DataDir, "port", cfg.Port), params: maps.Clone(cfg.Parameters), hba: slices.Clone(cfg.HBA)}
+	i := &Instance{cfg: cfg, log: cfg.Logger.With("data_dir", cfg.DataDir, "port", cfg.Port), params: maps.Clone(cfg.Parameters), hba: slices.Clone(cfg.HBA), archive: cfg.Archive}
 	i.conn.init()
 	i.stat.init()
 	return i, nil

@@ -26,6 +26,44 @@ type Source struct {
 	User     string // replication role
 	PassFile string // libpq password file readable by runAs (see postgres.WritePassFile); may be empty with trust auth
 	SlotName string // physical slot that retains WAL for the new standby; must exist on the primary
+	// Tool, when set, makes the copy a restore of the latest backup with
+	// a backup tool instead of pg_basebackup from Host (which is then
+	// not needed).
+	Tool *Tool
+	// SystemID, if not 0, is the cluster's system identifier: a copy of
+	// another cluster (a backup repository that holds an older cluster's
+	// backups) is refused before it replaces anything.
+	SystemID uint64
+}
+
+// Describe names the source in messages: the host, or the backup tool.
+func (src Source) Describe() string {
+	if src.Tool != nil {
+		return src.Tool.Name + " restore"
+	}
+	return fmt.Sprintf("%s:%d", src.Host, src.Port)
+}
+
+// copyInto fills dir (existing, empty, runAs's) from src: pg_basebackup,
+// or the backup tool's restore.
+func (src Source) copyInto(ctx context.Context, binDir, dir, runAs string, progress func(string)) error {
+	var err error
+	if src.Tool != nil {
+		err = src.Tool.restore(ctx, dir, runAs, progress)
+	} else {
+		err = basebackup(ctx, binDir, dir, src, runAs, progress)
+	}
+	if err != nil || src.SystemID == 0 {
+		return err
+	}
+	id, err := systemID(dir)
+	if err != nil {
+		return fmt.Errorf("the copy has no readable pg_control: %w", err)
+	}
+	if id != src.SystemID {
+		return fmt.Errorf("the copy is of another cluster (system identifier %d, this cluster's is %d): nothing was replaced", id, src.SystemID)
+	}
+	return nil
 }
 
 // TmpSuffix names the sibling directory Clone works in.
@@ -49,7 +87,7 @@ const TmpSuffix = ".pgha-clone-tmp"
 // pg_basebackup runs as runAs when the process is root; binDir holds it.
 func Clone(ctx context.Context, binDir, dataDir string, src Source, runAs string, progress func(line string)) error {
 	if err := clone(ctx, binDir, dataDir, src, runAs, progress); err != nil {
-		return fmt.Errorf("clone %s:%d into %s: %w", src.Host, src.Port, dataDir, err)
+		return fmt.Errorf("clone %s into %s: %w", src.Describe(), dataDir, err)
 	}
 	return nil
 }
@@ -100,8 +138,15 @@ func clone(ctx context.Context, binDir, dataDir string, src Source, runAs string
 			os.RemoveAll(tmp)
 		}
 	}()
-	if err := basebackup(ctx, binDir, tmp, src, runAs, progress); err != nil {
+	if err := src.copyInto(ctx, binDir, tmp, runAs, progress); err != nil {
 		return err
+	}
+	if src.Tool != nil {
+		// A restored backup starts as a standby, whatever recovery
+		// settings the tool wrote, until the caller's Configure.
+		if err := writeStandbySignal(tmp, runAs); err != nil {
+			return err
+		}
 	}
 
 	// Move the finished copy into place.
@@ -130,6 +175,9 @@ func clone(ctx context.Context, binDir, dataDir string, src Source, runAs string
 }
 
 func (src *Source) validate() error {
+	if src.Tool != nil {
+		return src.Tool.validate()
+	}
 	switch {
 	case src.Host == "":
 		return errors.New("source Host is required")
@@ -193,6 +241,11 @@ func basebackup(ctx context.Context, binDir, dir string, src Source, runAs strin
 // (which may be nil). It returns the last lines of output; a failure's error
 // names the program and carries those lines.
 func runTool(ctx context.Context, runAs, path string, args []string, progress func(string)) ([]string, error) {
+	return runToolEnv(ctx, runAs, path, args, nil, progress)
+}
+
+// runToolEnv is runTool with extra environment variables (NAME=VALUE).
+func runToolEnv(ctx context.Context, runAs, path string, args, env []string, progress func(string)) ([]string, error) {
 	if progress == nil {
 		progress = func(string) {}
 	}
@@ -202,6 +255,7 @@ func runTool(ctx context.Context, runAs, path string, args []string, progress fu
 		return nil, err
 	}
 	cmd.Env = append(cmd.Env, "LC_ALL=C")
+	cmd.Env = append(cmd.Env, env...)
 	// One writer for both streams keeps the lines in the order they were
 	// written. An io.Pipe (not an *os.File) lets Wait give up after
 	// cmd.WaitDelay when a grandchild still holds the output open.

@@ -61,7 +61,7 @@ func Reinit(ctx context.Context, binDir, dataDir string, src Source, runAs strin
 func ReinitKeeping(ctx context.Context, binDir, dataDir string, src Source, runAs string, keep Keep, progress func(line string)) (Kept, error) {
 	res, err := reinit(ctx, binDir, dataDir, src, runAs, keep, progress)
 	if err != nil {
-		return res, fmt.Errorf("reinit %s from %s:%d: %w", dataDir, src.Host, src.Port, err)
+		return res, fmt.Errorf("reinit %s from %s: %w", dataDir, src.Describe(), err)
 	}
 	return res, nil
 }
@@ -139,7 +139,7 @@ func reinit(ctx context.Context, binDir, dataDir string, src Source, runAs strin
 			os.RemoveAll(tmp)
 		}
 	}()
-	if err := basebackup(ctx, binDir, tmp, src, runAs, progress); err != nil {
+	if err := src.copyInto(ctx, binDir, tmp, runAs, progress); err != nil {
 		return res, err
 	}
 	if err := writeKeptFiles(tmp, kept, runAs); err != nil {

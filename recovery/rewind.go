@@ -23,6 +23,12 @@ type RewindSource struct {
 	User     string // the rewind role
 	PassFile string // libpq password file readable by runAs (see postgres.WritePassFile); may be empty with trust auth
 	Database string // default "postgres"
+	// RestoreTargetWAL runs pg_rewind --restore-target-wal: WAL the
+	// target no longer has in pg_wal (a primary down long enough to have
+	// recycled it before the fork) comes from the archive, through the
+	// restore_command of the target's own configuration, instead of the
+	// rewind being impossible.
+	RestoreTargetWAL bool
 }
 
 // ErrRewindImpossible is wrapped by Rewind's error when pg_rewind cannot
@@ -177,6 +183,9 @@ func rewind(ctx context.Context, binDir, dataDir string, src RewindSource, runAs
 		"--target-pgdata=" + dataDir,
 		"--source-server=" + strings.Join(conninfo, " "),
 		"--progress",
+	}
+	if src.RestoreTargetWAL {
+		args = append(args, "--restore-target-wal")
 	}
 
 	// The marker goes down before pg_rewind starts: if this process dies

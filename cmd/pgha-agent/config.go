@@ -73,7 +73,8 @@ the ones that need a restart show as pending_restart in list until then.
 Without flags, the configuration opens in $EDITOR (vi if unset); the
 change is shown and applied after you confirm. --set sets one of the
 timing, failover and router settings, e.g. --set timing.fence_timeout=2s,
---set failover.synchronous_mode=false, --set router.pool_size=40 or, for a
+--set failover.synchronous_mode=false, --set router.pool_size=40,
+--set archive.archive_mode=on, --set backup.tool=pgbackrest or, for a
 list, --set router.write_functions=nextval,setval or --set
 'router.hba=["host all all 10.0.0.0/8 scram-sha-256"]'; --pg NAME=VALUE sets a PostgreSQL
 parameter, --pg NAME= removes it; --hba-add and --hba-remove change the
@@ -154,7 +155,7 @@ under it has ended.`,
 			})
 		},
 	}
-	cmd.Flags().StringArrayVar(&set, "set", nil, "set a timing, failover or router setting (SECTION.KEY=VALUE, e.g. timing.fence_timeout=2s); repeatable")
+	cmd.Flags().StringArrayVar(&set, "set", nil, "set a timing, failover, router, archive or backup setting (SECTION.KEY=VALUE, e.g. timing.fence_timeout=2s); repeatable")
 	cmd.Flags().StringArrayVar(&pg, "pg", nil, "set a PostgreSQL parameter (NAME=VALUE; NAME= removes it); repeatable")
 	cmd.Flags().StringArrayVar(&hbaAdd, "hba-add", nil, "append a pg_hba.conf line (after pgha's own); repeatable")
 	cmd.Flags().StringArrayVar(&hbaRemove, "hba-remove", nil, "remove a pg_hba.conf line, written exactly as shown; repeatable")
@@ -174,9 +175,11 @@ func fetchConfig(cmd *cobra.Command, c *apiClient) (agent.ConfigView, error) {
 
 // editable is the YAML an operator edits.
 type editable struct {
-	Timing     agent.TimingView   `yaml:"timing"`
-	Failover   agent.FailoverView `yaml:"failover"`
-	Router     agent.RouterView   `yaml:"router"`
+	Timing     agent.TimingView    `yaml:"timing"`
+	Failover   agent.FailoverView  `yaml:"failover"`
+	Router     agent.RouterView    `yaml:"router"`
+	Archive    agent.ArchiveConfig `yaml:"archive"`
+	Backup     agent.BackupConfig  `yaml:"backup"`
 	PostgreSQL struct {
 		Parameters map[string]string `yaml:"parameters"`
 		HBA        []string          `yaml:"pg_hba"`
@@ -186,6 +189,7 @@ type editable struct {
 func renderConfig(v agent.ConfigView) string {
 	var e editable
 	e.Timing, e.Failover, e.Router = v.Timing, v.Failover, v.Router
+	e.Archive, e.Backup = v.Archive, v.Backup
 	e.PostgreSQL.Parameters = v.PostgreSQL.Parameters
 	e.PostgreSQL.HBA = v.PostgreSQL.HBA
 	b, _ := yaml.Marshal(e)
@@ -233,6 +237,7 @@ func editInEditor(cur agent.ConfigView) (map[string]string, []string, map[string
 	}
 	edited := cur
 	edited.Timing, edited.Failover, edited.Router = e.Timing, e.Failover, e.Router
+	edited.Archive, edited.Backup = e.Archive, e.Backup
 	return e.PostgreSQL.Parameters, e.PostgreSQL.HBA, settingsOf(edited), nil
 }
 
@@ -240,7 +245,7 @@ func editInEditor(cur agent.ConfigView) (map[string]string, []string, map[string
 // "section.key" -> value, as JSON has them (strings, bools, numbers).
 func settingsOf(v agent.ConfigView) map[string]any {
 	out := map[string]any{}
-	for section, x := range map[string]any{"timing": v.Timing, "failover": v.Failover, "router": v.Router} {
+	for section, x := range map[string]any{"timing": v.Timing, "failover": v.Failover, "router": v.Router, "archive": v.Archive, "backup": v.Backup} {
 		b, _ := json.Marshal(x)
 		var m map[string]any
 		dec := json.NewDecoder(bytes.NewReader(b))

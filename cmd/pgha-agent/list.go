@@ -129,6 +129,20 @@ func printView(w io.Writer, v agent.ClusterView) {
 		}
 		fmt.Fprintf(w, "  switchover scheduled at %s: %s -> %s (pgha-agent flush cancels it)\n", sw.At.UTC().Format(time.RFC3339), sw.From, to)
 	}
+	for _, m := range v.Members {
+		if b := m.Backup; b != nil && b.Running {
+			fmt.Fprintf(w, "  %s is taking a %s backup (started %s)\n", m.Name, b.Tool, b.Started.UTC().Format(time.RFC3339))
+		} else if b != nil && b.Error != "" {
+			fmt.Fprintf(w, "  %s backup failed at %s: %s\n", m.Name, b.Finished.UTC().Format(time.RFC3339), b.Error)
+		}
+	}
+	if b := v.LastBackup; b != nil {
+		where := "primary"
+		if b.FromStandby {
+			where = "standby"
+		}
+		fmt.Fprintf(w, "  last backup: %s (%s, on %s as %s, took %s)\n", b.Finished.UTC().Format(time.RFC3339), b.Tool, b.Member, where, b.Finished.Sub(b.Started).Round(time.Second))
+	}
 	if v.Waiting != "" {
 		fmt.Fprintln(w, "  leader: "+v.Waiting)
 	}

@@ -18,7 +18,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(runCmd(), demoCmd(), listCmd(), historyCmd(), showConfigCmd(), editConfigCmd(), reloadCmd(), restartCmd(), flushCmd(), tagCmd(), removeCmd(), votersCmd(),
-		switchoverCmd(), failoverCmd(), reinitCmd(), pauseCmd(true), pauseCmd(false), certsCmd(), routerCmd())
+		switchoverCmd(), failoverCmd(), reinitCmd(), backupCmd(), pauseCmd(true), pauseCmd(false), certsCmd(), routerCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgha-agent:", err)
 		os.Exit(1)
