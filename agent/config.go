@@ -451,6 +451,9 @@ func (c *Config) Validate() error {
 			bad(kr.key+".password_file", "missing; give a file (mode 0600) holding the %s role's password, or password_env", kr.r.User)
 		}
 	}
+	if err := postgres.ValidateParameters(p.Parameters); err != nil {
+		bad("postgres.parameters", "%v", err)
+	}
 	for i, n := range p.AllowedNetworks {
 		if err := postgres.ValidateAllowedNetwork(n); err != nil {
 			bad(fmt.Sprintf("postgres.allowed_networks[%d]", i), "%v", err)
