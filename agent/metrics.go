@@ -30,6 +30,7 @@ var (
 	descEpoch         = prometheus.NewDesc("pgha_cluster_epoch", "Committed epoch: it grows by one with every promotion (failover or switchover).", nil, nil)
 	descPaused        = prometheus.NewDesc("pgha_cluster_paused", "1 while the cluster is paused (maintenance mode).", nil, nil)
 	descMembers       = prometheus.NewDesc("pgha_cluster_members", "Members in the committed cluster state.", nil, nil)
+	descLastBackup    = prometheus.NewDesc("pgha_last_backup_timestamp_seconds", "When the last backup pgha-agent backup took finished (Unix time; absent before the first).", []string{"tool"}, nil)
 	descFenced        = prometheus.NewDesc("pgha_fenced", "1 while this agent is fenced (cut off from the Raft quorum).", nil, nil)
 	descMemberPrimary = prometheus.NewDesc("pgha_member_primary", "1 for the committed primary.", []string{"member"}, nil)
 	descMemberUp      = prometheus.NewDesc("pgha_member_agent_reachable", "1 if the member's agent answered this agent's last poll.", []string{"member"}, nil)
@@ -76,6 +77,9 @@ func (c agentCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descEpoch, float64(st.Epoch))
 	gauge(descPaused, b2f(st.Paused))
 	gauge(descMembers, float64(len(st.Members)))
+	if b := st.LastBackup; !b.Finished.IsZero() {
+		gauge(descLastBackup, float64(b.Finished.Unix()), b.Tool)
+	}
 	obs := a.obs.snapshot()
 	var primaryLSN float64
 	if p, ok := obs[st.Primary]; ok && p.obs.Postgres.Running && !p.obs.Postgres.InRecovery {

@@ -9,9 +9,11 @@ package archive
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -276,10 +278,34 @@ func TestArchiveAndBackups(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// What list shows while it clones.
+		seen := map[string]bool{}
+		watching, watched := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(watched)
+			for {
+				select {
+				case <-watching:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				if v, err := lc.View(context.Background()); err == nil {
+					if a := memberOf(v, "node4").Activity; a != "" {
+						seen[a] = true
+					}
+				}
+			}
+		}()
 		if err := lc.Start(n4); err != nil {
 			t.Fatal(err)
 		}
 		itest.WaitHealthy(t, lc, 4, 180*time.Second)
+		close(watching)
+		<-watched
+		t.Logf("node4's activities while it joined: %v", slices.Sorted(maps.Keys(seen)))
+		if !slices.ContainsFunc(slices.Collect(maps.Keys(seen)), func(a string) bool { return strings.HasPrefix(a, "cloning ") && strings.HasSuffix(a, "%") }) {
+			t.Errorf("no clone progress shown while pgBackRest restored: %v", slices.Sorted(maps.Keys(seen)))
+		}
 		c4 := itest.Connect(t, n4.PGPort)
 		wait.For(t, 60*time.Second, "node4 to hold every row", func() (bool, string) {
 			var got int64
