@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -157,5 +159,29 @@ func TestBackupMember(t *testing.T) {
 	}
 	if got, why := backupMember(st, map[string]memberView{"b": lost}); got != "" || why == "" {
 		t.Errorf("nothing to back up: %q %q", got, why)
+	}
+}
+
+// The examples under examples/archive load as the archive and backup
+// sections of a node's file.
+func TestArchiveExamples(t *testing.T) {
+	for _, tc := range []struct {
+		file, mode, tool, methods string
+	}{
+		{"archivedir.yaml", "on", "", "basebackup"},
+		{"pgbackrest.yaml", "on", "pgbackrest", "pgbackrest,basebackup"},
+	} {
+		b, err := os.ReadFile(filepath.Join("..", "examples", "archive", tc.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := ParseConfig([]byte(validConfig(t) + string(b)))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.file, err)
+		}
+		bk := cfg.Backup.withDefaults(cfg.Cluster.Name)
+		if cfg.Archive.ArchiveMode != tc.mode || cfg.Archive.RestoreCommand == "" || bk.Tool != tc.tool || strings.Join(bk.CloneMethods, ",") != tc.methods {
+			t.Errorf("%s: archive %+v backup %+v", tc.file, cfg.Archive, bk)
+		}
 	}
 }

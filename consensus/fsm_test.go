@@ -790,3 +790,46 @@ func TestFSMSetTags(t *testing.T) {
 		t.Error("a removed member's overrides are kept")
 	}
 }
+
+// A finished backup is recorded for a member; a report older than the one
+// recorded (a retry that arrives late) changes nothing; the archive and
+// backup settings travel with the configuration and are copied, not shared.
+func TestFSMRecordBackupAndArchive(t *testing.T) {
+	tf := newTestFSM(t)
+	tf.mustApply(initialised...)
+	at := time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC)
+	rec := BackupRecord{Member: "a", Tool: "pgbackrest", Started: at, Finished: at.Add(time.Minute), FromStandby: true}
+	for _, bad := range []BackupRecord{{Member: "z", Started: at, Finished: at}, {Member: "a", Started: at, Finished: at.Add(-time.Second)}, {Member: "a"}} {
+		if err := tf.apply(RecordBackup(bad)); !errors.Is(err, ErrRefused) {
+			t.Errorf("%+v: %v, want refused", bad, err)
+		}
+	}
+	tf.mustApply(RecordBackup(rec))
+	older := rec
+	older.Started, older.Finished = at.Add(-time.Hour), at.Add(-time.Minute)
+	tf.mustApply(RecordBackup(older))
+	if got := tf.f.state().LastBackup; !got.Finished.Equal(rec.Finished) || got.Tool != "pgbackrest" || !got.FromStandby {
+		t.Errorf("last backup %+v, want %+v", got, rec)
+	}
+	b, err := RecordBackup(rec).Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := DecodeCommand(b); err != nil || !reflect.DeepEqual(got, RecordBackup(rec)) {
+		t.Errorf("round trip: %#v %v", got, err)
+	}
+
+	tf.mustApply(SetConfig(0, ClusterConfig{
+		Archive: &ArchiveSettings{ArchiveMode: "on", ArchiveCommand: "cp %p /a/%f", RestoreCommand: "cp /a/%f %p"},
+		Backup:  &BackupSettings{Tool: "pgbackrest", Options: []string{"--config=/x"}, CloneMethods: []string{"pgbackrest", "basebackup"}},
+	}))
+	c := tf.f.state()
+	if c.Config.Archive.ArchiveMode != "on" || c.Config.Backup.CloneMethods[0] != "pgbackrest" {
+		t.Fatalf("config %+v", c.Config)
+	}
+	c.Config.Archive.ArchiveMode = "off"
+	c.Config.Backup.CloneMethods[0] = "changed"
+	if s := tf.f.state(); s.Config.Archive.ArchiveMode != "on" || s.Config.Backup.CloneMethods[0] != "pgbackrest" {
+		t.Error("State() shares the archive or backup settings with the FSM")
+	}
+}
