@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -59,6 +60,39 @@ type BackupConfig struct {
 	// its latest backup) and basebackup (pg_basebackup from a member).
 	// Default: the tool then basebackup, or basebackup alone.
 	CloneMethods []string `yaml:"clone_methods" json:"clone_methods"`
+}
+
+// liftArchive moves archive_mode, archive_command and restore_command out
+// of PostgreSQL parameters into the archive settings a, where a does not
+// set them already: configurations from before the archive section set
+// them as parameters (as the seeds' postgresql.conf does), and edit-config
+// --pg archive_mode=on means the same. One that a sets too stays among the
+// parameters, where validation refuses it with the key to use. params is
+// not modified; the result is a new map when anything moved.
+func liftArchive(params map[string]string, a ArchiveConfig) (map[string]string, ArchiveConfig) {
+	out, cloned := params, false
+	for k, v := range params {
+		var into *string
+		switch strings.ToLower(k) {
+		case "archive_mode":
+			into = &a.ArchiveMode
+		case "archive_command":
+			into = &a.ArchiveCommand
+		case "restore_command":
+			into = &a.RestoreCommand
+		default:
+			continue
+		}
+		if *into != "" {
+			continue
+		}
+		*into = v
+		if !cloned {
+			out, cloned = maps.Clone(params), true
+		}
+		delete(out, k)
+	}
+	return out, a
 }
 
 // Backup tools pgha knows.

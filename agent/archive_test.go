@@ -68,10 +68,11 @@ backup:
 			}
 		})
 	}
-	// archive_command is the archive section's, not a parameter.
-	_, err = ParseConfig([]byte(strings.Replace(validConfig(t), "  allowed_networks:", "  parameters: {archive_command: 'cp %p /a/%f'}\n  allowed_networks:", 1)))
+	// archive_command both as a parameter and in the section: refused,
+	// naming the section's key.
+	_, err = ParseConfig([]byte(strings.Replace(validConfig(t)+seeds, "  allowed_networks:", "  parameters: {archive_command: 'cp %p /b/%f'}\n  allowed_networks:", 1)))
 	if err == nil || !strings.Contains(err.Error(), "archive.archive_command") {
-		t.Errorf("archive_command among postgres.parameters: %v, want a pointer to archive.archive_command", err)
+		t.Errorf("archive_command among postgres.parameters and in archive: %v, want a pointer to archive.archive_command", err)
 	}
 }
 
@@ -183,5 +184,30 @@ func TestArchiveExamples(t *testing.T) {
 		if cfg.Archive.ArchiveMode != tc.mode || cfg.Archive.RestoreCommand == "" || bk.Tool != tc.tool || strings.Join(bk.CloneMethods, ",") != tc.methods {
 			t.Errorf("%s: archive %+v backup %+v", tc.file, cfg.Archive, bk)
 		}
+	}
+}
+
+// Files and recorded versions from before the archive section set the
+// archive as PostgreSQL parameters: those are taken as the section's.
+func TestLiftArchive(t *testing.T) {
+	params := map[string]string{"work_mem": "8MB", "archive_mode": "on", "ARCHIVE_COMMAND": "cp %p /a/%f"}
+	got, a := liftArchive(params, ArchiveConfig{RestoreCommand: "cp /a/%f %p"})
+	if len(got) != 1 || got["work_mem"] != "8MB" || a != (ArchiveConfig{ArchiveMode: "on", ArchiveCommand: "cp %p /a/%f", RestoreCommand: "cp /a/%f %p"}) {
+		t.Errorf("lifted: %v %+v", got, a)
+	}
+	if len(params) != 3 {
+		t.Error("the caller's map was changed")
+	}
+	// Set in both: left among the parameters, where validation names it.
+	got, a = liftArchive(map[string]string{"archive_mode": "always"}, ArchiveConfig{ArchiveMode: "on"})
+	if got["archive_mode"] != "always" || a.ArchiveMode != "on" {
+		t.Errorf("both: %v %+v", got, a)
+	}
+	cfg, err := ParseConfig([]byte(strings.Replace(validConfig(t), "  allowed_networks:", "  parameters: {archive_mode: \"on\", archive_command: 'cp \"%p\" \"/arch/%f\"'}\n  allowed_networks:", 1)))
+	if err != nil {
+		t.Fatalf("an older file with the archive among its parameters: %v", err)
+	}
+	if cfg.Archive.ArchiveMode != "on" || cfg.Archive.ArchiveCommand != `cp "%p" "/arch/%f"` || len(cfg.Postgres.Parameters) != 0 {
+		t.Errorf("archive %+v, parameters %v", cfg.Archive, cfg.Postgres.Parameters)
 	}
 }

@@ -47,6 +47,16 @@ func (a *Agent) useClusterConfig(st consensus.State) {
 	if st.Config.Version != 0 {
 		params, hba = st.Config.Parameters, st.Config.HBA
 	}
+	// A version recorded before the archive section may hold the archive
+	// among the parameters: those values win over this node's file.
+	var archive ArchiveConfig
+	if st.Config.Version != 0 && st.Config.Archive == nil {
+		if params, archive = liftArchive(params, ArchiveConfig{}); archive == (ArchiveConfig{}) {
+			archive = a.cfg.Archive
+		}
+	} else {
+		params, archive = liftArchive(params, archiveOf(st.Config, a.cfg.Archive))
+	}
 	// Both were validated before they were committed; an error here means
 	// an agent with other rules (an older version): keep what runs.
 	if err := a.inst.SetParameters(params); err != nil {
@@ -57,7 +67,7 @@ func (a *Agent) useClusterConfig(st consensus.State) {
 		a.log.Error("the cluster-wide pg_hba lines are not valid here; keeping the previous ones", "version", st.Config.Version, "err", err)
 		return
 	}
-	if err := a.inst.SetArchive(archiveOf(st.Config, a.cfg.Archive).postgres()); err != nil {
+	if err := a.inst.SetArchive(archive.postgres()); err != nil {
 		a.log.Error("the cluster-wide archive settings are not valid here; keeping the previous ones", "version", st.Config.Version, "err", err)
 		return
 	}
@@ -310,6 +320,10 @@ func (a *Agent) handlePatchConfig(w http.ResponseWriter, r *http.Request, body [
 		return
 	}
 	ar, bk := patchArchive(p, archiveOf(next, a.cfg.Archive), backupOf(next, a.cfg.Backup, a.cfg.Cluster.Name))
+	// archive_mode and the commands given as parameters (--pg
+	// archive_mode=on, or a version recorded before the archive section)
+	// are the archive section's.
+	next.Parameters, ar = liftArchive(next.Parameters, ar)
 	var archiveErrs []string
 	validateArchive(func(key, format string, args ...any) {
 		archiveErrs = append(archiveErrs, key+": "+fmt.Sprintf(format, args...))

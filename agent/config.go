@@ -230,6 +230,8 @@ func ParseConfig(raw []byte) (*Config, error) {
 		return nil, fmt.Errorf("parse YAML: %s", strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	cfg.applyDefaults()
+	// Older files set the archive as PostgreSQL parameters.
+	cfg.Postgres.Parameters, cfg.Archive = liftArchive(cfg.Postgres.Parameters, cfg.Archive)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
