@@ -228,8 +228,8 @@ func (a *Agent) backup() BackupConfig {
 	return backupOf(a.node.Config(), a.cfg.Backup, a.cfg.Cluster.Name)
 }
 
-// restoreTool is the clone method m's restore of the latest backup into
-// a directory.
+// restoreTool is the tool's restore of its latest backup into a directory
+// (a clone method); nil without a tool.
 func (b BackupConfig) restoreTool() *recovery.Tool {
 	t := &recovery.Tool{Name: b.Tool, Path: b.Command}
 	switch b.Tool {
