@@ -80,6 +80,8 @@ func (a *Agent) routes() http.Handler {
 	a.controlRoutes(mux)
 	a.statusRoutes(mux)
 	mux.HandleFunc("DELETE /members/{name}", a.authorized(a.handleRemove))
+	mux.HandleFunc("POST /members/{name}/voter", a.authorized(a.handleSuffrage(true)))
+	mux.HandleFunc("DELETE /members/{name}/voter", a.authorized(a.handleSuffrage(false)))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})
 	})
@@ -334,6 +336,28 @@ func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"removed": name})
+}
+
+// handleSuffrage gives a member a Raft vote (POST /members/NAME/voter) or
+// takes it away (DELETE), on the leader (setSuffrage).
+func (a *Agent) handleSuffrage(voter bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		if !a.node.IsLeader() {
+			a.forwardToLeader(w, r, nil)
+			return
+		}
+		if _, ok := a.node.State().Members[name]; !ok {
+			writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no member named %q (a new node joins by starting its agent)", name)})
+			return
+		}
+		msg, err := a.setSuffrage(r.Context(), name, voter)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, ControlResult{Message: msg})
+	}
 }
 
 // forwardToLeader relays a state-changing request to the Raft leader's API,

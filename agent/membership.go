@@ -199,6 +199,65 @@ func (a *Agent) join(ctx context.Context, m consensus.Member) error {
 	return nil
 }
 
+// minVoters is the fewest voters an operator may leave by taking a vote
+// away: three survive the loss of one.
+const minVoters = 3
+
+// setSuffrage runs on the leader: give a registered member a vote, or take
+// its vote away (pgha-agent add NODE [--nonvoter]). Raft changes the
+// configuration in place, with no restart of anything. Its member record
+// keeps what its own file asks (it decides promotion: a former non-voter
+// stays unpromotable until tagged), so its registration never undoes this.
+func (a *Agent) setSuffrage(ctx context.Context, name string, voter bool) (string, error) {
+	m, ok := a.node.State().Members[name]
+	if !ok {
+		return "", fmt.Errorf("no member named %q (a new node joins by starting its agent)", name)
+	}
+	servers, err := a.node.Servers()
+	if err != nil {
+		return "", err
+	}
+	var cur *consensus.Server
+	voters := 0
+	for _, s := range servers {
+		if s.ID == name {
+			cur = &s
+		}
+		if !s.NonVoter {
+			voters++
+		}
+	}
+	switch {
+	case cur == nil:
+		return "", fmt.Errorf("%s is not in the Raft configuration yet: wait for its agent to register", name)
+	case voter && !cur.NonVoter, !voter && cur.NonVoter:
+		return fmt.Sprintf("%s is already a %s; %d voters", name, suffrageName(voter), voters), nil
+	case voter:
+		a.log.Info("giving a member a vote", "member", name, "reason", "operator request")
+		if err := a.node.AddVoter(ctx, name, m.RaftAddr); err != nil {
+			return "", err
+		}
+		voters++
+	default:
+		if voters-1 < minVoters {
+			return "", fmt.Errorf("%w: taking %s's vote would leave %d voters; a cluster needs %d to survive the loss of one", consensus.ErrRefused, name, voters-1, minVoters)
+		}
+		a.log.Info("taking a member's vote", "member", name, "reason", "operator request")
+		if err := a.node.DemoteVoter(ctx, name); err != nil {
+			return "", err
+		}
+		voters--
+	}
+	return fmt.Sprintf("%s is a %s; %d voters, a quorum is %d", name, suffrageName(voter), voters, voters/2+1), nil
+}
+
+func suffrageName(voter bool) string {
+	if voter {
+		return "voter"
+	}
+	return "non-voter"
+}
+
 // remove runs on the leader: take away the member's Raft vote first, then
 // its record (which makes the primary drop its slot). In that order the
 // removed node never sees its own record disappear, so it cannot race to

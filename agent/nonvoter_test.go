@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -79,6 +80,34 @@ func TestJoinAsNonVoter(t *testing.T) {
 		want := map[string]string{"node1": "voter", "node4": "nonvoter"}[mv.Name]
 		if mv.RaftSuffrage != want {
 			t.Errorf("%s: raft_suffrage %q, want %q", mv.Name, mv.RaftSuffrage, want)
+		}
+	}
+}
+
+// pgha-agent add NODE [--nonvoter] on the leader: what it refuses. (Giving
+// a vote is TestNonVoters': a vote for an agent that answers.)
+func TestSetSuffrageRefusals(t *testing.T) {
+	a, _ := restAgent(t)
+	ctx := context.Background()
+	if _, err := a.setSuffrage(ctx, "node9", true); err == nil || !strings.Contains(err.Error(), "no member") {
+		t.Fatalf("a vote for no member: %v", err)
+	}
+	m := consensus.Member{Name: "node4", RaftAddr: "127.0.0.1:1", APIURL: "http://127.0.0.1:1", PGHost: "127.0.0.1", PGPort: 5, NonVoter: true, NoFailover: true}
+	if err := a.join(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := a.setSuffrage(ctx, "node4", false); err != nil || !strings.Contains(msg, "already a non-voter") {
+		t.Fatalf("taking a non-voter's vote: %q, %v", msg, err)
+	}
+	// The only voter: taking its vote would leave none.
+	_, err := a.setSuffrage(ctx, "node1", false)
+	if err == nil || !errors.Is(err, consensus.ErrRefused) || !strings.Contains(err.Error(), "would leave 0 voters") {
+		t.Fatalf("taking the last voter's vote: %v", err)
+	}
+	servers, _ := a.node.Servers()
+	for _, s := range servers {
+		if s.ID == "node1" && s.NonVoter {
+			t.Fatal("node1 lost its vote")
 		}
 	}
 }

@@ -642,8 +642,8 @@ func (n *Node) AddVoter(ctx context.Context, id, addr string) error {
 }
 
 // AddNonvoter adds a member that receives the log but never votes nor
-// leads, or updates its address (a voter keeps its vote: raft demotes
-// only by DemoteVoter, which pgha does not use). Leader
+// leads, or updates its address (a voter keeps its vote: only
+// DemoteVoter takes it). Leader
 // only; returns once the configuration change is committed.
 func (n *Node) AddNonvoter(ctx context.Context, id, addr string) error {
 	if id == "" || addr == "" {
@@ -657,6 +657,21 @@ func (n *Node) AddNonvoter(ctx context.Context, id, addr string) error {
 		return fmt.Errorf("add non-voter %s: %w", id, err)
 	}
 	n.log.Info("raft non-voter added", "member", id, "addr", addr)
+	return nil
+}
+
+// DemoteVoter takes a member's vote away; it stays in the configuration as
+// a non-voter. Leader only; returns once the configuration change is
+// committed (a demoted leader steps down).
+func (n *Node) DemoteVoter(ctx context.Context, id string) error {
+	if err := n.leaderOnly(); err != nil {
+		return fmt.Errorf("demote voter %s: %w", id, err)
+	}
+	f := n.raft.DemoteVoter(raft.ServerID(id), 0, enqueueTimeout(ctx))
+	if err := n.wait(ctx, f); err != nil {
+		return fmt.Errorf("demote voter %s: %w", id, err)
+	}
+	n.log.Info("raft voter demoted", "member", id)
 	return nil
 }
 

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgha/pgha/internal/itest"
 	"github.com/pgha/pgha/internal/wait"
 	"github.com/pgha/pgha/postgres/pgtest"
@@ -86,6 +88,42 @@ func TestNonVoters(t *testing.T) {
 		return len(seen) == 4, fmt.Sprintf("reads per standby %v", seen)
 	})
 
+	// pgha-agent add gives node4 a vote in place and --nonvoter takes it
+	// back; the primary takes writes throughout.
+	pw := itest.Connect(t, lc.Node(primary.Name).PGPort)
+	mustExec(t, pw, "CREATE TABLE suffrage_acks (id int)")
+	for i, c := range []struct {
+		args  []string
+		want  string
+		votes int
+	}{
+		{[]string{"add", "node4"}, "node4 is a voter; 4 voters, a quorum is 3", 4},
+		{[]string{"add", "node4", "--nonvoter"}, "node4 is a non-voter; 3 voters, a quorum is 2", 3},
+	} {
+		out, err := exec.Command(agentBinary, append(c.args, "--api", lc.Node("node5").APIURL)...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), c.want) {
+			t.Fatalf("pgha-agent %s: %v\n%s", strings.Join(c.args, " "), err, out)
+		}
+		mustExec(t, pw, fmt.Sprintf("INSERT INTO suffrage_acks VALUES (%d)", i))
+		v, err := lc.View(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		votes := 0
+		for _, m := range v.Members {
+			if m.RaftSuffrage == "voter" {
+				votes++
+			}
+		}
+		if votes != c.votes {
+			t.Fatalf("after pgha-agent %s: %d voters in /cluster, want %d", strings.Join(c.args, " "), votes, c.votes)
+		}
+	}
+	// Three voters may not become two.
+	if out, err := exec.Command(agentBinary, "add", "node1", "--nonvoter", "--api", lc.Node("node4").APIURL).CombinedOutput(); err == nil || !strings.Contains(string(out), "would leave 2 voters") {
+		t.Fatalf("taking a vote from one of three voters: %v\n%s", err, out)
+	}
+
 	// Lose the primary's host: a voter is promoted, never a non-voter.
 	old := lc.Node(primary.Name)
 	lc.KillHost(old)
@@ -101,25 +139,16 @@ func TestNonVoters(t *testing.T) {
 	if !voters[next] {
 		t.Fatalf("the non-voter %s was promoted", next)
 	}
-	pc := itest.Connect(t, lc.Node(next).PGPort)
 	// Committed first, promoted after: written once it takes writes.
-	mustExec := func(sql string) {
-		t.Helper()
-		wait.For(t, 30*time.Second, sql+" on the new primary "+next, func() (bool, string) {
-			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			defer cancel()
-			_, err := pc.Exec(wctx, sql)
-			return err == nil, fmt.Sprint(err)
-		})
-	}
-	mustExec("CREATE TABLE nonvoter_acks (id int)")
+	pc := itest.Connect(t, lc.Node(next).PGPort)
+	mustExec(t, pc, "CREATE TABLE nonvoter_acks (id int)")
 
 	// Lose both non-voters as well: one voter down and two non-voters down
 	// leave two voters of three, a quorum, and no commit waits for a
 	// non-voter (never synchronous).
 	lc.KillHost(lc.Node("node4"))
 	lc.KillHost(lc.Node("node5"))
-	mustExec("INSERT INTO nonvoter_acks VALUES (1)")
+	mustExec(t, pc, "INSERT INTO nonvoter_acks VALUES (1)")
 	v, err = lc.View(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -127,4 +156,16 @@ func TestNonVoters(t *testing.T) {
 	if slices.ContainsFunc(v.SyncStandbys, func(s string) bool { return !voters[s] }) || v.RaftLeader == "node4" || v.RaftLeader == "node5" || !voters[v.RaftLeader] {
 		t.Fatalf("a non-voter leads Raft or is synchronous: %s", itest.Describe(v))
 	}
+}
+
+// mustExec runs sql until it succeeds (a primary just promoted takes
+// writes a moment after the commit that names it), for at most 30 s.
+func mustExec(t *testing.T, c *pgx.Conn, sql string) {
+	t.Helper()
+	wait.For(t, 30*time.Second, sql, func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := c.Exec(ctx, sql)
+		return err == nil, fmt.Sprint(err)
+	})
 }

@@ -17,7 +17,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), demoCmd(), listCmd(), historyCmd(), showConfigCmd(), editConfigCmd(), reloadCmd(), restartCmd(), flushCmd(), tagCmd(), removeCmd(), votersCmd(),
+	root.AddCommand(runCmd(), demoCmd(), listCmd(), historyCmd(), showConfigCmd(), editConfigCmd(), reloadCmd(), restartCmd(), flushCmd(), tagCmd(), removeCmd(), votersCmd(), addCmd(),
 		switchoverCmd(), failoverCmd(), reinitCmd(), backupCmd(), pauseCmd(true), pauseCmd(false), certsCmd(), routerCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgha-agent:", err)

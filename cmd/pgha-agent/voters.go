@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -37,6 +40,45 @@ with cluster.voter: false.`,
 		},
 	}
 	f.register(cmd, true) // /cluster: with TLS, a certificate or the token
+	return cmd
+}
+
+func addCmd() *cobra.Command {
+	var f apiFlags
+	var nonVoter bool
+	cmd := &cobra.Command{
+		Use:   "add NODE [--nonvoter]",
+		Short: "Give a member a Raft vote (or take it away with --nonvoter), in place: nothing restarts",
+		Long: `Give a registered member (a node added later joins as a non-voter) a vote in
+Raft, or with --nonvoter take a voter's vote away; refused if fewer than three
+voters would be left. Its PostgreSQL and agent keep running. Promotion is
+separate: a former non-voter stays unpromotable until tagged
+(pgha-agent tag NODE nofailover=false). A new node joins by starting its agent.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			method := http.MethodPost
+			if nonVoter {
+				method = http.MethodDelete
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			var res agent.ControlResult
+			err = c.each(func(base string) error {
+				return c.call(ctx, method, base+"/members/"+args[0]+"/voter", nil, &res)
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), res.Message)
+			return nil
+		},
+	}
+	f.register(cmd, true)
+	cmd.Flags().BoolVar(&nonVoter, "nonvoter", false, "take the member's vote away instead")
 	return cmd
 }
 
