@@ -88,8 +88,9 @@ func TestNonVoters(t *testing.T) {
 		return len(seen) == 4, fmt.Sprintf("reads per standby %v", seen)
 	})
 
-	// pgha-agent add gives node4 a vote in place and --nonvoter takes it
-	// back; the primary takes writes throughout.
+	// pgha-agent add gives node4 and node5 a vote in place (five voters, a
+	// quorum of three) and --nonvoter takes it back; the cluster commits
+	// and the primary takes writes throughout.
 	pw := itest.Connect(t, lc.Node(primary.Name).PGPort)
 	mustExec(t, pw, "CREATE TABLE suffrage_acks (id int)")
 	for i, c := range []struct {
@@ -98,6 +99,11 @@ func TestNonVoters(t *testing.T) {
 		votes int
 	}{
 		{[]string{"add", "node4"}, "node4 is a voter; 4 voters, a quorum is 3", 4},
+		{[]string{"add", "node5"}, "node5 is a voter; 5 voters, a quorum is 3", 5},
+		// Five voters commit (a pause is a Raft entry) and take writes.
+		{[]string{"pause"}, "", 5},
+		{[]string{"resume"}, "", 5},
+		{[]string{"add", "node5", "--nonvoter"}, "node5 is a non-voter; 4 voters, a quorum is 3", 4},
 		{[]string{"add", "node4", "--nonvoter"}, "node4 is a non-voter; 3 voters, a quorum is 2", 3},
 	} {
 		out, err := exec.Command(agentBinary, append(c.args, "--api", lc.Node("node5").APIURL)...).CombinedOutput()
@@ -114,6 +120,9 @@ func TestNonVoters(t *testing.T) {
 			if m.RaftSuffrage == "voter" {
 				votes++
 			}
+		}
+		if paused := c.args[0] == "pause"; v.Pause != paused {
+			t.Fatalf("after pgha-agent %s: pause %v", c.args[0], v.Pause)
 		}
 		if votes != c.votes {
 			t.Fatalf("after pgha-agent %s: %d voters in /cluster, want %d", strings.Join(c.args, " "), votes, c.votes)
