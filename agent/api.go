@@ -292,9 +292,8 @@ func (a *Agent) handleHistory(w http.ResponseWriter, r *http.Request) {
 
 // handleJoin adds a member; a follower forwards the request to the leader.
 func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
+	body, ok := readBody(w, r)
+	if !ok {
 		return
 	}
 	var m consensus.Member

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"os/exec"
@@ -160,12 +159,7 @@ func lastLines(s string, n int) []string {
 // started (202); the member's backup status (GET /cluster) says how it
 // ends, and State.LastBackup records it.
 func (a *Agent) handleBackup(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
-		return
-	}
-	req, ok := decodeControl(w, body)
+	body, req, ok := readControl(w, r)
 	if !ok {
 		return
 	}

@@ -82,9 +82,8 @@ func (a *Agent) controlRoutes(mux *http.ServeMux) {
 // forwards it to the leader.
 func (a *Agent) leaderOnly(h func(http.ResponseWriter, *http.Request, []byte)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-		if err != nil {
-			writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
+		body, ok := readBody(w, r)
+		if !ok {
 			return
 		}
 		if !a.node.IsLeader() {
@@ -93,6 +92,28 @@ func (a *Agent) leaderOnly(h func(http.ResponseWriter, *http.Request, []byte)) h
 		}
 		h(w, r, body)
 	}
+}
+
+// readBody reads a REST request's body (at most maxBody), answering 413
+// itself when it cannot.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
+		return nil, false
+	}
+	return body, true
+}
+
+// readControl reads and decodes a control call's body (readBody,
+// decodeControl), answering a bad one itself.
+func readControl(w http.ResponseWriter, r *http.Request) ([]byte, ControlRequest, bool) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return nil, ControlRequest{}, false
+	}
+	req, ok := decodeControl(w, body)
+	return body, req, ok
 }
 
 func decodeControl(w http.ResponseWriter, body []byte) (ControlRequest, bool) {
@@ -512,12 +533,7 @@ func (a *Agent) setPaused(w http.ResponseWriter, r *http.Request, paused bool) {
 // returns false) for a bad body, an unknown member, or a refusal that
 // refuse returns ("" lets it through); on true the caller acts here.
 func (a *Agent) onMember(w http.ResponseWriter, r *http.Request, verb string, refuse func(st consensus.State, req ControlRequest) string) (ControlRequest, consensus.State, bool) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
-		return ControlRequest{}, consensus.State{}, false
-	}
-	req, ok := decodeControl(w, body)
+	body, req, ok := readControl(w, r)
 	if !ok {
 		return req, consensus.State{}, false
 	}
@@ -567,12 +583,7 @@ func (a *Agent) handleReinit(w http.ResponseWriter, r *http.Request) {
 // postgresql.conf), after its agent has rewritten pgha.conf from the
 // cluster-wide configuration; a call without a member is forwarded to each.
 func (a *Agent) handleReload(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
-		return
-	}
-	req, ok := decodeControl(w, body)
+	body, req, ok := readControl(w, r)
 	if !ok {
 		return
 	}

@@ -28,12 +28,7 @@ import (
 // handleRestartOrSchedule restarts a member now (handleRestart, on its own
 // agent) or, with "at", schedules it (on the leader).
 func (a *Agent) handleRestartOrSchedule(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error()})
-		return
-	}
-	req, ok := decodeControl(w, body)
+	body, req, ok := readControl(w, r)
 	if !ok {
 		return
 	}
